@@ -1,0 +1,134 @@
+"""Typed errors for the mirror.
+
+Every error a user can cause (bad repo id, corrupt bundle, full disk...) is one of these. Each
+inherits the builtin that matches its concern, carries its data, and its message says what
+happened, why, and what to do. `mirror.cli` maps them to one line and an exit code; nothing else
+in the package prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+# --- Hub / pull ---------------------------------------------------------------------------------
+
+
+class HubError(MirrorError, ConnectionError):
+    """The Hub (or a Hub-like endpoint) could not give us what we asked for."""
+
+    exit_code = 3
+
+
+class RepoNotFound(HubError, LookupError):
+    def __init__(self, repo_id: str, *, endpoint: str, detail: str = ""):
+        self.repo_id = repo_id
+        self.endpoint = endpoint
+        super().__init__(
+            f"repository {repo_id!r} was not found on {endpoint}"
+            f"{': ' + detail if detail else ''}; check the id and --repo-type, or pass --token "
+            "for a private or gated repo"
+        )
+
+
+class RevisionNotFound(HubError, LookupError):
+    def __init__(self, repo_id: str, revision: str, *, endpoint: str):
+        self.repo_id = repo_id
+        self.revision = revision
+        super().__init__(
+            f"revision {revision!r} of {repo_id!r} was not found on {endpoint}; "
+            "check the branch, tag or commit name"
+        )
+
+
+class AuthRequired(HubError, PermissionError):
+    def __init__(self, repo_id: str, *, endpoint: str):
+        self.repo_id = repo_id
+        super().__init__(
+            f"repository {repo_id!r} on {endpoint} needs authentication (private or gated); "
+            "pass --token or set HF_TOKEN to a token that can read it"
+        )
+
+
+class HashMismatch(MirrorError, ValueError):
+    """A downloaded or unpacked file does not match the hash it must have."""
+
+    exit_code = 4
+
+    def __init__(self, path: str, *, algorithm: str, expected: str, actual: str, where: str = ""):
+        self.path = path
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: {algorithm} mismatch{(' ' + where) if where else ''} "
+            f"(expected {expected}, got {actual}); the file is corrupt or was altered, "
+            "fetch it again from a trusted source"
+        )
+
+
+# --- Bundles ------------------------------------------------------------------------------------
+
+
+class BundleError(MirrorError, ValueError):
+    """A bundle is unreadable, malformed, or hostile."""
+
+    exit_code = 2
+
+    def __init__(self, bundle: str, reason: str, *, fix: str = ""):
+        self.bundle = bundle
+        self.reason = reason
+        super().__init__(
+            f"{bundle}: {reason}; "
+            + (fix or "the bundle is corrupt or not a mirror bundle: get a fresh copy and run 'mirror verify' on it")
+        )
+
+
+class ManifestError(BundleError):
+    """The manifest is missing, not JSON, of an unknown version or inconsistent."""
+
+
+class VerifyFailed(BundleError):
+    """Contents disagree with the manifest. Carries the full report."""
+
+    exit_code = 4
+
+    def __init__(self, bundle: str, report):  # report: mirror.verify.VerifyReport
+        self.report = report
+        super().__init__(bundle, report.summary(), fix="do not install it: get a fresh copy of the bundle")
+
+
+class SignatureError(BundleError):
+    exit_code = 5
+
+
+class PolicyError(BundleError):
+    """The bundle holds something our policy refuses (pickle, remote code...)."""
+
+    exit_code = 6
+
+
+# --- Local environment --------------------------------------------------------------------------
+
+
+class NotEnoughSpace(MirrorError, OSError):
+    exit_code = 7
+
+    def __init__(self, where: str, *, needed: int, free: int):
+        self.where = where
+        self.needed = needed
+        self.free = free
+        super().__init__(
+            f"not enough disk space in {where}: need {needed / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB free; free some space or choose another directory"
+        )
+
+
+class UsageError(MirrorError, ValueError):
+    """Arguments that make no sense together, a folder that is not a model, and so on."""
+
+    exit_code = 2

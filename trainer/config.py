@@ -1,0 +1,271 @@
+"""The training config: one strict YAML schema for all three tasks.
+
+Key names match the original training scripts so their configs run unchanged. Unknown keys and
+wrong types are errors, all reported at once. Numbers written as strings (`2e-5`, as YAML 1.1
+leaves them) are accepted. Relative paths resolve against the current working directory, exactly
+as the original scripts did (run from the folder the config's paths are written against).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from trainer.errors import ConfigError
+
+TASKS = ("classification", "embeddings", "sft")
+EMBEDDING_LOSSES = ("auto", "mnrl", "cosine", "contrastive")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DISTRIBUTED = ("auto", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Config:
+    model_id: str
+    output_dir: str
+    train_files: tuple[str, ...]
+    task: str = ""  # explicit, or inferred from the keys and the first training row
+    valid_files: tuple[str, ...] = ()
+    test_files: tuple[str, ...] = ()
+    # --- data fields
+    text_field: str = "text"  # classification input
+    label_field: str = "label"  # classification label, embeddings pair label/score
+    labels: tuple[str, ...] = ()  # classification classes, in id order
+    text_1_field: str = "text_1"  # embeddings pair, first side
+    text_2_field: str = "text_2"  # embeddings pair, second side
+    # --- optimisation (defaults are the original scripts' where they had one)
+    max_length: int | None = None  # None: the tokenizer's own limit (capped at 512 for encoders)
+    batch_size: int = 16
+    eval_batch_size: int | None = None  # None: same as batch_size
+    learning_rate: float = 2e-5  # the usual fine-tuning rate for BERT-sized models
+    epochs: float = 3.0
+    max_steps: int | None = None  # stop early after this many optimizer steps (smoke runs)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0  # clipping keeps the first steps of a fine-tune stable
+    gradient_accumulation_steps: int = 1
+    seed: int = 42
+    # --- embeddings
+    loss: str = "auto"  # auto: in-batch negatives for positive-only pairs, cosine when labels exist
+    # --- sft
+    lora_r: int | None = None  # set to train LoRA adapters instead of all weights
+    lora_alpha: int | None = None  # None: 2 * lora_r
+    lora_dropout: float = 0.05
+    use_8bit: bool = False  # accepted for compatibility; needs bitsandbytes and a GPU
+    max_new_tokens: int = 128  # for `trainer predict` on SFT models
+    # --- runtime
+    precision: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU
+    gradient_checkpointing: bool | None = None  # None: only when memory needs it
+    packing: bool | None = None  # SFT row packing; None: on for GPU, off for CPU
+    torch_compile: bool = False
+    distributed: str = "auto"  # auto: DDP when launched with torchrun; fsdp shards the model
+    save_every_epoch: bool = False  # full checkpoints each epoch cost time; resume state is always kept
+    trust_remote_code: bool = False  # models with Python files in their repo are refused otherwise
+    report_to: tuple[str, ...] = ()  # experiment trackers: none unless asked
+    num_threads: int | None = None  # None: all physical cores
+
+    def files(self, split: str) -> tuple[str, ...]:
+        return {"train": self.train_files, "valid": self.valid_files, "test": self.test_files}[split]
+
+    @property
+    def eval_bs(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Keys of the original scripts that are spelled in two ways: singular is folded into the list.
+_ALIASES = {"train_file": "train_files", "valid_file": "valid_files", "test_file": "test_files", "eval_file": "valid_files", "num_epochs": "epochs", "lr": "learning_rate"}
+
+
+def _types() -> dict[str, Any]:
+    return {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, typ: str, value: Any, problems: list[str]) -> Any:
+    """Coerce one value to the declared type (types are strings under `from __future__`)."""
+    optional = typ.endswith("| None")
+    base = typ.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        problems.append(f"{name} must not be empty")
+        return None
+    if base == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+    elif base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+    elif base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base == "tuple[str, ...]":
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            return tuple(str(v) for v in value)
+    else:  # pragma: no cover - a new field type without a coercion rule is a programming error
+        raise TypeError(f"no coercion for {name}: {typ}")
+    problems.append(f"{name} must be {base.replace('tuple[str, ...]', 'a list of strings')}, got {value!r}")
+    return None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`--set key=value` items; values are YAML so `--set epochs=2 --set labels=[a,b]` work."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", [f"{item!r} is not key=value"])
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | None = None) -> Config:
+    """Validate a raw mapping. `first_row` (a training record) lets the task be inferred."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the config must be a YAML mapping of key: value"])
+    types = _types()
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _ALIASES.get(key, key)
+        if name not in types:
+            problems.append(f"unknown key {key!r}")
+            continue
+        if name in values and key != name:
+            problems.append(f"both {key!r} and {name!r} given")
+            continue
+        coerced = _coerce(name, types[name], value, problems)
+        if coerced is not None or types[name].endswith("| None"):
+            values[name] = coerced
+    for req in ("model_id", "output_dir", "train_files"):
+        if not values.get(req):
+            problems.append(f"{req} is required" + (" (or train_file)" if req == "train_files" else ""))
+    task = values.get("task") or infer_task(values, first_row)
+    if task not in TASKS:
+        problems.append(
+            f"task {task!r} is not one of {TASKS}" if values.get("task") else
+            "cannot infer the task: set 'task:' to classification, embeddings or sft"
+        )
+    values["task"] = task
+    _check_ranges(values, problems)
+    if task == "classification" and not values.get("labels"):
+        problems.append("classification needs 'labels': the list of classes")
+    if problems:
+        raise ConfigError(source, problems)
+    return Config(**values)
+
+
+def _check_ranges(v: dict[str, Any], problems: list[str]) -> None:
+    positive = ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length", "max_steps", "lora_r", "lora_alpha", "max_new_tokens", "num_threads")
+    for k in positive:
+        if v.get(k) is not None and v[k] <= 0:
+            problems.append(f"{k} must be > 0, got {v[k]}")
+    for k in ("learning_rate", "epochs"):
+        if v.get(k) is not None and v[k] <= 0:
+            problems.append(f"{k} must be > 0, got {v[k]}")
+    for k in ("weight_decay", "warmup_ratio", "lora_dropout", "max_grad_norm"):
+        if v.get(k) is not None and v[k] < 0:
+            problems.append(f"{k} must be >= 0, got {v[k]}")
+    for k, allowed in (("loss", EMBEDDING_LOSSES), ("precision", PRECISIONS), ("distributed", DISTRIBUTED)):
+        if v.get(k) is not None and v[k] not in allowed:
+            problems.append(f"{k} must be one of {allowed}, got {v[k]!r}")
+    labels = v.get("labels") or ()
+    if len(set(labels)) != len(labels):
+        problems.append("labels has duplicates")
+
+
+def infer_task(values: dict[str, Any], first_row: dict | None) -> str:
+    if values.get("labels"):
+        return "classification"
+    if first_row is not None:
+        if "text_1" in first_row or values.get("text_1_field", "text_1") in first_row:
+            return "embeddings"
+        if any(k in first_row for k in ("messages", "output", "response", "completion")):
+            return "sft"
+    model_id = str(values.get("model_id", ""))
+    if model_id.startswith("sentence-transformers/"):
+        return "embeddings"
+    if values.get("lora_r") is not None:
+        return "sft"
+    return ""
+
+
+def _first_row(path: str) -> dict | None:
+    """The first JSON object of a JSONL file, or None (data errors are `trainer check`'s job)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    return row if isinstance(row, dict) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(source, [f"cannot read it ({e})"]) from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, [f"not valid YAML{where}: {getattr(e, 'problem', e)}"]) from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the config must be a YAML mapping of key: value"])
+    raw = {**raw, **(overrides or {})}
+    first = None
+    if not raw.get("task") and not raw.get("labels"):
+        train = raw.get("train_file") or raw.get("train_files")
+        if isinstance(train, list) and train:
+            train = train[0]
+        if isinstance(train, str):
+            first = _first_row(train)
+    return from_dict(raw, source=source, first_row=first)
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    return dataclasses.replace(cfg, **changes)

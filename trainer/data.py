@@ -1,0 +1,146 @@
+"""Reading the JSONL datasets and normalising each task's record shapes.
+
+Every malformed row is reported as `file:line: why`, so a user can fix it without a debugger.
+The original scripts' record shapes are all accepted:
+- classification: {text_field: str, label_field: str}
+- embeddings: {text_1, text_2, label?} with label 0/1 or a float score
+- sft: {"messages": [...]}, or {"system"?, "input": str|object, "output": str},
+  or {"prompt", "response"|"completion"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from trainer.config import Config
+from trainer.errors import DataError
+
+
+@dataclass(frozen=True)
+class Row:
+    file: str
+    line: int
+    data: dict[str, Any]
+
+
+def read_jsonl(path: str | Path) -> list[Row]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(str(path), "file not found" if not p.exists() else "not a file")
+    rows: list[Row] = []
+    with open(p, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(str(path), f"not UTF-8 ({e.reason} at byte {e.start})", line=n) from e
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), f"not valid JSON ({e.msg} at column {e.colno})", line=n) from e
+            if not isinstance(obj, dict):
+                raise DataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line=n)
+            rows.append(Row(file=str(path), line=n, data=obj))
+    if not rows:
+        raise DataError(str(path), "file has no rows")
+    return rows
+
+
+def read_split(cfg: Config, split: str) -> list[Row]:
+    out: list[Row] = []
+    for path in cfg.files(split):
+        out.extend(read_jsonl(path))
+    return out
+
+
+# --- classification ------------------------------------------------------------------------------
+
+
+def classification_example(cfg: Config, row: Row) -> tuple[str, int]:
+    text = row.data.get(cfg.text_field)
+    label = row.data.get(cfg.label_field)
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(row.file, f"field {cfg.text_field!r} must be a non-empty string", line=row.line)
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(cfg.labels):
+        return text, label
+    if not isinstance(label, str) or label not in cfg.labels:
+        raise DataError(row.file, f"label {label!r} is not one of the config's labels {list(cfg.labels)}", line=row.line)
+    return text, cfg.labels.index(label)
+
+
+# --- embeddings ------------------------------------------------------------------------------------
+
+
+def pair_example(cfg: Config, row: Row) -> tuple[str, str, float | None]:
+    a, b = row.data.get(cfg.text_1_field), row.data.get(cfg.text_2_field)
+    for name, v in ((cfg.text_1_field, a), (cfg.text_2_field, b)):
+        if not isinstance(v, str) or not v.strip():
+            raise DataError(row.file, f"field {name!r} must be a non-empty string", line=row.line)
+    label = row.data.get(cfg.label_field)
+    if label is None:
+        return a, b, None
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= float(label) <= 1.0:
+        raise DataError(row.file, f"label {label!r} must be 0/1 or a score in [0, 1]", line=row.line)
+    return a, b, float(label)
+
+
+# --- sft -------------------------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant")
+
+
+def _render_input(value: Any) -> str:
+    """Structured inputs become `Key: value` lines, in the record's own key order."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(f"{str(k).replace('_', ' ').capitalize()}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}" for k, v in value.items())
+    return json.dumps(value, ensure_ascii=False)
+
+
+def sft_messages(row: Row) -> list[dict[str, str]]:
+    d = row.data
+    if "messages" in d:
+        msgs = d["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(row.file, "'messages' must be a non-empty list", line=row.line)
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise DataError(row.file, f"messages[{i}] must be {{role: system|user|assistant, content: str}}", line=row.line)
+            out.append({"role": m["role"], "content": m["content"]})
+        if not any(m["role"] == "assistant" for m in out):
+            raise DataError(row.file, "messages has no assistant turn to learn from", line=row.line)
+        return out
+    prompt = d.get("input", d.get("prompt", d.get("instruction")))
+    answer = d.get("output", d.get("response", d.get("completion")))
+    if prompt is None or not isinstance(answer, str) or not answer.strip():
+        raise DataError(
+            row.file,
+            "SFT record needs 'messages', or 'input' + 'output', or 'prompt' + 'response'",
+            line=row.line,
+        )
+    out = []
+    system = d.get("system")
+    if system is not None:
+        if not isinstance(system, str):
+            raise DataError(row.file, "'system' must be a string", line=row.line)
+        out.append({"role": "system", "content": system})
+    out.append({"role": "user", "content": _render_input(prompt)})
+    out.append({"role": "assistant", "content": answer})
+    return out
+
+
+def canonical(row: Row) -> str:
+    """A stable text form of a row, for duplicate and leakage counts."""
+    return json.dumps(row.data, sort_keys=True, ensure_ascii=False)
+
+
+def iter_rows(rows: list[Row]) -> Iterator[dict[str, Any]]:
+    for r in rows:
+        yield r.data
