@@ -132,3 +132,39 @@ class UsageError(MirrorError, ValueError):
     """Arguments that make no sense together, a folder that is not a model, and so on."""
 
     exit_code = 2
+
+
+class PartError(BundleError):
+    """A part of a multi-part bundle is missing, the wrong size, or damaged. `parts` names them,
+    so only those parts need to be sent again."""
+
+    exit_code = 4
+
+    def __init__(self, bundle: str, reason: str, *, parts: tuple[str, ...]):
+        self.parts = parts
+        super().__init__(
+            bundle,
+            reason,
+            fix="re-send " + ("that part" if len(parts) == 1 else "those parts") + " alone and run 'mirror verify' again",
+        )
+
+
+class BaseNotInstalled(BundleError, LookupError):
+    """A delta bundle needs its base commit installed first. Names the bundle that provides it."""
+
+    exit_code = 8
+
+    def __init__(self, bundle: str, *, repo_id: str, commit: str, base_bundle: str | None, base_sha256: str | None, detail: str = ""):
+        self.repo_id = repo_id
+        self.commit = commit
+        self.base_sha256 = base_sha256
+        needed = f"{repo_id} at commit {commit}"
+        if base_sha256:
+            needed += f" (bundle {base_bundle or '?'}, sha256 {base_sha256})"
+        else:  # made with --since-manifest: the commit pins the content, any bundle of it will do
+            needed += " (bundle sha256 unknown: any bundle of that commit)"
+        super().__init__(
+            bundle,
+            f"this is a delta bundle on top of {needed}, which is not installed{': ' + detail if detail else ''}",
+            fix="install that base bundle first ('mirror install BASE'), then this delta",
+        )

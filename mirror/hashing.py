@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +25,84 @@ class Digest:
     git_sha1: str
 
 
-class DualHasher:
-    """Feed bytes once, get both digests. `git_sha1` needs the size up front (git's blob header)."""
+class HashLanes:
+    """Worker threads that each apply hash updates in submission order.
 
-    def __init__(self, size: int):
+    A hash is a serial chain, but different chains are independent: with the tar's sha256, a
+    file's sha256 and its git sha1 on separate lanes, a streaming pass costs about one sha256
+    instead of three. hashlib releases the GIL on large updates, so threads really run in
+    parallel. Each lane's queue is short, which bounds the chunks alive at once (flat memory).
+    Chunks handed to a lane must not be mutated afterwards (pass `bytes`, not a reused buffer).
+    """
+
+    def __init__(self, n: int, *, depth: int = 3):
+        self._queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in range(n)]
+        self._threads = [threading.Thread(target=self._run, args=(q,), daemon=True, name=f"hash-lane-{i}") for i, q in enumerate(self._queues)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _run(q: queue.Queue) -> None:
+        while True:
+            item = q.get()
+            try:
+                if item is None:
+                    return
+                item[0].update(item[1])
+            finally:
+                q.task_done()
+
+    def submit(self, lane: int, h, data: bytes) -> None:
+        self._queues[lane].put((h, data))
+
+    def drain(self, *lanes: int) -> None:
+        """Wait until every update submitted to these lanes (all lanes if none named) is applied."""
+        for i in lanes or range(len(self._queues)):
+            self._queues[i].join()
+
+    def close(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+
+    def __enter__(self) -> "HashLanes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DualHasher:
+    """Feed bytes once, get both digests. `git_sha1` needs the size up front (git's blob header).
+
+    With `lanes` (a HashLanes and the two lane numbers to use), the two digests are computed on
+    those worker threads, overlapped with whatever the caller does next (reading, writing)."""
+
+    def __init__(self, size: int, *, lanes: "HashLanes | None" = None, lane_ids: tuple[int, int] = (0, 1)):
         self.size = size
         self._seen = 0
         self._sha256 = hashlib.sha256()
         self._sha1 = hashlib.sha1(f"blob {size}\0".encode())
+        self._lanes = lanes
+        self._lane_ids = lane_ids
 
     def update(self, chunk: bytes | memoryview) -> None:
         self._seen += len(chunk)
-        self._sha256.update(chunk)
-        self._sha1.update(chunk)
+        if self._lanes is not None:
+            self._lanes.submit(self._lane_ids[0], self._sha256, chunk)
+            self._lanes.submit(self._lane_ids[1], self._sha1, chunk)
+        else:
+            self._sha256.update(chunk)
+            self._sha1.update(chunk)
+
+    @property
+    def seen(self) -> int:
+        return self._seen
 
     def digest(self) -> Digest:
+        if self._lanes is not None:
+            self._lanes.drain(*self._lane_ids)
         if self._seen != self.size:
             # a git sha1 over the wrong declared size would be silently wrong; refuse instead
             raise ValueError(f"hashed {self._seen} bytes, expected {self.size}")

@@ -159,6 +159,8 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
         return v
 
     repo_id = need("repo_id", str)
+    if repo_id is not None and (why := repo_id_problem(repo_id)):
+        problems.append(f"repo_id {repo_id!r} {why}")
     repo_type = need("repo_type", str)
     if repo_type is not None and repo_type not in REPO_TYPES:
         problems.append(f"repo_type {repo_type!r} is not one of {REPO_TYPES}")
@@ -230,6 +232,19 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
     )
 
 
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` is not a Hub repo id ("org/name" or "name"), or None. The id becomes a cache
+    folder name (`models--org--name`), so the Hub's own rules are enforced: no '--', no '..'."""
+    if not _REPO_ID.match(repo_id) or len(repo_id) > 96 * 2 + 1:
+        return "is not a Hub repo id like 'org/name' (letters, digits, '-', '_', '.')"
+    if "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
+        return "contains '--' or '..' or ends with '.git', which the Hub does not allow"
+    return None
+
+
 def unsafe_path_reason(path: str) -> str | None:
     """Why a repo-relative path may not be written anywhere, or None if it is safe."""
     if not path:
@@ -244,7 +259,7 @@ def unsafe_path_reason(path: str) -> str | None:
     return None
 
 
-_LICENSE_RE = re.compile(r"^license:\s*['\"]?([^'\"\n#]+?)['\"]?\s*$", re.MULTILINE)
+_LICENSE_RE = re.compile(r"^license:\s*['\"]?([^'\"\n#]+?)['\"]?\s*(?:#.*)?$", re.MULTILINE)
 
 
 def license_from_card(text: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -160,14 +160,16 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     types = _types()
     problems: list[str] = []
     values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # canonical name -> the spelling used, to catch alias clashes
     for key, value in raw.items():
         name = _ALIASES.get(key, key)
         if name not in types:
             problems.append(f"unknown key {key!r}")
             continue
-        if name in values and key != name:
-            problems.append(f"both {key!r} and {name!r} given")
+        if name in given_as:
+            problems.append(f"both {given_as[name]!r} and {key!r} given")
             continue
+        given_as[name] = key
         coerced = _coerce(name, types[name], value, problems)
         if coerced is not None or types[name].endswith("| None"):
             values[name] = coerced
@@ -256,6 +258,10 @@ def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the config must be a YAML mapping of key: value"])
+    for key in overrides or {}:
+        # `--set train_files=...` replaces the config's `train_file`, rather than clashing with it
+        name = _ALIASES.get(key, key)
+        raw = {k: v for k, v in raw.items() if _ALIASES.get(k, k) != name}
     raw = {**raw, **(overrides or {})}
     first = None
     if not raw.get("task") and not raw.get("labels"):

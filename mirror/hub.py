@@ -1,0 +1,477 @@
+"""`mirror pull`: pin a Hub revision to one commit, download that commit, check every file
+against the Hub's own hashes, and write a bundle.
+
+Why not a bare `snapshot_download`: it checks sizes, not hashes, and a branch can move while a
+download runs. Here the revision is resolved to a 40-hex commit first and everything after uses
+only that commit; the tree listing of the commit gives each file's expected hash (sha256 for LFS
+files, git blob sha1 for the rest), and the bundle writer checks them while it copies the bytes.
+The downloading itself (auth, CDN redirects, retries, in-file resume with `Range`, Xet storage) is
+left to huggingface_hub's `hf_hub_download`, file by file, into a hidden staging folder:
+
+    <out_dir>/.staging/<bundle stem with the full commit>/
+
+The staging folder is never trusted: a finished file is not fetched again on a rerun (the
+interrupted-pull case), but every byte is hashed against the Hub's listing before it reaches a
+bundle, and a file that fails the check is deleted so the next run fetches it afresh. After a
+successful pull the staging folder is removed.
+
+The bundle's `created_at` is the commit's date (`lastModified` at that revision), not the time of
+the pull, so two people pulling the same commit produce byte-identical bundles.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from mirror import __version__
+from mirror.bundle import BundleInfo, write_bundle
+from mirror.errors import (
+    AuthRequired,
+    HashMismatch,
+    HubError,
+    MirrorError,
+    NotEnoughSpace,
+    RepoNotFound,
+    RevisionNotFound,
+    UsageError,
+)
+from mirror.manifest import REPO_TYPES, FileEntry, classify, license_from_card, repo_id_problem, unsafe_path_reason
+
+PUBLIC_ENDPOINT = "https://huggingface.co"
+STAGING_DIR = ".staging"
+
+# Weight formats that duplicate safetensors weights. A repo like all-MiniLM-L6-v2 ships the same
+# weights as safetensors, PyTorch pickle, TF, Flax, Rust, ONNX, OpenVINO...: pulling only the
+# safetensors copy is several times smaller and never loads a pickle. Applied only when the repo
+# has at least one `*.safetensors` file, and never to a file an `include` pattern asks for.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    "*.bin",  # pytorch_model.bin and its shards (torch pickle)
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.h5",  # TensorFlow / Keras
+    "*.msgpack",  # Flax
+    "*.ot",  # rust-bert
+    "*.onnx",
+    "*.onnx_data",
+    "onnx/*",
+    "openvino/*",
+    "coreml/*",
+    "*.mlmodel",
+    "*.tflite",
+    "*.gguf",  # llama.cpp quantisations
+)
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_CARD = 64 * 1024  # the YAML header sits at the top of README.md; never read a huge card whole
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a commit as the Hub's tree listing describes it."""
+
+    path: str
+    size: int
+    lfs: bool
+    sha256: str  # the LFS oid; "" for a regular git file (the Hub does not publish it)
+    git_sha1: str  # the git blob sha1; "" for an LFS file (the Hub's oid is the pointer's)
+
+    def expected(self) -> FileEntry:
+        """What the bundle writer must find; the empty digest is the one the Hub cannot vouch for."""
+        return FileEntry(path=self.path, size=self.size, sha256=self.sha256, git_sha1=self.git_sha1, lfs=self.lfs, kind=classify(self.path))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A revision resolved to one commit, with the commit's files."""
+
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit: str
+    created_at: str
+    files: tuple[RemoteFile, ...]
+
+
+# --- endpoint and file selection ------------------------------------------------------------------
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """The argument, else $HF_ENDPOINT, else the public Hub; without a trailing slash."""
+    url = endpoint or os.environ.get("HF_ENDPOINT") or PUBLIC_ENDPOINT
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise UsageError(f"endpoint {url!r} is not an http(s) URL; pass --endpoint https://host or fix HF_ENDPOINT")
+    return url.rstrip("/")
+
+
+def _matches(path: str, patterns: Iterable[str]) -> bool:
+    # Same semantics as huggingface_hub's allow/ignore patterns: fnmatch on the whole repo path
+    # (`*` crosses `/`), and a pattern ending in `/` means everything under that folder.
+    return any(fnmatch.fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
+
+
+def select_files(
+    paths: Iterable[str], *, include: Sequence[str] | None = (), exclude: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Split repo paths into (selected, skipped), both sorted.
+
+    - `include`: when non-empty, only paths matching one of these globs are selected.
+    - `exclude`: paths matching one of these are skipped, on top of DEFAULT_EXCLUDES.
+    - DEFAULT_EXCLUDES apply only when the repo has a `*.safetensors` file, and never to a path an
+      include pattern matches: `include=("*",)` keeps every file, `include=("onnx/*",)` the ONNX
+      export."""
+    paths = sorted(paths)
+    include, exclude = tuple(include or ()), tuple(exclude or ())
+    defaults = DEFAULT_EXCLUDES if any(p.endswith(".safetensors") for p in paths) else ()
+    selected, skipped = [], []
+    for p in paths:
+        asked = bool(include) and _matches(p, include)
+        wanted = asked or not include
+        dropped = _matches(p, exclude) or (_matches(p, defaults) and not asked)
+        (selected if wanted and not dropped else skipped).append(p)
+    return selected, skipped
+
+
+# --- talking to the Hub ---------------------------------------------------------------------------
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """huggingface_hub 2.x speaks HTTP through `httpx2`, 1.x through `httpx`."""
+    out: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            mod = __import__(name)
+        except ImportError:
+            continue
+        out.append(mod.TransportError)
+    return tuple(out)
+
+
+def _one_line(text: str, token: str | None, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    if token:
+        text = text.replace(token, "***")  # no known message echoes it; make sure none ever does
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextmanager
+def _hub_errors(*, repo_id: str, revision: str, endpoint: str, token: str | None, what: str) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into mirror's, one line each, the token never named."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except GatedRepoError as e:
+        raise AuthRequired(repo_id, endpoint=endpoint) from e
+    except RevisionNotFoundError as e:
+        raise RevisionNotFound(repo_id, revision, endpoint=endpoint) from e
+    except RepositoryNotFoundError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403) and token:
+            raise AuthRequired(repo_id, endpoint=endpoint) from e
+        # Anonymous requests get 401 for private, gated and missing repos alike: the message
+        # (RepoNotFound's) says to check the id or pass a token.
+        raise RepoNotFound(repo_id, endpoint=endpoint, detail=f"HTTP {status}" if status else "") from e
+    except RemoteEntryNotFoundError as e:
+        raise HubError(
+            f"{endpoint} lists {what} in {repo_id} but answers 404 when asked for it; "
+            "the repo may have changed, retry the pull"
+        ) from e
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise AuthRequired(repo_id, endpoint=endpoint) from e
+        raise HubError(
+            f"{endpoint} answered HTTP {status} for {what} of {repo_id}: "
+            f"{_one_line(e.server_message or str(e).splitlines()[0], token)}; retry later"
+        ) from e
+    except OfflineModeIsEnabled as e:
+        raise HubError("HF_HUB_OFFLINE is set, so nothing can be pulled; unset it on the connected host") from e
+    except LocalEntryNotFoundError as e:
+        # hf_hub_download's wrapper when the metadata request failed for a network reason
+        cause = e.__cause__ or e
+        raise HubError(
+            f"could not reach {endpoint} for {what} of {repo_id} ({_one_line(f'{type(cause).__name__}: {cause}', token)}); "
+            "check the network, --endpoint / HF_ENDPOINT and proxy settings, then rerun to resume"
+        ) from e
+    except _transport_errors() as e:
+        raise HubError(
+            f"could not reach {endpoint} for {what} of {repo_id} ({_one_line(f'{type(e).__name__}: {e}', token)}); "
+            "check the network, --endpoint / HF_ENDPOINT and proxy settings, then rerun to resume"
+        ) from e
+
+
+def _iso_utc(dt: datetime | None) -> str:
+    if dt is None:
+        # A Hub always sends lastModified; a bare Hub-like server may not. The bundle is then
+        # only reproducible up to this field.
+        dt = datetime.now(timezone.utc)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def resolve_snapshot(
+    repo_id: str, *, revision: str = "main", repo_type: str = "model", endpoint: str | None = None, token: str | None = None
+) -> Snapshot:
+    """Resolve `revision` to a commit (first), then list that commit's files with their hashes."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    endpoint = resolve_endpoint(endpoint)
+    api = HfApi(endpoint=endpoint, token=token, library_name="mirror", library_version=__version__)
+    with _hub_errors(repo_id=repo_id, revision=revision, endpoint=endpoint, token=token, what="the revision"):
+        info = api.repo_info(repo_id, revision=revision, repo_type=repo_type)
+    commit = (info.sha or "").lower()
+    if not _HEX40.match(commit):
+        raise HubError(f"{endpoint} resolved {revision!r} of {repo_id} to {info.sha!r}, not a 40-hex commit; is it a Hub endpoint?")
+    with _hub_errors(repo_id=repo_id, revision=revision, endpoint=endpoint, token=token, what="the file list"):
+        tree = [f for f in api.list_repo_tree(repo_id, revision=commit, repo_type=repo_type, recursive=True) if isinstance(f, RepoFile)]
+    files = []
+    for f in tree:
+        if why := unsafe_path_reason(f.path):
+            raise HubError(f"{endpoint} lists a file named {f.path!r} in {repo_id}, which {why}; refusing to pull it")
+        if f.lfs is not None:
+            sha256 = (f.lfs.sha256 or "").lower()
+            if not _HEX64.match(sha256):
+                raise HubError(f"{endpoint} gives {f.path} of {repo_id} an LFS oid that is not a sha256 ({f.lfs.sha256!r})")
+            files.append(RemoteFile(path=f.path, size=f.lfs.size, lfs=True, sha256=sha256, git_sha1=""))
+        else:
+            sha1 = (f.blob_id or "").lower()
+            if not _HEX40.match(sha1):
+                raise HubError(f"{endpoint} gives {f.path} of {repo_id} a blob id that is not a git sha1 ({f.blob_id!r})")
+            files.append(RemoteFile(path=f.path, size=f.size, lfs=False, sha256="", git_sha1=sha1))
+    return Snapshot(
+        repo_id=repo_id,
+        repo_type=repo_type,
+        revision=revision,
+        commit=commit,
+        created_at=_iso_utc(getattr(info, "last_modified", None)),
+        files=tuple(sorted(files, key=lambda f: f.path)),
+    )
+
+
+# --- downloading ----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One bytes bar for the whole pull; huggingface_hub's per-file bars feed it."""
+
+    def __init__(self, *, total: int, files: int, desc: str, enabled: bool):
+        from tqdm.auto import tqdm
+
+        # disable=None: draw on a terminal only, never spray bar frames into logs
+        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=None if enabled else True)
+        self.files = files
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def for_file(self, size: int):
+        """A tqdm-like class for one file's download. After the file is done, `finish()` tops the
+        bar up by what was not reported (a file that was already staged reports nothing)."""
+        outer = self
+        seen = [0]
+
+        class _FileBar:
+            def __init__(self, *args, **kwargs):
+                self.update(kwargs.get("initial") or 0)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return None
+
+            def update(self, n=1):
+                if n:
+                    seen[0] += n
+                    outer.bar.update(n)
+
+            def close(self):
+                pass
+
+        def finish() -> None:
+            with outer._lock:
+                outer.done += 1
+                outer.bar.update(size - seen[0])
+                outer.bar.set_postfix_str(f"{outer.done}/{outer.files} files", refresh=False)
+
+        return _FileBar, finish
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def staging_name(repo_id: str, commit: str, *, repo_type: str = "model") -> str:
+    """The staging folder of one commit: like the bundle's name, with the full commit."""
+    prefix = "" if repo_type == "model" else f"{repo_type}s--"
+    return f"{prefix}{repo_id.replace('/', '--')}--{commit}"
+
+
+def _staged_size(staging: Path, files: Sequence[RemoteFile]) -> int:
+    total = 0
+    for f in files:
+        try:
+            if (staging / f.path).stat().st_size == f.size:
+                total += f.size
+        except OSError:
+            pass
+    return total
+
+
+def _discard_staged(staging: Path, path: str) -> None:
+    """Delete a staged file and huggingface_hub's record of it, so a rerun fetches it again."""
+    (staging / path).unlink(missing_ok=True)
+    (staging / ".cache" / "huggingface" / "download" / (path + ".metadata")).unlink(missing_ok=True)
+
+
+def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool) -> None:
+    from huggingface_hub import hf_hub_download
+
+    bar = _Progress(total=sum(f.size for f in files), files=len(files), desc=f"pull {snap.repo_id}", enabled=progress)
+
+    def fetch(f: RemoteFile) -> None:
+        file_bar, finish = bar.for_file(f.size)
+        with _hub_errors(repo_id=snap.repo_id, revision=snap.revision, endpoint=endpoint, token=token, what=f.path):
+            hf_hub_download(
+                snap.repo_id,
+                f.path,
+                repo_type=snap.repo_type,
+                revision=snap.commit,  # never the branch: it may move while we download
+                local_dir=staging,
+                endpoint=endpoint,
+                token=token,
+                library_name="mirror",
+                library_version=__version__,
+                tqdm_class=file_bar,
+            )
+        finish()
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(files))), thread_name_prefix="mirror-pull")
+    try:
+        futures = [pool.submit(fetch, f) for f in files]
+        # Every file is tried even when one fails, so a rerun fetches only what is missing.
+        wait(futures)
+        for fut in futures:
+            fut.result()  # the first failure, in path order
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: start nothing new, wait for nothing
+        raise
+    except MirrorError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NotEnoughSpace(str(staging), needed=sum(f.size for f in files), free=shutil.disk_usage(staging).free) from e
+        # e.g. huggingface_hub's "Consistency check failed: file should be of size ..."
+        raise HubError(f"downloading {snap.repo_id} from {endpoint} failed: {_one_line(str(e), token)}; rerun to resume") from e
+    finally:
+        pool.shutdown(wait=False)
+        bar.close()
+
+
+def _license(staging: Path, selected: Sequence[RemoteFile]) -> str | None:
+    if not any(f.path == "README.md" for f in selected):
+        return None
+    with open(staging / "README.md", "rb") as fh:
+        head = fh.read(_MAX_CARD)
+    return license_from_card(head.decode("utf-8", "replace"))
+
+
+# --- pull -----------------------------------------------------------------------------------------
+
+
+def pull(
+    repo_id: str,
+    *,
+    revision: str = "main",
+    repo_type: str = "model",
+    include: Sequence[str] | None = (),
+    exclude: Sequence[str] | None = None,
+    out_dir: str | os.PathLike,
+    endpoint: str | None = None,
+    token: str | None = None,
+    workers: int = 8,
+    progress: bool = True,
+) -> BundleInfo:
+    """Pull one revision of a Hub repo into a bundle in `out_dir`; returns what was written.
+
+    `include` / `exclude` are globs on repo paths (see `select_files`: redundant non-safetensors
+    weight formats, DEFAULT_EXCLUDES, are skipped when safetensors exist unless included;
+    `exclude` adds to them).
+    `endpoint` defaults to $HF_ENDPOINT, then the public Hub; `token` to huggingface_hub's own
+    lookup ($HF_TOKEN, then a saved login). Raises RepoNotFound, RevisionNotFound, AuthRequired,
+    HubError, HashMismatch (the file is named and discarded), NotEnoughSpace or UsageError.
+    """
+    if why := repo_id_problem(repo_id):
+        raise UsageError(f"repo id {repo_id!r} {why}")
+    if repo_type not in REPO_TYPES:
+        raise UsageError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
+    if not revision:
+        raise UsageError("revision is empty; pass a branch, tag or commit (default: main)")
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, not {workers}")
+    endpoint = resolve_endpoint(endpoint)
+    out_dir = Path(out_dir)
+
+    snap = resolve_snapshot(repo_id, revision=revision, repo_type=repo_type, endpoint=endpoint, token=token)
+    by_path = {f.path: f for f in snap.files}
+    chosen, skipped = select_files(by_path, include=include, exclude=exclude)
+    if not chosen:
+        raise UsageError(
+            f"no file of {repo_id} at {snap.commit[:12]} is left after --include/--exclude "
+            f"({len(skipped)} skipped, e.g. {', '.join(skipped[:3]) or 'none'}); loosen the patterns"
+        )
+    files = [by_path[p] for p in chosen]
+
+    staging = out_dir / STAGING_DIR / staging_name(repo_id, snap.commit, repo_type=repo_type)
+    staging.mkdir(parents=True, exist_ok=True)
+    total = sum(f.size for f in files)
+    needed = (total - _staged_size(staging, files)) + total  # the rest of the download, then the bundle
+    free = shutil.disk_usage(staging).free
+    if free < needed:
+        raise NotEnoughSpace(str(out_dir), needed=needed, free=free)
+
+    _download(snap, files, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+
+    try:
+        info = write_bundle(
+            src_root=staging,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit=snap.commit,
+            source=endpoint,
+            created_at=snap.created_at,
+            license=_license(staging, files),
+            out_dir=out_dir,
+            expected={f.path: f.expected() for f in files},
+        )
+    except HashMismatch as e:
+        _discard_staged(staging, e.path)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (out_dir / STAGING_DIR).rmdir()  # only when no other pull is staging there
+    except OSError:
+        pass
+    return info

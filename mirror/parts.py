@@ -1,0 +1,594 @@
+"""Multi-part bundles: one bundle stream cut into equal, size-capped parts, read back as one stream.
+
+Why: transfer portals, DVDs and FAT32 sticks cap file sizes, and a 100 GB bundle that fails a
+check should not have to travel again whole. The tar stream is cut at exact byte offsets (not at
+member boundaries), so every part but the last is exactly `max_part_size` bytes and the parts,
+concatenated, are byte-identical to the single-file bundle (same sha256). An index next to the
+parts records the size and sha256 of every part and of the whole stream, so a missing or
+truncated part is named before any work starts and a damaged one is named as soon as the stream
+passes its end.
+
+Layout for a bundle called NAME.tar (docs/bundle-format.md, "Multi-part bundles"):
+
+    NAME.tar.part0001 ... NAME.tar.partNNNN   the stream, cut every max_part_size bytes
+    NAME.tar.parts.json                       the index (written last: it is the commit point)
+    NAME.tar.parts.sha256                     the part digests in `sha256sum -c` format
+
+Readers never join the parts on disk: `PartsReader` is a read-only file object over them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from mirror.errors import BundleError, PartError, UsageError
+from mirror.hashing import CHUNK, HashLanes
+
+PARTS_FORMAT = "mirror-parts/1"
+INDEX_SUFFIX = ".parts.json"
+SUMS_SUFFIX = ".parts.sha256"
+PARTIAL_SUFFIX = ".partial"
+PART_TEMP_INFIX = ".tar.part"  # temporary parts: .<random>.tar.partNNNN.partial until commit
+# Below this a part count explodes and the value is almost surely a typo ("4" meant "4G").
+MIN_PART_SIZE = 1024
+_PART_RE = re.compile(r"^(?P<bundle>.+)\.part(?P<no>\d{4,})$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_READ_THROUGH = 64 * 1024  # forward seeks this short are read (and hashed) rather than seeked
+# Same convention as coreutils `split`: K/M/G/T are powers of 1024, KB/MB/GB/TB powers of 1000.
+_UNITS = {
+    "": 1, "B": 1,
+    "K": 1 << 10, "KIB": 1 << 10, "KB": 10**3,
+    "M": 1 << 20, "MIB": 1 << 20, "MB": 10**6,
+    "G": 1 << 30, "GIB": 1 << 30, "GB": 10**9,
+    "T": 1 << 40, "TIB": 1 << 40, "TB": 10**12,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """'4G' -> 4294967296, '700M', '650MB', '1.5G', '4096'. Raises UsageError with the fix."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS:
+        raise UsageError(
+            f"--max-part-size {text!r} is not a size; use a number with K, M, G or T "
+            "(powers of 1024, e.g. 4G or 4095M for FAT32) or KB, MB, GB (powers of 1000)"
+        )
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if size < MIN_PART_SIZE:
+        raise UsageError(
+            f"--max-part-size {text!r} is {size} bytes, below the {MIN_PART_SIZE}-byte minimum; "
+            "did you forget the unit (e.g. 4G)?"
+        )
+    return size
+
+
+def part_name(bundle_name: str, number: int) -> str:
+    """NAME.tar, 1 -> NAME.tar.part0001 (numbered from 1; widens past 9999 parts)."""
+    return f"{bundle_name}.part{number:04d}"
+
+
+# --- the index ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    name: str  # file name, in the index's directory
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PartsIndex:
+    bundle: str  # the logical bundle name, NAME.tar
+    size: int  # bytes of the whole stream
+    sha256: str  # sha256 of the whole stream: equals the single-file bundle's sha256
+    max_part_size: int
+    parts: tuple[PartInfo, ...]
+
+    def to_json(self) -> bytes:
+        d = {
+            "format": PARTS_FORMAT,
+            "bundle": self.bundle,
+            "size": self.size,
+            "sha256": self.sha256,
+            "max_part_size": self.max_part_size,
+            "parts": [{"name": p.name, "size": p.size, "sha256": p.sha256} for p in self.parts],
+        }
+        return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode()
+
+    def offset_of(self, number: int) -> int:
+        """Stream offset where part `number` (0-based) starts; parts are equal but the last."""
+        return number * self.max_part_size
+
+
+def parse_index(raw: bytes, *, where: str) -> PartsIndex:
+    """Strict: an index that would let a reader step outside its folder, or that describes
+    uneven parts, is refused rather than half-trusted."""
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(where, f"the parts index is not valid JSON ({e})") from e
+    if not isinstance(d, dict) or d.get("format") != PARTS_FORMAT:
+        raise BundleError(where, f"not a parts index (format must be {PARTS_FORMAT!r})")
+    problems: list[str] = []
+    bundle, size, sha, mps, raw_parts = (d.get(k) for k in ("bundle", "size", "sha256", "max_part_size", "parts"))
+    if not isinstance(bundle, str) or not bundle or "/" in bundle or "\\" in bundle or bundle in (".", ".."):
+        problems.append("bundle must be a plain file name")
+    if not _is_int(size) or size < 0:
+        problems.append("size must be a non-negative integer")
+    if not isinstance(sha, str) or not _HEX64.match(sha):
+        problems.append("sha256 must be 64 lowercase hex characters")
+    if not _is_int(mps) or mps < 1:
+        problems.append("max_part_size must be a positive integer")
+    if not isinstance(raw_parts, list):
+        problems.append("parts must be a list")
+        raw_parts = []
+    parts: list[PartInfo] = []
+    for i, p in enumerate(raw_parts, start=1):
+        if not isinstance(p, dict) or set(p) != {"name", "size", "sha256"}:
+            problems.append(f"parts[{i - 1}] must have exactly name, size, sha256")
+            continue
+        if isinstance(bundle, str) and p["name"] != part_name(bundle, i):
+            problems.append(f"parts[{i - 1}] must be named {part_name(bundle, i)!r}")
+        if not _is_int(p["size"]) or not isinstance(p["sha256"], str) or not _HEX64.match(p["sha256"]):
+            problems.append(f"parts[{i - 1}] has a bad size or sha256")
+            continue
+        parts.append(PartInfo(name=p["name"], size=p["size"], sha256=p["sha256"]))
+    if not problems:
+        # equal parts but the last, which is non-empty: the fix for Zarf's uneven parts (#2313)
+        if any(p.size != mps for p in parts[:-1]) or (parts and not 0 < parts[-1].size <= mps):
+            problems.append("parts are not all max_part_size bytes except a non-empty last one")
+        if sum(p.size for p in parts) != size:
+            problems.append("part sizes do not add up to size")
+    if problems:
+        raise BundleError(where, "invalid parts index: " + "; ".join(problems[:6]))
+    return PartsIndex(bundle=bundle, size=size, sha256=sha, max_part_size=mps, parts=tuple(parts))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# --- locating a bundle --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleLocation:
+    """Where a bundle's bytes are. `path` is the logical NAME.tar (it does not exist on disk for a
+    multi-part bundle); `index` is NAME.tar.parts.json for a multi-part one, else None."""
+
+    path: Path
+    index: Path | None
+
+    @property
+    def multipart(self) -> bool:
+        return self.index is not None
+
+
+def index_path(bundle: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(bundle)}{INDEX_SUFFIX}")
+
+
+def locate(path: str | os.PathLike) -> BundleLocation:
+    """Accept any of the names a user might type for a multi-part bundle: the index
+    (NAME.tar.parts.json), any part (NAME.tar.part0003), or the base name NAME.tar. A single
+    NAME.tar file on disk wins over parts of the same name (it is what the name says)."""
+    p = Path(path)
+    if p.name.endswith(INDEX_SUFFIX):
+        return BundleLocation(path=p.with_name(p.name[: -len(INDEX_SUFFIX)]), index=p)
+    m = _PART_RE.match(p.name)
+    if m:
+        base = p.with_name(m.group("bundle"))
+        idx = index_path(base)
+        if not idx.is_file():
+            raise BundleError(
+                str(p),
+                f"this is a part of a multi-part bundle but its index {idx.name} is missing",
+                fix=f"copy {idx.name} next to the parts (it was written with them) and try again",
+            )
+        return BundleLocation(path=base, index=idx)
+    if not p.is_file() and index_path(p).is_file():
+        return BundleLocation(path=p, index=index_path(p))
+    return BundleLocation(path=p, index=None)
+
+
+def read_index(index: str | os.PathLike) -> PartsIndex:
+    index = Path(index)
+    try:
+        with open(index, "rb") as f:
+            raw = f.read(16 * 1024 * 1024)  # an index is ~100 bytes a part; refuse to slurp a disk
+    except FileNotFoundError as e:
+        raise BundleError(str(index), "the parts index does not exist", fix="give the path of a bundle or of its NAME.tar.parts.json") from e
+    return parse_index(raw, where=str(index))
+
+
+def check_parts(index: PartsIndex, folder: Path, *, where: str) -> None:
+    """Up front, before any work: every part exists with its recorded size. Names them all."""
+    missing, wrong = [], []
+    for p in index.parts:
+        try:
+            actual = (folder / p.name).stat().st_size
+        except FileNotFoundError:
+            missing.append(p.name)
+            continue
+        if actual != p.size:
+            wrong.append(f"{p.name} is {actual} bytes, the index says {p.size}")
+    if missing or wrong:
+        reason = "; ".join(
+            ([f"{len(missing)} of {len(index.parts)} parts missing: {', '.join(missing)}"] if missing else []) + wrong
+        )
+        raise PartError(where, reason, parts=tuple(missing) + tuple(w.split(" ", 1)[0] for w in wrong))
+
+
+def open_stream(path: str | os.PathLike) -> BinaryIO:
+    """The bundle's bytes as one sequential binary file object, single-file or multi-part."""
+    loc = locate(path)
+    if loc.multipart:
+        return PartsReader(loc.index)
+    try:
+        return open(loc.path, "rb")
+    except FileNotFoundError as e:
+        raise BundleError(str(loc.path), "no such bundle (neither a file nor NAME.tar.parts.json next to it)", fix="check the path; 'mirror list DIR' shows the bundles in a folder") from e
+
+
+def stream_sha256(path: str | os.PathLike) -> str:
+    """The bundle's identity: sha256 of the whole stream. Free for a multi-part bundle (the index
+    records it, and each part's digest is checked when it is read); one streaming pass otherwise."""
+    loc = locate(path)
+    if loc.multipart:
+        return read_index(loc.index).sha256
+    from mirror.hashing import sha256_file
+
+    return sha256_file(loc.path)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+class PartsReader(io.RawIOBase):
+    """The parts of a multi-part bundle as one read-only, seekable stream, never joined on disk.
+
+    Opening checks that every part exists with its recorded size (`PartError` names the missing
+    ones). Each part's sha256 is computed as it is read and checked when the read reaches the
+    part's end, so a damaged part is named during the single pass. Reads always fill the buffer
+    unless the stream ends (tarfile treats a short read as truncation). Seeks are real seeks: a
+    part that is not read contiguously from its start is simply not checked in this pass.
+    """
+
+    def __init__(self, index: str | os.PathLike, *, check_present: bool = True, strict: bool = True):
+        super().__init__()
+        self.index_path = Path(index)
+        self.index = read_index(self.index_path)
+        self.folder = self.index_path.parent
+        self.name = str(self.index_path)  # tarfile reads .name/.mode from its file object
+        self.mode = "rb"
+        self.checked: set[int] = set()  # 0-based numbers of parts whose sha256 matched
+        # strict: raise PartError at the end of a damaged part (install: stop at once);
+        # otherwise record it in `damaged` and go on (verify: report every damaged part)
+        self.strict = strict
+        self.damaged: list[str] = []
+        if check_present:
+            check_parts(self.index, self.folder, where=self.name)
+        self._pos = 0
+        self._k = -1  # 0-based number of the open part
+        self._fh: io.FileIO | None = None
+        self._fh_pos = 0
+        self._hasher = hashlib.sha256()
+        self._hashed: int | None = None  # bytes of part _k hashed contiguously from its start
+
+    # io.RawIOBase protocol
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.index.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        filled = 0
+        while filled < len(view) and self._pos < self.index.size:
+            k = min(self._pos // self.index.max_part_size, len(self.index.parts) - 1)
+            part = self.index.parts[k]
+            off = self._pos - self.index.offset_of(k)
+            self._position(k, off)
+            want = min(len(view) - filled, part.size - off)
+            n = self._fh.readinto(view[filled : filled + want])
+            if not n:
+                raise PartError(self.name, f"{part.name} ended after {off} bytes, the index says {part.size}", parts=(part.name,))
+            if self._hashed == off:
+                self._hasher.update(view[filled : filled + n])
+                self._hashed += n
+            filled += n
+            self._pos += n
+            self._fh_pos += n
+            if off + n == part.size:
+                self._finish_part(k)
+        return filled
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        super().close()
+
+    # checks
+    def check_current_part(self) -> None:
+        """After a content error mid-part, read on to the end of the current part so that, if the
+        part itself is damaged, the error names it. Bounded work: at most one part."""
+        if self._k < 0 or self._hashed is None or self._k in self.checked:
+            return
+        part = self.index.parts[self._k]
+        end = self.index.offset_of(self._k) + part.size
+        self._pos = self.index.offset_of(self._k) + self._hashed
+        buf = bytearray(1 << 20)
+        while self._pos < end and self._k not in self.checked:
+            self.readinto(memoryview(buf)[: min(len(buf), end - self._pos)])
+
+    def finish(self) -> tuple[str, ...]:
+        """Read from here to the end (a tar reader stops at the first end-of-archive block) and
+        return the parts that could not be checked in this pass (empty after a sequential one)."""
+        buf = bytearray(1 << 20)
+        while self.readinto(buf):
+            pass
+        return self.unchecked_parts()
+
+    def unchecked_parts(self) -> tuple[str, ...]:
+        return tuple(p.name for i, p in enumerate(self.index.parts) if i not in self.checked)
+
+    def _position(self, k: int, off: int) -> None:
+        if k != self._k or self._fh is None:
+            if self._fh is not None:
+                self._fh.close()
+            try:
+                self._fh = io.FileIO(self.folder / self.index.parts[k].name, "r")
+            except FileNotFoundError as e:
+                name = self.index.parts[k].name
+                raise PartError(self.name, f"{name} is missing", parts=(name,)) from e
+            self._k, self._fh_pos = k, 0
+            self._hashed = None
+        gap = off - self._fh_pos
+        if 0 < gap <= _READ_THROUGH and self._hashed == self._fh_pos:
+            # tarfile in random-access mode seeks over each member's padding: read those few
+            # bytes instead, so the part can still be checked in this pass
+            skipped = self._fh.read(gap)
+            if len(skipped) != gap:
+                raise PartError(self.name, f"{self.index.parts[k].name} ended early", parts=(self.index.parts[k].name,))
+            self._hasher.update(skipped)
+            self._hashed += gap
+            self._fh_pos = off
+        elif gap:
+            self._fh.seek(off)
+            self._fh_pos = off
+        if off == 0 and self._hashed != 0:
+            self._hasher, self._hashed = hashlib.sha256(), 0
+        elif self._hashed is not None and self._hashed != off:
+            self._hashed = None  # a jump inside the part: it cannot be checked in this pass
+
+    def _finish_part(self, k: int) -> None:
+        part = self.index.parts[k]
+        if self._hashed != part.size:
+            return
+        actual = self._hasher.hexdigest()
+        self._hashed = None  # a re-read starts from a fresh hasher
+        if actual != part.sha256:
+            if part.name not in self.damaged:
+                self.damaged.append(part.name)
+            if self.strict:
+                raise PartError(self.name, f"{part.name} is damaged: sha256 {actual}, the index says {part.sha256}", parts=(part.name,))
+            return
+        self.checked.add(k)
+
+    def require_all_checked(self) -> None:
+        """After a full pass: raise PartError naming damaged (or unread) parts, if any."""
+        if self.damaged:
+            raise PartError(self.name, f"damaged part(s), sha256 differs from the index: {', '.join(self.damaged)}", parts=tuple(self.damaged))
+        unchecked = self.unchecked_parts()
+        if unchecked:
+            raise PartError(self.name, f"part(s) not checked in this pass: {', '.join(unchecked)}", parts=unchecked)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+class PartWriter(io.RawIOBase):
+    """A seekable, write-only file object whose bytes land in parts of at most `max_part_size`.
+
+    It stands in for the `open(partial, "wb")` of a single-file bundle writer, including seeking
+    back to patch bytes already written (the bundle writer patches the manifest in place). Parts
+    are written under temporary names in `folder`; `commit(target)` hashes them (each part and the
+    whole stream, in one read pass), then publishes them as TARGET.partNNNN and returns the index.
+    `discard()`, or leaving the `with` block by an exception, deletes the temporary parts.
+
+    Publishing removes the old index first and writes the new one last, so no index ever
+    describes parts that are not its own; it deletes parts left by an earlier write of the same
+    name (Zarf #3266) and a single-file TARGET (+ .sha256) that the parts supersede.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, max_part_size: int):
+        super().__init__()
+        if max_part_size < MIN_PART_SIZE:
+            raise UsageError(f"max_part_size {max_part_size} is below the {MIN_PART_SIZE}-byte minimum")
+        self.folder = Path(folder)
+        self.max_part_size = max_part_size
+        self.mode = "wb"
+        self._tag = f".{uuid.uuid4().hex[:12]}"
+        self.name = str(self.folder / f"{self._tag}.tar")
+        self._count = 0  # part files created so far
+        self._fh: BinaryIO | None = None  # the part being appended to
+        self._pos = 0
+        self._size = 0
+        self._committed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if not 0 <= base + offset <= self._size:
+            raise ValueError("a PartWriter can seek only within what was written")
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, b) -> int:
+        if self.closed:
+            raise ValueError("write to a closed PartWriter")
+        view = memoryview(b).cast("B")
+        done = 0
+        while done < len(view):
+            k, off = divmod(self._pos, self.max_part_size)
+            take = min(self.max_part_size - off, len(view) - done)
+            chunk = view[done : done + take]
+            if self._pos == self._size:
+                self._tail(k).write(chunk)
+            else:
+                self._overwrite(k, off, chunk[: min(take, self._size - self._pos)])
+                take = min(take, self._size - self._pos)
+            done += take
+            self._pos += take
+            self._size = max(self._size, self._pos)
+        return len(view)
+
+    def close(self) -> None:
+        """Finish writing (the parts stay, under their temporary names, until commit/discard)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+        if exc_type is not None:
+            self.discard()
+
+    def commit(self, target: str | os.PathLike) -> PartsIndex:
+        """Publish the parts as `target`.partNNNN with their index; returns the index."""
+        self.close()
+        target = Path(target)
+        if target.parent.resolve() != self.folder.resolve():
+            raise ValueError("commit target must be in the folder the parts were written to")
+        index = self._hash(target.name)
+        idx_final = index_path(target)
+        sums_final = Path(f"{target}{SUMS_SUFFIX}")
+        _write_durably(Path(f"{idx_final}{PARTIAL_SUFFIX}"), index.to_json())
+        sums = "".join(f"{p.sha256}  {p.name}\n" for p in index.parts).encode()
+        _write_durably(Path(f"{sums_final}{PARTIAL_SUFFIX}"), sums)
+        idx_final.unlink(missing_ok=True)  # from here until the new index lands, no index exists
+        for i, p in enumerate(index.parts):
+            os.replace(self._temp(i), self.folder / p.name)
+        for stale in _stale_files(target, keep={p.name for p in index.parts}):
+            stale.unlink(missing_ok=True)
+        os.replace(f"{sums_final}{PARTIAL_SUFFIX}", sums_final)
+        os.replace(f"{idx_final}{PARTIAL_SUFFIX}", idx_final)
+        _fsync_dir(self.folder)
+        self._committed = True
+        return index
+
+    def discard(self) -> None:
+        """Delete the temporary parts (a no-op after commit)."""
+        self.close()
+        if not self._committed:
+            for i in range(self._count):
+                self._temp(i).unlink(missing_ok=True)
+
+    def _temp(self, k: int) -> Path:
+        return self.folder / f"{self._tag}{PART_TEMP_INFIX}{k + 1:04d}{PARTIAL_SUFFIX}"
+
+    def _tail(self, k: int) -> BinaryIO:
+        if k >= self._count:
+            if self._fh is not None:
+                self._fh.close()
+            self._fh = open(self._temp(k), "wb", buffering=1 << 20)
+            self._count = k + 1
+        return self._fh
+
+    def _overwrite(self, k: int, off: int, chunk) -> None:
+        if self._fh is not None and k == self._count - 1:
+            self._fh.flush()  # the tail part is open for appending; patch the file behind it
+        with open(self._temp(k), "r+b") as f:
+            f.seek(off)
+            f.write(chunk)
+
+    def _hash(self, bundle: str) -> PartsIndex:
+        """One read pass: the whole-stream sha256 and each part's, on two hash lanes so that they
+        cost about one sha256 of wall time. Each part is fsynced so it is durable before the
+        index that vouches for it exists."""
+        whole = hashlib.sha256()
+        infos: list[PartInfo] = []
+        with HashLanes(2) as lanes:
+            for k in range(self._count):
+                h, size = hashlib.sha256(), 0
+                with open(self._temp(k), "rb", buffering=0) as f:
+                    while chunk := f.read(CHUNK):
+                        lanes.submit(0, whole, chunk)
+                        lanes.submit(1, h, chunk)
+                        size += len(chunk)
+                    os.fsync(f.fileno())
+                lanes.drain(1)
+                infos.append(PartInfo(name=part_name(bundle, k + 1), size=size, sha256=h.hexdigest()))
+            lanes.drain(0)
+        return PartsIndex(bundle=bundle, size=self._size, sha256=whole.hexdigest(), max_part_size=self.max_part_size, parts=tuple(infos))
+
+
+def _stale_files(target: Path, *, keep: set[str]) -> list[Path]:
+    """Leftovers of an earlier write of the same bundle name: parts beyond the new count, their
+    partials, and a single-file NAME.tar (+ .sha256) that the new parts supersede."""
+    out = []
+    for entry in target.parent.iterdir():
+        name = entry.name[: -len(PARTIAL_SUFFIX)] if entry.name.endswith(PARTIAL_SUFFIX) else entry.name
+        m = _PART_RE.match(name)
+        if m and m.group("bundle") == target.name and entry.name not in keep:
+            out.append(entry)
+    for single in (target, Path(f"{target}.sha256")):
+        if single.is_file():
+            out.append(single)
+    return out
+
+
+def remove_parts(target: str | os.PathLike) -> None:
+    """For a single-file writer: drop a multi-part bundle of the same name that it supersedes
+    (index first, so no reader trusts a half-removed set)."""
+    target = Path(target)
+    for suffix in (INDEX_SUFFIX, SUMS_SUFFIX):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    for stale in _stale_files(target, keep=set()):
+        if stale != target and stale.name != f"{target.name}.sha256":
+            stale.unlink(missing_ok=True)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

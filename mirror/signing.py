@@ -1,0 +1,342 @@
+"""Signatures: who vouches for a bundle, in the OpenSSF model-signing format.
+
+One signature serves two verifiers. It is a model-signing (sigstore bundle, DSSE, in-toto) signature
+whose resources are every file of the snapshot with its sha256, so a security team can check an
+*installed* snapshot with the upstream tool:
+
+    model_signing verify key SNAPSHOT_DIR --signature model.sig --public_key key.pub --allow_symlinks
+
+and its predicate also carries a `mirror` section (allowed by the v1.0 predicate: verifiers ignore
+unknown fields) binding the sha256 of the bundle's manifest, hence the repo id, the commit and every
+file hash, which `mirror verify --public-key` checks. The signature is built from the manifest
+alone - no file is re-read - and stored as the bundle's last tar member, `_mirror/signature.json`, so
+signing appends to a bundle in O(1) and never touches the manifest or the payload.
+
+Key fingerprints are the sha256 of the DER SubjectPublicKeyInfo, the same value as
+`openssl pkey -pubin -in key.pub -outform DER | sha256sum`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mirror.errors import BundleError, SignatureError, UsageError
+from mirror.manifest import MANIFEST_NAME, Manifest, parse
+
+SIGNATURE_MEMBER = "_mirror/signature.json"  # the model-signing JSON; always the last member
+MAX_SIGNATURE_BYTES = 64 * 1024 * 1024  # the payload lists every file: ~200 bytes each
+# model_signing ignores these at the top of a model directory by default, so they are left out of
+# its resources (the mirror manifest still binds them through its sha256).
+GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    present: bool
+    valid: bool | None  # None: present but not checked, because no public key was given
+    key_fingerprint: str | None  # the checked key, or the one the signature claims when unchecked
+    reason: str
+
+    def summary(self) -> str:
+        if not self.present:
+            return "unsigned"
+        state = {True: "valid", False: "INVALID", None: "not checked (no --public-key)"}[self.valid]
+        return f"{state}, key sha256:{self.key_fingerprint or '?'}" + ("" if self.valid else f" ({self.reason})")
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """Write `<prefix>.pem` (EC P-256 private key, mode 0600) and `<prefix>.pub` (public key)."""
+    prefix = Path(out_prefix)
+    private_path, public_path = Path(f"{prefix}.pem"), Path(f"{prefix}.pub")
+    for p in (private_path, public_path):
+        if p.exists():
+            raise UsageError(f"{p} already exists; refusing to overwrite a key: choose another prefix or move it away")
+    if not prefix.parent.is_dir():
+        raise UsageError(f"{prefix.parent} is not a directory; create it first")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_atomic(private_path, private_pem, mode=0o600)
+    _write_atomic(public_path, public_pem, mode=0o644)
+    return private_path, public_path
+
+
+def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError as e:
+        raise UsageError(f"signing key {path} does not exist; create one with 'mirror keygen PREFIX'") from e
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise UsageError(f"{path} is not an unencrypted PEM private key ({e}); use 'mirror keygen' or 'openssl ecparam -genkey'") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UsageError(f"{path} is not an elliptic-curve key; model-signing needs EC P-256/384/521 ('mirror keygen')")
+    return key
+
+
+def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError as e:
+        raise UsageError(f"public key {path} does not exist; ask the signer for their .pub file") from e
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise UsageError(f"{path} is not a PEM public key ({e}); pass the .pub file written by 'mirror keygen'") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise UsageError(f"{path} is not an elliptic-curve public key")
+    return key
+
+
+# --- the model-signing payload --------------------------------------------------------------------
+
+
+def _is_git_path(path: str) -> bool:
+    top = path.split("/", 1)[0]
+    return path in (".gitattributes", ".gitignore") or top in (".git", ".github")
+
+
+def model_signing_manifest(manifest: Manifest):
+    """The model_signing manifest of the snapshot the bundle installs, built from our manifest's
+    sha256s: the same digests model_signing computes when it hashes the snapshot directory."""
+    from model_signing import manifest as ms_manifest
+    from model_signing._hashing import hashing as ms_hashing
+
+    serialization_type = ms_manifest._FileSerialization(  # noqa: SLF001 - the v1.0 'files' method
+        "sha256", allow_symlinks=True, ignore_paths=[Path(p) for p in GIT_PATHS]
+    )
+    items = [
+        ms_manifest.FileManifestItem(path=Path(f.path), digest=ms_hashing.Digest("sha256", bytes.fromhex(f.sha256)))
+        for f in manifest.files
+        if not _is_git_path(f.path)
+    ]
+    return ms_manifest.Manifest(f"{manifest.repo_id}@{manifest.commit}", items, serialization_type)
+
+
+def _mirror_claims(manifest: Manifest, manifest_bytes: bytes, key_fp: str) -> dict[str, str]:
+    return {
+        "format": manifest.format,
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "repo_id": manifest.repo_id,
+        "repo_type": manifest.repo_type,
+        "commit": manifest.commit,
+        "signer_key_sha256": key_fp,
+    }
+
+
+def sign_manifest(manifest_bytes: bytes, *, key_path: str | os.PathLike, bundle: str = "bundle") -> bytes:
+    """The signature file (model-signing JSON) for a bundle whose manifest is `manifest_bytes`."""
+    from model_signing._signing import sign_ec_key
+    from model_signing._signing import signing as ms_signing
+
+    manifest = parse(manifest_bytes, bundle=bundle)
+    key = _load_private_key(Path(key_path))
+    try:
+        signer = sign_ec_key.Signer(Path(key_path))
+    except ValueError as e:  # unsupported curve
+        raise UsageError(f"{key_path}: {e}; use an EC P-256 key ('mirror keygen')") from e
+    payload = ms_signing.Payload(model_signing_manifest(manifest))
+    payload.statement.pb.predicate.update({"mirror": _mirror_claims(manifest, manifest_bytes, fingerprint(key.public_key()))})
+    return signer.sign(payload).bundle.to_json().encode("utf-8")
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+
+def _parse_signature(sig_bytes: bytes):
+    from model_signing._signing import sign_sigstore_pb
+    from sigstore_models.bundle import v1 as bundle_pb
+
+    d = json.loads(sig_bytes.decode("utf-8"))
+    material = d["verificationMaterial"]
+    material.setdefault("tlogEntries", [])
+    return sign_sigstore_pb.Signature(bundle_pb.Bundle.from_dict(d)), d
+
+
+def _claims_unverified(raw: dict) -> dict:
+    """The payload's `mirror` section read without checking the signature: only for display."""
+    payload = json.loads(base64.b64decode(raw["dsseEnvelope"]["payload"]))
+    claims = payload.get("predicate", {}).get("mirror", {})
+    return claims if isinstance(claims, dict) else {}
+
+
+def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_key_path: str | os.PathLike | None) -> SignatureStatus:
+    """Judge a signature against the manifest it claims to cover. Never raises for a bad signature:
+    the status says why it is not valid (see `require_valid`)."""
+    if sig_bytes is None:
+        return SignatureStatus(present=False, valid=False, key_fingerprint=None, reason="the bundle is not signed")
+    try:
+        signature, raw = _parse_signature(sig_bytes)
+        claimed = _claims_unverified(raw).get("signer_key_sha256")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, base64, pydantic errors are ValueErrors
+        return SignatureStatus(present=True, valid=False, key_fingerprint=None, reason=f"signature is not a readable model-signing bundle ({type(e).__name__})")
+    claimed = claimed if isinstance(claimed, str) else None
+    if public_key_path is None:
+        return SignatureStatus(present=True, valid=None, key_fingerprint=claimed, reason="no public key given")
+
+    from model_signing._signing import sign_ec_key
+    from model_signing._signing import signing as ms_signing
+
+    key_fp = fingerprint(_load_public_key(Path(public_key_path)))
+
+    def invalid(reason: str) -> SignatureStatus:
+        return SignatureStatus(present=True, valid=False, key_fingerprint=key_fp, reason=reason)
+
+    try:
+        verifier = sign_ec_key.Verifier(Path(public_key_path))
+        payload_type, payload = verifier._verify_signed_content(signature)  # noqa: SLF001 - we need the payload itself
+    except InvalidSignature:
+        return invalid("the signature does not match its payload under this key (wrong key or altered signature)")
+    except ValueError as e:
+        return invalid(f"signature rejected: {str(e).strip()}")
+    if payload_type != ms_signing._IN_TOTO_JSON_PAYLOAD_TYPE:  # noqa: SLF001
+        return invalid(f"unexpected payload type {payload_type!r}")
+    try:
+        statement = json.loads(payload)
+        signed = ms_signing.dsse_payload_to_manifest(statement)
+        claims = statement["predicate"].get("mirror", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return invalid(f"signed payload is not a model-signing v1.0 statement ({type(e).__name__})")
+    manifest = parse(manifest_bytes)
+    if claims.get("manifest_sha256") != hashlib.sha256(manifest_bytes).hexdigest():
+        return invalid("the signature was made for a different manifest (repo, commit or file hashes changed)")
+    if signed != model_signing_manifest(manifest):
+        return invalid("the signed file list differs from the manifest's")
+    return SignatureStatus(present=True, valid=True, key_fingerprint=key_fp, reason="signature valid")
+
+
+def require_valid(status: SignatureStatus, *, bundle: str) -> SignatureStatus:
+    if status.valid:
+        return status
+    fix = "sign it with 'mirror sign BUNDLE --key KEY.pem'" if not status.present else "do not trust it: get a freshly signed copy from the publisher"
+    raise SignatureError(bundle, f"signature check failed: {status.reason}", fix=fix)
+
+
+# --- the bundle member ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tail:
+    manifest_bytes: bytes
+    signature: bytes | None
+    append_at: int  # where a (replacement) signature member starts
+
+
+def _read_tail(bundle: Path) -> _Tail:
+    """Manifest bytes, the signature member (last, if any) and the offset to append at. Walks
+    member headers only (tarfile seeks over the data), so this is fast on a 100 GB bundle."""
+    try:
+        with tarfile.open(bundle, mode="r:") as tf:
+            first = tf.next()
+            if first is None or first.name != MANIFEST_NAME or not first.isfile():
+                raise BundleError(str(bundle), f"the first member is not {MANIFEST_NAME}")
+            manifest_bytes = _read_member(tf, first, limit=MAX_SIGNATURE_BYTES * 4, bundle=bundle)
+            last = first
+            for member in tf:
+                last = member
+            end = tf.offset
+            signature = None
+            if last.name == SIGNATURE_MEMBER:
+                if not last.isfile():
+                    raise BundleError(str(bundle), f"{SIGNATURE_MEMBER} is not a regular file")
+                signature = _read_member(tf, last, limit=MAX_SIGNATURE_BYTES, bundle=bundle)
+                end = last.offset
+            return _Tail(manifest_bytes=manifest_bytes, signature=signature, append_at=end)
+    except (tarfile.TarError, EOFError) as e:
+        raise BundleError(str(bundle), f"not a readable tar ({e})") from e
+    except FileNotFoundError as e:
+        raise UsageError(f"{bundle} does not exist") from e
+
+
+def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo, *, limit: int, bundle: Path) -> bytes:
+    if member.size > limit:
+        raise BundleError(str(bundle), f"{member.name} is {member.size} bytes, more than the {limit} allowed")
+    f = tf.extractfile(member)
+    data = f.read() if f else b""
+    if len(data) != member.size:
+        raise BundleError(str(bundle), f"{member.name} is truncated")
+    return data
+
+
+def read_signature(bundle_path: str | os.PathLike) -> bytes | None:
+    """The model-signing signature file stored in the bundle, or None if it is unsigned."""
+    return _read_tail(Path(bundle_path)).signature
+
+
+def verify_signature(bundle_path: str | os.PathLike, *, public_key_path: str | os.PathLike | None = None) -> SignatureStatus:
+    tail = _read_tail(Path(bundle_path))
+    return check_signature(tail.manifest_bytes, tail.signature, public_key_path=public_key_path)
+
+
+def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) -> SignatureStatus:
+    """Sign a bundle in place: (re)write its signature as the last member, then its sidecar.
+    The manifest and payload bytes are untouched. Checking that the payload matches the manifest
+    is `mirror verify`'s job; `mirror sign` runs it first."""
+    from mirror.bundle import append_trailer
+
+    bundle = Path(bundle_path)
+    tail = _read_tail(bundle)
+    sig = sign_manifest(tail.manifest_bytes, key_path=key_path, bundle=str(bundle))
+    append_trailer(bundle, SIGNATURE_MEMBER, sig)
+    return check_signature(tail.manifest_bytes, sig, public_key_path=None)
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def verify_snapshot(snapshot_dir: str | os.PathLike, *, signature_path: str | os.PathLike, public_key_path: str | os.PathLike) -> None:
+    """What `model_signing verify key SNAPSHOT --allow_symlinks` does, through its library: raises
+    SignatureError if the installed snapshot does not match the signature."""
+    import model_signing
+
+    hashing_config = model_signing.hashing.Config().set_ignored_paths(paths=[], ignore_git_paths=True).set_allow_symlinks(True)
+    try:
+        model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key_path).set_hashing_config(
+            hashing_config
+        ).verify(Path(snapshot_dir), Path(signature_path))
+    except (ValueError, InvalidSignature) as e:
+        raise SignatureError(str(snapshot_dir), f"snapshot does not match the signature ({' '.join(str(e).split())})", fix="reinstall the snapshot from a verified bundle") from e
+
+
+__all__ = [
+    "SIGNATURE_MEMBER",
+    "SignatureStatus",
+    "check_signature",
+    "fingerprint",
+    "keygen",
+    "read_signature",
+    "require_valid",
+    "sign_bundle",
+    "sign_manifest",
+    "verify_signature",
+    "verify_snapshot",
+]

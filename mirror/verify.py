@@ -1,0 +1,130 @@
+"""Verify a bundle in one streaming pass, with no network: a diff against the manifest.
+
+The answer is a report, not a boolean: which files are missing, which are extra, which differ
+(field, expected, actual), and any structural problem (links, unsafe names, truncation). The
+bundle's own sha256 is computed in the same pass so it can be compared with a published value;
+the `.sha256` sidecar is not needed, because the manifest inside the tar is what is checked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.bundle import BundleReader
+from mirror.errors import BundleError
+from mirror.hashing import DualHasher, HashLanes
+from mirror.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    path: str
+    field: str  # "size", "sha256" or "git_sha1"
+    expected: str
+    actual: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    bundle: str
+    manifest: Manifest
+    missing: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    mismatched: tuple[Mismatch, ...] = ()
+    problems: tuple[str, ...] = ()
+    bundle_sha256: str | None = None  # None when a structural problem stopped the pass
+    checked: int = 0  # payload files whose bytes were hashed
+    checked_bytes: int = 0
+    ok: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ok", not (self.missing or self.extra or self.mismatched or self.problems))
+
+    def summary(self) -> str:
+        m = self.manifest
+        if self.ok:
+            return f"OK {m.repo_id}@{m.commit[:12]}: {len(m.files)} files, {m.total_size} bytes intact"
+        parts = [f"{n} {what}" for n, what in ((len(self.missing), "missing"), (len(self.extra), "extra"), (len({x.path for x in self.mismatched}), "mismatched"), (len(self.problems), "problem(s)")) if n]
+        return f"FAILED {m.repo_id}@{m.commit[:12]}: " + ", ".join(parts)
+
+    def lines(self) -> list[str]:
+        """One line per finding, for humans and logs."""
+        out = [f"missing: {p}" for p in self.missing]
+        out += [f"extra: {p}" for p in self.extra]
+        out += [f"mismatched: {x.path}: {x.field} expected {x.expected}, actual {x.actual}" for x in self.mismatched]
+        out += [f"problem: {p}" for p in self.problems]
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "bundle": self.bundle,
+            "ok": self.ok,
+            "repo_id": self.manifest.repo_id,
+            "commit": self.manifest.commit,
+            "bundle_sha256": self.bundle_sha256,
+            "missing": list(self.missing),
+            "extra": list(self.extra),
+            "mismatched": [x.__dict__ for x in self.mismatched],
+            "problems": list(self.problems),
+        }
+
+
+def verify_bundle(path: str | os.PathLike) -> VerifyReport:
+    """Check every byte of the bundle against its manifest. Raises ManifestError / UsageError
+    only when there is no manifest to check against; everything else lands in the report."""
+    path = Path(path)
+    missing: tuple[str, ...] = ()
+    extra: list[str] = []
+    mismatched: list[Mismatch] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    checked = checked_bytes = 0
+    sha: str | None = None
+    # lane 0: the whole tar's sha256; lanes 1 and 2: the current file's sha256 and git sha1
+    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes) as reader:
+        manifest = reader.manifest
+        if reader.parts is not None:
+            reader.parts.strict = False  # a damaged part is named at the end, the pass goes on
+        try:
+            for member, chunks in reader.payload():
+                if member.entry is not None and member.problem:
+                    seen.add(member.entry.path)
+                if member.problem:
+                    (extra.append(member.path) if member.kind == "file" and member.entry is None else problems.append(member.problem))
+                    continue
+                entry = member.entry
+                if entry is None:  # a directory, or a trailer member that its own module checks
+                    continue
+                if member.size != entry.size:
+                    mismatched.append(Mismatch(entry.path, "size", str(entry.size), str(member.size)))
+                    seen.add(entry.path)
+                    continue
+                h = DualHasher(entry.size, lanes=lanes, lane_ids=(1, 2))
+                for chunk in chunks:
+                    h.update(chunk)
+                d = h.digest()
+                seen.add(entry.path)  # only now: a file cut short by truncation counts as missing
+                checked += 1
+                checked_bytes += entry.size
+                for name, want, got in (("sha256", entry.sha256, d.sha256), ("git_sha1", entry.git_sha1, d.git_sha1)):
+                    if want != got:
+                        mismatched.append(Mismatch(entry.path, name, want, got))
+            missing = reader.missing
+            sha = reader.sha256
+        except BundleError as e:
+            # the pass cannot continue past a broken header or the end of a truncated file
+            problems.append(e.reason)
+            missing = tuple(sorted(set(manifest.by_path()) - seen))
+    return VerifyReport(
+        bundle=str(path),
+        manifest=manifest,
+        missing=missing,
+        extra=tuple(extra),
+        mismatched=tuple(mismatched),
+        problems=tuple(problems),
+        bundle_sha256=sha,
+        checked=checked,
+        checked_bytes=checked_bytes,
+    )

@@ -1,0 +1,165 @@
+"""`mirror audit`: rows with real values, failures flagged, and a CycloneDX 1.6 ML-BOM that passes
+the official JSON schema."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mirror.audit import audit, render_cyclonedx, render_json, render_table
+from mirror.errors import UsageError
+from mirror.pack import pack_folder
+from mirror.signing import keygen, sign_bundle
+
+
+def _pub_fingerprint(pub: Path) -> str:
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(pub), "-outform", "DER"], check=True, capture_output=True).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.fixture
+def estate(tmp_path):
+    """A folder of four bundles: clean+signed, benign pickle + remote code, corrupt, hostile pickle."""
+    out = tmp_path / "bundles"
+    keys = keygen(tmp_path / "signer")
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "config.json").write_text('{"a": 1}\n')
+    (clean / "model.safetensors").write_bytes(b"\x00" * 2048)
+    (clean / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    b_clean = pack_folder(clean, repo_id="org/clean", out_dir=out).path
+    sign_bundle(b_clean, key_path=keys[0])
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(collections.OrderedDict(w=torch.ones(2)), legacy / "pytorch_model.bin")
+    (legacy / "modeling_x.py").write_text("import torch\n")
+    (legacy / "config.json").write_text("{}\n")
+    b_legacy = pack_folder(legacy, repo_id="org/legacy", out_dir=out).path
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "model.safetensors").write_bytes(b"\x11" * 4096)
+    b_corrupt = pack_folder(corrupt, repo_id="org/corrupt", out_dir=out).path
+    with tarfile.open(b_corrupt) as tf:
+        at = tf.getmember("files/model.safetensors").offset_data + 100
+    with open(b_corrupt, "r+b") as f:
+        f.seek(at)
+        f.write(b"\x12")
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "optimizer.pt").write_bytes(pickle.dumps(_Evil(), protocol=4))
+    b_evil = pack_folder(evil, repo_id="org/evil", out_dir=out).path
+    return {"dir": out, "keys": keys, "clean": b_clean, "legacy": b_legacy, "corrupt": b_corrupt, "evil": b_evil}
+
+
+def _by_repo(rows):
+    return {r.repo_id: r for r in rows}
+
+
+def test_rows_carry_the_facts(estate):
+    rows = _by_repo(audit([estate["dir"]], public_key=estate["keys"][1]))
+    assert set(rows) == {"org/clean", "org/legacy", "org/corrupt", "org/evil"}
+
+    clean = rows["org/clean"]
+    assert clean.ok and clean.verified
+    assert clean.license == "apache-2.0"
+    assert clean.kinds == {"json": 1, "safetensors": 1, "text": 1}
+    assert clean.signature.valid is True
+    assert clean.signature.key_fingerprint == _pub_fingerprint(estate["keys"][1])
+    assert clean.size == estate["clean"].stat().st_size
+    assert clean.bundle_sha256 == hashlib.sha256(estate["clean"].read_bytes()).hexdigest()
+
+    legacy = rows["org/legacy"]
+    assert legacy.pickle_files == ("pytorch_model.bin",) and legacy.remote_code == ("modeling_x.py",)
+    assert legacy.pickle_imports == {"pytorch_model.bin": ("collections.OrderedDict", "torch.FloatStorage", "torch._utils._rebuild_tensor_v2")}
+    assert legacy.pickle_refused == ()
+    assert legacy.verified and not legacy.ok  # unsigned while a public key is required
+
+    corrupt = rows["org/corrupt"]
+    assert not corrupt.verified and "mismatched" in corrupt.verify_summary and "model.safetensors" in corrupt.verify_summary
+
+    evil = rows["org/evil"]
+    assert evil.verified and not evil.ok
+    assert evil.pickle_refused == (f"optimizer.pt imports {os.system.__module__}.system",)
+
+
+def test_without_a_key_unsigned_is_not_a_failure(estate):
+    rows = _by_repo(audit([estate["clean"], estate["legacy"]]))
+    assert rows["org/clean"].ok and rows["org/clean"].signature.valid is None  # signed, unchecked
+    assert rows["org/legacy"].ok and rows["org/legacy"].signature.present is False
+
+
+def test_table_and_json(estate):
+    rows = audit([estate["dir"]], public_key=estate["keys"][1])
+    table = render_table(rows)
+    header, *lines = table.splitlines()
+    assert header.split()[:4] == ["BUNDLE", "REPO", "COMMIT", "LICENSE"]
+    clean_line = next(line for line in lines if "org/clean" in line)
+    assert "valid " + _pub_fingerprint(estate["keys"][1])[:16] in clean_line and clean_line.rstrip().endswith("ok")
+    assert "REFUSED" in next(line for line in lines if "org/evil" in line)
+    assert any(line.startswith(estate["corrupt"].name + ": FAILED") for line in lines)
+    doc = json.loads(render_json(rows))
+    assert doc["ok"] is False
+    by_repo = {b["repo_id"]: b for b in doc["bundles"]}
+    assert by_repo["org/clean"]["ok"] is True
+    assert {f["path"]: f["sha256"] for f in by_repo["org/clean"]["files"]}["model.safetensors"] == hashlib.sha256(b"\x00" * 2048).hexdigest()
+
+
+def test_cyclonedx_ml_bom_validates_against_the_1_6_schema(estate):
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    rows = audit([estate["dir"]])
+    text = render_cyclonedx(rows)
+    errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    assert errors is None, errors
+    bom = json.loads(text)
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.6"
+    models = {c["name"]: c for c in bom["components"]}
+    assert set(models) == {"org/clean", "org/legacy", "org/corrupt", "org/evil"}
+    clean = models["org/clean"]
+    row = _by_repo(rows)["org/clean"]
+    assert clean["type"] == "machine-learning-model"
+    assert clean["version"] == row.commit
+    assert {p["name"]: p["value"] for p in clean["properties"]}["mirror:commit"] == row.commit
+    assert clean["licenses"] == [{"license": {"id": "Apache-2.0"}}]
+    files = {c["name"]: c for c in clean["components"]}
+    assert set(files) == {"config.json", "model.safetensors", "README.md"}
+    assert files["model.safetensors"]["type"] == "file"
+    assert files["model.safetensors"]["hashes"] == [{"alg": "SHA-256", "content": hashlib.sha256(b"\x00" * 2048).hexdigest()}]
+
+
+def test_unreadable_bundle_is_a_failed_row(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    (row,) = audit([junk])
+    assert not row.ok and row.error and "\n" not in row.error
+    assert "UNREADABLE" in render_table([row])
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(render_cyclonedx([row])) is None
+
+
+def test_nothing_to_audit_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no bundles found"):
+        audit([tmp_path])
+    with pytest.raises(UsageError, match="does not exist"):
+        audit([tmp_path / "missing.tar"])

@@ -1,0 +1,291 @@
+"""The pickle allowlist: real torch/numpy files pass with their exact imports; hostile ones are
+refused with the import named; nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mirror.errors import PolicyError
+from mirror.policy import ALLOWED_GLOBALS, check_snapshot, scan_file, scan_pickle, scan_snapshot
+
+TORCH_FP32 = ["collections.OrderedDict", "torch.FloatStorage", "torch._utils._rebuild_tensor_v2"]
+
+
+# --- raw opcode helpers: hostile pickles are written byte by byte, as an attacker would ------------
+
+def su(s: str) -> bytes:  # SHORT_BINUNICODE
+    b = s.encode()
+    return b"\x8c" + bytes([len(b)]) + b
+
+
+def bu(s: str) -> bytes:  # BINUNICODE
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def glob(module: str, name: str) -> bytes:  # GLOBAL (protocol 0-2)
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+P4 = b"\x80\x04"
+MEMOIZE, POP, STACK_GLOBAL, TUPLE1, TUPLE2, REDUCE, STOP, EMPTY_TUPLE = b"\x94", b"0", b"\x93", b"\x85", b"\x86", b"R", b".", b")"
+
+
+def binget(i: int) -> bytes:
+    return b"h" + bytes([i])
+
+
+class _Inert:
+    """Stands in for every imported global: calling it, or building it, does nothing."""
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setstate__(self, state):
+        pass
+
+
+class _Recorder(pickle.Unpickler):
+    """The real unpickler, with find_class recording what it is asked for and returning an inert
+    stub: the oracle our static scan must agree with."""
+
+    def __init__(self, data: bytes):
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.asked: list[str] = []
+
+    def find_class(self, module, name):
+        self.asked.append(f"{module}.{name}")
+        return _Inert()
+
+
+def imports_at_load(data: bytes) -> list[str]:
+    r = _Recorder(data)
+    r.load()
+    return sorted(set(r.asked))
+
+
+# --- benign files --------------------------------------------------------------------------------
+
+def _state_dict():
+    g = torch.Generator().manual_seed(0)
+    return collections.OrderedDict(weight=torch.randn(4, 3, generator=g), bias=torch.zeros(4))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_checkpoint_passes_with_exact_globals(tmp_path, zip_format):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(_state_dict(), path, _use_new_zipfile_serialization=zip_format)
+    assert zipfile.is_zipfile(path) == zip_format
+    scan = scan_file(path)
+    assert scan.ok, scan
+    assert list(scan.globals) == TORCH_FP32
+
+
+def test_torch_mixed_dtypes_and_parameters(tmp_path):
+    sd = {
+        "h": torch.ones(2, dtype=torch.float16),
+        "b": torch.ones(2, dtype=torch.bfloat16),
+        "i": torch.arange(3),
+        "m": torch.tensor([True]),
+        "p": torch.nn.Parameter(torch.ones(2)),
+        "f8": torch.zeros(2, dtype=torch.float8_e4m3fn),
+    }
+    path = tmp_path / "model.pt"
+    torch.save(sd, path)
+    scan = scan_file(path)
+    assert scan.ok, scan
+    assert set(scan.globals) == {
+        "torch.HalfStorage", "torch.BFloat16Storage", "torch.LongStorage", "torch.BoolStorage",
+        "torch.FloatStorage", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_tensor_v3", "torch.storage.UntypedStorage", "torch.float8_e4m3fn",
+        "collections.OrderedDict",  # each tensor's (empty) backward-hooks dict, even in a plain dict
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_pickles(protocol):
+    data = pickle.dumps({"a": np.arange(5, dtype=np.float32), "s": np.float32(2.5)}, protocol=protocol)
+    scan = scan_pickle(data)
+    assert scan.ok, scan
+    assert list(scan.globals) == imports_at_load(data)  # the static scan sees what the loader would
+    assert all(tuple(g.rsplit(".", 1)) in ALLOWED_GLOBALS for g in scan.globals)
+
+
+def test_npy_and_npz(tmp_path):
+    np.save(tmp_path / "plain.npy", np.arange(10))
+    np.save(tmp_path / "objects.npy", np.array([1, "x"], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "both.npz", plain=np.arange(3), objects=np.array([None], dtype=object))
+    assert scan_file(tmp_path / "plain.npy").globals == ()  # no pickle in a numeric .npy
+    obj = scan_file(tmp_path / "objects.npy")
+    assert obj.ok and "numpy.ndarray" in obj.globals
+    assert scan_file(tmp_path / "both.npz").globals == obj.globals
+
+
+# --- hostile pickles -----------------------------------------------------------------------------
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_reduce_to_os_system_is_refused(protocol):
+    scan = scan_pickle(pickle.dumps(_Evil(), protocol=protocol))
+    name = f"{os.system.__module__}.system"  # posix.system on Linux
+    assert scan.refused == (name,)
+    assert not scan.ok
+
+
+def test_scanning_never_unpickles(tmp_path):
+    target = tmp_path / "pwned"
+    data = P4 + su("builtins") + su("open") + STACK_GLOBAL + su(str(target)) + su("w") + TUPLE2 + REDUCE + STOP
+    scan = scan_pickle(data)
+    assert scan.refused == ("builtins.open",)
+    assert not target.exists()
+
+
+def test_stack_global_through_the_memo_with_decoy_strings():
+    # 'posix'/'system' are memoized and popped; decoy strings are pushed last, so a scanner that
+    # pairs "the last two strings seen" would report collections.OrderedDict.
+    data = (
+        P4 + su("posix") + MEMOIZE + su("system") + MEMOIZE + POP + POP
+        + binget(0) + binget(1)
+        + su("collections") + su("OrderedDict") + POP + POP
+        + STACK_GLOBAL + su("echo pwned") + TUPLE1 + REDUCE + STOP
+    )
+    assert imports_at_load(data) == ["posix.system"]  # the oracle: what pickle.load would import
+    scan = scan_pickle(data)
+    assert scan.globals == ("posix.system",)
+    assert scan.refused == ("posix.system",)
+
+
+def test_stack_global_with_computed_operands_is_refused():
+    # the module name is the result of a call: only known at load time, so it cannot be allowed
+    data = P4 + su("collections") + su("OrderedDict") + STACK_GLOBAL + EMPTY_TUPLE + REDUCE + su("system") + STACK_GLOBAL + STOP
+    scan = scan_pickle(data)
+    assert not scan.ok
+    assert any("operands computed at load time" in r for r in scan.refused)
+
+
+def test_stack_global_from_an_unset_memo_slot_is_refused():
+    data = P4 + binget(7) + su("system") + STACK_GLOBAL + STOP
+    assert any("computed at load time" in r for r in scan_pickle(data).refused)
+
+
+def test_getattr_chain_is_refused():
+    # getattr(__import__('os'), 'system')('echo pwned') with protocol-2 GLOBALs
+    data = (
+        b"\x80\x02" + glob("builtins", "getattr") + glob("builtins", "__import__") + bu("os") + TUPLE1 + REDUCE
+        + bu("system") + TUPLE2 + REDUCE + bu("echo pwned") + TUPLE1 + REDUCE + STOP
+    )
+    assert imports_at_load(data) == ["builtins.__import__", "builtins.getattr"]
+    assert scan_pickle(data).refused == ("builtins.getattr", "builtins.__import__")
+
+
+def test_inst_opcode_is_refused():
+    data = b"(S'echo pwned'\nios\nsystem\n."  # protocol 0: MARK, STRING, INST os system
+    assert scan_pickle(data).refused == ("os.system",)
+
+
+def test_extension_registry_is_refused():
+    data = b"\x80\x02\x82\x01)R."  # EXT1 1: a global known only to the loading process's copyreg
+    assert any("extension code 1" in r for r in scan_pickle(data).refused)
+
+
+def test_allowed_function_next_to_a_hostile_one_still_refuses():
+    data = pickle.dumps([collections.OrderedDict(), _Evil()], protocol=4)
+    scan = scan_pickle(data)
+    assert "collections.OrderedDict" in scan.globals
+    assert scan.refused == (f"{os.system.__module__}.system",)
+
+
+def test_garbage_is_refused_not_ignored():
+    scan = scan_pickle(b"\x80\x04\xff\xfe not a pickle")
+    assert not scan.ok and "not a readable pickle" in scan.error
+
+
+def test_torch_zip_with_hostile_data_pkl(tmp_path):
+    good = tmp_path / "good.bin"
+    torch.save(_state_dict(), good)
+    evil = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = pickle.dumps(_Evil(), protocol=2)
+            dst.writestr(info, data)
+    scan = scan_file(evil)
+    assert scan.refused == (f"{os.system.__module__}.system",)
+
+
+def test_legacy_torch_with_hostile_object_pickle(tmp_path):
+    # the legacy layout: magic, protocol, sys_info, OBJECT, storage keys, raw bytes
+    path = tmp_path / "model.ckpt"
+    with open(path, "wb") as f:
+        for obj in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        pickle.dump(_Evil(), f, protocol=2)
+        pickle.dump([], f, protocol=2)
+        f.write(b"\x63" * 64)  # raw storage bytes that happen to start like a GLOBAL opcode
+    scan = scan_file(path)
+    assert scan.refused == (f"{os.system.__module__}.system",)
+    assert scan.error is None
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+
+def _snapshot(tmp_path: Path, *, evil: bool = False) -> Path:
+    root = tmp_path / "snap"
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    torch.save(_state_dict(), root / "pytorch_model.bin")
+    (root / "modeling_custom.py").write_text("print('hi')\n")
+    if evil:
+        (root / "sub" / "optimizer.pt").write_bytes(pickle.dumps(_Evil(), protocol=4))
+    return root
+
+
+def test_default_policy_refuses_pickle_and_suggests_the_flag(tmp_path):
+    root = _snapshot(tmp_path)
+    with pytest.raises(PolicyError) as e:
+        check_snapshot(root, allow_pickle=False, where="org/model")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "pytorch_model.bin" in msg and "--allow-pickle" in msg
+    assert e.value.exit_code == 6
+
+
+def test_allow_pickle_scans_and_reports(tmp_path):
+    root = _snapshot(tmp_path)
+    report = check_snapshot(root, allow_pickle=True, where="org/model")
+    assert report.to_manifest() == {
+        "allowlist": "mirror-pickle-allowlist/1",
+        "pickle": {"pytorch_model.bin": TORCH_FP32},
+        "remote_code": ["modeling_custom.py"],
+    }
+
+
+def test_allow_pickle_still_refuses_a_hostile_import(tmp_path):
+    root = _snapshot(tmp_path, evil=True)
+    with pytest.raises(PolicyError) as e:
+        check_snapshot(root, allow_pickle=True, where="org/model")
+    assert f"sub/optimizer.pt imports {os.system.__module__}.system" in str(e.value)
+
+
+def test_scan_limited_to_manifest_paths_and_kinds_from_paths(tmp_path):
+    root = _snapshot(tmp_path, evil=True)
+    report = scan_snapshot(root, paths=["config.json", "model.safetensors"])
+    assert report.pickle_files == () and report.remote_code == ()
+    assert scan_snapshot(root).pickle_files == ("pytorch_model.bin", "sub/optimizer.pt")

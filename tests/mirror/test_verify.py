@@ -1,0 +1,98 @@
+"""verify_bundle: a diff against the manifest in one pass (missing, extra, mismatched, problems)."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+
+import pytest
+
+from mirror.errors import ManifestError
+from mirror.verify import Mismatch, verify_bundle
+from tests.mirror.test_bundle import make_repo, retar, write
+
+
+@pytest.fixture
+def good(tmp_path):
+    src = tmp_path / "src"
+    files = make_repo(src)
+    return write(src, tmp_path / "out"), files
+
+
+def data_offset(path, member: str) -> int:
+    with tarfile.open(path) as t:
+        return t.getmember(member).offset_data
+
+
+def test_intact_bundle(good):
+    info, files = good
+    r = verify_bundle(info.path)
+    assert r.ok and r.lines() == []
+    assert r.bundle_sha256 == info.sha256
+    assert (r.checked, r.checked_bytes) == (len(files), sum(map(len, files.values())))
+    assert r.summary() == f"OK org/name@0123456789ab: 5 files, {info.manifest.total_size} bytes intact"
+
+
+def test_a_flipped_byte_names_the_file_with_expected_and_actual(good, tmp_path):
+    info, files = good
+    raw = bytearray(info.path.read_bytes())
+    at = data_offset(info.path, "files/model.safetensors") + 12345
+    raw[at] ^= 0xFF
+    bad = tmp_path / "flipped.tar"
+    bad.write_bytes(bytes(raw))
+    corrupted = bytearray(files["model.safetensors"])
+    corrupted[12345] ^= 0xFF
+    r = verify_bundle(bad)
+    assert not r.ok and r.missing == () and r.extra == () and r.problems == ()
+    entry = info.manifest.by_path()["model.safetensors"]
+    sha1 = hashlib.sha1(b"blob %d\0" % len(corrupted) + bytes(corrupted)).hexdigest()
+    assert r.mismatched == (
+        Mismatch("model.safetensors", "sha256", entry.sha256, hashlib.sha256(corrupted).hexdigest()),
+        Mismatch("model.safetensors", "git_sha1", entry.git_sha1, sha1),
+    )
+    assert f"mismatched: model.safetensors: sha256 expected {entry.sha256}, actual {hashlib.sha256(corrupted).hexdigest()}" in r.lines()
+    assert r.summary() == "FAILED org/name@0123456789ab: 1 mismatched"
+    assert r.bundle_sha256 == hashlib.sha256(bytes(raw)).hexdigest()
+
+
+def test_truncated_bundle_reports_the_cut_and_what_is_missing(good, tmp_path):
+    info, _ = good
+    raw = info.path.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(raw[: data_offset(info.path, "files/model.safetensors") + 1000])
+    r = verify_bundle(cut)
+    assert not r.ok and r.bundle_sha256 is None
+    assert len(r.problems) == 1 and "truncated" in r.problems[0]
+    # files after the cut were never seen; the one cut in half is missing too
+    assert r.missing == ("model.safetensors",)
+
+
+def test_missing_and_extra_members(good, tmp_path):
+    info, _ = good
+    r = verify_bundle(retar(info, tmp_path / "m.tar", drop=["files/config.json"], add=[("files/surprise.py", b"import os\n")]))
+    assert r.missing == ("config.json",)
+    assert r.extra == ("surprise.py",)
+    assert r.mismatched == () and r.problems == ()
+    assert r.lines() == ["missing: config.json", "extra: surprise.py"]
+    assert r.summary() == "FAILED org/name@0123456789ab: 1 missing, 1 extra"
+
+
+def test_size_mismatch_is_reported_as_a_mismatch(good, tmp_path):
+    info, _ = good
+    r = verify_bundle(retar(info, tmp_path / "s.tar", drop=["files/config.json"], add=[("files/config.json", b'{"hidden": 44}\n')]))
+    assert r.mismatched == (Mismatch("config.json", "size", "14", "15"),)
+
+
+def test_links_and_unsafe_names_are_problems(good, tmp_path):
+    info, _ = good
+    r = verify_bundle(retar(info, tmp_path / "l.tar", add=[("files/../escape", b"x")], symlink=("files/link", "/etc/shadow")))
+    assert not r.ok
+    assert any("'..' component" in p for p in r.problems)
+    assert any("'files/link' is a symlink" in p for p in r.problems)
+
+
+def test_an_unreadable_manifest_raises(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\0" * 10240)
+    with pytest.raises(ManifestError, match="the tar is empty"):
+        verify_bundle(junk)

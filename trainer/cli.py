@@ -1,0 +1,229 @@
+"""`trainer`: the command line. Thin: parse, call one function, print.
+
+This module must not import any Hugging Face library at its top: `main()` switches the process to
+offline first (`trainer.offline.enforce_offline`), and only then do the commands import the
+modules that load transformers. It is also the one error boundary: a `TrainerError` (or a mirror
+error, or a YAML error) becomes `trainer: error: <one line>` on stderr and that error's exit
+code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from mirror.errors import MirrorError
+from trainer import __version__
+from trainer.errors import TrainerError
+from trainer.offline import enforce_offline
+
+EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"trainer: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Boundary(click.Group):
+    """Every command runs inside this: typed errors become one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (TrainerError, MirrorError) as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 1))
+        except yaml.YAMLError as e:
+            _fail(f"not valid YAML: {str(e).splitlines()[0]}; fix the file", 2)
+        except KeyboardInterrupt:
+            _fail(_interrupted_message(ctx.meta.get("trainer.output_dir")), EXIT_INTERRUPTED)
+
+
+def _interrupted_message(output_dir: str | None) -> str:
+    """Ctrl-C that the recipe did not turn into `Interrupted` itself: say whether resuming works."""
+    if output_dir is None:
+        return "interrupted"
+    state = next(iter(sorted(Path(output_dir).glob("*/state.pt"))), None)
+    if state is not None:
+        return f"interrupted: resumable checkpoint left in {state.parent}, rerun with --resume"
+    return f"interrupted before a checkpoint was saved in {output_dir}; rerun the same command to start again"
+
+
+_bundles_option = click.option(
+    "--bundles",
+    "bundles_dir",
+    default="bundles",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of mirror bundles; a model not yet installed is verified and installed from here.",
+)
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key (repeatable); VALUE is YAML: --set epochs=1 --set labels=[a,b].",
+)
+
+
+def _load(config: str, overrides: tuple[str, ...]):
+    from trainer.config import load, parse_overrides
+
+    return load(config, overrides=parse_overrides(overrides))
+
+
+@click.group(
+    cls=_Boundary,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples (paths in a config are relative to the working directory):
+  trainer check configs/classifier.yaml
+  trainer run configs/classifier.yaml --set epochs=1
+  trainer run configs/classifier.yaml --resume
+  trainer eval models/classifier --split test
+  trainer predict models/classifier "Account Type: Credit Card | Status: Closed"
+""",
+)
+@click.version_option(__version__, prog_name="trainer")
+def cli() -> None:
+    """Fine-tune classifiers, embedding models and chat models fully offline, from mirror bundles.
+
+    Hugging Face libraries run in offline mode and any attempt to reach the network fails at once.
+    """
+    enforce_offline()  # idempotent; also covers CliRunner and `python -m trainer`
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  trainer run configs/classifier.yaml
+  trainer run configs/sft.yaml --bundles /media/usb/bundles --set lora_r=8
+  trainer run configs/sft.yaml --resume      # continue after Ctrl-C
+""",
+)
+@click.argument("config", type=click.Path(dir_okay=False))
+@_bundles_option
+@_set_option
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left in output_dir.")
+@click.pass_context
+def run(ctx: click.Context, config: str, bundles_dir: str, overrides: tuple[str, ...], resume: bool) -> None:
+    """Train the model CONFIG describes; writes weights, metrics, report and lineage to output_dir."""
+    from trainer.offline import network_guard, tracker_env
+    from trainer.resolve import resolve_model
+
+    cfg = _load(config, overrides)
+    ctx.meta["trainer.output_dir"] = cfg.output_dir
+    tracker_env(cfg.report_to)
+    model = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code)
+    click.echo(f"model: {model.repo_id} ({model.source}: {model.path})", err=True)
+    with network_guard():
+        from trainer.recipes import run as run_recipe
+
+        result = run_recipe(cfg, model=model, resume=resume)
+    click.echo(f"trained {cfg.task} model in {result.wall_time_s:.1f}s -> {result.output_dir}")
+    for line in _summary(result.metrics):
+        click.echo(line)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _summary(metrics: dict[str, Any]) -> list[str]:
+    """One line per evaluated split with its scalar metrics; the rest stays in metrics.json."""
+    lines = []
+    final = metrics.get("final")
+    if isinstance(final, dict):
+        for split, values in final.items():
+            if isinstance(values, dict):
+                scalars = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if _is_number(v))
+                lines.append(f"  {split}: {scalars}")
+            elif _is_number(values):
+                lines.append(f"  {split}: {values:.4g}")
+    if metrics.get("warning"):
+        lines.append(f"  note: {metrics['warning']}")
+    return lines
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  trainer check configs/classifier.yaml
+  cd ../shared/seed-data && trainer check configs/model2_classifier.yaml --bundles ~/bundles
+""",
+)
+@click.argument("config", type=click.Path(dir_okay=False))
+@_bundles_option
+@_set_option
+def check(config: str, bundles_dir: str, overrides: tuple[str, ...]) -> None:
+    """Preflight CONFIG in seconds without training: config, data, model, and a data-quality report.
+
+    Exits non-zero when anything would stop a run; quality findings are warnings with numbers.
+    """
+    from trainer.checks import check as run_check
+
+    cfg = _load(config, overrides)
+    report = run_check(cfg, bundles_dir=bundles_dir)
+    click.echo(f"config  {config}: valid")
+    click.echo(report.render())
+    if not report.ok:
+        _fail(f"check found {len(report.errors)} error(s), listed above; fix them and run 'trainer check' again", report.exit_code)
+
+
+@cli.command(name="eval")
+@click.argument("target", type=click.Path())
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]), help="Which data split to evaluate on.")
+@_bundles_option
+def eval_(target: str, split: str, bundles_dir: str) -> None:
+    """Evaluate a trained OUTPUT_DIR, or the base model of a CONFIG, on a data split.
+
+    \b
+    Examples:
+      trainer eval models/classifier --split valid
+      trainer eval configs/classifier.yaml        # the untrained base model, as a baseline
+    """
+    from trainer.evaluate import evaluate
+    from trainer.offline import network_guard
+
+    with network_guard():
+        metrics = evaluate(target, split=split, bundles_dir=bundles_dir)
+    click.echo(_json_block(metrics))
+
+
+def _json_block(d: dict[str, Any]) -> str:
+    """JSON with one top-level key per line: readable, and still parseable by scripts."""
+    items = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False, default=str)}" for k, v in d.items()]
+    return "{\n" + ",\n".join(items) + "\n}" if items else "{}"
+
+
+@cli.command()
+@click.argument("output_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("texts", nargs=-1, required=True)
+def predict(output_dir: str, texts: tuple[str, ...]) -> None:
+    """Run a trained model in OUTPUT_DIR on TEXT...; prints one JSON object per text.
+
+    \b
+    Classifiers give the label and probabilities, embedding models the similarity of each text
+    to the first, chat models the generated answer.
+    Examples:
+      trainer predict models/classifier "Status: Paid | Bureau: Equifax"
+      trainer predict models/embeddings "charge-off meaning" "What is a charge-off?"
+    """
+    from trainer.evaluate import predict as run_predict
+    from trainer.offline import network_guard
+
+    with network_guard():
+        results = run_predict(output_dir, list(texts))
+    for item in results:
+        click.echo(json.dumps(item, ensure_ascii=False, default=str))
+
+
+def main() -> None:
+    """Console entry point: offline first, then anything that may import Hugging Face code."""
+    enforce_offline()
+    cli(prog_name="trainer")

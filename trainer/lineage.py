@@ -1,0 +1,114 @@
+"""`lineage.json`: what a trained model was made from, so it can be audited after it leaves.
+
+It records the base model (repo, commit, bundle and its sha256), the sha256 of every data file,
+the fully resolved config, library versions, seed, hardware and timing. `mirror pack OUTPUT_DIR`
+copies it into the new bundle's manifest, so the chain base bundle -> data -> fine-tune stays
+checkable. Its presence also marks a run as complete: it is the last file a run writes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mirror.hashing import sha256_file
+from trainer.config import Config
+
+LINEAGE_VERSION = 1
+LIBRARIES = ("torch", "transformers", "sentence-transformers", "huggingface_hub", "peft", "safetensors", "tokenizers", "scikit-learn")
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    hw: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": None,
+    }
+    if torch.cuda.is_available():
+        hw["cuda"] = {
+            "device": torch.cuda.get_device_name(0),
+            "count": torch.cuda.device_count(),
+            "cuda_version": torch.version.cuda,
+        }
+    return hw
+
+
+def data_files(cfg: Config) -> list[dict[str, Any]]:
+    """sha256 and size of every data file the run read, per split."""
+    out = []
+    for split in ("train", "valid", "test"):
+        for path in cfg.files(split):
+            out.append({"split": split, "path": path, "sha256": sha256_file(path), "size": os.path.getsize(path)})
+    return out
+
+
+def build(
+    cfg: Config,
+    model: Any,
+    *,
+    started: datetime,
+    ended: datetime,
+    wall_time_s: float,
+    random_init: bool = False,
+    rt: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The lineage record. `model` is the run's ResolvedModel."""
+    record: dict[str, Any] = {
+        "lineage_version": LINEAGE_VERSION,
+        "task": cfg.task,
+        "base_model": {
+            "repo_id": model.repo_id,
+            "commit": model.commit,
+            "source": model.source,
+            "path": str(model.path),
+            "bundle": str(model.bundle_path) if model.bundle_path else None,
+            "bundle_sha256": model.bundle_sha256,
+            "random_init": random_init,
+        },
+        "data": data_files(cfg),
+        "config": cfg.to_dict(),
+        "cwd": os.getcwd(),  # relative data paths in `config` resolve against it
+        "seed": cfg.seed,
+        "libraries": library_versions(),
+        "hardware": hardware(),
+        "device": rt.device.type if rt else None,
+        "precision": rt.precision if rt else None,
+        "started": started.isoformat(timespec="seconds"),
+        "ended": ended.isoformat(timespec="seconds"),
+        "wall_time_s": round(wall_time_s, 3),
+        "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]) if sys.argv else None,
+    }
+    if extra:
+        record["task_info"] = extra
+    return record

@@ -1,0 +1,171 @@
+"""Sequence classification: fine-tune an encoder (DistilBERT, MiniLM, ...) on text -> label rows.
+
+setup() loads the base model with a new head sized from `labels` and tokenises every split once;
+train() is the loop, in plain PyTorch; the best epoch by validation macro-F1 is what gets saved.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import data
+from trainer.config import Config
+from trainer.evaluate import classification_metrics
+from trainer.recipes import RunResult, common
+from trainer.resolve import ResolvedModel
+
+ENCODER_MAX_LENGTH = 512  # position-embedding limit of BERT-family encoders
+
+
+def encode(cfg: Config, tokenizer: Any, rows: list[data.Row]) -> tuple[list[list[int]], list[int]]:
+    """Token ids (truncated to max_length, special tokens included) and label ids."""
+    texts, labels = zip(*(data.classification_example(cfg, r) for r in rows))
+    limit = cfg.max_length or min(tokenizer.model_max_length, ENCODER_MAX_LENGTH)
+    ids = tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
+    return ids, list(labels)
+
+
+def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    kwargs: dict[str, Any] = {}
+    if new_head:
+        kwargs = {
+            "num_labels": len(cfg.labels),
+            "id2label": dict(enumerate(cfg.labels)),
+            "label2id": {name: i for i, name in enumerate(cfg.labels)},
+        }
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, **kwargs
+    )
+    return model.to(rt.device), tokenizer
+
+
+@torch.no_grad()
+def predict_ids(model: Any, ids: list[list[int]], *, pad_id: int, batch_size: int, rt: common.Runtime) -> torch.Tensor:
+    """Class probabilities for every row (in input order); rows go in length order so that
+    dynamic padding wastes little."""
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    probs = torch.empty((len(ids), model.config.num_labels))
+    for chunk in common.batch_indices(order, batch_size):
+        batch = common.to_device(common.pad_batch([ids[i] for i in chunk], pad_id=pad_id), rt.device)
+        with rt.autocast():
+            logits = model(**batch).logits
+        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu()
+    return probs
+
+
+def evaluate_ids(cfg: Config, model: Any, ids: list[list[int]], labels: list[int], *, pad_id: int, rt: common.Runtime) -> dict[str, Any]:
+    probs = predict_ids(model, ids, pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt)
+    pred = probs.argmax(dim=-1).tolist()
+    picked = probs[torch.arange(len(labels)), torch.tensor(labels)]
+    metrics = classification_metrics(labels, pred, cfg.labels)
+    metrics["eval_loss"] = float(-torch.log(picked.clamp_min(1e-12)).mean())
+    return metrics
+
+
+def save_model(model: Any, tokenizer: Any, out: Path) -> None:
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult:
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    # --- setup -----------------------------------------------------------------------------------
+    rt = common.setup_runtime(cfg)
+    common.quiet_warnings()
+    net, tokenizer = load(model.path, cfg, rt, new_head=True)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    splits = {s: encode(cfg, tokenizer, data.read_split(cfg, s)) for s in ("train", "valid", "test") if cfg.files(s)}
+    train_ids, train_labels = splits["train"]
+    batches_per_epoch = -(-len(train_ids) // cfg.batch_size)
+    steps = common.total_steps(cfg, batches_per_epoch)
+    opt, sched = common.build_optimizer(net, cfg, steps=steps, device=rt.device)
+    scaler = common.grad_scaler(rt)
+    state = common.start_state(cfg, net, opt, sched, resume=resume)
+    common.log(f"classification: {len(train_ids)} train rows, {steps} steps, {rt.device.type} {rt.precision}")
+
+    # --- train -----------------------------------------------------------------------------------
+    accum = cfg.gradient_accumulation_steps
+    for epoch in range(state.epoch, common.num_epochs(cfg, batches_per_epoch)):
+        net.train()
+        batches = common.batch_indices(common.epoch_order(len(train_ids), seed=cfg.seed, epoch=epoch), cfg.batch_size)
+        running = torch.zeros((), device=rt.device)
+        try:
+            for i, chunk in common.progress(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
+                batch = common.pad_batch([train_ids[j] for j in chunk], pad_id=pad_id)
+                batch["labels"] = torch.tensor([train_labels[j] for j in chunk])
+                with rt.autocast():
+                    loss = net(**common.to_device(batch, rt.device)).loss / accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                running += loss.detach()
+                if (i + 1) % accum == 0 or i + 1 == len(batches):
+                    common.optimizer_step(net, opt, sched, max_grad_norm=cfg.max_grad_norm, scaler=scaler)
+                    state.step += 1
+                    state.batches_done = i + 1
+                    # a short last accumulation is scaled by 1/accum too; report its mean
+                    span = (i % accum) + 1
+                    state.loss_curve.append([state.step, float(running) * accum / span])
+                    running.zero_()
+                    if state.step >= steps:
+                        break
+        except KeyboardInterrupt:
+            raise common.interrupted(net, opt, sched, state, cfg) from None
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "train_loss": common.epoch_train_loss(state)}
+        if "valid" in splits:
+            record["valid"] = evaluate_ids(cfg, net, *splits["valid"], pad_id=pad_id, rt=rt)
+            key = common.selection_key(cfg.task, record["valid"])
+            if common.improved(key, state.best_key):
+                state.best_key, state.best_epoch = key, epoch + 1
+                common.save_best(net, cfg.output_dir, epoch=epoch + 1)
+        common.log(common.epoch_line(record, ("eval_loss", "accuracy", "macro_f1")))
+        state.history.append(record)
+        state.epoch, state.batches_done = epoch + 1, 0
+        if cfg.save_every_epoch:
+            save_model(net, tokenizer, Path(cfg.output_dir) / f"epoch-{epoch + 1}")
+        common.save_checkpoint(net, opt, sched, state, cfg.output_dir)
+        if state.step >= steps:
+            break
+
+    # --- save ------------------------------------------------------------------------------------
+    if state.best_epoch is not None and state.best_epoch != state.epoch:
+        common.load_best(net, cfg.output_dir, epoch=state.best_epoch)
+    final: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        if split in splits:
+            final[split] = evaluate_ids(cfg, net, *splits[split], pad_id=pad_id, rt=rt)
+    stage = common.staging_dir(cfg.output_dir)
+    save_model(net, tokenizer, stage)
+    sizes = {s: len(v[0]) for s, v in splits.items()}
+    return common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0)
+
+
+# --- trainer eval / predict on a saved model -------------------------------------------------------
+
+
+def evaluate_saved(cfg: Config, model_dir: Path, *, split: str, rt: common.Runtime, base: bool = False) -> dict[str, Any]:
+    """Metrics of the model in model_dir on `split`; `base`: an untrained base model (trainer eval CONFIG)."""
+    net, tokenizer = load(model_dir, cfg, rt, new_head=base)
+    ids, labels = encode(cfg, tokenizer, data.read_split(cfg, split))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return evaluate_ids(cfg, net, ids, labels, pad_id=pad_id, rt=rt)
+
+
+def predict_saved(cfg: Config, model_dir: Path, texts: list[str], *, rt: common.Runtime) -> list[dict[str, Any]]:
+    net, tokenizer = load(model_dir, cfg, rt, new_head=False)
+    limit = cfg.max_length or min(tokenizer.model_max_length, ENCODER_MAX_LENGTH)
+    ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    probs = predict_ids(net, ids, pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt)
+    names = [net.config.id2label[i] for i in range(net.config.num_labels)]
+    return [
+        {"text": t, "label": names[int(p.argmax())], "probabilities": {n: float(x) for n, x in zip(names, p)}}
+        for t, p in zip(texts, probs)
+    ]

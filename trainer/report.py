@@ -1,0 +1,151 @@
+"""`report.md`: a run's results for a human, with a loss curve and (classifiers) a confusion matrix.
+
+Everything in it comes from metrics.json and lineage.json, written by the same run; the report
+adds nothing that is not in those two files, it only lays them out for reading.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from trainer.recipes.common import RANDOM_INIT_BANNER
+
+LOSS_PNG = "loss_curve.png"
+CONFUSION_PNG = "confusion_matrix.png"
+
+# Config keys worth a line in the hyperparameter table (the full config is in lineage.json).
+_HYPER = (
+    "max_length", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "learning_rate", "epochs",
+    "max_steps", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "loss", "lora_r", "lora_alpha", "precision",
+)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def plot_loss(curve: list[list[float]], epochs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a sandbox
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if curve:
+        ax.plot([s for s, _ in curve], [l for _, l in curve], label="train loss", linewidth=1)
+    points = [(e["step"], e["valid"]["eval_loss"]) for e in epochs if isinstance((e.get("valid") or {}).get("eval_loss"), float)]
+    if points:
+        ax.plot(*zip(*points), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=35, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    top = max((max(r) for r in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _metric_keys(task: str) -> list[str]:
+    return {
+        "classification": ["eval_loss", "accuracy", "macro_f1"],
+        "embeddings": ["main_score", "cosine_accuracy", "cosine_average_precision", "spearman", "mrr@10", "recall@1"],
+        "sft": ["eval_loss", "perplexity"],
+    }[task]
+
+
+def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | None, confusion_png: str | None) -> str:
+    task = metrics["task"]
+    base = lineage["base_model"]
+    cfg = lineage["config"]
+    keys = _metric_keys(task)
+    lines = [f"# {task} fine-tune: {Path(cfg['output_dir']).name}", ""]
+    if base.get("random_init"):
+        lines += [f"> **{RANDOM_INIT_BANNER}.** The base model has random weights (a demo stand-in, no real model "
+                  "could be fetched here): the numbers below show the pipeline works, not how a real model performs.", ""]
+    lines += [
+        f"- base model: `{base['repo_id']}` at commit `{base.get('commit') or 'n/a'}` ({base['source']})",
+        f"- base bundle: `{base.get('bundle') or 'n/a'}` sha256 `{base.get('bundle_sha256') or 'n/a'}`",
+        f"- data: " + ", ".join(f"{split} {n} rows" for split, n in metrics["rows"].items()),
+        f"- device: {metrics['device']}, precision {metrics['precision']}, wall time {metrics['wall_time_s']:.1f} s, "
+        f"{metrics['steps']} optimizer steps",
+        f"- best epoch: {metrics['best_epoch']} by validation `{metrics['main_metric']}` "
+        f"({'higher' if metrics['higher_is_better'] else 'lower'} is better)",
+        "",
+        "## Hyperparameters",
+        "",
+        "| key | value |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {k} | {cfg[k]:g} |" if isinstance(cfg[k], float) else f"| {k} | {cfg[k]} |" for k in _HYPER if cfg.get(k) is not None]
+    if metrics.get("loss_function"):
+        lines.append(f"| loss function | {metrics['loss_function']} |")
+    lines += ["", "## Per epoch", "", "| epoch | step | train loss | " + " | ".join(keys) + " |", "|" + " --- |" * (3 + len(keys))]
+    for e in metrics["epochs"]:
+        v = e.get("valid") or {}
+        lines.append(f"| {e['epoch']} | {e['step']} | {_fmt(e.get('train_loss'))} | " + " | ".join(_fmt(v.get(k)) for k in keys) + " |")
+    lines += ["", "## Final metrics (saved model)", ""]
+    if metrics["final"]:
+        lines += ["| split | " + " | ".join(keys) + " |", "|" + " --- |" * (1 + len(keys))]
+        for split, m in metrics["final"].items():
+            lines.append(f"| {split} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
+    else:
+        lines.append("No validation or test data: no held-out metrics.")
+    if task == "classification":
+        for split, m in metrics["final"].items():
+            lines += ["", f"### Per class ({split})", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {c} | {_fmt(x['precision'])} | {_fmt(x['recall'])} | {_fmt(x['f1'])} | {x['support']} |" for c, x in m["per_class"].items()]
+    if loss_png:
+        lines += ["", "## Loss", "", f"![loss curve]({loss_png})"]
+    if confusion_png:
+        lines += ["", "## Confusion matrix", "", f"![confusion matrix]({confusion_png})"]
+    lines += ["", "## Lineage", "", "Data files (sha256):", ""]
+    lines += [f"- {d['split']}: `{d['path']}` `{d['sha256']}`" for d in lineage["data"]]
+    libs = ", ".join(f"{k} {v}" for k, v in lineage["libraries"].items() if v)
+    lines += ["", f"Libraries: {libs}.", "", "The full resolved config and hardware are in `lineage.json`.", ""]
+    return "\n".join(lines)
+
+
+def write(out_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) -> Path:
+    """Write report.md and its PNGs into `out_dir`."""
+    loss_png = None
+    if metrics["train_loss_curve"]:
+        plot_loss(metrics["train_loss_curve"], metrics["epochs"], out_dir / LOSS_PNG)
+        loss_png = LOSS_PNG
+    confusion_png = None
+    if metrics["task"] == "classification" and metrics["final"]:
+        split = "test" if "test" in metrics["final"] else next(iter(metrics["final"]))
+        labels = list(metrics["final"][split]["per_class"])
+        plot_confusion(metrics["final"][split]["confusion_matrix"], labels, out_dir / CONFUSION_PNG, title=f"{split} split")
+        confusion_png = CONFUSION_PNG
+    path = out_dir / "report.md"
+    path.write_text(render(metrics, lineage, loss_png=loss_png, confusion_png=confusion_png), encoding="utf-8")
+    return path
