@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from mirror import parts
 from mirror.errors import BundleError, MirrorError, UsageError
 from mirror.manifest import Manifest, classify
 from mirror.policy import PolicyReport, scan_bundle
@@ -61,11 +62,13 @@ class AuditRow:
 
 
 def find_bundles(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Bundles named directly, plus every `*.tar` directly inside a named folder."""
+    """Bundles named directly, plus every `*.tar` and multi-part index (`*.tar.parts.json`)
+    directly inside a named folder."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.glob("*.tar") if not q.name.startswith("."))
+            found = [*p.glob("*.tar"), *p.glob("*.tar" + parts.INDEX_SUFFIX)]
+            out += sorted(q for q in found if not q.name.startswith("."))
         elif p.exists():
             out.append(p)
         else:
@@ -81,11 +84,12 @@ def audit(paths: Iterable[str | os.PathLike], *, public_key: str | os.PathLike |
 
 
 def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> AuditRow:
-    size = path.stat().st_size
     try:
+        location = parts.locate(path)
+        size = parts.read_index(location.index).size if location.multipart else path.stat().st_size
         report = verify_bundle(path)
     except (BundleError, UsageError) as e:  # no readable manifest: nothing else can be said
-        return AuditRow(bundle=str(path), size=size, error=str(e), require_signature=public_key is not None)
+        return AuditRow(bundle=str(path), size=path.stat().st_size, error=str(e), require_signature=public_key is not None)
     m = report.manifest
     try:
         signature = verify_signature(path, public_key_path=public_key)

@@ -13,6 +13,7 @@ the format (links, devices, sparse files, unknown extensions) instead of interpr
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -108,8 +109,7 @@ def pack_commit(files: list[FileEntry] | tuple[FileEntry, ...]) -> str:
 
 
 def is_lfs(path: str, size: int) -> bool:
-    import fnmatch
-
+    """How a pack decides `lfs` (the Hub's rule for a new repo): a default LFS pattern, or big."""
     name = path.rsplit("/", 1)[-1]
     return size > LFS_SIZE or any(fnmatch.fnmatch(name, p) for p in LFS_PATTERNS)
 

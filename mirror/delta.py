@@ -85,7 +85,16 @@ def full_files(manifest: Manifest) -> tuple[FileEntry, ...]:
     return info.target_files if info else manifest.files
 
 
-def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | os.PathLike | None = None) -> tuple[BaseRef, tuple[FileEntry, ...]]:
+@dataclass(frozen=True)
+class Base:
+    """What a delta is made against: the reference recorded in it, and the base's full file list."""
+
+    ref: BaseRef
+    files: tuple[FileEntry, ...]
+    license: str | None
+
+
+def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | os.PathLike | None = None) -> Base:
     """Read what a delta is relative to: an old bundle (single-file or multi-part; its sha256 is
     recorded so the sandbox can be told exactly which bundle it needs), or a manifest JSON
     (`mirror inspect --json` output) when the old bundle itself is not at hand."""
@@ -99,16 +108,16 @@ def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | o
             raw = path.read_bytes()
         except FileNotFoundError as e:
             raise UsageError(f"--since-manifest {path}: no such file; pass the JSON printed by 'mirror inspect --json OLD_BUNDLE'") from e
-        base = parse(raw, bundle=str(path))
-        ref = BaseRef(base.repo_id, base.repo_type, base.commit, base.revision, bundle=None, bundle_sha256=None)
-        return ref, full_files(base)
+        m = parse(raw, bundle=str(path))
+        ref = BaseRef(m.repo_id, m.repo_type, m.commit, m.revision, bundle=None, bundle_sha256=None)
+        return Base(ref=ref, files=full_files(m), license=m.license)
     loc = parts.locate(since)
-    base = read_bundle_manifest(since)
+    m = read_bundle_manifest(since)
     ref = BaseRef(
-        base.repo_id, base.repo_type, base.commit, base.revision,
+        m.repo_id, m.repo_type, m.commit, m.revision,
         bundle=loc.path.name, bundle_sha256=parts.stream_sha256(since),
     )  # fmt: skip
-    return ref, full_files(base)
+    return Base(ref=ref, files=full_files(m), license=m.license)
 
 
 def read_bundle_manifest(bundle: str | os.PathLike) -> Manifest:
@@ -258,7 +267,7 @@ class DeltaInstall:
     bundle_sha256: str | None  # of the delta bundle; None when it was already installed
 
 
-def install_delta(bundle: str | os.PathLike, *, cache_dir: str | os.PathLike) -> DeltaInstall:
+def install_delta(bundle: str | os.PathLike, *, cache_dir: str | os.PathLike, allow_pickle: bool = False) -> DeltaInstall:
     """Apply a delta bundle on top of its installed base commit, atomically.
 
     Order: refuse early (not a delta, base commit not installed, base blobs missing) before any
@@ -266,7 +275,9 @@ def install_delta(bundle: str | os.PathLike, *, cache_dir: str | os.PathLike) ->
     shared blob too, so the complete target snapshot is verified; then build the snapshot under a
     temporary name and rename it into place. On any failure the blobs this call created and the
     temporary snapshot are removed, leaving the cache as it was. Refs are the caller's
-    (`install.install_bundle`, which dispatches deltas here)."""
+    (`install.install_bundle`, which dispatches deltas here, after the policy's name check).
+    With `allow_pickle`, the new blobs are scanned against the pickle allowlist before the
+    snapshot exists (the base's files were scanned when the base was installed)."""
     from mirror.bundle import BundleReader
     from mirror.install import _link_target, repo_folder
 
@@ -313,6 +324,10 @@ def install_delta(bundle: str | os.PathLike, *, cache_dir: str | os.PathLike) ->
             if r.missing:
                 raise BundleError(r.label, f"{len(r.missing)} file(s) listed in the manifest are missing, first {r.missing[0]!r}")
             _verify_shared(shared, blobs)
+            if allow_pickle:
+                from mirror.policy import check_files
+
+                check_files({f.path: blobs / f.etag for f in m.files}, allow_pickle=True, where=r.label)
             for f in info.target_files:
                 link = staging / f.path
                 link.parent.mkdir(parents=True, exist_ok=True)
@@ -400,17 +415,60 @@ def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, 
     from mirror.hashing import hash_files
     from mirror.manifest import classify
 
-    base, base_list = load_base(since=since, since_manifest=since_manifest)
+    base = load_base(since=since, since_manifest=since_manifest)
     digests = hash_files([root / p for p in paths])
     target = []
     for p in paths:
         d = digests[root / p]
         target.append(FileEntry(path=p, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=is_lfs(p, d.size), kind=classify(p)))
     draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=pack_commit(target), source="", created_at="", license=None, files=tuple(target))
-    delta_m, plan = make_delta_manifest(draft, base=base, base_files=base_list)
+    delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)
     return {
         "commit": delta_m.commit,
         "paths": list(plan.carried),
         "expected": {f.path: f for f in delta_m.files},
         "extra": {**(extra or {}), DELTA_KEY: delta_m.extra[DELTA_KEY]},
+    }
+
+
+def split_remote(files: Iterable, base: Base) -> tuple[list, dict[str, FileEntry]]:
+    """For a pull: which of the Hub's files (`mirror.hub.RemoteFile`) must be downloaded, and the
+    target entries of those that need not be (equal to the base's, by the Hub's own digests)."""
+    from mirror.manifest import classify
+
+    old = {f.path: f for f in base.files}
+    fetch, same = [], {}
+    for f in files:
+        b = old.get(f.path)
+        if unchanged_remote(b, size=f.size, lfs_sha256=f.sha256 or None, git_oid=f.git_sha1 or None):
+            # the Hub's lfs flag decides the blob name (etag) in the cache, as for a full pull
+            same[f.path] = replace(b, lfs=f.lfs, kind=classify(f.path))
+        else:
+            fetch.append(f)
+    return fetch, same
+
+
+def remote_delta_args(fetched: Iterable, unchanged: dict[str, FileEntry], *, staging: Path, base: Base, repo_id: str, repo_type: str, commit: str) -> dict[str, Any]:
+    """`write_bundle` arguments for a pulled delta. The downloaded files are hashed first (in
+    parallel; they are fresh in the page cache) because the delta section must list every target
+    file's full digests before the bundle is written; each is checked against the Hub's digest."""
+    from mirror.errors import HashMismatch
+    from mirror.hashing import hash_files
+    from mirror.manifest import classify
+
+    fetched = list(fetched)
+    digests = hash_files([staging / f.path for f in fetched])
+    target = dict(unchanged)
+    for f in fetched:
+        d = digests[staging / f.path]
+        for algo, want, got in (("sha256", f.sha256, d.sha256), ("git sha1", f.git_sha1, d.git_sha1), ("size", str(f.size), str(d.size))):
+            if want and want != got:
+                raise HashMismatch(f.path, algorithm=algo, expected=want, actual=got, where="against the Hub's hash")
+        target[f.path] = FileEntry(path=f.path, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=f.lfs, kind=classify(f.path))
+    draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=commit, source="", created_at="", license=None, files=tuple(target.values()))
+    delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)
+    return {
+        "paths": list(plan.carried),
+        "expected": {f.path: f for f in delta_m.files},
+        "extra": {DELTA_KEY: delta_m.extra[DELTA_KEY]},
     }

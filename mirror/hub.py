@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from mirror import __version__
+from mirror import __version__, delta, policy
 from mirror.bundle import BundleInfo, write_bundle
 from mirror.errors import (
     AuthRequired,
@@ -305,7 +305,8 @@ class _Progress:
             def update(self, n=1):
                 if n:
                     seen[0] += n
-                    outer.bar.update(n)
+                    with outer._lock:  # several download threads feed one bar
+                        outer.bar.update(n)
 
             def close(self):
                 pass
@@ -412,6 +413,10 @@ def pull(
     token: str | None = None,
     workers: int = 8,
     progress: bool = True,
+    max_part_size: int | None = None,
+    since: str | os.PathLike | None = None,
+    since_manifest: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
 ) -> BundleInfo:
     """Pull one revision of a Hub repo into a bundle in `out_dir`; returns what was written.
 
@@ -421,6 +426,10 @@ def pull(
     `endpoint` defaults to $HF_ENDPOINT, then the public Hub; `token` to huggingface_hub's own
     lookup ($HF_TOKEN, then a saved login). Raises RepoNotFound, RevisionNotFound, AuthRequired,
     HubError, HashMismatch (the file is named and discarded), NotEnoughSpace or UsageError.
+    `max_part_size` writes the bundle in parts (mirror.parts); `since` / `since_manifest` make it
+    a delta (mirror.delta): files equal to the base's by the Hub's digests are not even downloaded.
+    Pickle files left after the excludes raise PolicyError before any download unless
+    `allow_pickle`; then they are scanned against the allowlist before the bundle is written.
     """
     if why := repo_id_problem(repo_id):
         raise UsageError(f"repo id {repo_id!r} {why}")
@@ -432,6 +441,7 @@ def pull(
         raise UsageError(f"workers must be at least 1, not {workers}")
     endpoint = resolve_endpoint(endpoint)
     out_dir = Path(out_dir)
+    base = delta.load_base(since=since, since_manifest=since_manifest) if since is not None or since_manifest is not None else None
 
     snap = resolve_snapshot(repo_id, revision=revision, repo_type=repo_type, endpoint=endpoint, token=token)
     by_path = {f.path: f for f in snap.files}
@@ -441,19 +451,29 @@ def pull(
             f"no file of {repo_id} at {snap.commit[:12]} is left after --include/--exclude "
             f"({len(skipped)} skipped, e.g. {', '.join(skipped[:3]) or 'none'}); loosen the patterns"
         )
+    where = f"{repo_id}@{snap.commit[:12]}"
+    if not allow_pickle:  # the default policy needs only the names: refuse before downloading
+        policy.check_paths(chosen, where=where)
     files = [by_path[p] for p in chosen]
+    fetch, unchanged = delta.split_remote(files, base) if base is not None else (files, {})
 
     staging = out_dir / STAGING_DIR / staging_name(repo_id, snap.commit, repo_type=repo_type)
     staging.mkdir(parents=True, exist_ok=True)
-    total = sum(f.size for f in files)
-    needed = (total - _staged_size(staging, files)) + total  # the rest of the download, then the bundle
+    total = sum(f.size for f in fetch)
+    needed = (total - _staged_size(staging, fetch)) + total  # the rest of the download, then the bundle
     free = shutil.disk_usage(staging).free
     if free < needed:
         raise NotEnoughSpace(str(out_dir), needed=needed, free=free)
 
-    _download(snap, files, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+    _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+    fetched = {f.path for f in fetch}
+    report = policy.check_files({p: staging / p if p in fetched else None for p in chosen}, allow_pickle=allow_pickle, where=where)
 
     try:
+        args = {"expected": {f.path: f.expected() for f in files}}
+        if base is not None:
+            args = delta.remote_delta_args(fetch, unchanged, staging=staging, base=base, repo_id=repo_id, repo_type=repo_type, commit=snap.commit)
+        args["extra"] = {**(args.get("extra") or {}), "policy": report.to_manifest()}
         info = write_bundle(
             src_root=staging,
             repo_id=repo_id,
@@ -462,9 +482,10 @@ def pull(
             commit=snap.commit,
             source=endpoint,
             created_at=snap.created_at,
-            license=_license(staging, files),
+            license=_license(staging, fetch) if base is None or "README.md" not in unchanged else base.license,
             out_dir=out_dir,
-            expected={f.path: f.expected() for f in files},
+            max_part_size=max_part_size,
+            **args,
         )
     except HashMismatch as e:
         _discard_staged(staging, e.path)

@@ -96,7 +96,7 @@ def install_bundle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | No
     repo_dir = cache / repo_folder(m.repo_id, m.repo_type)
     if delta_info(m, bundle=str(path)) is not None:
         # a delta holds only changed files: it goes on top of its installed base (mirror.delta)
-        d = install_delta(path, cache_dir=cache)
+        d = install_delta(path, cache_dir=cache, allow_pickle=allow_pickle)
         return InstallResult(m.repo_id, m.commit, d.snapshot, d.already_installed, d.bundle_sha256, _write_refs(repo_dir, m))
     snap = repo_dir / "snapshots" / m.commit
     if _snapshot_complete(snap, m):
@@ -140,10 +140,16 @@ def install_bundle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | No
                         moved.append(target)
                     os.replace(tmp_snap / f.path, target)
         else:
-            os.rename(tmp_snap, snap)
-            created.append(snap)
+            try:
+                os.rename(tmp_snap, snap)
+                created.append(snap)
+            except OSError:
+                if not _snapshot_complete(snap, m):
+                    raise
+                moved.clear()  # a concurrent install of this commit won the rename and uses these blobs
         refs = _write_refs(repo_dir, m)
     except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # first, so the folders we created are empty again
         for p in moved:
             p.unlink(missing_ok=True)
         if snap in created:
@@ -167,9 +173,14 @@ def _make_dirs(d: Path) -> list[Path]:
     while not d.exists():
         missing.append(d)
         d = d.parent
+    made = []
     for x in reversed(missing):
-        x.mkdir()
-    return list(reversed(missing))
+        try:
+            x.mkdir()
+            made.append(x)
+        except FileExistsError:  # another install made it meanwhile: not ours to remove
+            pass
+    return made
 
 
 def _extract_verified(path, m: Manifest, staging: Path, blobs: Path) -> str:

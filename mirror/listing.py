@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirror import parts
 from mirror.bundle import read_manifest
 from mirror.errors import BundleError, UsageError
 
@@ -29,13 +30,18 @@ class BundleSummary:
 
 
 def list_bundles(directory: str | os.PathLike) -> list[BundleSummary]:
-    """Every `*.tar` in `directory` (not recursive; unfinished `.partial` files are skipped)."""
+    """Every `*.tar` and multi-part `*.tar.parts.json` in `directory` (not recursive; unfinished
+    `.partial` files are skipped)."""
     d = Path(directory)
     if not d.is_dir():
         raise UsageError(f"{directory} is not a directory; pass the folder that holds the bundles")
     out = []
-    for p in sorted(d.glob("*.tar")):
-        size = p.stat().st_size
+    for p in sorted([*d.glob("*.tar"), *d.glob("*.tar" + parts.INDEX_SUFFIX)]):
+        try:  # a multi-part bundle is listed once, by its index, with the whole stream's size
+            size = parts.read_index(p).size if p.name.endswith(parts.INDEX_SUFFIX) else p.stat().st_size
+        except BundleError as e:
+            out.append(BundleSummary(path=p, size=0, problem=e.reason))
+            continue
         try:
             m = read_manifest(p)
         except (BundleError, UsageError) as e:

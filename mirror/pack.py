@@ -18,6 +18,7 @@ from mirror.bundle import BundleInfo, write_bundle
 from mirror.delta import folder_delta
 from mirror.errors import UsageError
 from mirror.manifest import license_from_card, repo_id_problem, unsafe_path_reason
+from mirror.policy import check_snapshot
 
 SKIP_DIRS = frozenset({".git", ".cache", "__pycache__", ".ipynb_checkpoints"})  # tool state, not the model
 LINEAGE_FILE = "lineage.json"  # written by the trainer next to a trained model's weights
@@ -38,10 +39,12 @@ def pack_folder(
     max_part_size: int | None = None,
     since: str | os.PathLike | None = None,
     since_manifest: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
 ) -> BundleInfo:
     """Bundle every file of `folder` (minus SKIP_DIRS) as `repo_id` at `revision`. `max_part_size`
     splits the bundle into parts (mirror.parts); `since` / `since_manifest` make it a delta
-    holding only what changed since that bundle or manifest (mirror.delta)."""
+    holding only what changed since that bundle or manifest (mirror.delta). Pickle files are
+    refused unless `allow_pickle`, and then scanned against the allowlist (mirror.policy)."""
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"{folder} is not a directory; pass the folder that holds the model files")
@@ -60,7 +63,7 @@ def pack_folder(
             raise UsageError(f"SOURCE_DATE_EPOCH={env_epoch!r} is not an integer number of seconds") from None
     else:
         created = iso_utc(newest)
-    extra = {}
+    extra = {"policy": check_snapshot(root, paths=paths, allow_pickle=allow_pickle, where=str(folder)).to_manifest()}
     if LINEAGE_FILE in paths:
         try:
             with open(root / LINEAGE_FILE, encoding="utf-8") as f:

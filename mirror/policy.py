@@ -275,9 +275,8 @@ def _scan_zip(f: BinaryIO) -> PickleScan:
                 lower = info.filename.lower()
                 if not lower.endswith((".pkl", ".npy")):
                     continue
-                with z.open(info) as member:
-                    # zip members are not seekable on every Python; scan from a spooled copy
-                    scan = _scan_npy(_seekable(member)) if lower.endswith(".npy") else scan_pickle(_seekable(member))
+                with z.open(info) as member:  # streamed: only the opcodes / the .npy header are read
+                    scan = _scan_npy(member) if lower.endswith(".npy") else scan_pickle(member)
                 globs.update(scan.globals)
                 refused.extend(scan.refused)
                 if scan.error:
@@ -287,26 +286,17 @@ def _scan_zip(f: BinaryIO) -> PickleScan:
     return PickleScan(globals=tuple(sorted(globs)), refused=tuple(dict.fromkeys(refused)), error="; ".join(errors) or None)
 
 
-def _seekable(member: BinaryIO) -> BinaryIO:
-    import tempfile
-
-    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)
-    while chunk := member.read(1024 * 1024):
-        spool.write(chunk)
-    spool.seek(0)
-    return spool  # type: ignore[return-value]
-
-
 # --- snapshots ------------------------------------------------------------------------------------
 
 
-def scan_files(files: Mapping[str, Path], *, scan_pickles: bool = True) -> PolicyReport:
-    """The policy facts of a snapshot given as repo path -> where its bytes are on disk. Kinds are
-    recomputed from the path, never taken from a manifest (a hostile one could call a pickle json)."""
+def scan_files(files: Mapping[str, Path | None], *, scan_pickles: bool = True) -> PolicyReport:
+    """The policy facts of a snapshot given as repo path -> where its bytes are on disk (None: not
+    here, e.g. carried over from a delta's base; listed, not scanned). Kinds are recomputed from
+    the path, never taken from a manifest (a hostile one could call a pickle json)."""
     paths = sorted(files)
     pickles = tuple(p for p in paths if classify(p) == "pickle")
     code = tuple(p for p in paths if classify(p) == "code")
-    scans = {p: scan_file(files[p]) for p in pickles} if scan_pickles else {}
+    scans = {p: scan_file(files[p]) for p in pickles if files[p] is not None} if scan_pickles else {}
     return PolicyReport(pickle=scans, pickle_files=pickles, remote_code=code)
 
 
@@ -343,7 +333,7 @@ def scan_bundle(bundle: str | os.PathLike) -> PolicyReport:
                     out.write(chunk)
             scans[member.entry.path] = scan_file(spool)
             spool.unlink()
-    report = scan_files({p: Path(os.devnull) for p in paths}, scan_pickles=False)
+    report = scan_files(dict.fromkeys(paths), scan_pickles=False)
     return PolicyReport(pickle=scans, pickle_files=report.pickle_files, remote_code=report.remote_code)
 
 
@@ -374,8 +364,9 @@ def check_snapshot(root: str | os.PathLike, *, paths: Iterable[str] | None = Non
     return report
 
 
-def check_files(files: Mapping[str, Path], *, allow_pickle: bool, where: str) -> PolicyReport:
-    """scan_files + enforce: install's hook, over the blobs it staged before moving them in."""
+def check_files(files: Mapping[str, Path | None], *, allow_pickle: bool, where: str) -> PolicyReport:
+    """scan_files + enforce: the hook of install (over the blobs it staged before moving them in)
+    and pull (over the downloaded files before the bundle is written)."""
     report = scan_files(files, scan_pickles=allow_pickle)
     enforce(report, allow_pickle=allow_pickle, where=where)
     return report
@@ -384,4 +375,4 @@ def check_files(files: Mapping[str, Path], *, allow_pickle: bool, where: str) ->
 def check_paths(paths: Iterable[str], *, where: str) -> None:
     """The default (safetensors-only) policy decided from file names alone, before any byte is
     read: install refuses a pickle bundle without extracting it."""
-    enforce(scan_files({p: Path(os.devnull) for p in paths}, scan_pickles=False), allow_pickle=False, where=where)
+    enforce(scan_files(dict.fromkeys(paths), scan_pickles=False), allow_pickle=False, where=where)

@@ -51,8 +51,9 @@ class SignatureStatus:
     def summary(self) -> str:
         if not self.present:
             return "unsigned"
-        state = {True: "valid", False: "INVALID", None: "not checked (no --public-key)"}[self.valid]
-        return f"{state}, key sha256:{self.key_fingerprint or '?'}" + ("" if self.valid else f" ({self.reason})")
+        if self.valid is None:
+            return f"signed, not checked (no public key given), key sha256:{self.key_fingerprint or '?'}"
+        return f"{'valid' if self.valid else 'INVALID'}, key sha256:{self.key_fingerprint or '?'}" + ("" if self.valid else f" ({self.reason})")
 
 
 # --- keys -----------------------------------------------------------------------------------------
@@ -82,6 +83,11 @@ def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
 def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
+
+
+def key_fingerprint(public_key_path: str | os.PathLike) -> str:
+    """The fingerprint of a PEM public key file (as `mirror inspect` and `audit` show it)."""
+    return fingerprint(_load_public_key(Path(public_key_path)))
 
 
 def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -125,9 +131,11 @@ def model_signing_manifest(manifest: Manifest):
     serialization_type = ms_manifest._FileSerialization(  # noqa: SLF001 - the v1.0 'files' method
         "sha256", allow_symlinks=True, ignore_paths=[Path(p) for p in GIT_PATHS]
     )
+    from mirror.delta import full_files  # a delta installs its base's files too: sign the whole snapshot
+
     items = [
         ms_manifest.FileManifestItem(path=Path(f.path), digest=ms_hashing.Digest("sha256", bytes.fromhex(f.sha256)))
-        for f in manifest.files
+        for f in full_files(manifest)
         if not _is_git_path(f.path)
     ]
     return ms_manifest.Manifest(f"{manifest.repo_id}@{manifest.commit}", items, serialization_type)
@@ -202,13 +210,16 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
     def invalid(reason: str) -> SignatureStatus:
         return SignatureStatus(present=True, valid=False, key_fingerprint=key_fp, reason=reason)
 
+    if claimed and claimed != key_fp:  # the common case of a wrong key, said plainly
+        return invalid(f"signed by key sha256:{claimed}, not by the given key sha256:{key_fp}")
+
     try:
         verifier = sign_ec_key.Verifier(Path(public_key_path))
         payload_type, payload = verifier._verify_signed_content(signature)  # noqa: SLF001 - we need the payload itself
     except InvalidSignature:
         return invalid("the signature does not match its payload under this key (wrong key or altered signature)")
     except ValueError as e:
-        return invalid(f"signature rejected: {str(e).strip()}")
+        return invalid(f"signature rejected: {' '.join(str(e).split()).rstrip('.')}")
     if payload_type != ms_signing._IN_TOTO_JSON_PAYLOAD_TYPE:  # noqa: SLF001
         return invalid(f"unexpected payload type {payload_type!r}")
     try:
@@ -244,7 +255,14 @@ class _Tail:
 
 def _read_tail(bundle: Path) -> _Tail:
     """Manifest bytes, the signature member (last, if any) and the offset to append at. Walks
-    member headers only (tarfile seeks over the data), so this is fast on a 100 GB bundle."""
+    member headers only (tarfile seeks over the data), so this is fast on a 100 GB bundle. A
+    multi-part bundle cannot carry a signature (see bundle.append_trailer): its manifest only."""
+    from mirror import parts
+    from mirror.bundle import BundleReader
+
+    if parts.locate(bundle).multipart:
+        with BundleReader(bundle, hash_all=False) as reader:
+            return _Tail(manifest_bytes=reader.manifest_bytes, signature=None, append_at=0)
     try:
         with tarfile.open(bundle, mode="r:") as tf:
             first = tf.next()
@@ -332,6 +350,7 @@ __all__ = [
     "SignatureStatus",
     "check_signature",
     "fingerprint",
+    "key_fingerprint",
     "keygen",
     "read_signature",
     "require_valid",

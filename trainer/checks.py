@@ -41,6 +41,7 @@ class TokenStats:
     max_length: int | None  # the limit inputs are truncated to; None when unknown
     truncated: int  # texts longer than max_length
     estimated: bool  # True: whitespace word counts, no tokenizer was available
+    no_answer: int = 0  # SFT: records whose prompt alone reaches max_length, so no answer token is learned
 
     @property
     def truncated_share(self) -> float:
@@ -202,7 +203,7 @@ def _split_stats(cfg: Config, split: str, items: list, train: list, tokenizer: A
         unique=len(set(keys)),
         in_train=in_train,
         labels=labels,
-        tokens=_token_stats(texts, tokenizer, limit) if texts else None,
+        tokens=_token_stats(texts, tokenizer, limit, prompts=_prompts(cfg, items, tokenizer)) if texts else None,
     )
 
 
@@ -214,23 +215,38 @@ def _texts(cfg: Config, items: list, tokenizer: Any) -> list[str]:
     return [_render_chat(json.loads(k), tokenizer) for k, _, _ in items]
 
 
-def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> str:
+def _prompts(cfg: Config, items: list, tokenizer: Any) -> list[str] | None:
+    """SFT: each record up to its last answer, as the model sees it before the answer starts."""
+    if cfg.task != "sft":
+        return None
+    out = []
+    for k, _, _ in items:
+        messages = json.loads(k)
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        out.append(_render_chat(messages[:last], tokenizer, generation_prompt=True))
+    return out
+
+
+def _render_chat(messages: list[dict[str, str]], tokenizer: Any, *, generation_prompt: bool = False) -> str:
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + ("\nassistant:" if generation_prompt else "")
 
 
 def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
-def _token_stats(texts: list[str], tokenizer: Any, limit: int | None) -> TokenStats:
-    if tokenizer is not None:
-        # the special tokens ([CLS]/[SEP]) count against max_length, as they will in training
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]
-    else:
-        lengths = [len(t.split()) for t in texts]
-    s = sorted(lengths)
+def _lengths(texts: list[str], tokenizer: Any) -> list[int]:
+    if tokenizer is None:
+        return [len(t.split()) for t in texts]
+    # the special tokens ([CLS]/[SEP]) count against max_length, as they will in training
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]
+
+
+def _token_stats(texts: list[str], tokenizer: Any, limit: int | None, *, prompts: list[str] | None = None) -> TokenStats:
+    s = sorted(_lengths(texts, tokenizer))
+    no_answer = sum(n >= limit for n in _lengths(prompts, tokenizer)) if prompts and limit else 0
     return TokenStats(
         counted=len(s),
         p50=_percentile(s, 0.50),
@@ -239,6 +255,7 @@ def _token_stats(texts: list[str], tokenizer: Any, limit: int | None) -> TokenSt
         max_length=limit,
         truncated=sum(n > limit for n in s) if limit else 0,
         estimated=tokenizer is None,
+        no_answer=no_answer,
     )
 
 
@@ -300,6 +317,11 @@ def _quality_warnings(cfg: Config, splits: dict[str, SplitStats], keyed: dict[st
         if t is not None and t.truncated:
             what = "words (whitespace estimate)" if t.estimated else "tokens"
             out.append(f"{name}: {t.truncated} of {t.counted} texts ({_pct(t.truncated, t.counted)}) exceed max_length {t.max_length} {what} and will be truncated")
+        if t is not None and t.no_answer:
+            out.append(
+                f"{name}: {t.no_answer} of {t.counted} records ({_pct(t.no_answer, t.counted)}) lose their whole answer to truncation "
+                f"at max_length {t.max_length}: they train nothing; raise max_length or shorten the prompts"
+            )
         if cfg.task == "classification" and s.rows:
             present = {k: v for k, v in s.labels.items() if v}
             missing = [k for k, v in s.labels.items() if not v]

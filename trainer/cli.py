@@ -40,6 +40,9 @@ class _Boundary(click.Group):
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 1))
         except yaml.YAMLError as e:
             _fail(f"not valid YAML: {str(e).splitlines()[0]}; fix the file", 2)
+        except OSError as e:  # a full disk, a read-only output_dir: the environment, not a bug
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}; check the path, its permissions and free space", 1)
         except KeyboardInterrupt:
             _fail(_interrupted_message(ctx.meta.get("trainer.output_dir")), EXIT_INTERRUPTED)
 

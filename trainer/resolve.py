@@ -31,10 +31,14 @@ class ResolvedModel:
 
 @dataclass(frozen=True)
 class _Candidate:
-    path: Path
+    path: Path  # NAME.tar, or NAME.tar.parts.json for a multi-part bundle
     repo_id: str
     commit: str
     created_at: str
+    delta_base: str | None  # the commit a delta bundle applies on top of; None for a full bundle
+
+
+MAX_DELTA_CHAIN = 16  # deltas stack on deltas; a longer chain than this is a loop or a mistake
 
 
 def resolve_model(
@@ -75,10 +79,13 @@ def resolve_model(
             detail = f"{len(unreadable)} unreadable bundle(s) in {bundles_dir}/ skipped: {', '.join(p.name for p in unreadable[:3])}"
         raise ModelNotAvailable(model_id, bundles_dir=str(bundles_dir).rstrip("/"), detail=detail)
     newest = max(candidates, key=lambda c: (c.created_at, c.path.name))
-    try:
-        installed = install.install_bundle(newest.path, cache_dir=cache_dir)
-    except MirrorError as e:
-        raise BundleRejected(str(newest.path), e) from e
+    sha256 = None
+    for bundle in _install_order(newest, candidates, model_id, cache_dir):
+        try:
+            installed = install.install_bundle(bundle.path, cache_dir=cache_dir)
+        except MirrorError as e:
+            raise BundleRejected(str(bundle.path), e) from e
+        sha256 = installed.bundle_sha256
     snapshot = Path(installed.snapshot_dir)
     _refuse_remote_code(model_id, snapshot, trust_remote_code)
     return ResolvedModel(
@@ -86,35 +93,65 @@ def resolve_model(
         path=snapshot,
         commit=newest.commit,
         bundle_path=newest.path,
-        bundle_sha256=installed.bundle_sha256 or _bundle_sha256(newest.path),
+        bundle_sha256=sha256 or _bundle_sha256(newest.path),
         source="bundle",
     )
 
 
+def _install_order(newest: _Candidate, candidates: list[_Candidate], repo_id: str, cache_dir: str | Path | None) -> list[_Candidate]:
+    """`newest`, preceded by the bundles its delta chain needs that are not installed yet.
+
+    A base that is neither installed nor in the folder is left for `install_bundle` to report:
+    its error names the missing base commit and bundle."""
+    from mirror import install
+
+    by_commit = {c.commit: c for c in sorted(candidates, key=lambda c: (c.delta_base is not None, c.created_at))}
+    chain = [newest]
+    while chain[0].delta_base and len(chain) <= MAX_DELTA_CHAIN:
+        base = chain[0].delta_base
+        if install.find_snapshot(repo_id, cache_dir=cache_dir, revision=base) is not None or base not in by_commit:
+            break
+        chain.insert(0, by_commit[base])
+    return chain
+
+
 def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[Path]]:
-    """Bundles in `bundles` holding `repo_id`, judged by their manifest (the tar's head only)."""
+    """Bundles in `bundles` holding `repo_id`, judged by their manifest (the tar's head only).
+
+    Single-file bundles are NAME.tar; multi-part ones are NAME.tar.part0001... with an index
+    NAME.tar.parts.json, which mirror reads as the one stream the parts stand for."""
     from mirror.bundle import read_manifest
+    from mirror.delta import delta_info
+    from mirror.parts import INDEX_SUFFIX
 
     found: list[_Candidate] = []
     unreadable: list[Path] = []
     if not bundles.is_dir():
         return found, unreadable
-    for path in sorted(bundles.glob("*.tar")):
+    names = {p for p in bundles.glob("*.tar") if p.is_file()}
+    # a multi-part bundle is named by its index, as mirror names it; a single NAME.tar wins
+    names |= {p for p in bundles.glob("*.tar" + INDEX_SUFFIX) if p.with_name(p.name[: -len(INDEX_SUFFIX)]) not in names}
+    for path in sorted(names):
         try:
             m = read_manifest(path)
+            delta = delta_info(m, bundle=str(path))
         except (MirrorError, OSError):
             unreadable.append(path)
             continue
         if m.repo_id == repo_id and m.repo_type == "model":
-            found.append(_Candidate(path=path, repo_id=m.repo_id, commit=m.commit, created_at=m.created_at))
+            found.append(_Candidate(
+                path=path, repo_id=m.repo_id, commit=m.commit, created_at=m.created_at,
+                delta_base=delta.base.commit if delta else None,
+            ))
     return found, unreadable
 
 
 def _bundle_sha256(path: Path) -> str:
-    """The bundle file's own sha256 (what lineage records); streamed, never read whole."""
-    from mirror.hashing import sha256_file
+    """The bundle's own sha256 (what lineage records): one streaming pass, or free from a
+    multi-part bundle's index."""
+    from mirror.parts import stream_sha256
 
-    return sha256_file(path)
+    return stream_sha256(path)
 
 
 def needs_remote_code(snapshot: Path) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mirror.bundle import write_bundle
 from mirror.audit import audit, render_cyclonedx, render_json, render_table
 from mirror.errors import UsageError
 from mirror.pack import pack_folder
@@ -50,7 +51,7 @@ def estate(tmp_path):
     torch.save(collections.OrderedDict(w=torch.ones(2)), legacy / "pytorch_model.bin")
     (legacy / "modeling_x.py").write_text("import torch\n")
     (legacy / "config.json").write_text("{}\n")
-    b_legacy = pack_folder(legacy, repo_id="org/legacy", out_dir=out).path
+    b_legacy = pack_folder(legacy, repo_id="org/legacy", out_dir=out, allow_pickle=True).path
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -65,7 +66,11 @@ def estate(tmp_path):
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "optimizer.pt").write_bytes(pickle.dumps(_Evil(), protocol=4))
-    b_evil = pack_folder(evil, repo_id="org/evil", out_dir=out).path
+    # our pack refuses it even with allow_pickle; a bundle from elsewhere is written directly
+    b_evil = write_bundle(
+        src_root=evil, repo_id="org/evil", revision="main", commit="e" * 40, source="https://hub.example",
+        created_at="2024-01-01T00:00:00Z", license=None, out_dir=out,
+    ).path
     return {"dir": out, "keys": keys, "clean": b_clean, "legacy": b_legacy, "corrupt": b_corrupt, "evil": b_evil}
 
 
@@ -163,3 +168,36 @@ def test_nothing_to_audit_is_a_usage_error(tmp_path):
         audit([tmp_path])
     with pytest.raises(UsageError, match="does not exist"):
         audit([tmp_path / "missing.tar"])
+
+
+def test_cli_audit_exit_codes_and_formats(estate, tmp_path):
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["audit", str(estate["clean"]), "--public-key", str(estate["keys"][1])])
+    assert r.exit_code == 0, r.output
+    assert "org/clean" in r.stdout and "valid" in r.stdout
+
+    r = runner.invoke(cli, ["audit", str(estate["dir"]), "--format", "json"])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["ok"] is False
+    assert r.stderr.strip() == "mirror: error: 2 of 4 bundle(s) failed the audit"  # corrupt + evil
+
+    r = runner.invoke(cli, ["audit", str(estate["clean"]), "--format", "cyclonedx"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["components"][0]["type"] == "machine-learning-model"
+
+    r = runner.invoke(cli, ["audit", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_multi_part_bundles_are_audited_once_by_their_index(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 40)
+    info = pack_folder(folder, repo_id="org/parts", out_dir=tmp_path / "out", max_part_size=4096)
+    assert info.path.name.endswith(".tar.parts.json")
+    (row,) = audit([tmp_path / "out"])
+    assert row.ok and row.verified and row.repo_id == "org/parts"
+    assert row.size == info.size and row.signature.present is False

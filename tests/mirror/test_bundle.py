@@ -277,3 +277,13 @@ def test_append_trailer_adds_then_replaces_the_last_member(repo, tmp_path):
         assert t.getnames()[-1] == "_mirror/signature.json" and t.getnames().count("_mirror/signature.json") == 1
         assert t.extractfile("_mirror/signature.json").read() == b'{"sig": 22}'
     assert problems(info.path) == []
+
+
+def test_sizes_over_8_gib_go_into_a_pax_record():
+    size = 9 * 2**30
+    head = bundle.member_header("files/model-00001-of-00002.safetensors", size)
+    assert len(head) == 3 * 512  # PAX header + its records block + the ustar header
+    assert b" size=9663676416\n" in head[512:1024]
+    with tarfile.open(fileobj=io.BytesIO(head + b"\0" * 1024), mode="r|") as t:
+        ti = t.next()  # tarfile, an independent reader, sees the real size
+        assert (ti.name, ti.size) == ("files/model-00001-of-00002.safetensors", size)

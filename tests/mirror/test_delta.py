@@ -25,7 +25,7 @@ def _v1(root: Path) -> Path:
     (root / "config.json").write_text('{"hidden_size": 8}\n')
     (root / "vocab.txt").write_text("a\nb\nc\n")
     (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
-    (root / "pytorch_model.bin").write_bytes(rng.randbytes(5_000))
+    (root / "merges.txt").write_bytes(rng.randbytes(5_000))
     return root
 
 
@@ -33,7 +33,7 @@ def _to_v2(root: Path) -> None:
     """A new commit: one changed file, one new, one removed; the big shard is untouched."""
     (root / "config.json").write_text('{"hidden_size": 8, "dropout": 0.1}\n')
     (root / "generation_config.json").write_text('{"max_length": 32}\n')
-    (root / "pytorch_model.bin").unlink()
+    (root / "merges.txt").unlink()
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -60,7 +60,7 @@ def test_delta_holds_only_changed_and_new_files_and_names_its_base(base_and_delt
     assert info.base.commit == base.manifest.commit
     assert info.base.bundle == base.path.name
     assert info.base.bundle_sha256 == base.sha256
-    assert info.removed == ("pytorch_model.bin",)
+    assert info.removed == ("merges.txt",)
     assert {f.path: f.sha256 for f in info.target_files} == _tree(folder)
     full = pack_folder(folder, repo_id="org/tiny", revision="main", out_dir=folder.parent / "full")
     assert d.manifest.commit == full.manifest.commit  # the delta names the same target commit
@@ -79,7 +79,7 @@ def test_delta_applies_on_top_of_the_base_and_the_snapshot_verifies(tmp_path: Pa
     assert _tree(res.snapshot_dir) == _tree(folder)
     assert (cache / "models--org--tiny" / "refs" / "main").read_text() == d.manifest.commit
     # the base commit is intact, and the unchanged shard is one blob shared by both commits
-    assert "pytorch_model.bin" in _tree(first.snapshot_dir)
+    assert "merges.txt" in _tree(first.snapshot_dir)
     old, new = first.snapshot_dir / "model.safetensors", res.snapshot_dir / "model.safetensors"
     assert os.readlink(new) == os.readlink(old) and old.resolve() == new.resolve()
     blobs = list((cache / "models--org--tiny" / "blobs").iterdir())
@@ -193,3 +193,48 @@ def test_tampered_delta_section_is_refused(base_and_delta) -> None:
     raw["delta"]["target_files"].append({**raw["delta"]["target_files"][0], "path": "../escape"})
     with pytest.raises(ManifestError):
         delta.delta_info(parse(json.dumps(raw).encode()))
+
+
+def test_pull_since_downloads_and_carries_only_what_changed(tmp_path: Path) -> None:
+    from mirror.hub import pull
+    from tests.fixtures.fake_hub import FakeHub
+
+    rng = random.Random(5)
+    v1 = {
+        "model.safetensors": rng.randbytes(120_000), "config.json": b'{"a": 1}\n',
+        "README.md": b"---\nlicense: mit\n---\n# m\n", "old.txt": b"gone soon\n",
+    }  # fmt: skip
+    v2 = {k: v for k, v in v1.items() if k != "old.txt"} | {"config.json": b'{"a": 2}\n', "extra.json": b"{}\n"}
+    with FakeHub() as hub:
+        repo = hub.add_repo("org/pulled", v1)
+        base = pull("org/pulled", out_dir=tmp_path / "b", endpoint=hub.url, progress=False)
+        repo.commit(v2)
+        d = pull("org/pulled", out_dir=tmp_path / "b", endpoint=hub.url, progress=False, since=base.path, max_part_size=4096)
+        # unchanged files were recognised by the Hub's digests and never downloaded again
+        assert hub.downloads("org/pulled", "model.safetensors") == 1
+        assert hub.downloads("org/pulled", "README.md") == 1
+        assert hub.downloads("org/pulled", "config.json") == 2
+    assert d.path.name.endswith(".parts.json")
+    assert d.manifest.commit == repo.head.sha and d.manifest.license == "mit"
+    assert sorted(f.path for f in d.manifest.files) == ["config.json", "extra.json"]
+    info = delta.delta_info(d.manifest)
+    assert (info.base.commit, info.base.bundle_sha256, info.removed) == (base.manifest.commit, base.sha256, ("old.txt",))
+    cache = tmp_path / "cache"
+    install_bundle(base.path, cache_dir=cache)
+    res = install_bundle(d.path, cache_dir=cache)
+    got = {p: (res.snapshot_dir / p).read_bytes() for p in v2}
+    assert got == v2 and not (res.snapshot_dir / "old.txt").exists()
+
+
+def test_cli_delta_without_base_is_one_line(tmp_path: Path, base_and_delta) -> None:
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    _, base, d = base_and_delta
+    r = CliRunner().invoke(cli, ["install", str(d.path), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 8
+    assert r.output.count("\n") == 1 and base.sha256 in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["inspect", str(d.path)])
+    assert r.exit_code == 0 and f"delta:     on top of org/tiny@{base.manifest.commit[:12]}" in r.output
+    assert "carries 2 of 5 target files; 1 removed" in r.output

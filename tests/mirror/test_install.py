@@ -18,6 +18,7 @@ from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import DualHasher
 from mirror.install import default_cache_dir, find_snapshot, install_bundle, list_installed
 from mirror.pack import pack_folder
+from mirror.verify import verify_bundle
 from tests.mirror.test_bundle import COMMIT, make_repo, write
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -146,6 +147,25 @@ def test_interruption_after_blobs_moved_rolls_them_back(small, tmp_path, monkeyp
     assert tree(cache) == []
 
 
+def test_losing_a_race_to_a_concurrent_install_of_the_same_commit_is_fine(small, tmp_path, monkeypatch):
+    info, files = small
+    cache = tmp_path / "cache"
+    real_rename = os.rename
+    raced = []
+
+    def rename(src, dst):
+        if not raced:  # another process installs the same commit just before our final rename
+            raced.append(None)
+            raced[0] = install_bundle(info.path, cache_dir=cache)
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(install_mod.os, "rename", rename)
+    r = install_bundle(info.path, cache_dir=cache)
+    assert raced[0].already_installed is False and r.snapshot_dir == raced[0].snapshot_dir
+    assert {p: (r.snapshot_dir / p).read_bytes() for p in files} == files  # the winner's links still resolve
+    assert sorted(p.name for p in cache.iterdir()) == ["models--org--name"]
+
+
 def test_two_commits_coexist_and_share_blobs(tiny_bert_dir, tmp_path):
     v1 = tmp_path / "v1"
     shutil.copytree(tiny_bert_dir, v1)
@@ -215,17 +235,21 @@ def test_a_hostile_revision_is_refused(tmp_path):
 
 LOAD_TRANSFORMERS = r"""
 import json, sys, torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from sentence_transformers import SentenceTransformer
-bert_id, bert_dir, st_id, st_dir = sys.argv[1:5]
-a, b = AutoModel.from_pretrained(bert_id), AutoModel.from_pretrained(bert_dir)
-sa, sb = a.state_dict(), b.state_dict()
+bert_id, bert_dir, st_id, st_dir, lm_id, lm_dir = sys.argv[1:7]
+def same(cls, a, b):
+    sa, sb = cls.from_pretrained(a).state_dict(), cls.from_pretrained(b).state_dict()
+    return len(sa), sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 text = "credit report dispute"
+n, equal = same(AutoModel, bert_id, bert_dir)
 out = {
-    "tensors": len(sa),
-    "equal": sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa),
+    "tensors": n,
+    "equal": equal,
     "ids": AutoTokenizer.from_pretrained(bert_id)(text)["input_ids"],
     "ids_orig": AutoTokenizer.from_pretrained(bert_dir)(text)["input_ids"],
+    "lm_equal": same(AutoModelForCausalLM, lm_id, lm_dir)[1],
+    "chat": AutoTokenizer.from_pretrained(lm_id).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True),
     "st_equal": bool((SentenceTransformer(st_id, device="cpu").encode([text]) == SentenceTransformer(st_dir, device="cpu").encode([text])).all()),
 }
 try:
@@ -244,15 +268,16 @@ def run_offline(script: str, args: list[str], env: dict[str, str]) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def test_round_trip_loads_offline_with_unmodified_hf_code(tiny_bert_dir, tiny_st_dir, tmp_path, offline_env):
+def test_round_trip_loads_offline_with_unmodified_hf_code(tiny_bert_dir, tiny_st_dir, tiny_lm_dir, tmp_path, offline_env):
     cache = tmp_path / "cache"
-    for folder, rid in ((tiny_bert_dir, "acme/tiny-bert"), (tiny_st_dir, "acme/tiny-st")):
+    for folder, rid in ((tiny_bert_dir, "acme/tiny-bert"), (tiny_st_dir, "acme/tiny-st"), (tiny_lm_dir, "acme/tiny-lm")):
         info = pack_folder(folder, repo_id=rid, out_dir=tmp_path / "bundles")
-        from mirror.verify import verify_bundle
-
         assert verify_bundle(info.path).ok
         install_bundle(info.path, cache_dir=cache)
-    got = run_offline(LOAD_TRANSFORMERS, ["acme/tiny-bert", str(tiny_bert_dir), "acme/tiny-st", str(tiny_st_dir)], offline_env(cache))
+    args = ["acme/tiny-bert", str(tiny_bert_dir), "acme/tiny-st", str(tiny_st_dir), "acme/tiny-lm", str(tiny_lm_dir)]
+    got = run_offline(LOAD_TRANSFORMERS, args, offline_env(cache))
+    assert got["lm_equal"] is True
+    assert got["chat"].endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert got["equal"] and got["tensors"] > 10
     assert got["ids"] == got["ids_orig"] and len(got["ids"]) > 2
     assert got["st_equal"] is True

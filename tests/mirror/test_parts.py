@@ -246,3 +246,23 @@ def test_a_part_without_its_index_is_explained(tmp_path: Path) -> None:
     with pytest.raises(BundleError) as err:
         verify_bundle(first)
     assert multi.path.name in str(err.value) and "missing" in str(err.value)
+
+
+def test_cli_parts_options_and_errors(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    folder = _model(tmp_path / "model")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["pack", str(folder), "--repo-id", "org/tiny", "--out", str(out), "--max-part-size", "16K"])
+    assert r.exit_code == 0, r.output
+    index = Path(r.output.strip().splitlines()[-1])
+    assert index.name.endswith(".tar.parts.json") and parts.read_index(index).max_part_size == PART
+    r = CliRunner().invoke(cli, ["list", str(out)])
+    assert r.exit_code == 0 and index.name in r.output
+    (out / parts.read_index(index).parts[1].name).unlink()
+    r = CliRunner().invoke(cli, ["verify", str(index)])
+    assert r.exit_code == 4 and "part0002" in r.output and r.output.count("\n") == 1
+    r = CliRunner().invoke(cli, ["pack", str(folder), "--repo-id", "org/tiny", "--out", str(out), "--max-part-size", "4"])
+    assert r.exit_code == 2 and "did you forget the unit" in r.output

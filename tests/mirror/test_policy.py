@@ -289,3 +289,64 @@ def test_scan_limited_to_manifest_paths_and_kinds_from_paths(tmp_path):
     report = scan_snapshot(root, paths=["config.json", "model.safetensors"])
     assert report.pickle_files == () and report.remote_code == ()
     assert scan_snapshot(root).pickle_files == ("pytorch_model.bin", "sub/optimizer.pt")
+
+
+# --- the hooks in pull, pack and install -----------------------------------------------------------
+
+def _torch_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(_state_dict(), buf)
+    return buf.getvalue()
+
+
+def test_pull_refuses_pickle_before_downloading_and_scans_with_allow_pickle(tmp_path):
+    from mirror.bundle import read_manifest
+    from mirror.hub import pull
+    from tests.fixtures.fake_hub import FakeHub
+
+    with FakeHub() as hub:
+        hub.add_repo("org/legacy", {"config.json": b"{}\n", "pytorch_model.bin": _torch_bytes(), "modeling_x.py": b"x = 1\n"})
+        hub.add_repo("org/evil", {"config.json": b"{}\n", "pytorch_model.bin": pickle.dumps(_Evil(), protocol=2)})
+        out = tmp_path / "out"
+        with pytest.raises(PolicyError, match="pytorch_model.bin.*--allow-pickle"):
+            pull("org/legacy", out_dir=out, endpoint=hub.url, progress=False)
+        assert not [r for r in hub.requests if r.kind in ("resolve", "cdn")]  # not one file fetched
+
+        info = pull("org/legacy", out_dir=out, endpoint=hub.url, progress=False, allow_pickle=True)
+        assert read_manifest(info.path).extra["policy"] == {
+            "allowlist": "mirror-pickle-allowlist/1",
+            "pickle": {"pytorch_model.bin": TORCH_FP32},
+            "remote_code": ["modeling_x.py"],
+        }
+        with pytest.raises(PolicyError, match=f"pytorch_model.bin imports {os.system.__module__}.system"):
+            pull("org/evil", out_dir=out, endpoint=hub.url, progress=False, allow_pickle=True)
+        assert sorted(p.name for p in out.glob("*.tar")) == [info.path.name]  # no bundle for the refused one
+
+
+def test_pack_and_install_follow_the_same_policy(tmp_path):
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}\n")
+    (folder / "pytorch_model.bin").write_bytes(_torch_bytes())
+    runner = CliRunner()
+    out = tmp_path / "bundles"
+    r = runner.invoke(cli, ["pack", str(folder), "--repo-id", "org/m", "--out", str(out)])
+    assert r.exit_code == 6 and "--allow-pickle" in r.stderr and not list(out.glob("*.tar"))
+    r = runner.invoke(cli, ["pack", str(folder), "--repo-id", "org/m", "--out", str(out), "--allow-pickle"])
+    assert r.exit_code == 0, r.output
+    bundle = r.stdout.strip().splitlines()[-1]
+
+    cache = tmp_path / "cache"
+    r = runner.invoke(cli, ["install", bundle, "--cache-dir", str(cache)])
+    assert r.exit_code == 6 and "pytorch_model.bin" in r.stderr
+    assert not cache.exists() or not any(cache.iterdir())
+    r = runner.invoke(cli, ["install", bundle, "--cache-dir", str(cache), "--allow-pickle"])
+    assert r.exit_code == 0, r.output
+    installed = Path(r.stdout.strip().splitlines()[-1])
+    assert torch.equal(torch.load(installed / "pytorch_model.bin", weights_only=True)["weight"], _state_dict()["weight"])

@@ -5,7 +5,6 @@ and the full round trip to an offline `from_pretrained`."""
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mirror.bundle import iter_payload, read_manifest
-from mirror.errors import AuthRequired, HashMismatch, HubError, RepoNotFound, RevisionNotFound, UsageError
+from mirror.errors import AuthRequired, HashMismatch, HubError, PolicyError, RepoNotFound, RevisionNotFound, UsageError
 from mirror.hub import DEFAULT_EXCLUDES, STAGING_DIR, pull, select_files
 from tests.fixtures.fake_hub import FakeHub, git_blob_sha1
 
@@ -62,6 +61,42 @@ def sha256(data: bytes) -> str:
 def leftovers(out: Path) -> list[str]:
     """Everything in out_dir that a reader could mistake for a bundle."""
     return sorted(p.name for p in out.iterdir() if p.name != STAGING_DIR)
+
+
+# --- the loopback Hub itself ----------------------------------------------------------------------
+
+
+def test_fake_hub_answers_like_the_hub(hub, tmp_path):
+    """The fixture's fidelity, through the real client: metadata headers, 404 codes, ranges."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    commit = hub.add_repo("org/tiny", FILES).head.sha
+
+    def url(path: str) -> str:
+        return hf_hub_url("org/tiny", path, revision=commit, endpoint=hub.url)
+
+    regular = get_hf_file_metadata(url("config.json"))
+    assert (regular.commit_hash, regular.etag, regular.size) == (commit, git_blob_sha1(FILES["config.json"]), len(FILES["config.json"]))
+    lfs = get_hf_file_metadata(url("model.safetensors"))
+    assert (lfs.etag, lfs.size) == (sha256(WEIGHTS), len(WEIGHTS))
+    assert lfs.location.startswith(f"http://localhost:{hub.port}/_cdn/{sha256(WEIGHTS)}?")
+
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download("org/tiny", "nope.json", revision=commit, endpoint=hub.url, local_dir=tmp_path / "dl")
+
+    ranged = urllib.request.Request(lfs.location, headers={"Range": "bytes=100-199"})
+    with urllib.request.urlopen(ranged) as r:
+        assert (r.status, r.headers["Content-Range"], r.read()) == (206, f"bytes 100-199/{len(WEIGHTS)}", WEIGHTS[100:200])
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(urllib.request.Request(lfs.location, headers={"Range": f"bytes={len(WEIGHTS)}-"}))
+    assert bad.value.code == 416
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        urllib.request.urlopen(lfs.location.replace("sig=", "sig=0"))
+    assert unsigned.value.code == 403
 
 
 # --- what a pull writes ---------------------------------------------------------------------------
@@ -203,8 +238,11 @@ def test_include_and_exclude_globs(hub, tmp_path):
     only_json = pull("org/multi", include=["*.json"], exclude=["tokenizer.json"], out_dir=tmp_path / "a", endpoint=hub.url, progress=False)
     assert sorted(f.path for f in only_json.manifest.files) == ["1_Pooling/config.json", "config.json"]
     assert only_json.manifest.license is None  # README.md was not pulled
-    with_pickle = pull("org/multi", include=["*.bin", "*.json"], out_dir=tmp_path / "b", endpoint=hub.url, progress=False)
-    assert "pytorch_model.bin" in with_pickle.manifest.by_path()
+    # an include brings the pickle weights back, so the safetensors-only policy refuses the pull
+    # before downloading anything (docs/security.md; --allow-pickle scans instead)
+    with pytest.raises(PolicyError, match="pytorch_model.bin"):
+        pull("org/multi", include=["*.bin", "*.json"], out_dir=tmp_path / "b", endpoint=hub.url, progress=False)
+    assert not [r for r in hub.requests if r.kind in ("resolve", "cdn") and r.file == "pytorch_model.bin"]
 
 
 def test_patterns_matching_nothing_fail_before_downloading(hub, tmp_path):

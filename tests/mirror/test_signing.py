@@ -129,7 +129,8 @@ def test_wrong_key_and_missing_signature_fail(bundle, keys, tmp_path):
     sign_bundle(bundle, key_path=priv)
     _, stranger = keygen(tmp_path / "keys" / "stranger")
     status = verify_signature(bundle, public_key_path=stranger)
-    assert status.valid is False and "Key mismatch" in status.reason
+    assert status.valid is False
+    assert status.reason == f"signed by key sha256:{_der_fingerprint_openssl(keys[1])}, not by the given key sha256:{_der_fingerprint_openssl(stranger)}"
     assert status.key_fingerprint == _der_fingerprint_openssl(stranger)
     with pytest.raises(SignatureError) as e:
         require_valid(status, bundle=str(bundle))
@@ -230,3 +231,58 @@ def test_upstream_model_signing_cli_verifies_the_installed_snapshot(bundle, keys
     assert bad.returncode == 1 and "config.json" in bad.stderr
     with pytest.raises(SignatureError, match="config.json"):
         verify_snapshot(snapshot, signature_path=sig, public_key_path=pub)
+
+
+# --- the commands ---------------------------------------------------------------------------------
+
+
+def test_cli_keygen_pack_sign_verify_inspect_signature(tmp_path):
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    runner = CliRunner()
+    folder = _folder(tmp_path / "model")
+    r = runner.invoke(cli, ["keygen", str(tmp_path / "release")])
+    assert r.exit_code == 0, r.output
+    priv, pub = tmp_path / "release.pem", tmp_path / "release.pub"
+    fp = _der_fingerprint_openssl(pub)
+    assert f"key sha256:{fp}" in r.stderr
+
+    r = runner.invoke(cli, ["pack", str(folder), "--repo-id", "org/tiny", "--out", str(tmp_path / "b"), "--sign-key", str(priv)])
+    assert r.exit_code == 0, r.output
+    bundle = Path(r.stdout.strip().splitlines()[-1])  # the bundle path is still the last line
+    assert f"signed: key sha256:{fp}" in r.stderr
+
+    r = runner.invoke(cli, ["verify", str(bundle), "--public-key", str(pub)])
+    assert r.exit_code == 0 and f"signature: valid, key sha256:{fp}" in r.stdout
+
+    r = runner.invoke(cli, ["inspect", str(bundle)])
+    assert f"signature: signed, not checked (no public key given), key sha256:{fp}" in r.stdout
+
+    r = runner.invoke(cli, ["signature", str(bundle)])
+    assert r.exit_code == 0 and r.stdout.encode() == read_signature(bundle) + b"\n"
+
+    # wrong key: exit 5, one line, no traceback
+    runner.invoke(cli, ["keygen", str(tmp_path / "other")])
+    r = runner.invoke(cli, ["verify", str(bundle), "--public-key", str(tmp_path / "other.pub")])
+    assert r.exit_code == 5
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("mirror: error: ") and "not by the given key" in line and "Traceback" not in r.output
+
+    # an unsigned bundle: verify --public-key fails, `signature` says so
+    unsigned = pack_folder(_folder(tmp_path / "model2", weights=b"\x07" * 50), repo_id="org/other", out_dir=tmp_path / "b").path
+    r = runner.invoke(cli, ["verify", str(unsigned), "--public-key", str(pub)])
+    assert r.exit_code == 5 and "not signed" in r.stderr
+    r = runner.invoke(cli, ["signature", str(unsigned)])
+    assert r.exit_code == 5 and r.stdout == ""
+
+    # `mirror sign` re-signs, and refuses a bundle whose bytes do not match its manifest
+    r = runner.invoke(cli, ["sign", str(unsigned), "--key", str(priv)])
+    assert r.exit_code == 0 and verify_signature(unsigned, public_key_path=pub).valid is True
+    data = bytearray(unsigned.read_bytes())
+    at = data.index(b"\x07" * 50)
+    data[at] = 0x08
+    unsigned.write_bytes(bytes(data))
+    r = runner.invoke(cli, ["sign", str(unsigned), "--key", str(priv)])
+    assert r.exit_code == 4 and "mismatched" in r.stderr

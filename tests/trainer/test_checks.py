@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trainer.checks import check
-from trainer.config import from_dict, load
+from trainer.config import from_dict, load, replace
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed-data"
 needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason="../shared/seed-data is not present")
@@ -113,11 +113,8 @@ def test_missing_model_is_an_error_with_the_exact_fix(tmp_path, monkeypatch):
     assert r.model == "acme/missing-model: NOT AVAILABLE"
 
 
-def test_token_lengths_use_the_model_tokenizer(tmp_path, monkeypatch):
-    from trainer.tiny import tiny_bert
-
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    model = tiny_bert(tmp_path / "model")  # its vocabulary holds every word used below
+def test_token_lengths_use_the_model_tokenizer(tmp_path, tiny_bert_dir):
+    model = tiny_bert_dir  # trainer.tiny's default vocabulary holds every word used below
     train = _jsonl(tmp_path / "t.jsonl", [
         {"text": "credit report", "label": "yes"},  # [CLS] credit report [SEP]: 4 tokens
         {"text": "credit report dispute", "label": "yes"},  # 5
@@ -134,12 +131,10 @@ def test_token_lengths_use_the_model_tokenizer(tmp_path, monkeypatch):
     assert "lengths are tokens of the model's tokenizer" in r.render()
 
 
-def test_sft_lengths_are_measured_on_the_chat_template(tmp_path):
+def test_sft_lengths_are_measured_on_the_chat_template(tmp_path, tiny_lm_dir):
     from transformers import AutoTokenizer
 
-    from trainer.tiny import tiny_causal_lm
-
-    model = tiny_causal_lm(tmp_path / "lm", layers=1, hidden=16)
+    model = tiny_lm_dir
     record = {"system": "You are Credit AI.", "input": {"user_question": "what does charge-off mean"}, "output": "a charge-off is a closed account"}
     train = _jsonl(tmp_path / "chat.jsonl", [record])
     cfg = from_dict({"model_id": str(model), "output_dir": "o", "train_file": train, "task": "sft"})
@@ -149,6 +144,16 @@ def test_sft_lengths_are_measured_on_the_chat_template(tmp_path):
     t = r.splits["train"].tokens
     assert (t.max, t.estimated) == (len(tok(rendered)["input_ids"]), False)
     assert t.max_length == 2048  # no max_length in the config: the tokenizer's own limit
+    assert t.no_answer == 0
+
+    # a limit that ends inside the prompt leaves no answer token to learn from
+    prompt = "<|im_start|>system\nYou are Credit AI.<|im_end|>\n<|im_start|>user\nUser question: what does charge-off mean<|im_end|>\n<|im_start|>assistant\n"
+    prompt_len = len(tok(prompt)["input_ids"])
+    lost_warning = "train: 1 of 1 records (100.0%) lose their whole answer to truncation at max_length {}: they train nothing; raise max_length or shorten the prompts"
+    for limit, lost in ((prompt_len, 1), (prompt_len + 1, 0)):
+        r = check(replace(cfg, max_length=limit), bundles_dir=tmp_path / "bundles")
+        assert (r.splits["train"].tokens.truncated, r.splits["train"].tokens.no_answer) == (1, lost)
+        assert (lost_warning.format(limit) in r.warnings) == bool(lost)
 
 
 def test_a_corrupt_bundle_is_a_check_error_naming_it(tmp_path):

@@ -161,6 +161,16 @@ def test_bare_ctrl_c_says_whether_a_checkpoint_exists(tmp_path, monkeypatch):
     assert r.stderr.splitlines()[-1] + "\n" == f"trainer: error: interrupted: resumable checkpoint left in {tmp_path / 'out' / 'checkpoint'}, rerun with --resume\n"
 
 
+def test_an_os_error_is_one_line_too(tmp_path, monkeypatch):
+    def read_only(cfg, *, model, resume):
+        raise PermissionError(13, "Permission denied", cfg.output_dir)
+
+    monkeypatch.setattr(trainer.recipes, "run", read_only)
+    r = _invoke("run", str(_config(tmp_path)))
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == f"trainer: error: {tmp_path / 'out'}: Permission denied; check the path, its permissions and free space"
+
+
 def test_eval_and_predict_print_json_and_run_guarded(tmp_path, monkeypatch):
     calls = []
 

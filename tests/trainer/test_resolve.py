@@ -142,3 +142,46 @@ def test_remote_code_in_a_bundle_is_refused_after_install(tmp_path, cache):
     _bundle(tmp_path, extra={"sub/modeling_x.py": "x = 1\n"})
     with pytest.raises(RemoteCodeRefused, match="sub/modeling_x.py"):
         resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+
+
+def test_a_multi_part_bundle_resolves_through_its_index(tmp_path, cache):
+    from mirror.pack import pack_folder
+
+    src = _model_folder(tmp_path / "src", hidden=16)
+    info = pack_folder(src, repo_id=REPO, revision="main", out_dir=tmp_path / "bundles", max_part_size=1024)
+    assert info.path.name.endswith(".tar.parts.json")
+    assert len(list((tmp_path / "bundles").glob("*.tar.part0*"))) >= 4
+    m = resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    assert (m.source, m.bundle_path, m.bundle_sha256) == ("bundle", info.path, info.sha256)
+    assert (m.path / "model.safetensors").read_bytes() == bytes(range(256)) * 16
+    again = resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    assert (again.source, again.bundle_path, again.bundle_sha256) == ("cache", info.path, info.sha256)
+
+
+def test_a_delta_bundle_installs_its_base_first(tmp_path, cache):
+    import os
+
+    from mirror.pack import pack_folder
+
+    src = _model_folder(tmp_path / "src")
+    for f in src.iterdir():
+        os.utime(f, (1_700_000_000, 1_700_000_000))
+    base = pack_folder(src, repo_id=REPO, revision="main", out_dir=tmp_path / "bundles")
+    (src / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8, "fine_tuned": True}))
+    os.utime(src / "config.json", (1_800_000_000, 1_800_000_000))
+    delta = pack_folder(src, repo_id=REPO, revision="main", out_dir=tmp_path / "bundles", since=base.path)
+    assert [f.path for f in delta.manifest.files] == ["config.json"]  # only the change travels
+    m = resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    assert (m.source, m.commit, m.bundle_path) == ("bundle", delta.manifest.commit, delta.path)
+    assert json.loads((m.path / "config.json").read_text())["fine_tuned"] is True
+    assert (m.path / "model.safetensors").read_bytes() == bytes(range(256)) * 8  # from the base
+    assert (cache / "models--acme--tiny-encoder" / "snapshots" / base.manifest.commit).is_dir()
+
+
+def test_a_bundle_with_pickle_weights_is_refused_by_the_install_policy(tmp_path, cache):
+    info = _bundle(tmp_path, extra={"pytorch_model.bin": "not really a pickle"})
+    with pytest.raises(BundleRejected) as e:
+        resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    assert str(info.path) in str(e.value) and "pytorch_model.bin" in str(e.value)
+    assert e.value.exit_code == 6  # the mirror policy error's code is kept
+    assert not (cache / "models--acme--tiny-encoder" / "snapshots").exists()

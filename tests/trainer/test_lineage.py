@@ -1,0 +1,71 @@
+"""lineage.json: the base model, data hashes, resolved config, versions, hardware and timing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import config, lineage
+from trainer.recipes import run
+from trainer.resolve import ResolvedModel
+
+
+def _data(d: Path) -> dict[str, Path]:
+    files = {}
+    for split, n in (("train", 16), ("valid", 4)):
+        rows = [{"text": f"{'eligible' if i % 2 else 'collection'} account {i}", "label": "yes" if i % 2 else "no"} for i in range(n)]
+        files[split] = d / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+def _cfg(d: Path, files: dict[str, Path]) -> config.Config:
+    return config.from_dict({
+        "model_id": "acme/bert", "output_dir": str(d / "out"), "train_file": str(files["train"]),
+        "valid_file": str(files["valid"]), "labels": ["no", "yes"], "epochs": 1, "batch_size": 8, "seed": 7,
+    })
+
+
+def test_build_records_everything(tmp_path):
+    files = _data(tmp_path)
+    cfg = _cfg(tmp_path, files)
+    model = ResolvedModel(repo_id="acme/bert", path=tmp_path / "snap", commit="a" * 40, bundle_path=tmp_path / "b.tar", bundle_sha256="b" * 64, source="bundle")
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    rec = lineage.build(cfg, model, started=start, ended=start + timedelta(seconds=90), wall_time_s=89.5)
+    assert rec["base_model"] == {
+        "repo_id": "acme/bert", "commit": "a" * 40, "source": "bundle", "path": str(tmp_path / "snap"),
+        "bundle": str(tmp_path / "b.tar"), "bundle_sha256": "b" * 64, "random_init": False,
+    }
+    assert [(d["split"], d["path"]) for d in rec["data"]] == [("train", str(files["train"])), ("valid", str(files["valid"]))]
+    for d in rec["data"]:
+        content = Path(d["path"]).read_bytes()
+        assert d["sha256"] == hashlib.sha256(content).hexdigest() and d["size"] == len(content)
+    assert rec["config"] == cfg.to_dict() and rec["seed"] == 7 and rec["task"] == "classification"
+    assert rec["libraries"]["torch"] == torch.__version__
+    assert rec["libraries"]["python"] == platform.python_version()
+    assert {"transformers", "sentence-transformers", "huggingface_hub", "peft"} <= set(rec["libraries"])
+    assert rec["hardware"]["cpu_count"] >= 1 and rec["hardware"]["cpu"]
+    assert rec["hardware"]["cuda"] is None or rec["hardware"]["cuda"]["device"]
+    assert (rec["started"], rec["ended"], rec["wall_time_s"]) == ("2026-01-02T03:04:05+00:00", "2026-01-02T03:05:35+00:00", 89.5)
+    json.dumps(rec)  # serialisable as is
+
+
+def test_a_run_writes_lineage_last_and_complete(tmp_path, tiny_bert_dir):
+    files = _data(tmp_path)
+    cfg = _cfg(tmp_path, files)
+    model = ResolvedModel(repo_id="acme/bert", path=tiny_bert_dir, commit="c" * 40, bundle_path=None, bundle_sha256=None, source="cache")
+    result = run(cfg, model=model)
+    rec = json.loads((result.output_dir / "lineage.json").read_text())
+    assert rec["base_model"]["commit"] == "c" * 40 and rec["base_model"]["random_init"] is True
+    assert {d["sha256"] for d in rec["data"]} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()}
+    assert rec["config"]["labels"] == ["no", "yes"] and rec["device"] == "cpu" and rec["precision"] == "fp32"
+    assert rec["wall_time_s"] > 0 and rec["started"] <= rec["ended"]
+    # lineage.json is the completeness marker: nothing is newer than it
+    newest = max(p.stat().st_mtime_ns for p in result.output_dir.iterdir())
+    assert (result.output_dir / "lineage.json").stat().st_mtime_ns == newest

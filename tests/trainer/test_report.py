@@ -1,0 +1,66 @@
+"""report.md and its plots, from metrics and lineage records."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from trainer import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+LINEAGE = {
+    "base_model": {"repo_id": "acme/bert", "commit": "f" * 40, "source": "bundle", "bundle": "bundles/acme.tar", "bundle_sha256": "e" * 64, "random_init": False},
+    "config": {"output_dir": "models/clf", "learning_rate": 2e-5, "batch_size": 16, "epochs": 2.0, "seed": 42, "lora_r": None},
+    "data": [{"split": "train", "path": "data/train.jsonl", "sha256": "d" * 64}],
+    "libraries": {"python": "3.11.7", "torch": "2.13.0", "peft": None},
+}
+
+
+def _per_class(f1s):
+    return {c: {"precision": f, "recall": f, "f1": f, "support": 5} for c, f in f1s.items()}
+
+
+METRICS = {
+    "task": "classification", "main_metric": "macro_f1", "higher_is_better": True, "best_epoch": 2,
+    "epochs": [
+        {"epoch": 1, "step": 4, "train_loss": 0.9, "valid": {"eval_loss": 0.8, "accuracy": 0.5, "macro_f1": 0.4}},
+        {"epoch": 2, "step": 8, "train_loss": 0.5, "valid": {"eval_loss": 0.6, "accuracy": 0.9, "macro_f1": 0.875}},
+    ],
+    "final": {"test": {"eval_loss": 0.55, "accuracy": 0.9, "macro_f1": 0.875, "per_class": _per_class({"yes": 0.9, "no": 0.85}), "confusion_matrix": [[4, 1], [0, 5]]}},
+    "train_loss_curve": [[1, 1.0], [2, 0.9], [3, 0.7], [4, 0.6], [5, 0.55], [6, 0.5], [7, 0.45], [8, 0.4]],
+    "steps": 8, "rows": {"train": 64, "test": 10}, "device": "cpu", "precision": "fp32", "wall_time_s": 12.5,
+}
+
+
+def test_classifier_report_with_plots(tmp_path: Path):
+    path = report.write(tmp_path, metrics=METRICS, lineage=LINEAGE)
+    text = path.read_text()
+    assert (tmp_path / "loss_curve.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+    assert "![loss curve](loss_curve.png)" in text and "![confusion matrix](confusion_matrix.png)" in text
+    assert "`acme/bert` at commit `" + "f" * 40 in text and "e" * 64 in text
+    assert "| 2 | 8 | 0.5000 | 0.6000 | 0.9000 | 0.8750 |" in text  # the per-epoch table
+    assert "| test | 0.5500 | 0.9000 | 0.8750 |" in text
+    assert "| yes | 0.9000 | 0.9000 | 0.9000 | 5 |" in text
+    assert "| learning_rate | 2e-05 |" in text and "lora_r" not in text  # unset keys are left out
+    assert "train 64 rows, test 10 rows" in text
+    assert "RANDOM-INITIALISED" not in text
+
+
+def test_random_init_base_is_labelled_prominently(tmp_path: Path):
+    lineage = copy.deepcopy(LINEAGE)
+    lineage["base_model"]["random_init"] = True
+    text = report.render(METRICS, lineage, loss_png=None, confusion_png=None)
+    first_lines = "\n".join(text.splitlines()[:4])
+    assert "RANDOM-INITIALISED DEMO MODEL" in first_lines
+
+
+def test_sft_report_has_no_confusion_matrix(tmp_path: Path):
+    metrics = copy.deepcopy(METRICS)
+    metrics.update(task="sft", main_metric="eval_loss", higher_is_better=False)
+    metrics["epochs"] = [{"epoch": 1, "step": 8, "train_loss": 2.0, "valid": {"eval_loss": 1.5, "perplexity": 4.4817}}]
+    metrics["final"] = {"valid": {"eval_loss": 1.5, "perplexity": 4.4817}}
+    text = report.write(tmp_path, metrics=metrics, lineage=LINEAGE).read_text()
+    assert not (tmp_path / "confusion_matrix.png").exists() and (tmp_path / "loss_curve.png").exists()
+    assert "| valid | 1.5000 | 4.4817 |" in text and "lower is better" in text
