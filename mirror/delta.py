@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mirror import parts
-from mirror.errors import BaseNotInstalled, BundleError, ManifestError, NotEnoughSpace, UsageError
-from mirror.manifest import KINDS, FileEntry, Manifest, unsafe_path_reason
+from mirror.bundle import BundleReader, is_lfs, pack_commit, read_manifest
+from mirror.errors import BaseNotInstalled, BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
+from mirror.hashing import DualHasher, hash_files
+from mirror.manifest import KINDS, FileEntry, Manifest, classify, parse, unsafe_path_reason
 
 DELTA_FORMAT = "mirror-delta/1"
 DELTA_KEY = "delta"  # the manifest section (Manifest.extra) that makes a bundle a delta
@@ -71,9 +73,6 @@ class DeltaInfo:
     target_files: tuple[FileEntry, ...]  # the complete snapshot after applying the delta
     removed: tuple[str, ...]  # paths of the base absent from the target (informational)
 
-    def carried_paths(self, manifest: Manifest) -> set[str]:
-        return {f.path for f in manifest.files}
-
 
 # --- making a delta -----------------------------------------------------------------------------
 
@@ -100,8 +99,6 @@ def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | o
     (`mirror inspect --json` output) when the old bundle itself is not at hand."""
     if (since is None) == (since_manifest is None):
         raise UsageError("give exactly one of --since OLD_BUNDLE and --since-manifest OLD.json")
-    from mirror.manifest import parse
-
     if since_manifest is not None:
         path = Path(since_manifest)
         try:
@@ -112,19 +109,12 @@ def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | o
         ref = BaseRef(m.repo_id, m.repo_type, m.commit, m.revision, bundle=None, bundle_sha256=None)
         return Base(ref=ref, files=full_files(m), license=m.license)
     loc = parts.locate(since)
-    m = read_bundle_manifest(since)
+    m = read_manifest(since)  # the head of the stream only
     ref = BaseRef(
         m.repo_id, m.repo_type, m.commit, m.revision,
         bundle=loc.path.name, bundle_sha256=parts.stream_sha256(since),
     )  # fmt: skip
     return Base(ref=ref, files=full_files(m), license=m.license)
-
-
-def read_bundle_manifest(bundle: str | os.PathLike) -> Manifest:
-    """The manifest of a bundle, reading only the head of the stream."""
-    from mirror.bundle import read_manifest
-
-    return read_manifest(bundle)
 
 
 def plan_delta(base_files: Iterable[FileEntry], target_files: Iterable[FileEntry]) -> DeltaPlan:
@@ -278,7 +268,6 @@ def install_delta(bundle: str | os.PathLike, *, cache_dir: str | os.PathLike, al
     (`install.install_bundle`, which dispatches deltas here, after the policy's name check).
     With `allow_pickle`, the new blobs are scanned against the pickle allowlist before the
     snapshot exists (the base's files were scanned when the base was installed)."""
-    from mirror.bundle import BundleReader
     from mirror.install import _link_target, repo_folder
 
     cache = Path(cache_dir)
@@ -356,9 +345,6 @@ def _snapshot_complete(snapshot: Path, files: tuple[FileEntry, ...], blobs: Path
 def _write_blob(entry: FileEntry, chunks, blobs: Path, *, label: str) -> bool:
     """Stream one payload file into blobs/<etag>, hashing as it goes. True if the blob is new
     (False when an identical blob was already there: blobs are shared, never rewritten)."""
-    from mirror.errors import HashMismatch
-    from mirror.hashing import DualHasher
-
     final = blobs / entry.etag
     tmp = blobs / f"{entry.etag}.{uuid.uuid4().hex[:12]}.incomplete"
     h = DualHasher(entry.size)
@@ -384,8 +370,6 @@ def _write_blob(entry: FileEntry, chunks, blobs: Path, *, label: str) -> bool:
 
 def _verify_shared(files: list[FileEntry], blobs: Path) -> None:
     """Hash the blobs the target shares with the base, in parallel across cores."""
-    from mirror.errors import HashMismatch
-    from mirror.hashing import hash_files
 
     digests = hash_files([blobs / f.etag for f in files]) if files else {}
     for f in files:
@@ -411,10 +395,6 @@ def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, 
     Every file is hashed first (in parallel across cores) to know what changed; only changed and
     new files are then copied into the bundle, so unchanged files are read once and changed ones
     twice. The commit is the content id of the complete target (as a full pack would get)."""
-    from mirror.bundle import is_lfs, pack_commit
-    from mirror.hashing import hash_files
-    from mirror.manifest import classify
-
     base = load_base(since=since, since_manifest=since_manifest)
     digests = hash_files([root / p for p in paths])
     target = []
@@ -434,8 +414,6 @@ def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, 
 def split_remote(files: Iterable, base: Base) -> tuple[list, dict[str, FileEntry]]:
     """For a pull: which of the Hub's files (`mirror.hub.RemoteFile`) must be downloaded, and the
     target entries of those that need not be (equal to the base's, by the Hub's own digests)."""
-    from mirror.manifest import classify
-
     old = {f.path: f for f in base.files}
     fetch, same = [], {}
     for f in files:
@@ -452,10 +430,6 @@ def remote_delta_args(fetched: Iterable, unchanged: dict[str, FileEntry], *, sta
     """`write_bundle` arguments for a pulled delta. The downloaded files are hashed first (in
     parallel; they are fresh in the page cache) because the delta section must list every target
     file's full digests before the bundle is written; each is checked against the Hub's digest."""
-    from mirror.errors import HashMismatch
-    from mirror.hashing import hash_files
-    from mirror.manifest import classify
-
     fetched = list(fetched)
     digests = hash_files([staging / f.path for f in fetched])
     target = dict(unchanged)

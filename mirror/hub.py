@@ -42,6 +42,7 @@ from mirror.errors import (
     HubError,
     MirrorError,
     NotEnoughSpace,
+    PolicyError,
     RepoNotFound,
     RevisionNotFound,
     UsageError,
@@ -467,7 +468,11 @@ def pull(
 
     _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
     fetched = {f.path for f in fetch}
-    report = policy.check_files({p: staging / p if p in fetched else None for p in chosen}, allow_pickle=allow_pickle, where=where)
+    try:
+        report = policy.check_files({p: staging / p if p in fetched else None for p in chosen}, allow_pickle=allow_pickle, where=where)
+    except PolicyError:
+        shutil.rmtree(staging, ignore_errors=True)  # a refused file is not kept for a resume
+        raise
 
     try:
         args = {"expected": {f.path: f.expected() for f in files}}

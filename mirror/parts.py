@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mirror.errors import BundleError, PartError, UsageError
-from mirror.hashing import CHUNK, HashLanes
+from mirror.hashing import CHUNK, HashLanes, sha256_file
 
 PARTS_FORMAT = "mirror-parts/1"
 INDEX_SUFFIX = ".parts.json"
@@ -245,8 +245,6 @@ def stream_sha256(path: str | os.PathLike) -> str:
     loc = locate(path)
     if loc.multipart:
         return read_index(loc.index).sha256
-    from mirror.hashing import sha256_file
-
     return sha256_file(loc.path)
 
 
@@ -575,3 +573,58 @@ def remove_parts(target: str | os.PathLike) -> None:
     for stale in _stale_files(target, keep=set()):
         if stale != target and stale.name != f"{target.name}.sha256":
             stale.unlink(missing_ok=True)
+
+
+# --- positioned reads ---------------------------------------------------------------------------
+
+
+class Ranges:
+    """Positioned reads (`pread`) over a bundle's bytes, single-file or multi-part, safe to call
+    from many threads at once: what lets independent files of one bundle be hashed in parallel.
+    Part digests are not checked here (the caller checks the files' own digests)."""
+
+    def __init__(self, path: str | os.PathLike):
+        loc = locate(path)
+        self._fds: list[int] = []
+        self._where = str(loc.index or loc.path)
+        self._names = [loc.path.name]
+        try:
+            if loc.multipart:
+                index = read_index(loc.index)
+                check_parts(index, loc.index.parent, where=str(loc.index))
+                self._names = [p.name for p in index.parts]
+                self._fds = [os.open(loc.index.parent / p.name, os.O_RDONLY) for p in index.parts]
+                self._span = index.max_part_size
+                self.size = index.size
+            else:
+                self._fds = [os.open(loc.path, os.O_RDONLY)]
+                self.size = os.fstat(self._fds[0]).st_size
+                self._span = max(1, self.size)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes at `offset` (fewer only at the end of the stream)."""
+        out = []
+        n = max(0, min(n, self.size - offset))
+        while n:
+            k, off = divmod(offset, self._span)
+            got = os.pread(self._fds[k], min(n, self._span - off), off)
+            if not got:  # the file shrank after it was opened
+                raise PartError(self._where, f"{self._names[k]} ended early at byte {off}", parts=(self._names[k],))
+            out.append(got)
+            offset += len(got)
+            n -= len(got)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __enter__(self) -> "Ranges":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

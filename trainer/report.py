@@ -87,6 +87,8 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
     base = lineage["base_model"]
     cfg = lineage["config"]
     keys = _metric_keys(task)
+    main = metrics["main_metric"]
+    named = (metrics["final"].get("valid") or {}).get("main_score_name")  # embeddings: which metric main_score is
     lines = [f"# {task} fine-tune: {Path(cfg['output_dir']).name}", ""]
     if base.get("random_init"):
         lines += [f"> **{RANDOM_INIT_BANNER}.** The base model has random weights (a demo stand-in, no real model "
@@ -97,7 +99,7 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
         f"- data: " + ", ".join(f"{split} {n} rows" for split, n in metrics["rows"].items()),
         f"- device: {metrics['device']}, precision {metrics['precision']}, wall time {metrics['wall_time_s']:.1f} s, "
         f"{metrics['steps']} optimizer steps",
-        f"- best epoch: {metrics['best_epoch']} by validation `{metrics['main_metric']}` "
+        f"- best epoch: {metrics['best_epoch']} by validation `{main}`{f' ({named})' if named else ''} "
         f"({'higher' if metrics['higher_is_better'] else 'lower'} is better)",
         "",
         "## Hyperparameters",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mirror import delta, parts
+from mirror.bundle import read_manifest
 from mirror.errors import BaseNotInstalled, HashMismatch, ManifestError, UsageError
 from mirror.install import install_bundle
 from mirror.manifest import FileEntry, parse
@@ -142,7 +143,7 @@ def test_delta_from_a_manifest_and_as_parts(tmp_path: Path) -> None:
     _to_v2(folder)
     d = pack_folder(folder, repo_id="org/tiny", out_dir=tmp_path / "bundles", since_manifest=manifest_json, max_part_size=1024)
     assert d.path.name.endswith(".parts.json") and len(parts.read_index(d.path).parts) > 1
-    info = delta.delta_info(delta.read_bundle_manifest(d.path))
+    info = delta.delta_info(read_manifest(d.path))
     assert info.base.bundle is None and info.base.bundle_sha256 is None
     with pytest.raises(BaseNotInstalled) as err:
         install_bundle(d.path, cache_dir=tmp_path / "cache")

@@ -151,6 +151,10 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
         lambda out: tar(man_member(*GOOD), member("files/config.json", CONFIG + b"\0" * 200_000), member("files/model.safetensors", WEIGHTS)),
         "size",
     ),
+    "directory-with-data": (  # bytes hidden in a folder member, counted by no manifest entry
+        lambda out: tar(man_member(*GOOD), good_files(), member("files/sub/", b"hidden payload" * 100, typeflag=b"5")),
+        "directory member with data",
+    ),
     "bytes-differ": (
         lambda out: tar(man_member(*GOOD), member("files/config.json", CONFIG.replace(b"4", b"5")), member("files/model.safetensors", WEIGHTS)),
         "sha256",

@@ -323,6 +323,7 @@ def test_pull_refuses_pickle_before_downloading_and_scans_with_allow_pickle(tmp_
         with pytest.raises(PolicyError, match=f"pytorch_model.bin imports {os.system.__module__}.system"):
             pull("org/evil", out_dir=out, endpoint=hub.url, progress=False, allow_pickle=True)
         assert sorted(p.name for p in out.glob("*.tar")) == [info.path.name]  # no bundle for the refused one
+        assert not [p for p in out.rglob("*") if p.is_file() and p.suffix not in (".tar", ".sha256")]  # nor its download
 
 
 def test_pack_and_install_follow_the_same_policy(tmp_path):

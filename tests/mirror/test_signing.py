@@ -259,6 +259,8 @@ def test_cli_keygen_pack_sign_verify_inspect_signature(tmp_path):
 
     r = runner.invoke(cli, ["inspect", str(bundle)])
     assert f"signature: signed, not checked (no public key given), key sha256:{fp}" in r.stdout
+    r = runner.invoke(cli, ["inspect", str(bundle), "--public-key", str(pub)])
+    assert f"signature: valid, key sha256:{fp}" in r.stdout
 
     r = runner.invoke(cli, ["signature", str(bundle)])
     assert r.exit_code == 0 and r.stdout.encode() == read_signature(bundle) + b"\n"

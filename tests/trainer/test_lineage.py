@@ -8,7 +8,6 @@ import platform
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 import torch
 
 from trainer import config, lineage

@@ -40,6 +40,7 @@ def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
             "num_labels": len(cfg.labels),
             "id2label": dict(enumerate(cfg.labels)),
             "label2id": {name: i for i, name in enumerate(cfg.labels)},
+            "ignore_mismatched_sizes": True,  # a base that already has a head of another size gets a new one
         }
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, **kwargs

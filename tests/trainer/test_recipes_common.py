@@ -1,0 +1,90 @@
+"""The shared recipe pieces: precision choice, schedule, step counts, batching, publishing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer import config
+from trainer.errors import TrainerError
+from trainer.recipes import common
+
+
+def cfg(**over) -> config.Config:
+    return config.from_dict({"model_id": "m", "output_dir": "out", "train_file": "t.jsonl", "labels": ["a", "b"], **over})
+
+
+def test_precision_choice_on_cpu():
+    cpu = torch.device("cpu")
+    assert common.resolve_precision("auto", cpu) == "fp32"
+    assert common.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(TrainerError, match="fp16 needs a CUDA GPU"):
+        common.resolve_precision("fp16", cpu)
+
+
+def test_schedule_warms_up_then_decays_to_zero_and_skips_decay_on_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt, sched = common.build_optimizer(model, cfg(learning_rate=1.0, warmup_ratio=0.25, weight_decay=0.1), steps=8, device=torch.device("cpu"))
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1 / 3, 2 / 3, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and len(decay["params"]) == 1  # the Linear weight only
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3  # bias, norm weight, norm bias
+
+
+@pytest.mark.parametrize(
+    ("over", "batches", "steps", "epochs"),
+    [
+        ({"epochs": 3}, 10, 30, 3),
+        ({"epochs": 3, "gradient_accumulation_steps": 4}, 10, 9, 3),  # 3 steps an epoch (4+4+2)
+        ({"epochs": 1.5}, 10, 15, 2),
+        ({"epochs": 3, "max_steps": 12}, 10, 12, 2),
+    ],
+)
+def test_step_and_epoch_counts(over, batches, steps, epochs):
+    c = cfg(**over)
+    assert common.total_steps(c, batches) == steps and common.num_epochs(c, batches) == epochs
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    a = common.epoch_order(50, seed=1, epoch=0)
+    assert sorted(a) == list(range(50))
+    assert a == common.epoch_order(50, seed=1, epoch=0)
+    assert a != common.epoch_order(50, seed=1, epoch=1) and a != common.epoch_order(50, seed=2, epoch=0)
+
+
+def test_pad_batch_pads_to_the_longest_row_only():
+    b = common.pad_batch([[5, 6, 7], [8]], pad_id=0, labels=[[-100, 6, 7], [8]])
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+def test_selection_prefers_the_metric_then_lower_loss():
+    k1 = common.selection_key("classification", {"macro_f1": 1.0, "eval_loss": 0.5})
+    k2 = common.selection_key("classification", {"macro_f1": 1.0, "eval_loss": 0.2})
+    k3 = common.selection_key("classification", {"macro_f1": 0.9, "eval_loss": 0.01})
+    assert common.improved(k2, k1) and not common.improved(k3, k1) and common.improved(k1, None)
+    assert common.improved(common.selection_key("sft", {"eval_loss": 1.0}), common.selection_key("sft", {"eval_loss": 2.0}))
+    assert common.selection_key("embeddings", {"main_score": float("nan")}) is None
+
+
+def test_publish_moves_outputs_in_and_writes_lineage_last(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "lineage.json").write_text("old")
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "stale.json").write_text("{}")
+    stage = common.staging_dir(out)
+    (stage / "model.safetensors").write_bytes(b"w")
+    (stage / "1_Pooling").mkdir()
+    (stage / "1_Pooling" / "config.json").write_text("{}")
+    (stage / "lineage.json").write_text("new")
+    common.publish(stage, out)
+    assert sorted(p.name for p in out.iterdir()) == ["1_Pooling", "lineage.json", "model.safetensors"]
+    assert (out / "lineage.json").read_text() == "new"
+    assert [p.name for p in (out / "1_Pooling").iterdir()] == ["config.json"]
