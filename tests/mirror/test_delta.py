@@ -239,3 +239,15 @@ def test_cli_delta_without_base_is_one_line(tmp_path: Path, base_and_delta) -> N
     r = CliRunner().invoke(cli, ["inspect", str(d.path)])
     assert r.exit_code == 0 and f"delta:     on top of org/tiny@{base.manifest.commit[:12]}" in r.output
     assert "carries 2 of 5 target files; 1 removed" in r.output
+
+
+def test_delta_since_a_multi_part_base_records_the_stream_sha256(tmp_path: Path) -> None:
+    folder = _v1(tmp_path / "model")
+    base = pack_folder(folder, repo_id="org/tiny", out_dir=tmp_path / "bundles", max_part_size=8192)
+    index = parts.read_index(base.path)
+    assert index.sha256 == base.sha256
+    _to_v2(folder)
+    for since in (base.path, base.path.parent / index.parts[0].name):  # the index or any part
+        d = pack_folder(folder, repo_id="org/tiny", out_dir=tmp_path / "deltas", since=since)
+        ref = delta.delta_info(d.manifest).base
+        assert (ref.bundle, ref.bundle_sha256) == (index.bundle, base.sha256)
