@@ -26,7 +26,7 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -100,6 +100,7 @@ class Claim:
 
 
 def C(key: str, kind: str, short: list[str], sentence: list[str], **kw) -> Claim:
+    """Shorthand that keeps the claim table below readable (lists become tuples)."""
     return Claim(key, kind, tuple(short), tuple(sentence), **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
 
 
@@ -217,7 +218,7 @@ class Case:
     acct_missing: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Phrasings:
     """The phrasing pools one split may draw from (train/valid: seen pools; test: held-out)."""
 

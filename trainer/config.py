@@ -20,7 +20,7 @@ from trainer.errors import ConfigError
 
 TASKS = ("classification", "embeddings", "sft")
 EMBEDDING_LOSSES = ("auto", "mnrl", "cosine", "contrastive")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # bf16-pure: bf16 weights and optimizer state, opt-in
 DISTRIBUTED = ("auto", "ddp", "fsdp")
 
 
@@ -59,7 +59,7 @@ class Config:
     use_8bit: bool = False  # accepted for compatibility; needs bitsandbytes and a GPU
     max_new_tokens: int = 128  # for `trainer predict` on SFT models
     # --- runtime
-    precision: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast + fp32 master weights on GPUs that support it, fp32 on CPU
     gradient_checkpointing: bool | None = None  # None: only when memory needs it
     packing: bool | None = None  # SFT row packing; None: on for GPU, off for CPU
     torch_compile: bool = False

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer import dist
 from trainer.config import Config
 from trainer.errors import Interrupted, TrainerError
 
@@ -37,11 +38,22 @@ RANDOM_INIT_BANNER = "RANDOM-INITIALISED DEMO MODEL"
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    precision: str  # the precision actually used: "fp32" | "bf16" | "fp16"
+    precision: str  # the precision actually used: "fp32" | "bf16" | "fp16" | "bf16-pure"
+    dist: dist.DistEnv = dist.SINGLE  # who this process is in a torchrun launch
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
+        """bf16/fp16: autocast compute over fp32 master weights. bf16-pure needs none: the
+        weights (and so the optimizer state) are bf16 themselves."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16-pure" else torch.float32
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward pass; master weights and optimiser state stay fp32."""
@@ -57,10 +69,35 @@ def setup_runtime(cfg: Config) -> Runtime:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-file "Loading weights" bars only clutter logs
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Runtime(device=device, precision=resolve_precision(cfg.precision, device))
+    cuda = torch.cuda.is_available()
+    env = dist.init(cfg.distributed, cuda=cuda)
+    torch.set_num_threads(cfg.num_threads or default_threads())
+    device = dist.device(env, cuda=cuda)
+    return Runtime(device=device, precision=resolve_precision(cfg.precision, device), dist=env)
+
+
+def default_threads() -> int:
+    """Physical cores shared among this node's ranks: hyper-threads only slow matmuls down and
+    N processes with a thread per core each would oversubscribe the CPU N times over."""
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, physical_cores() // per_node)
+
+
+def physical_cores() -> int:
+    """Distinct (socket, core) pairs this process may run on; torch's own count otherwise."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return max(1, min(torch.get_num_threads(), usable))
+    pairs = set()
+    for block in text.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "core id" in fields:
+            pairs.add((fields.get("physical id", "0"), fields["core id"]))
+    return max(1, min(len(pairs) or usable, usable))
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -69,6 +106,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         return "bf16" if cuda_bf16 else "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise TrainerError("precision fp16 needs a CUDA GPU and none is available: use precision: auto, fp32 or bf16")
+    if requested in ("bf16", "bf16-pure") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainerError(f"precision {requested} needs a GPU with bf16 (Ampere or newer) and this one has none: use precision: auto or fp16")
     return requested
 
 
@@ -112,6 +151,27 @@ def epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
 
 def batch_indices(order: Sequence[int], batch_size: int) -> list[list[int]]:
     return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+MEGA_BATCH = 50  # batches per length-sorted group: long enough to sort well, short enough to stay random
+
+
+def length_grouped_batches(lengths: Sequence[int], *, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's batches with rows of similar length together, so dynamic padding pads little.
+
+    The shuffled order (`epoch_order`) is cut into mega-batches of MEGA_BATCH x batch_size rows,
+    each sorted by length and cut into batches, and the batches are shuffled again: every row is
+    still seen once per epoch in a random batch, but a batch no longer mixes 30- and 70-token rows.
+    A pure function of (seed, epoch) like epoch_order, so a resumed run replays the same batches.
+    """
+    order = epoch_order(len(lengths), seed=seed, epoch=epoch)
+    mega = MEGA_BATCH * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        group = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches += batch_indices(group, batch_size)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_009)
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], *, pad_id: int, labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
@@ -474,6 +534,7 @@ def finish(
         "rows": sizes,
         "device": rt.device.type,
         "precision": rt.precision,
+        "distributed": {"mode": rt.dist.mode, "world_size": rt.dist.world_size},
         "wall_time_s": round(wall, 3),
         **(extra or {}),
     }
