@@ -8,7 +8,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench bench-mirror bench-train clean
+.PHONY: setup demo test bench bench-mirror bench-train bench-train-gpu clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench-mirror: setup
 
 bench-train: setup
 	$(BIN)/python bench/train_cpu.py
+
+bench-train-gpu: setup  # needs a CUDA GPU; exits 2 with a message without one
+	$(BIN)/python bench/train_gpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

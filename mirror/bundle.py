@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from mirror import parts
 from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
-from mirror.hashing import CHUNK, DualHasher, HashLanes, sha256_file
+from mirror.hashing import CHUNK, HashLanes, hash_files, sha256_file
 from mirror.manifest import (
     MANIFEST_NAME,
     PAYLOAD_PREFIX,
@@ -256,40 +256,57 @@ def write_bundle(
     free = shutil.disk_usage(out_dir).free
     if free < total:
         raise NotEnoughSpace(str(out_dir), needed=total, free=free)
+    # Pass 1: every file's digests, files hashed in parallel across cores. The manifest, which
+    # comes first in the tar, is then final before the first byte is written, so pass 2 can hash
+    # the tar stream while writing it (no third read of the bundle for its sha256). A file that
+    # changes between the passes (size or mtime) is refused: the manifest must describe the bytes.
+    stamps = {p: _stamp(src_root / p) for p in paths}
+    digests = hash_files([src_root / d.path for d in draft_files], lfs={src_root / d.path for d in draft_files if d.lfs})
+    entries: list[FileEntry] = []
+    for draft in draft_files:
+        digest = digests[src_root / draft.path]
+        if digest.size != draft.size:
+            raise UsageError(f"{src_root / draft.path} changed size while it was being bundled; make sure nothing writes to the folder and retry")
+        want = (expected or {}).get(draft.path)
+        if want is not None:
+            for algo, exp, got in (("sha256", want.sha256, digest.sha256), ("git sha1", want.git_sha1, digest.git_sha1)):
+                if exp and exp != got:
+                    raise HashMismatch(draft.path, algorithm=algo, expected=exp, actual=got, where="against the Hub's hash")
+        entries.append(FileEntry(path=draft.path, size=draft.size, sha256=digest.sha256, git_sha1=digest.git_sha1, lfs=draft.lfs, kind=draft.kind))
+    files = tuple(entries)
+    manifest = build(files, commit or pack_commit(files))
+    raw = manifest.to_json()
+    if len(raw) > reserved:  # cannot happen unless the manifest format changes shape
+        raise RuntimeError(f"manifest grew from {reserved} to {len(raw)} bytes while writing")
+
     partial = out_dir / f".{repo_id.replace('/', '--')}.{uuid.uuid4().hex[:12]}.tar.partial"
     sidecar_tmp: Path | None = None
     splitter = parts.PartWriter(out_dir, max_part_size=max_part_size) if max_part_size else None
+    # a multi-part writer hashes its parts and the stream itself when it commits
+    stream_sha = None if splitter is not None else hashlib.sha256()
     try:
-        with splitter or open(partial, "wb") as out, HashLanes(2) as lanes:
-            manifest_at = out.write(member_header(MANIFEST_NAME, reserved))
-            out.write(b" " * reserved)
-            entries: list[FileEntry] = []
+        # Pass 2: copy, the stream's sha256 on a lane thread, overlapped with reading and writing
+        with splitter or open(partial, "wb") as out, HashLanes(1) as lanes:
+
+            def put(data: bytes) -> None:
+                out.write(data)
+                if stream_sha is not None:
+                    lanes.submit(0, stream_sha, data)
+
+            put(member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw)))
             for draft in draft_files:
-                out.write(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
-                digest = _copy_hashing(src_root / draft.path, draft.size, out, lanes)
-                out.write(b"\0" * _pad(draft.size))
-                want = (expected or {}).get(draft.path)
-                if want is not None:
-                    for algo, exp, got in (("sha256", want.sha256, digest.sha256), ("git sha1", want.git_sha1, digest.git_sha1)):
-                        if exp and exp != got:
-                            raise HashMismatch(draft.path, algorithm=algo, expected=exp, actual=got, where="against the Hub's hash")
-                entries.append(FileEntry(path=draft.path, size=draft.size, sha256=digest.sha256, git_sha1=digest.git_sha1, lfs=draft.lfs, kind=draft.kind))
+                put(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
+                _copy(src_root / draft.path, draft.size, put, stamp=stamps[draft.path])
+                put(b"\0" * _pad(draft.size))
             end = out.tell() + 2 * BLOCK
-            out.write(b"\0" * (2 * BLOCK + (-end % RECORD)))
-            files = tuple(entries)
-            manifest = build(files, commit or pack_commit(files))
-            raw = manifest.to_json()
-            if len(raw) > reserved:  # cannot happen unless the manifest format changes shape
-                raise RuntimeError(f"manifest grew from {reserved} to {len(raw)} bytes while writing")
-            out.seek(manifest_at)
-            out.write(raw + b" " * (reserved - len(raw)))
+            put(b"\0" * (2 * BLOCK + (-end % RECORD)))
         final = out_dir / bundle_filename(repo_id, manifest.commit, repo_type=repo_type)
         if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
             final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
         if splitter is not None:
             index = splitter.commit(final)
             return BundleInfo(path=parts.index_path(final), sha256=index.sha256, size=index.size, manifest=manifest)
-        sha = sha256_file(partial)
+        sha = stream_sha.hexdigest()  # the lanes were closed: every chunk is in
         sidecar = final.with_name(final.name + ".sha256")
         sidecar_tmp = sidecar.with_name(partial.name + ".sha256")
         sidecar_tmp.write_text(f"{sha}  {final.name}\n")
@@ -309,20 +326,24 @@ def write_bundle(
     return BundleInfo(path=final, sha256=sha, size=total, manifest=manifest)
 
 
-def _copy_hashing(src: Path, size: int, out, lanes: HashLanes):
-    h = DualHasher(size, lanes=lanes)
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _copy(src: Path, size: int, put, *, stamp: tuple[int, int]) -> None:
+    """Stream `src` into `put` in chunks (each a fresh `bytes`: a hash lane may still hold the
+    previous one), refusing a file whose size or mtime differs from when it was hashed."""
     with open(src, "rb", buffering=0) as f:
         left = size
         while left:
             chunk = f.read(min(CHUNK, left))
             if not chunk:
                 break
-            out.write(chunk)
-            h.update(chunk)
+            put(chunk)
             left -= len(chunk)
-        if left or f.read(1):
-            raise UsageError(f"{src} changed size while it was being bundled; make sure nothing writes to the folder and retry")
-    return h.digest()
+        if left or f.read(1) or _stamp(src) != stamp:
+            raise UsageError(f"{src} changed while it was being bundled; make sure nothing writes to the folder and retry")
 
 
 def _walk_files(root: Path) -> list[str]:

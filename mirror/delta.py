@@ -347,7 +347,7 @@ def _write_blob(entry: FileEntry, chunks, blobs: Path, *, label: str) -> bool:
     (False when an identical blob was already there: blobs are shared, never rewritten)."""
     final = blobs / entry.etag
     tmp = blobs / f"{entry.etag}.{uuid.uuid4().hex[:12]}.incomplete"
-    h = DualHasher(entry.size)
+    h = DualHasher(entry.size, lfs=entry.lfs)
     try:
         with open(tmp, "wb") as out:
             for chunk in chunks:
@@ -371,7 +371,7 @@ def _write_blob(entry: FileEntry, chunks, blobs: Path, *, label: str) -> bool:
 def _verify_shared(files: list[FileEntry], blobs: Path) -> None:
     """Hash the blobs the target shares with the base, in parallel across cores."""
 
-    digests = hash_files([blobs / f.etag for f in files]) if files else {}
+    digests = hash_files([blobs / f.etag for f in files], lfs={blobs / f.etag for f in files if f.lfs}) if files else {}
     for f in files:
         got = digests[blobs / f.etag]
         if got.sha256 != f.sha256:
@@ -396,11 +396,12 @@ def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, 
     new files are then copied into the bundle, so unchanged files are read once and changed ones
     twice. The commit is the content id of the complete target (as a full pack would get)."""
     base = load_base(since=since, since_manifest=since_manifest)
-    digests = hash_files([root / p for p in paths])
+    lfs = {root / p for p in paths if is_lfs(p, os.stat(root / p).st_size)}
+    digests = hash_files([root / p for p in paths], lfs=lfs)
     target = []
     for p in paths:
         d = digests[root / p]
-        target.append(FileEntry(path=p, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=is_lfs(p, d.size), kind=classify(p)))
+        target.append(FileEntry(path=p, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=root / p in lfs, kind=classify(p)))
     draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=pack_commit(target), source="", created_at="", license=None, files=tuple(target))
     delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)
     return {
@@ -431,7 +432,7 @@ def remote_delta_args(fetched: Iterable, unchanged: dict[str, FileEntry], *, sta
     parallel; they are fresh in the page cache) because the delta section must list every target
     file's full digests before the bundle is written; each is checked against the Hub's digest."""
     fetched = list(fetched)
-    digests = hash_files([staging / f.path for f in fetched])
+    digests = hash_files([staging / f.path for f in fetched], lfs={staging / f.path for f in fetched if f.lfs})
     target = dict(unchanged)
     for f in fetched:
         d = digests[staging / f.path]

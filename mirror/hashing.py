@@ -1,7 +1,10 @@
-"""Streaming file digests: sha256 and the git blob sha1 the Hub uses for non-LFS files.
+"""Streaming file digests: sha256 and the git blob sha1 the Hub lists as a file's `oid`.
 
 Files are read in fixed-size chunks, never whole, so memory stays flat whatever the model size.
-Both digests are computed in the same pass over the bytes.
+For a regular (non-LFS) file the git sha1 is of its content, computed in the same pass as the
+sha256. For an LFS file git stores a pointer, not the content, so its git sha1 is that of the
+pointer (`lfs_pointer_sha1`): derived from sha256 and size with no second pass over the data, and
+equal to the `oid` the Hub lists. The content of an LFS file is protected by its sha256.
 """
 
 from __future__ import annotations
@@ -13,9 +16,23 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Container, Iterable
 
 CHUNK = 8 * 1024 * 1024  # large enough that per-call overhead is invisible next to hashlib's own cost
+
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """What git names a blob: sha1 over `blob <size>\\0` then the bytes (for small data only)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer_sha1(sha256: str, size: int) -> str:
+    """The git blob sha1 of the canonical Git LFS pointer for content with this sha256 and size
+    (what `git lfs` writes and the Hub stores): the Hub's tree `oid` of an LFS file."""
+    return git_blob_sha1(LFS_POINTER.format(sha256=sha256, size=size).encode("ascii"))
 
 
 @dataclass(frozen=True)
@@ -75,15 +92,17 @@ class HashLanes:
 
 class DualHasher:
     """Feed bytes once, get both digests. `git_sha1` needs the size up front (git's blob header).
+    With `lfs=True` only the sha256 is computed from the bytes, and `git_sha1` is the pointer's.
 
-    With `lanes` (a HashLanes and the two lane numbers to use), the two digests are computed on
+    With `lanes` (a HashLanes and the two lane numbers to use), the digests are computed on
     those worker threads, overlapped with whatever the caller does next (reading, writing)."""
 
-    def __init__(self, size: int, *, lanes: "HashLanes | None" = None, lane_ids: tuple[int, int] = (0, 1)):
+    def __init__(self, size: int, *, lfs: bool = False, lanes: "HashLanes | None" = None, lane_ids: tuple[int, int] = (0, 1)):
         self.size = size
+        self.lfs = lfs
         self._seen = 0
         self._sha256 = hashlib.sha256()
-        self._sha1 = hashlib.sha1(f"blob {size}\0".encode())
+        self._sha1 = None if lfs else hashlib.sha1(f"blob {size}\0".encode())
         self._lanes = lanes
         self._lane_ids = lane_ids
 
@@ -91,10 +110,12 @@ class DualHasher:
         self._seen += len(chunk)
         if self._lanes is not None:
             self._lanes.submit(self._lane_ids[0], self._sha256, chunk)
-            self._lanes.submit(self._lane_ids[1], self._sha1, chunk)
+            if self._sha1 is not None:
+                self._lanes.submit(self._lane_ids[1], self._sha1, chunk)
         else:
             self._sha256.update(chunk)
-            self._sha1.update(chunk)
+            if self._sha1 is not None:
+                self._sha1.update(chunk)
 
     @property
     def seen(self) -> int:
@@ -106,11 +127,13 @@ class DualHasher:
         if self._seen != self.size:
             # a git sha1 over the wrong declared size would be silently wrong; refuse instead
             raise ValueError(f"hashed {self._seen} bytes, expected {self.size}")
-        return Digest(size=self.size, sha256=self._sha256.hexdigest(), git_sha1=self._sha1.hexdigest())
+        sha256 = self._sha256.hexdigest()
+        sha1 = lfs_pointer_sha1(sha256, self.size) if self._sha1 is None else self._sha1.hexdigest()
+        return Digest(size=self.size, sha256=sha256, git_sha1=sha1)
 
 
-def hash_stream(f: BinaryIO, size: int, *, chunk: int = CHUNK) -> Digest:
-    h = DualHasher(size)
+def hash_stream(f: BinaryIO, size: int, *, lfs: bool = False, chunk: int = CHUNK) -> Digest:
+    h = DualHasher(size, lfs=lfs)
     buf = bytearray(chunk)
     view = memoryview(buf)
     while True:
@@ -121,9 +144,9 @@ def hash_stream(f: BinaryIO, size: int, *, chunk: int = CHUNK) -> Digest:
     return h.digest()
 
 
-def hash_file(path: str | os.PathLike) -> Digest:
+def hash_file(path: str | os.PathLike, *, lfs: bool = False) -> Digest:
     with open(path, "rb", buffering=0) as f:
-        return hash_stream(f, os.fstat(f.fileno()).st_size)
+        return hash_stream(f, os.fstat(f.fileno()).st_size, lfs=lfs)
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = CHUNK) -> str:
@@ -136,10 +159,10 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-def hash_files(paths: Iterable[Path], *, workers: int | None = None) -> dict[Path, Digest]:
-    """Hash many files in parallel. hashlib releases the GIL on large updates, so threads scale
-    across cores without the cost of processes."""
+def hash_files(paths: Iterable[Path], *, lfs: Container[Path] = frozenset(), workers: int | None = None) -> dict[Path, Digest]:
+    """Hash many files in parallel (those in `lfs` as LFS files). hashlib releases the GIL on
+    large updates, so threads scale across cores without the cost of processes."""
     paths = list(paths)
     workers = workers or min(len(paths), os.cpu_count() or 1) or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(hash_file, paths)))
+        return dict(zip(paths, pool.map(lambda p: hash_file(p, lfs=p in lfs), paths)))

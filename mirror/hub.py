@@ -87,7 +87,7 @@ class RemoteFile:
     size: int
     lfs: bool
     sha256: str  # the LFS oid; "" for a regular git file (the Hub does not publish it)
-    git_sha1: str  # the git blob sha1; "" for an LFS file (the Hub's oid is the pointer's)
+    git_sha1: str  # the tree's oid: git blob sha1 of the content, or of the pointer for an LFS file
 
     def expected(self) -> FileEntry:
         """What the bundle writer must find; the empty digest is the one the Hub cannot vouch for."""
@@ -256,7 +256,10 @@ def resolve_snapshot(
             sha256 = (f.lfs.sha256 or "").lower()
             if not _HEX64.match(sha256):
                 raise HubError(f"{endpoint} gives {f.path} of {repo_id} an LFS oid that is not a sha256 ({f.lfs.sha256!r})")
-            files.append(RemoteFile(path=f.path, size=f.lfs.size, lfs=True, sha256=sha256, git_sha1=""))
+            # the tree's oid of an LFS file is the git sha1 of its pointer, which is what the
+            # manifest records for LFS files too: checked against the pointer of the sha256
+            oid = (f.blob_id or "").lower()
+            files.append(RemoteFile(path=f.path, size=f.lfs.size, lfs=True, sha256=sha256, git_sha1=oid if _HEX40.match(oid) else ""))
         else:
             sha1 = (f.blob_id or "").lower()
             if not _HEX40.match(sha1):

@@ -38,7 +38,7 @@ class InstallResult:
     commit: str
     snapshot_dir: Path
     already_installed: bool
-    bundle_sha256: str | None  # None when nothing was read because the snapshot was already there
+    bundle_sha256: str | None  # None when the snapshot was already there, or not asked for
     refs: tuple[str, ...] = ()  # the refs that now point at this commit
 
 
@@ -82,9 +82,12 @@ def _snapshot_complete(snap: Path, m: Manifest) -> bool:
         return False
 
 
-def install_bundle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, allow_pickle: bool = False) -> InstallResult:
+def install_bundle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, allow_pickle: bool = False, bundle_sha256: bool = True) -> InstallResult:
     """Verify `path` while extracting it into the cache; a no-op when that commit is already
     there. Raises HashMismatch / BundleError (the cache is then unchanged) or NotEnoughSpace.
+    `bundle_sha256=False` skips the bundle's own sha256 (one more serial hash of every byte, for
+    lineage records; every file is checked against the manifest either way): `mirror install`
+    does, and `InstallResult.bundle_sha256` is then None for a single-file bundle.
     PolicyError: pickle files without `allow_pickle` (decided from the names, before any byte is
     extracted), or with it, a pickle importing something outside the allowlist (mirror.policy)."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -113,7 +116,7 @@ def install_bundle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | No
         if free < new_bytes:
             raise NotEnoughSpace(str(cache), needed=new_bytes, free=free)
         tmp.mkdir()
-        sha = _extract_verified(path, m, tmp / "blobs", blobs)
+        sha = _extract_verified(path, m, tmp / "blobs", blobs, bundle_sha256=bundle_sha256)
         if allow_pickle:  # scan the verified bytes before anything is moved into the cache
             staged = {f.path: tmp / "blobs" / f.etag if (tmp / "blobs" / f.etag).exists() else blobs / f.etag for f in m.files}
             policy.check_files(staged, allow_pickle=True, where=str(path))
@@ -183,11 +186,11 @@ def _make_dirs(d: Path) -> list[Path]:
     return made
 
 
-def _extract_verified(path, m: Manifest, staging: Path, blobs: Path) -> str:
-    """Stream the payload into `staging/<etag>`, checking every file; returns the bundle sha256.
-    Blobs already in the cache are hashed but not written again."""
+def _extract_verified(path, m: Manifest, staging: Path, blobs: Path, *, bundle_sha256: bool) -> str | None:
+    """Stream the payload into `staging/<etag>`, checking every file; returns the bundle sha256
+    (None if not asked for). Blobs already in the cache are hashed but not written again."""
     staging.mkdir()
-    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes) as reader:
+    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes, hash_all=bundle_sha256) as reader:
         for member, chunks in reader.payload():
             if member.problem:
                 raise BundleError(reader.label, member.problem)
@@ -198,7 +201,7 @@ def _extract_verified(path, m: Manifest, staging: Path, blobs: Path) -> str:
                 raise HashMismatch(entry.path, algorithm="size", expected=str(entry.size), actual=str(member.size), where="in the bundle")
             dest = staging / entry.etag
             keep = not dest.exists() and not (blobs / entry.etag).exists()
-            h = DualHasher(entry.size, lanes=lanes, lane_ids=(1, 2))
+            h = DualHasher(entry.size, lfs=entry.lfs, lanes=lanes, lane_ids=(1, 2))
             part = staging / (entry.etag + ".part")
             with open(part, "wb") if keep else _Discard() as out:
                 for chunk in chunks:
@@ -214,7 +217,8 @@ def _extract_verified(path, m: Manifest, staging: Path, blobs: Path) -> str:
                 os.replace(part, dest)
         if reader.missing:
             raise BundleError(reader.label, f"{len(reader.missing)} file(s) listed in the manifest are missing from the tar, first {reader.missing[0]!r}")
-        return reader.sha256
+        # a multi-part bundle's sha256 is free (its index), and asking for it checks every part
+        return reader.sha256 if bundle_sha256 or reader.parts is not None else None
 
 
 class _Discard:

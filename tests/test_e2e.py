@@ -66,13 +66,18 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """repo id -> bundle. Built once per module: a BERT encoder in sentence-transformers layout
     (it also loads as a sequence-classification base, like the real MiniLM), a DistilBERT and
-    a Qwen2-shaped causal LM whose BPE has seen the seed and project SFT texts."""
+    a Qwen2-shaped causal LM. Their vocabularies come from the data they will see, which keeps
+    sequences short and the runs quick."""
     work = tmp_path_factory.mktemp("models")
     out = work / "bundles"
-    corpus = [line for f in sorted((ROOT / "data").glob("sft.*.jsonl")) for line in f.read_text().splitlines()[:200]]
-    st = tiny.tiny_sentence_transformer(work / "st")
-    bert = tiny.tiny_bert(work / "distilbert")
-    lm = tiny.tiny_causal_lm(work / "lm", corpus=corpus, vocab_size=1024)
+
+    def lines(*files: Path) -> list[str]:
+        return [line for f in files if f.is_file() for line in f.read_text(encoding="utf-8").splitlines()]
+
+    seed = SEED / "data" / "finetune"
+    st = tiny.tiny_sentence_transformer(work / "st", corpus=lines(ROOT / "data" / "classifier.train.jsonl", ROOT / "data" / "pairs.train.jsonl", seed / "model3_pairs.train.jsonl"))
+    bert = tiny.tiny_bert(work / "distilbert", corpus=lines(seed / "model2_classifier.train.jsonl"))
+    lm = tiny.tiny_causal_lm(work / "lm", corpus=lines(ROOT / "data" / "sft.train.jsonl", seed / "model1_sft.valid.jsonl"), vocab_size=1024)
     made = {}
     for repo_id, folder in (
         ("sentence-transformers/all-MiniLM-L6-v2", st),
@@ -236,9 +241,10 @@ def seed_copy(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("config, extra, repo_id", SEED_RUNS, ids=[r[0] for r in SEED_RUNS])
-def test_seed_config_runs_unchanged(config, extra, repo_id, bundles, hf_home, seed_copy):
+def test_seed_config_runs_unchanged(config, extra, repo_id, bundles, hf_home, seed_copy, monkeypatch):
     from trainer.config import load
 
+    monkeypatch.chdir(seed_copy)  # the configs' paths are relative to the folder they are run from
     original = (SEED / "configs" / config).read_bytes()
     assert (seed_copy / "configs" / config).read_bytes() == original  # the very same file
     proc = ok(run_cli("trainer", "run", f"configs/{config}", "--bundles", bundles_dir(bundles), *extra, cwd=seed_copy, hf_home=hf_home))

@@ -128,6 +128,10 @@ def run(ctx: click.Context, config: str, bundles_dir: str, overrides: tuple[str,
         from trainer.recipes import run as run_recipe
 
         result = run_recipe(cfg, model=model, resume=resume)
+    from trainer.dist import launch_env
+
+    if launch_env()[0] != 0:
+        return  # under torchrun only rank 0 reports; it has the metrics
     click.echo(f"trained {cfg.task} model in {result.wall_time_s:.1f}s -> {result.output_dir}")
     for line in _summary(result.metrics):
         click.echo(line)

@@ -184,6 +184,8 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
         )
     values["task"] = task
     _check_ranges(values, problems)
+    if values.get("distributed") == "fsdp" and task in ("classification", "embeddings"):
+        problems.append("distributed: fsdp shards models too large for one device and is for sft; use distributed: ddp (or auto)")
     if task == "classification" and not values.get("labels"):
         problems.append("classification needs 'labels': the list of classes")
     if problems:

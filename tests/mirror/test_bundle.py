@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import tarfile
 from pathlib import Path
@@ -84,6 +85,29 @@ def test_layout_headers_and_sidecar(repo, tmp_path):
     assert (st.lfs, st.kind, st.sha256) == (True, "safetensors", hashlib.sha256(files["model.safetensors"]).hexdigest())
     assert m.by_path()["config.json"].lfs is False
     assert m.by_path()["config.json"].git_sha1 == hash_file(src / "config.json").git_sha1
+    # an LFS file's git sha1 is that of its Git LFS pointer (the Hub's tree oid), not of its bytes
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{st.sha256}\nsize {st.size}\n".encode()
+    assert st.git_sha1 == hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+    assert info.sha256 == hashlib.sha256(info.path.read_bytes()).hexdigest()
+
+
+def test_a_file_changed_after_hashing_is_refused(repo, tmp_path, monkeypatch):
+    """Files are hashed before the tar is written: one rewritten in between (same size, new
+    bytes) would make the manifest lie about the payload, so the write is refused."""
+    src, files = repo
+    real = bundle.hash_files
+
+    def then_rewrite(paths, **kw):
+        digests = real(paths, **kw)
+        target = src / "model.safetensors"
+        target.write_bytes(bytes(len(files["model.safetensors"])))
+        os.utime(target, ns=(1, 1))  # a different mtime, as any write gives a moment later
+        return digests
+
+    monkeypatch.setattr(bundle, "hash_files", then_rewrite)
+    with pytest.raises(UsageError, match="model.safetensors changed while it was being bundled"):
+        write(src, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_same_snapshot_gives_identical_bytes(repo, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -62,7 +63,11 @@ def test_verify_ok_and_failure(packed, tmp_path):
 def test_verify_json(packed):
     r = run("verify", "--json", packed)
     d = json.loads(r.stdout)
-    assert r.exit_code == 0 and d["ok"] is True and d["repo_id"] == "acme/m" and len(d["bundle_sha256"]) == 64
+    # the bundle's own sha256 is not needed for the verdict: computed only with --sha256
+    assert r.exit_code == 0 and d["ok"] is True and d["repo_id"] == "acme/m" and d["bundle_sha256"] is None
+    r = run("verify", "--json", "--sha256", packed)
+    d = json.loads(r.stdout)
+    assert r.exit_code == 0 and d["ok"] is True and d["bundle_sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
 
 
 def test_inspect_human_and_json(packed):

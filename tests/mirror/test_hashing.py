@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from mirror.hashing import DualHasher, HashLanes, hash_file, hash_files, hash_stream, sha256_file
+from mirror.hashing import DualHasher, HashLanes, hash_file, hash_files, hash_stream, lfs_pointer_sha1, sha256_file
 
 HELLO_SHA256 = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"  # sha256sum of "hello\n"
 HELLO_GIT_SHA1 = "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object` of "hello\n"
@@ -31,6 +31,28 @@ def test_git_sha1_matches_git_itself(tmp_path):
     except (FileNotFoundError, subprocess.CalledProcessError):
         pytest.skip("git is not available")
     assert hash_file(p).git_sha1 == out
+
+
+def test_an_lfs_file_gets_its_pointer_git_sha1(tmp_path):
+    p = tmp_path / "hello.bin"
+    p.write_bytes(b"hello\n")
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{HELLO_SHA256}\nsize 6\n".encode()
+    want = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+    assert lfs_pointer_sha1(HELLO_SHA256, 6) == want
+    assert hash_file(p, lfs=True) == type(hash_file(p))(size=6, sha256=HELLO_SHA256, git_sha1=want)
+    with HashLanes(2) as lanes:
+        h = DualHasher(6, lfs=True, lanes=lanes)
+        h.update(b"hel")
+        h.update(b"lo\n")
+        assert h.digest().git_sha1 == want
+    assert hash_files([p], lfs={p}) == {p: hash_file(p, lfs=True)}
+    ptr = tmp_path / "pointer"
+    ptr.write_bytes(pointer)
+    try:  # what git itself stores for the LFS file
+        out = subprocess.run(["git", "hash-object", str(ptr)], capture_output=True, text=True, check=True).stdout.strip()
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        return
+    assert out == want
 
 
 def test_chunk_boundaries_do_not_change_the_digest():

@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 
 from mirror.errors import MirrorError, PolicyError
-from mirror.hashing import hash_file
+from mirror.hashing import git_blob_sha1, hash_file, lfs_pointer_sha1
 from mirror.install import install_bundle
 from mirror.manifest import FileEntry, Manifest, classify
 from mirror.pack import pack_folder
@@ -68,9 +68,10 @@ def tar(*parts: bytes) -> bytes:
 
 
 def entry(path: str, data: bytes, **over) -> FileEntry:
+    lfs, sha256 = path.endswith(".safetensors"), hashlib.sha256(data).hexdigest()
     fields = dict(
-        path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-        git_sha1=hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), lfs=path.endswith(".safetensors"), kind=classify(path),
+        path=path, size=len(data), sha256=sha256,
+        git_sha1=lfs_pointer_sha1(sha256, len(data)) if lfs else git_blob_sha1(data), lfs=lfs, kind=classify(path),
     )
     fields.update(over)
     return FileEntry(**fields)

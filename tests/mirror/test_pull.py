@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mirror.bundle import iter_payload, read_manifest
 from mirror.errors import AuthRequired, HashMismatch, HubError, PolicyError, RepoNotFound, RevisionNotFound, UsageError
 from mirror.hub import DEFAULT_EXCLUDES, STAGING_DIR, pull, select_files
-from tests.fixtures.fake_hub import FakeHub, git_blob_sha1
+from tests.fixtures.fake_hub import FakeHub, git_blob_sha1, lfs_pointer
 
 MiB = 1024 * 1024
 WEIGHTS = bytes(range(256)) * 400  # 100 KiB, stands in for safetensors weights
@@ -122,7 +122,9 @@ def test_pull_bundles_the_commit_with_the_hubs_hashes(hub, tmp_path):
     assert sorted(entries) == sorted(FILES)
     for path, data in FILES.items():
         e = entries[path]
-        assert (e.size, e.sha256, e.git_sha1) == (len(data), sha256(data), git_blob_sha1(data)), path
+        # the tree's oid: of the content for a regular file, of the LFS pointer for an LFS file
+        git = git_blob_sha1(lfs_pointer(sha256(data), len(data)) if e.lfs else data)
+        assert (e.size, e.sha256, e.git_sha1) == (len(data), sha256(data), git), path
     assert entries["model.safetensors"].lfs and entries["model.safetensors"].kind == "safetensors"
     assert not entries["config.json"].lfs and entries["1_Pooling/config.json"].kind == "json"
     assert payload(info.path) == FILES

@@ -45,11 +45,8 @@ def test_a_flipped_byte_names_the_file_with_expected_and_actual(good, tmp_path):
     r = verify_bundle(bad)
     assert not r.ok and r.missing == () and r.extra == () and r.problems == ()
     entry = info.manifest.by_path()["model.safetensors"]
-    sha1 = hashlib.sha1(b"blob %d\0" % len(corrupted) + bytes(corrupted)).hexdigest()
-    assert r.mismatched == (
-        Mismatch("model.safetensors", "sha256", entry.sha256, hashlib.sha256(corrupted).hexdigest()),
-        Mismatch("model.safetensors", "git_sha1", entry.git_sha1, sha1),
-    )
+    # an LFS file's git sha1 is its pointer's (derived from the sha256), so only the sha256 is named
+    assert entry.lfs and r.mismatched == (Mismatch("model.safetensors", "sha256", entry.sha256, hashlib.sha256(corrupted).hexdigest()),)
     assert f"mismatched: model.safetensors: sha256 expected {entry.sha256}, actual {hashlib.sha256(corrupted).hexdigest()}" in r.lines()
     assert r.summary() == "FAILED org/name@0123456789ab: 1 mismatched"
     assert r.bundle_sha256 == hashlib.sha256(bytes(raw)).hexdigest()
@@ -96,3 +93,20 @@ def test_an_unreadable_manifest_raises(tmp_path):
     junk.write_bytes(b"\0" * 10240)
     with pytest.raises(ManifestError, match="the tar is empty"):
         verify_bundle(junk)
+
+
+def test_a_flipped_byte_in_a_regular_file_names_both_digests(good, tmp_path):
+    info, files = good
+    raw = bytearray(info.path.read_bytes())
+    raw[data_offset(info.path, "files/config.json") + 3] ^= 0xFF
+    bad = tmp_path / "flipped.tar"
+    bad.write_bytes(bytes(raw))
+    corrupted = bytearray(files["config.json"])
+    corrupted[3] ^= 0xFF
+    entry = info.manifest.by_path()["config.json"]
+    r = verify_bundle(bad)
+    # a regular file's git sha1 is of its content: both digests are checked and named
+    assert not entry.lfs and r.mismatched == (
+        Mismatch("config.json", "sha256", entry.sha256, hashlib.sha256(corrupted).hexdigest()),
+        Mismatch("config.json", "git_sha1", entry.git_sha1, hashlib.sha1(b"blob %d\0" % len(corrupted) + bytes(corrupted)).hexdigest()),
+    )

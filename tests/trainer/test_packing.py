@@ -128,3 +128,54 @@ def test_packed_loss_equal_unpacked_under_bf16_autocast(lm: Path) -> None:
         out = model(**packed).loss.float()
     # bf16 has an 8-bit mantissa: the two orders of summation agree to about 1%
     assert torch.allclose(out, ref, rtol=2e-2), (out, ref)
+
+
+# --- wired into the SFT recipe ---------------------------------------------------------------------
+
+
+def _sft_cfg(d: Path, name: str, **over):
+    from trainer import config
+    from tests.trainer.test_sft import records, write
+
+    rows = records()
+    write(d / "train.jsonl", rows[:12])
+    write(d / "valid.jsonl", rows[12:])
+    raw = {"task": "sft", "model_id": "tiny/lm", "output_dir": str(d / name), "train_file": str(d / "train.jsonl"),
+           "valid_file": str(d / "valid.jsonl"), "learning_rate": 3e-3, "epochs": 2, "batch_size": 4, "max_length": 256, **over}
+    return config.from_dict(raw)
+
+
+def test_sft_recipe_trains_the_same_packed_or_padded(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    """The same steps on the same records: packing only removes padding, so the runs agree."""
+    from trainer.recipes import run
+    from trainer.resolve import ResolvedModel
+
+    model = ResolvedModel(repo_id="tiny/lm", path=tiny_lm_dir, commit=None, bundle_path=None, bundle_sha256=None, source="local")
+    padded = run(_sft_cfg(tmp_path, "padded", packing=False), model=model).metrics
+    packed = run(_sft_cfg(tmp_path, "packed", packing=True), model=model).metrics
+    assert packed["packing"] is True and padded["packing"] is False
+    assert packed["attention"] == "sdpa" and packed["precision"] == "fp32"
+    assert [s for s, _ in packed["train_loss_curve"]] == [s for s, _ in padded["train_loss_curve"]]
+    for (_, a), (_, b) in zip(packed["train_loss_curve"], padded["train_loss_curve"]):
+        assert a == pytest.approx(b, rel=1e-3), (a, b)
+    assert packed["final"]["valid"]["eval_loss"] == pytest.approx(padded["final"]["valid"]["eval_loss"], rel=1e-3)
+    assert packed["final"]["valid"]["target_tokens"] == padded["final"]["valid"]["target_tokens"]
+
+
+def test_torch_compile_flag_compiles_the_training_module(tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor needs a C++ toolchain and minutes on 2 cores; what is checked here is the wiring:
+    with torch_compile the module trained is torch.compile's (run eagerly by a stand-in)."""
+    from trainer.recipes import run
+    from trainer.resolve import ResolvedModel
+
+    calls = []
+
+    def fake_compile(module, **kwargs):
+        calls.append((type(module).__name__, kwargs))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = ResolvedModel(repo_id="tiny/lm", path=tiny_lm_dir, commit=None, bundle_path=None, bundle_sha256=None, source="local")
+    metrics = run(_sft_cfg(tmp_path, "c", torch_compile=True, max_steps=1, epochs=1), model=model).metrics
+    assert calls == [("Qwen2ForCausalLM", {"dynamic": True})]
+    assert metrics["torch_compile"] is True and metrics["steps"] == 1

@@ -88,3 +88,42 @@ def test_publish_moves_outputs_in_and_writes_lineage_last(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["1_Pooling", "lineage.json", "model.safetensors"]
     assert (out / "lineage.json").read_text() == "new"
     assert [p.name for p in (out / "1_Pooling").iterdir()] == ["config.json"]
+
+
+# --- speed features (issue 6) ----------------------------------------------------------------------
+
+
+def test_length_grouped_batches_cover_every_row_once_with_similar_lengths():
+    import random
+
+    rnd = random.Random(0)
+    lengths = [rnd.randrange(5, 80) for _ in range(1000)]
+    batches = common.length_grouped_batches(lengths, batch_size=10, seed=3, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert all(len(b) == 10 for b in batches)
+
+    def pad_share(bs):
+        return 1 - sum(lengths[i] for b in bs for i in b) / sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    plain = common.batch_indices(common.epoch_order(1000, seed=3, epoch=0), 10)
+    assert pad_share(batches) < 0.05 < 0.3 < pad_share(plain)  # sorting within mega-batches removes the padding
+    # a pure function of (seed, epoch): a resumed run replays the same batches; another epoch differs
+    assert common.length_grouped_batches(lengths, batch_size=10, seed=3, epoch=0) == batches
+    assert common.length_grouped_batches(lengths, batch_size=10, seed=3, epoch=1) != batches
+
+
+def test_bf16_pure_runtime_holds_bf16_weights_without_autocast():
+    import torch
+
+    rt = common.Runtime(device=torch.device("cpu"), precision="bf16-pure")
+    assert rt.param_dtype == torch.bfloat16 and rt.autocast_dtype is None
+    mixed = common.Runtime(device=torch.device("cpu"), precision="bf16")
+    assert mixed.param_dtype == torch.float32 and mixed.autocast_dtype == torch.bfloat16
+    assert common.resolve_precision("bf16-pure", torch.device("cpu")) == "bf16-pure"
+
+
+def test_adamw_is_the_fused_kernel():
+    import torch
+
+    opt = common.adamw([{"params": [torch.nn.Parameter(torch.zeros(3))], "weight_decay": 0.0}], lr=1e-3)
+    assert opt.defaults["fused"] is True

@@ -183,3 +183,13 @@ def test_tokenizer_without_chat_template_is_refused(tmp_path, tiny_lm_dir):
     (base / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     with pytest.raises(TrainerError, match="no chat template"):
         run(make_cfg(tmp_path), model=local(base))
+
+
+def test_bf16_pure_is_opt_in_and_stated_in_metrics_and_lineage(tmp_path, tiny_lm_dir):
+    """bf16 weights and optimizer state: the run says so in every record it leaves."""
+    result = run(make_cfg(tmp_path, precision="bf16-pure", epochs=1, max_steps=2), model=local(tiny_lm_dir))
+    assert result.metrics["precision"] == "bf16-pure" and result.metrics["steps"] == 2
+    lineage = json.loads((result.output_dir / "lineage.json").read_text())
+    assert lineage["precision"] == "bf16-pure" and lineage["config"]["precision"] == "bf16-pure"
+    weights = load_file(str(result.output_dir / "model.safetensors"))
+    assert {str(t.dtype) for t in weights.values()} == {"torch.bfloat16"}

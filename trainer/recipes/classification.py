@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trainer import data
+from trainer import data, dist, tokencache
 from trainer.config import Config
 from trainer.evaluate import classification_metrics
 from trainer.recipes import RunResult, common
@@ -30,6 +30,21 @@ def encode(cfg: Config, tokenizer: Any, rows: list[data.Row]) -> tuple[list[list
     return ids, list(labels)
 
 
+ENCODING_VERSION = "classification-1"  # bump when encode() changes: it keys the token cache
+
+
+def encode_split(cfg: Config, tokenizer: Any, split: str, *, model_dir: str | Path) -> tuple[list[list[int]], list[int]]:
+    """encode() of a whole split, from the token cache when the data and tokenizer are unchanged."""
+    limit = cfg.max_length or min(tokenizer.model_max_length, ENCODER_MAX_LENGTH)
+    settings = {"task": cfg.task, "text_field": cfg.text_field, "label_field": cfg.label_field, "labels": list(cfg.labels), "max_length": limit}
+    value, _hit = tokencache.cached(
+        compute=lambda: encode(cfg, tokenizer, data.read_split(cfg, split)),
+        data_files=cfg.files(split), model_dir=model_dir, settings=settings, version=ENCODING_VERSION, output_dir=cfg.output_dir,
+    )
+    ids, labels = value
+    return ids, labels
+
+
 def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -43,7 +58,7 @@ def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
             "ignore_mismatched_sizes": True,  # a base that already has a head of another size gets a new one
         }
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, **kwargs
+        str(path), dtype=rt.param_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
     )
     return model.to(rt.device), tokenizer
 
@@ -84,68 +99,87 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     common.quiet_warnings()
     net, tokenizer = load(model.path, cfg, rt, new_head=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    splits = {s: encode(cfg, tokenizer, data.read_split(cfg, s)) for s in ("train", "valid", "test") if cfg.files(s)}
+    splits = {s: encode_split(cfg, tokenizer, s, model_dir=model.path) for s in ("train", "valid", "test") if cfg.files(s)}
     train_ids, train_labels = splits["train"]
-    batches_per_epoch = -(-len(train_ids) // cfg.batch_size)
+    lengths = [len(x) for x in train_ids]
+    world = rt.dist.world_size
+    global_batch = cfg.batch_size * world  # batch_size is per device
+    batches_per_epoch = len(dist.shard_batches(common.batch_indices(range(len(train_ids)), global_batch), rt.dist))
     steps = common.total_steps(cfg, batches_per_epoch)
+    train_net = dist.wrap(net, rt.dist, device=rt.device)
     opt, sched = common.build_optimizer(net, cfg, steps=steps, device=rt.device)
     scaler = common.grad_scaler(rt)
-    state = common.start_state(cfg, net, opt, sched, resume=resume)
-    common.log(f"classification: {len(train_ids)} train rows, {steps} steps, {rt.device.type} {rt.precision}")
+    state = common.start_state(cfg, net, opt, sched, resume=resume, rt=rt)
+    if rt.is_main:
+        common.log(f"classification: {len(train_ids)} train rows, {steps} steps, {rt.device.type} {rt.precision}" + (f", {world} processes ({rt.dist.mode})" if world > 1 else ""))
 
     # --- train -----------------------------------------------------------------------------------
     accum = cfg.gradient_accumulation_steps
     for epoch in range(state.epoch, common.num_epochs(cfg, batches_per_epoch)):
-        net.train()
-        batches = common.batch_indices(common.epoch_order(len(train_ids), seed=cfg.seed, epoch=epoch), cfg.batch_size)
+        train_net.train()
+        plan = common.length_grouped_batches(lengths, batch_size=global_batch, seed=cfg.seed, epoch=epoch)
+        batches = dist.shard_batches(plan, rt.dist)
         running = torch.zeros((), device=rt.device)
         try:
             for i, chunk in common.progress(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
                 batch = common.pad_batch([train_ids[j] for j in chunk], pad_id=pad_id)
                 batch["labels"] = torch.tensor([train_labels[j] for j in chunk])
-                with rt.autocast():
-                    loss = net(**common.to_device(batch, rt.device)).loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
+                last = (i + 1) % accum == 0 or i + 1 == len(batches)
+                with dist.no_sync(train_net, skip=not last):
+                    with rt.autocast():
+                        loss = train_net(**common.to_device(batch, rt.device)).loss / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
                 running += loss.detach()
-                if (i + 1) % accum == 0 or i + 1 == len(batches):
-                    common.optimizer_step(net, opt, sched, max_grad_norm=cfg.max_grad_norm, scaler=scaler)
+                if last:
+                    common.optimizer_step(train_net, opt, sched, max_grad_norm=cfg.max_grad_norm, scaler=scaler)
                     state.step += 1
                     state.batches_done = i + 1
                     # a short last accumulation is scaled by 1/accum too; report its mean
                     span = (i % accum) + 1
-                    state.loss_curve.append([state.step, float(running) * accum / span])
+                    state.loss_curve.append([state.step, float(dist.all_reduce_mean(running, rt.dist)) * accum / span])
                     running.zero_()
                     if state.step >= steps:
                         break
         except KeyboardInterrupt:
-            raise common.interrupted(net, opt, sched, state, cfg) from None
+            raise common.interrupted(net, opt, sched, state, cfg, rt=rt) from None
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "train_loss": common.epoch_train_loss(state)}
-        if "valid" in splits:
+        if "valid" in splits and rt.is_main:  # rank 0 evaluates and selects; the others wait below
             record["valid"] = evaluate_ids(cfg, net, *splits["valid"], pad_id=pad_id, rt=rt)
             key = common.selection_key(cfg.task, record["valid"])
             if common.improved(key, state.best_key):
                 state.best_key, state.best_epoch = key, epoch + 1
-                common.save_best(net, cfg.output_dir, epoch=epoch + 1)
-        common.log(common.epoch_line(record, ("eval_loss", "accuracy", "macro_f1")))
+                if state.step < steps:  # after the last epoch the best weights are the ones in memory
+                    common.save_best(net, cfg.output_dir, epoch=epoch + 1)
+        if rt.is_main:
+            common.log(common.epoch_line(record, ("eval_loss", "accuracy", "macro_f1")))
         state.history.append(record)
         state.epoch, state.batches_done = epoch + 1, 0
-        if cfg.save_every_epoch:
+        done = state.step >= steps
+        if cfg.save_every_epoch and rt.is_main:
             save_model(net, tokenizer, Path(cfg.output_dir) / f"epoch-{epoch + 1}")
-        common.save_checkpoint(net, opt, sched, state, cfg.output_dir)
-        if state.step >= steps:
+        if not done and rt.is_main:  # the last epoch's resume state would be deleted a moment later
+            common.save_checkpoint(net, opt, sched, state, cfg.output_dir)
+        dist.barrier(rt.dist)
+        if done:
             break
 
     # --- save ------------------------------------------------------------------------------------
+    if not rt.is_main:
+        dist.shutdown(rt.dist)
+        return RunResult(output_dir=Path(cfg.output_dir), metrics={}, wall_time_s=time.perf_counter() - t0)
     if state.best_epoch is not None and state.best_epoch != state.epoch:
         common.load_best(net, cfg.output_dir, epoch=state.best_epoch)
     final: dict[str, Any] = {}
     for split in ("valid", "test"):
         if split in splits:
-            final[split] = evaluate_ids(cfg, net, *splits[split], pad_id=pad_id, rt=rt)
+            final[split] = common.best_valid(state) if split == "valid" else None
+            final[split] = final[split] or evaluate_ids(cfg, net, *splits[split], pad_id=pad_id, rt=rt)
     stage = common.staging_dir(cfg.output_dir)
     save_model(net, tokenizer, stage)
     sizes = {s: len(v[0]) for s, v in splits.items()}
-    return common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0)
+    result = common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0)
+    dist.shutdown(rt.dist)
+    return result
 
 
 # --- trainer eval / predict on a saved model -------------------------------------------------------

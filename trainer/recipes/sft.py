@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from trainer import data
+from trainer import data, dist, memory, packing, tokencache
 from trainer.config import Config
 from trainer.errors import TrainerError
 from trainer.evaluate import perplexity, read_lineage
@@ -83,6 +83,22 @@ def max_length(cfg: Config, tokenizer: Any) -> int:
     return cfg.max_length or min(int(tokenizer.model_max_length), DEFAULT_MAX_LENGTH)
 
 
+ENCODING_VERSION = "sft-1"  # bump when encode_chat() changes: it keys the token cache
+
+
+def encode_split(cfg: Config, tokenizer: Any, split: str, *, model_dir: str | Path) -> tuple[list[list[int]], list[list[int]], int, int]:
+    """encode_rows() of a whole split, from the token cache when nothing it reads changed; also
+    the split's record count."""
+    def compute() -> list[Any]:
+        rows = data.read_split(cfg, split)
+        return [*encode_rows(cfg, tokenizer, rows), len(rows)]
+
+    settings = {"task": cfg.task, "max_length": max_length(cfg, tokenizer)}
+    value, _hit = tokencache.cached(compute=compute, data_files=cfg.files(split), model_dir=model_dir, settings=settings, version=ENCODING_VERSION, output_dir=cfg.output_dir)
+    ids, labels, dropped, n = value
+    return ids, labels, dropped, n
+
+
 # --- model -----------------------------------------------------------------------------------------
 
 
@@ -94,8 +110,12 @@ def load(path: str | Path, cfg: Config, rt: common.Runtime):
         raise TrainerError(f"the tokenizer in {path} has no chat template: SFT needs one (use an instruct/chat model)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked out of attention and loss
-    # fp32 master weights: autocast gives bf16 compute where the device supports it
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    # fp32 master weights: autocast gives bf16 compute where the device supports it (bf16-pure: bf16 weights)
+    kwargs = {"dtype": rt.param_dtype, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="sdpa", **kwargs)  # fused attention kernels
+    except (ValueError, ImportError):  # an architecture without an SDPA path: its default attention
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     return model.to(rt.device), tokenizer
 
 
@@ -145,86 +165,183 @@ def save_model(model: Any, tokenizer: Any, out: Path, *, lora: bool) -> Any:
     return model
 
 
+def runtime_plan(cfg: Config, net: Any, rt: common.Runtime, *, seq_len: int) -> memory.MemoryPlan | None:
+    """On a GPU: micro-batch and gradient checkpointing from the memory estimate. On CPU the
+    config is taken as it is (RAM is rarely the limit, and swapping is not an OOM to plan around)."""
+    if rt.device.type != "cuda":
+        return None
+    shards = rt.dist.world_size if rt.dist.mode == "fsdp" else 1
+    return memory.plan(
+        memory.shape_of(net), free_bytes=memory.cuda_free_bytes(rt.device), batch_size=cfg.batch_size,
+        accumulation=cfg.gradient_accumulation_steps, seq_len=seq_len, precision=rt.precision,
+        checkpointing=cfg.gradient_checkpointing, shards=shards,
+    )
+
+
+def make_batch(ids: list[list[int]], labels: list[list[int]], *, pad_id: int, pack: bool, limit: int, attn: str) -> dict[str, torch.Tensor]:
+    if pack:
+        return packing.pack_batch(ids, labels, max_length=limit, pad_id=pad_id, attn_implementation=attn)
+    return common.pad_batch(ids, pad_id=pad_id, labels=labels)
+
+
 def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     # --- setup -----------------------------------------------------------------------------------
     rt = common.setup_runtime(cfg)
-    if cfg.use_8bit:
+    main, fsdp = rt.is_main, rt.dist.mode == "fsdp"
+    if cfg.use_8bit and main:
         common.log("use_8bit: ignored; this trainer has no 8-bit path (it needs bitsandbytes and a GPU): training in " + rt.precision)
+    if fsdp and cfg.lora_r:
+        raise TrainerError("distributed: fsdp with lora_r is not supported: LoRA trains few weights, so use distributed: ddp (or drop lora_r to shard a full fine-tune)")
     net, tokenizer = load(model.path, cfg, rt)
     if cfg.lora_r:
         net = add_lora(net, cfg)
-    if cfg.gradient_checkpointing:
+    pad_id = tokenizer.pad_token_id
+    limit = max_length(cfg, tokenizer)
+    splits, rows_n = {}, {}
+    for s in ("train", "valid", "test"):
+        if not cfg.files(s):
+            continue
+        ids, labels, dropped, n = encode_split(cfg, tokenizer, s, model_dir=model.path)
+        if dropped and main:
+            common.log(f"sft {s}: {dropped} of {n} records have no assistant token within max_length {limit}; left out")
+        if not ids:
+            raise TrainerError(f"no {s} record has an assistant turn within max_length {limit}: raise max_length")
+        splits[s], rows_n[s] = (ids, labels), n
+    train_ids, train_labels = splits["train"]
+    lengths = [len(x) for x in train_ids]
+
+    plan = runtime_plan(cfg, net, rt, seq_len=max(lengths))
+    micro = plan.micro_batch if plan else cfg.batch_size
+    accum = plan.accumulation if plan else cfg.gradient_accumulation_steps
+    checkpointing = plan.gradient_checkpointing if plan else bool(cfg.gradient_checkpointing)
+    if plan and main:
+        common.log(plan.describe())
+    if checkpointing:
         net.gradient_checkpointing_enable()
         if cfg.lora_r:
             net.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
-    pad_id = tokenizer.pad_token_id
-    rows = {s: data.read_split(cfg, s) for s in ("train", "valid", "test") if cfg.files(s)}
-    splits = {}
-    for s, r in rows.items():
-        ids, labels, dropped = encode_rows(cfg, tokenizer, r)
-        if dropped:
-            common.log(f"sft {s}: {dropped} of {len(r)} records have no assistant token within max_length {max_length(cfg, tokenizer)}; left out")
-        if not ids:
-            raise TrainerError(f"no {s} record has an assistant turn within max_length {max_length(cfg, tokenizer)}: raise max_length")
-        splits[s] = (ids, labels)
-    train_ids, train_labels = splits["train"]
-    batches_per_epoch = -(-len(train_ids) // cfg.batch_size)
-    steps = common.total_steps(cfg, batches_per_epoch)
+    pack = cfg.packing if cfg.packing is not None else rt.device.type == "cuda"  # CPU: padding is cheap, packing's mask is not
+    attn = getattr(net.config, "_attn_implementation", "sdpa")
+
+    global_batch = micro * rt.dist.world_size
+    batches_per_epoch = len(dist.shard_batches(common.batch_indices(range(len(train_ids)), global_batch), rt.dist))
+    cfg_steps = common.replace_accum(cfg, accum)
+    steps = common.total_steps(cfg_steps, batches_per_epoch)
+    train_net = dist.wrap(net, rt.dist, device=rt.device)
+    if cfg.torch_compile:
+        train_net = torch.compile(train_net, dynamic=True)  # row widths vary from batch to batch
     opt, sched = common.build_optimizer(net, cfg, steps=steps, device=rt.device)
     scaler = common.grad_scaler(rt)
-    state = common.start_state(cfg, net, opt, sched, resume=resume)
+    if resume and fsdp:
+        raise TrainerError("distributed: fsdp runs keep no resume state yet: start again without --resume")
+    state = common.start_state(cfg, net, opt, sched, resume=resume, rt=rt)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    common.log(f"sft: {len(train_ids)} train records, {trainable:,} trainable parameters, {steps} steps, {rt.device.type} {rt.precision}")
+    if main:
+        common.log(
+            f"sft: {len(train_ids)} train records, {trainable:,} trainable parameters, {steps} steps, {rt.device.type} {rt.precision}, "
+            f"{'packed' if pack else 'padded'} micro-batches of {micro}" + (f", {rt.dist.world_size} processes ({rt.dist.mode})" if rt.dist.enabled else "")
+        )
 
     # --- train -----------------------------------------------------------------------------------
-    accum = cfg.gradient_accumulation_steps
-    for epoch in range(state.epoch, common.num_epochs(cfg, batches_per_epoch)):
-        net.train()
-        batches = common.batch_indices(common.epoch_order(len(train_ids), seed=cfg.seed, epoch=epoch), cfg.batch_size)
+    # [step, tokens (all ranks, padding excluded), seconds] per optimizer step: what benchmarks read
+    throughput: list[list[float]] = []
+    for epoch in range(state.epoch, common.num_epochs(cfg_steps, batches_per_epoch)):
+        train_net.train()
+        step_tokens, step_start = 0, time.perf_counter()
+        batches = dist.shard_batches(common.length_grouped_batches(lengths, batch_size=global_batch, seed=cfg.seed, epoch=epoch), rt.dist)
         running = torch.zeros((), device=rt.device)
         try:
             for i, chunk in common.progress(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
-                batch = common.pad_batch([train_ids[j] for j in chunk], pad_id=pad_id, labels=[train_labels[j] for j in chunk])
-                with rt.autocast():
-                    loss = net(**common.to_device(batch, rt.device)).loss / accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                running += loss.detach()
-                if (i + 1) % accum == 0 or i + 1 == len(batches):
-                    common.optimizer_step(net, opt, sched, max_grad_norm=cfg.max_grad_norm, scaler=scaler)
+                batch = make_batch([train_ids[j] for j in chunk], [train_labels[j] for j in chunk], pad_id=pad_id, pack=pack, limit=limit, attn=attn)
+                step_tokens += sum(lengths[j] for j in chunk)
+                last = (i + 1) % accum == 0 or i + 1 == len(batches)
+                with dist.no_sync(train_net, skip=not last):
+                    with rt.autocast():
+                        loss = train_net(**common.to_device(batch, rt.device)).loss / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                running += loss.detach().float()
+                if last:
+                    common.optimizer_step(train_net, opt, sched, max_grad_norm=cfg.max_grad_norm, scaler=scaler)
                     state.step += 1
                     state.batches_done = i + 1
-                    state.loss_curve.append([state.step, float(running) * accum / ((i % accum) + 1)])
+                    state.loss_curve.append([state.step, float(dist.all_reduce_mean(running, rt.dist)) * accum / ((i % accum) + 1)])
                     running.zero_()
+                    now = time.perf_counter()  # float() above waited for the GPU: the step is done
+                    throughput.append([state.step, step_tokens * rt.dist.world_size, round(now - step_start, 6)])
+                    step_tokens, step_start = 0, now
                     if state.step >= steps:
                         break
         except KeyboardInterrupt:
-            raise common.interrupted(net, opt, sched, state, cfg) from None
+            if fsdp:
+                raise TrainerError("interrupted: distributed: fsdp runs keep no resume state yet; start the run again") from None
+            raise common.interrupted(net, opt, sched, state, cfg, rt=rt) from None
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "train_loss": common.epoch_train_loss(state)}
-        if "valid" in splits:
+        # FSDP: the forward pass is collective, so every rank evaluates; the best epoch is not kept
+        # (the weights are sharded: saving them each epoch would mean a full gather) -> the last one is saved
+        if "valid" in splits and (main or fsdp):
             record["valid"] = eval_loss(net, *splits["valid"], pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt)
             key = common.selection_key(cfg.task, record["valid"])
-            if common.improved(key, state.best_key):
+            if not fsdp and common.improved(key, state.best_key):
                 state.best_key, state.best_epoch = key, epoch + 1
-                common.save_best(net, cfg.output_dir, epoch=epoch + 1)
-        common.log(common.epoch_line(record, ("eval_loss", "perplexity")))
+                if state.step < steps:  # after the last epoch the best weights are the ones in memory
+                    common.save_best(net, cfg.output_dir, epoch=epoch + 1)
+        if main:
+            common.log(common.epoch_line(record, ("eval_loss", "perplexity")))
         state.history.append(record)
         state.epoch, state.batches_done = epoch + 1, 0
-        if cfg.save_every_epoch:
+        done = state.step >= steps
+        if cfg.save_every_epoch and main and not fsdp:
             save_model(net, tokenizer, Path(cfg.output_dir) / f"epoch-{epoch + 1}", lora=False)
-        common.save_checkpoint(net, opt, sched, state, cfg.output_dir)
-        if state.step >= steps:
+        if not done and main and not fsdp:  # the last epoch's resume state would be deleted a moment later
+            common.save_checkpoint(net, opt, sched, state, cfg.output_dir)
+        dist.barrier(rt.dist)
+        if done:
             break
 
     # --- save ------------------------------------------------------------------------------------
-    if state.best_epoch is not None and state.best_epoch != state.epoch:
-        common.load_best(net, cfg.output_dir, epoch=state.best_epoch)
-    final = {s: eval_loss(net, *splits[s], pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt) for s in ("valid", "test") if s in splits}
-    stage = common.staging_dir(cfg.output_dir)
-    save_model(net, tokenizer, stage, lora=bool(cfg.lora_r))
+    if fsdp:
+        final = {s: eval_loss(net, *splits[s], pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt) for s in ("valid", "test") if s in splits}
+        full = dist.full_state_dict(net, rt.dist)  # collective: the unsharded weights, on CPU
+    if not main:
+        dist.shutdown(rt.dist)
+        return RunResult(output_dir=Path(cfg.output_dir), metrics={}, wall_time_s=time.perf_counter() - t0)
+    if fsdp:
+        stage = common.staging_dir(cfg.output_dir)
+        save_full(net, full, tokenizer, stage, model_path=model.path, cfg=cfg)
+    else:
+        if state.best_epoch is not None and state.best_epoch != state.epoch:
+            common.load_best(net, cfg.output_dir, epoch=state.best_epoch)
+        final = {s: (common.best_valid(state) if s == "valid" else None) or eval_loss(net, *splits[s], pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt) for s in ("valid", "test") if s in splits}
+        stage = common.staging_dir(cfg.output_dir)
+        save_model(net, tokenizer, stage, lora=bool(cfg.lora_r))
     sizes = {s: len(v[0]) for s, v in splits.items()}
-    extra = {"system_prompt": shared_system_prompt(rows["train"]), "lora": bool(cfg.lora_r), "trainable_parameters": trainable}
-    return common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, extra=extra)
+    extra = {
+        "system_prompt": shared_system_prompt_of(cfg), "lora": bool(cfg.lora_r), "trainable_parameters": trainable,
+        "packing": pack, "attention": attn, "gradient_checkpointing": checkpointing, "micro_batch": micro,
+        "gradient_accumulation_steps": accum, "torch_compile": cfg.torch_compile,
+        "step_throughput": throughput,
+    }
+    result = common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, extra=extra)
+    dist.shutdown(rt.dist)
+    return result
+
+
+def shared_system_prompt_of(cfg: Config) -> str | None:
+    return shared_system_prompt(data.read_split(cfg, "train"))
+
+
+def save_full(net: Any, state_dict: dict[str, torch.Tensor] | None, tokenizer: Any, out: Path, *, model_path: Path, cfg: Config) -> None:
+    """FSDP: the gathered full weights, saved through a fresh unsharded copy of the architecture
+    (save_pretrained handles tied weights and sharded safetensors files)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_path), trust_remote_code=cfg.trust_remote_code), trust_remote_code=cfg.trust_remote_code)
+    shell.load_state_dict(state_dict or {}, assign=True)
+    shell.tie_weights()  # a tied head shares the embedding tensor the state dict just assigned
+    shell.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
 
 
 # --- trainer eval / predict on a saved model -------------------------------------------------------
