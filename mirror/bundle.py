@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from mirror import parts
 from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
-from mirror.hashing import CHUNK, HashLanes, hash_files, sha256_file
+from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, sha256_file
 from mirror.manifest import (
     MANIFEST_NAME,
     PAYLOAD_PREFIX,
@@ -260,11 +260,15 @@ def write_bundle(
     # comes first in the tar, is then final before the first byte is written, so pass 2 can hash
     # the tar stream while writing it (no third read of the bundle for its sha256). A file that
     # changes between the passes (size or mtime) is refused: the manifest must describe the bytes.
+    # An LFS file whose sha256 is expected (the Hub's) is not hashed here: its digests follow from
+    # that sha256, and pass 2 checks it on a second lane while copying, so it is read once.
     stamps = {p: _stamp(src_root / p) for p in paths}
-    digests = hash_files([src_root / d.path for d in draft_files], lfs={src_root / d.path for d in draft_files if d.lfs})
+    promised = {d.path: _promised(d, (expected or {}).get(d.path)) for d in draft_files}
+    todo = [d for d in draft_files if promised[d.path] is None]
+    digests = hash_files([src_root / d.path for d in todo], lfs={src_root / d.path for d in todo if d.lfs})
     entries: list[FileEntry] = []
     for draft in draft_files:
-        digest = digests[src_root / draft.path]
+        digest = promised[draft.path] or digests[src_root / draft.path]
         if digest.size != draft.size:
             raise UsageError(f"{src_root / draft.path} changed size while it was being bundled; make sure nothing writes to the folder and retry")
         want = (expected or {}).get(draft.path)
@@ -286,7 +290,8 @@ def write_bundle(
     stream_sha = None if splitter is not None else hashlib.sha256()
     try:
         # Pass 2: copy, the stream's sha256 on a lane thread, overlapped with reading and writing
-        with splitter or open(partial, "wb") as out, HashLanes(1) as lanes:
+        # lane 0: the stream's sha256; lane 1: the sha256 of a promised file, checked as it passes
+        with splitter or open(partial, "wb") as out, HashLanes(2) as lanes:
 
             def put(data: bytes) -> None:
                 out.write(data)
@@ -296,7 +301,16 @@ def write_bundle(
             put(member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw)))
             for draft in draft_files:
                 put(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
-                _copy(src_root / draft.path, draft.size, put, stamp=stamps[draft.path])
+                check = None if promised[draft.path] is None else DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
+
+                def copy_out(data: bytes) -> None:
+                    put(data)
+                    if check is not None:
+                        check.update(data)
+
+                _copy(src_root / draft.path, draft.size, copy_out, stamp=stamps[draft.path])
+                if check is not None and (got := check.digest().sha256) != promised[draft.path].sha256:
+                    raise HashMismatch(draft.path, algorithm="sha256", expected=promised[draft.path].sha256, actual=got, where="against the Hub's hash")
                 put(b"\0" * _pad(draft.size))
             end = out.tell() + 2 * BLOCK
             put(b"\0" * (2 * BLOCK + (-end % RECORD)))
@@ -324,6 +338,18 @@ def write_bundle(
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
     return BundleInfo(path=final, sha256=sha, size=total, manifest=manifest)
+
+
+def _promised(draft: FileEntry, want: FileEntry | None) -> Digest | None:
+    """The digests of an LFS file whose expected sha256 is given (its git sha1 is the pointer's),
+    or None when the file must be hashed. An expected git sha1 that is not that pointer's is a
+    contradiction in what the Hub published: HashMismatch before anything is written."""
+    if not draft.lfs or want is None or not want.sha256:
+        return None
+    sha1 = lfs_pointer_sha1(want.sha256, draft.size)
+    if want.git_sha1 and want.git_sha1 != sha1:
+        raise HashMismatch(draft.path, algorithm="git sha1", expected=want.git_sha1, actual=sha1, where="against the Hub's hash (the oid is not its LFS pointer's)")
+    return Digest(size=draft.size, sha256=want.sha256, git_sha1=sha1)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

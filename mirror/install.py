@@ -19,6 +19,7 @@ import errno
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from mirror.bundle import BundleReader, read_manifest
 from mirror.delta import delta_info, install_delta
 from mirror.errors import BundleError, HashMismatch, NotEnoughSpace
 from mirror.hashing import DualHasher, HashLanes
-from mirror.manifest import Manifest, unsafe_path_reason
+from mirror.manifest import FileEntry, Manifest, unsafe_path_reason
+from mirror.parts import Ranges
+from mirror.verify import RANGE_CHUNK, deal, writer_layout
 
 _HEX40 = frozenset("0123456789abcdef")
 
@@ -190,6 +193,12 @@ def _extract_verified(path, m: Manifest, staging: Path, blobs: Path, *, bundle_s
     """Stream the payload into `staging/<etag>`, checking every file; returns the bundle sha256
     (None if not asked for). Blobs already in the cache are hashed but not written again."""
     staging.mkdir()
+    if not bundle_sha256:
+        # the writer's own layout: files are extracted by position, one thread per core
+        layout = writer_layout(path)
+        if layout is not None and layout[0] == m:
+            _extract_parallel(path, layout[1], staging, blobs)
+            return None
     with HashLanes(3) as lanes, BundleReader(path, lanes=lanes, hash_all=bundle_sha256) as reader:
         for member, chunks in reader.payload():
             if member.problem:
@@ -219,6 +228,34 @@ def _extract_verified(path, m: Manifest, staging: Path, blobs: Path, *, bundle_s
             raise BundleError(reader.label, f"{len(reader.missing)} file(s) listed in the manifest are missing from the tar, first {reader.missing[0]!r}")
         # a multi-part bundle's sha256 is free (its index), and asking for it checks every part
         return reader.sha256 if bundle_sha256 or reader.parts is not None else None
+
+
+def _extract_parallel(path, jobs: list[tuple[FileEntry, int]], staging: Path, blobs: Path) -> None:
+    """`_extract_verified` for a bundle in the writer's layout (`verify.writer_layout`): each
+    thread copies its files by positioned reads into `staging/<etag>`, hashing on its own lanes,
+    so the copy and the hashing of different files use every core. Raises HashMismatch."""
+    workers, shares = deal(jobs)
+
+    def run(i: int) -> None:
+        for f, start in shares[i]:
+            keep = not (blobs / f.etag).exists()
+            h = DualHasher(f.size, lfs=f.lfs, lanes=lanes, lane_ids=(2 * i, 2 * i + 1))
+            part = staging / f"{f.etag}.{i}.part"  # per thread: two paths may share one blob
+            with open(part, "wb") if keep else _Discard() as out:
+                for off in range(start, start + f.size, RANGE_CHUNK):
+                    chunk = src.read(off, min(RANGE_CHUNK, start + f.size - off))
+                    out.write(chunk)
+                    h.update(chunk)
+            d = h.digest()
+            for algo, want, got in (("sha256", f.sha256, d.sha256), ("git sha1", f.git_sha1, d.git_sha1)):
+                if want != got:
+                    raise HashMismatch(f.path, algorithm=algo, expected=want, actual=got, where="in the bundle")
+            if keep:
+                os.replace(part, staging / f.etag)
+
+    with Ranges(path) as src, HashLanes(2 * workers) as lanes, ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(run, i) for i in range(workers)]:
+            future.result()
 
 
 class _Discard:

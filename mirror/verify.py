@@ -2,8 +2,9 @@
 
 The answer is a report, not a boolean: which files are missing, which are extra, which differ
 (field, expected, actual), and any structural problem (links, unsafe names, truncation). The
-bundle's own sha256 is computed in the same pass so it can be compared with a published value;
-the `.sha256` sidecar is not needed, because the manifest inside the tar is what is checked.
+`.sha256` sidecar is not needed, because the manifest inside the tar is what is checked; the
+bundle's own sha256 is computed (in the same pass) only when asked, to compare with a published
+value.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 from mirror.bundle import BundleReader
 from mirror.errors import BundleError
 from mirror.hashing import DualHasher, HashLanes
-from mirror.manifest import Manifest
+from mirror.manifest import FileEntry, Manifest
 
 
 _MAX_THREADS = 8  # reading threads of the parallel path; with 2 MB chunks, RSS stays ~100 MB
-_RANGE_CHUNK = 2 * 1024 * 1024
+RANGE_CHUNK = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,10 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
     """Check every byte of the bundle against its manifest. Raises ManifestError / UsageError
     only when there is no manifest to check against; everything else lands in the report.
 
-    `bundle_sha256=False` skips the bundle's own sha256, a serial chain over every byte that no
-    number of cores can shorten; the files are then hashed in parallel (`_verify_parallel`),
-    and only if anything is off does the full pass below run, to produce the detailed report."""
+    `bundle_sha256=False` (what `mirror verify` does unless given --sha256) skips the bundle's own
+    sha256, a serial chain over every byte that no number of cores can shorten; the files are then
+    hashed in parallel (`_verify_parallel`), and only if anything is off (or the layout is not the
+    writer's, e.g. a signature trailer) does the full pass below run, for the detailed report."""
     path = Path(path)
     if not bundle_sha256:
         fast = _verify_parallel(path)
@@ -95,7 +97,7 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
     checked = checked_bytes = 0
     sha: str | None = None
     # lane 0: the whole tar's sha256; lanes 1 and 2: the current file's sha256 and git sha1
-    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes) as reader:
+    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes, hash_all=bundle_sha256) as reader:
         manifest = reader.manifest
         if reader.parts is not None:
             reader.parts.strict = False  # a damaged part is named at the end, the pass goes on
@@ -126,7 +128,8 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
                         if entry.lfs:  # an LFS file's git sha1 is its pointer's, implied by the sha256
                             break
             missing = reader.missing
-            sha = reader.sha256
+            # a multi-part bundle's is free (its index), and asking for it names a damaged part
+            sha = reader.sha256 if bundle_sha256 or reader.parts is not None else None
         except BundleError as e:
             # the pass cannot continue past a broken header or the end of a truncated file
             problems.append(e.reason)
@@ -144,15 +147,12 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
     )
 
 
-def _verify_parallel(path: Path) -> VerifyReport | None:
-    """The bundle is exactly what the deterministic writer produces for its manifest (every
-    header byte-identical to `member_header`, then only the zero end-of-archive), and every
-    file's sha256 and git sha1 match, with the files hashed by as many threads as cores, each
-    reading its own byte range. Returns the OK report, or None when anything differs (another
-    writer's layout, a trailer such as a signature, a bad digest): the caller then runs the
-    one-pass verifier, which names what is wrong."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def writer_layout(path: str | os.PathLike) -> tuple[Manifest, list[tuple[FileEntry, int]]] | None:
+    """(manifest, [(entry, offset of its data)]) when the bundle is laid out exactly as the
+    deterministic writer lays out its manifest: every header byte-identical to `member_header`,
+    files in path order, then only zeros. Then each file's bytes can be read by position, in
+    parallel, with nothing else in the tar to judge. None for any other layout (another writer,
+    a signature trailer, damage): callers then use the one-pass reader, which names what is off."""
     from mirror.bundle import BLOCK, member_header
     from mirror.manifest import PAYLOAD_PREFIX
     from mirror.parts import Ranges
@@ -175,18 +175,40 @@ def _verify_parallel(path: Path) -> VerifyReport | None:
             if chunk.count(0) != len(chunk):
                 return None
             pos += len(chunk)
+    return manifest, jobs
 
-        # files dealt round-robin to the threads, largest first; each thread feeds its own pair of
-        # hash lanes (sha256, git sha1), so even a single large file keeps two cores busy
-        jobs.sort(key=lambda j: -j[0].size)
-        workers = max(1, min(len(jobs), os.cpu_count() or 1, _MAX_THREADS))
-        shares = [jobs[i::workers] for i in range(workers)]
+
+def deal(jobs: list[tuple[FileEntry, int]]) -> tuple[int, list[list[tuple[FileEntry, int]]]]:
+    """Files dealt round-robin to one thread per core, largest first. Each thread feeds its own
+    pair of hash lanes (sha256, git sha1), so even a single large file keeps two cores busy."""
+    jobs = sorted(jobs, key=lambda j: -j[0].size)
+    workers = max(1, min(len(jobs), os.cpu_count() or 1, _MAX_THREADS))
+    return workers, [jobs[i::workers] for i in range(workers)]
+
+
+def _verify_parallel(path: Path) -> VerifyReport | None:
+    """The bundle is exactly what the deterministic writer produces for its manifest (every
+    header byte-identical to `member_header`, then only the zero end-of-archive), and every
+    file's sha256 and git sha1 match, with the files hashed by as many threads as cores, each
+    reading its own byte range. Returns the OK report, or None when anything differs (another
+    writer's layout, a trailer such as a signature, a bad digest): the caller then runs the
+    one-pass verifier, which names what is wrong."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mirror.parts import Ranges
+
+    layout = writer_layout(path)
+    if layout is None:
+        return None
+    manifest, jobs = layout
+    with Ranges(path) as src:
+        workers, shares = deal(jobs)
 
         def run(i: int) -> bool:
             for f, start in shares[i]:
                 h = DualHasher(f.size, lfs=f.lfs, lanes=lanes, lane_ids=(2 * i, 2 * i + 1))
-                for off in range(start, start + f.size, _RANGE_CHUNK):
-                    h.update(src.read(off, min(_RANGE_CHUNK, start + f.size - off)))
+                for off in range(start, start + f.size, RANGE_CHUNK):
+                    h.update(src.read(off, min(RANGE_CHUNK, start + f.size - off)))
                 d = h.digest()
                 if (d.sha256, d.git_sha1) != (f.sha256, f.git_sha1):
                     return False

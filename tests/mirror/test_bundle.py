@@ -168,6 +168,21 @@ def test_expected_hashes_must_match_and_nothing_is_left(repo, tmp_path):
     assert e.value.actual == hashlib.sha256(files["config.json"]).hexdigest()
     assert list(out.iterdir()) == []
 
+    # an LFS file with a published sha256 is checked while it is copied (read once)
+    bytes_of = files["model.safetensors"]
+    lfs_bad = dict(good, **{"model.safetensors": FileEntry(path="model.safetensors", size=len(bytes_of), sha256="e" * 64, git_sha1="", lfs=True, kind="safetensors")})
+    with pytest.raises(HashMismatch) as e:
+        write(src, out, expected=lfs_bad)
+    assert (e.value.path, e.value.algorithm, e.value.expected, e.value.actual) == ("model.safetensors", "sha256", "e" * 64, hashlib.sha256(bytes_of).hexdigest())
+    assert list(out.iterdir()) == []
+    # a published oid that is not the LFS pointer's of the published sha256 contradicts itself
+    oid_bad = dict(good, **{"model.safetensors": FileEntry(path="model.safetensors", size=len(bytes_of), sha256=hashlib.sha256(bytes_of).hexdigest(), git_sha1="d" * 40, lfs=True, kind="safetensors")})
+    with pytest.raises(HashMismatch) as e:
+        write(src, out, expected=oid_bad)
+    assert (e.value.path, e.value.algorithm, e.value.expected) == ("model.safetensors", "git sha1", "d" * 40)
+    assert e.value.actual == info.manifest.by_path()["model.safetensors"].git_sha1
+    assert list(out.iterdir()) == []
+
 
 def test_expected_size_is_checked_before_writing(repo, tmp_path):
     src, files = repo

@@ -133,6 +133,40 @@ def test_interrupted_extraction_rolls_back(small, tmp_path, monkeypatch):
     assert tree(cache) == []
 
 
+def test_without_the_bundle_sha256_files_are_extracted_in_parallel_with_the_same_checks(small, tmp_path, monkeypatch):
+    """What `mirror install` does: a bundle in the writer's layout is extracted by position, one
+    thread per core. Same cache tree, same refusals, same rollback as the one-pass path."""
+    info, files = small
+    one_pass, parallel = tmp_path / "a", tmp_path / "b"
+    assert install_bundle(info.path, cache_dir=one_pass).bundle_sha256 == info.sha256
+    used = []
+    real = install_mod._extract_parallel
+    monkeypatch.setattr(install_mod, "_extract_parallel", lambda *a: (used.append(a[0]), real(*a))[1])
+    r = install_bundle(info.path, cache_dir=parallel, bundle_sha256=False)
+    assert used == [info.path] and r.bundle_sha256 is None and not r.already_installed
+    assert tree(parallel) == tree(one_pass)
+
+    raw = bytearray(info.path.read_bytes())
+    raw[-10240 - 20_000] ^= 0x01  # inside model.safetensors
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(raw))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(HashMismatch) as e:
+        install_bundle(bad, cache_dir=fresh / "cache", bundle_sha256=False)
+    assert (e.value.path, e.value.algorithm, e.value.expected) == ("model.safetensors", "sha256", info.manifest.by_path()["model.safetensors"].sha256)
+    assert not fresh.exists() and len(used) == 2
+
+    class Interrupting(DualHasher):
+        def update(self, chunk):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(install_mod, "DualHasher", Interrupting)
+    (fresh / "cache").mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        install_bundle(info.path, cache_dir=fresh / "cache", bundle_sha256=False)
+    assert tree(fresh / "cache") == [] and len(used) == 3
+
+
 def test_interruption_after_blobs_moved_rolls_them_back(small, tmp_path, monkeypatch):
     info, _ = small
     cache = tmp_path / "cache"
