@@ -349,7 +349,7 @@ def scale_table(res: dict, *, target_gb: float = 800.0) -> str:
     rows = [
         ("pull (loopback Hub)", "pull", "the network in practice (table below), then writing the bundle as pack does"),
         ("pack (one file)", "pack", "files hashed in parallel across cores (sha256), then copied into the tar with the bundle's sha256 on a lane: two sha256 of every byte"),
-        (f"split (pack into {math.ceil(target / part)} parts of 4 GiB)", "pack_parts", "as pack; the parts' sha256 and the whole stream's on two lanes in the final pass"),
+        (f"split (pack into {math.ceil(target / part)} parts of 4 GiB)", "pack_parts", "as pack; each part's sha256 and the whole stream's on two lanes while writing"),
         ("verify", "verify", "each file's sha256 (git sha1 too for small non-LFS files), files in parallel on every core: sha256 per core x cores, or the disk"),
         ("verify --sha256", "verify_sha256", "as verify in one pass, plus the bundle's own sha256 on its own lane: one serial sha256 chain over every byte"),
         ("verify (parts)", "verify_parts", "as verify, reading the parts as one stream"),

@@ -196,11 +196,13 @@ def write_bundle(
     paths: list[str] | None = None,
     max_part_size: int | None = None,
 ) -> BundleInfo:
-    """Stream the files of `src_root` into `out_dir/<org>--<name>--<commit12>.tar`, reading each
-    file once: the manifest member is written first with a reserved size (its length does not
-    depend on the hashes), the payload is hashed while it is copied, then the manifest is patched
-    in place. `expected` (hashes the Hub published) must match or HashMismatch is raised; digests
-    left empty in an expected entry are not checked. `commit=None` (a pack) derives the id from
+    """Stream the files of `src_root` into `out_dir/<org>--<name>--<commit12>.tar` in two passes:
+    the files are hashed first, in parallel across cores, so the manifest (member 0) is final
+    before anything is written; then the tar is written front to back while a hash thread
+    computes its sha256 for the sidecar. The bytes are the same as any writer's for this manifest
+    (format, 1.3-1.4). `expected` (hashes the Hub published) must match or HashMismatch is raised;
+    digests left empty in an expected entry are not checked, and an LFS file with an expected
+    sha256 is read only once (checked while it is copied). `commit=None` (a pack) derives the id from
     the content (`pack_commit`). Nothing is left in `out_dir` when this fails. With
     `max_part_size` the stream goes into equal parts plus an index (mirror.parts) instead of one
     file, and `BundleInfo.path` is the index, NAME.tar.parts.json."""
@@ -302,13 +304,7 @@ def write_bundle(
             for draft in draft_files:
                 put(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
                 check = None if promised[draft.path] is None else DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
-
-                def copy_out(data: bytes) -> None:
-                    put(data)
-                    if check is not None:
-                        check.update(data)
-
-                _copy(src_root / draft.path, draft.size, copy_out, stamp=stamps[draft.path])
+                _copy(src_root / draft.path, draft.size, put, stamp=stamps[draft.path], check=check)
                 if check is not None and (got := check.digest().sha256) != promised[draft.path].sha256:
                     raise HashMismatch(draft.path, algorithm="sha256", expected=promised[draft.path].sha256, actual=got, where="against the Hub's hash")
                 put(b"\0" * _pad(draft.size))
@@ -357,9 +353,10 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _copy(src: Path, size: int, put, *, stamp: tuple[int, int]) -> None:
-    """Stream `src` into `put` in chunks (each a fresh `bytes`: a hash lane may still hold the
-    previous one), refusing a file whose size or mtime differs from when it was hashed."""
+def _copy(src: Path, size: int, put, *, stamp: tuple[int, int], check: DualHasher | None = None) -> None:
+    """Stream `src` into `put` (and `check`) in chunks, each a fresh `bytes` since a hash lane
+    may still hold the previous one; refuses a file whose size or mtime differs from when it was
+    first looked at."""
     with open(src, "rb", buffering=0) as f:
         left = size
         while left:
@@ -367,6 +364,8 @@ def _copy(src: Path, size: int, put, *, stamp: tuple[int, int]) -> None:
             if not chunk:
                 break
             put(chunk)
+            if check is not None:
+                check.update(chunk)
             left -= len(chunk)
         if left or f.read(1) or _stamp(src) != stamp:
             raise UsageError(f"{src} changed while it was being bundled; make sure nothing writes to the folder and retry")

@@ -410,9 +410,10 @@ class PartWriter(io.RawIOBase):
     """A seekable, write-only file object whose bytes land in parts of at most `max_part_size`.
 
     It stands in for the `open(partial, "wb")` of a single-file bundle writer, including seeking
-    back to patch bytes already written (the bundle writer patches the manifest in place). Parts
-    are written under temporary names in `folder`; `commit(target)` hashes them (each part and the
-    whole stream, in one read pass), then publishes them as TARGET.partNNNN and returns the index.
+    back to patch bytes already written. Parts are written under temporary names in `folder`.
+    Appended bytes are hashed as they are written (each part and the whole stream, on two hash
+    lanes); after a patch those digests are void and `commit(target)` hashes the parts in one read
+    pass instead. It then publishes them as TARGET.partNNNN and returns the index.
     `discard()`, or leaving the `with` block by an exception, deletes the temporary parts.
 
     Publishing removes the old index first and writes the new one last, so no index ever
@@ -434,6 +435,11 @@ class PartWriter(io.RawIOBase):
         self._pos = 0
         self._size = 0
         self._committed = False
+        # lane 0: the whole stream's sha256; lane 1: the current part's. Void after a patch.
+        self._lanes: HashLanes | None = HashLanes(2)
+        self._whole = hashlib.sha256()
+        self._part_sha: list = []
+        self._streamed = True
 
     def writable(self) -> bool:
         return True
@@ -462,7 +468,13 @@ class PartWriter(io.RawIOBase):
             chunk = view[done : done + take]
             if self._pos == self._size:
                 self._tail(k).write(chunk)
+                if self._streamed:
+                    # a lane may still hold it after we return: never hand it a mutable buffer
+                    data = chunk if isinstance(b, bytes) else bytes(chunk)
+                    self._lanes.submit(0, self._whole, data)
+                    self._lanes.submit(1, self._part_sha[k], data)
             else:
+                self._streamed = False
                 self._overwrite(k, off, chunk[: min(take, self._size - self._pos)])
                 take = min(take, self._size - self._pos)
             done += take
@@ -475,6 +487,9 @@ class PartWriter(io.RawIOBase):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._lanes is not None:
+            self._lanes.close()  # every submitted update is applied before its thread ends
+            self._lanes = None
         super().close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -520,6 +535,7 @@ class PartWriter(io.RawIOBase):
                 self._fh.close()
             self._fh = open(self._temp(k), "wb", buffering=1 << 20)
             self._count = k + 1
+            self._part_sha.append(hashlib.sha256())
         return self._fh
 
     def _overwrite(self, k: int, off: int, chunk) -> None:
@@ -533,6 +549,12 @@ class PartWriter(io.RawIOBase):
         """One read pass: the whole-stream sha256 and each part's, on two hash lanes so that they
         cost about one sha256 of wall time. No fsync, as for single-file bundles: a part torn by
         a crash after its rename would fail its digest and be named, never trusted."""
+        if self._streamed:  # hashed while written (the lanes were closed: all updates are in)
+            infos = [
+                PartInfo(name=part_name(bundle, k + 1), size=min(self.max_part_size, self._size - k * self.max_part_size), sha256=h.hexdigest())
+                for k, h in enumerate(self._part_sha)
+            ]
+            return PartsIndex(bundle=bundle, size=self._size, sha256=self._whole.hexdigest(), max_part_size=self.max_part_size, parts=tuple(infos))
         whole = hashlib.sha256()
         infos: list[PartInfo] = []
         with HashLanes(2) as lanes:
