@@ -136,11 +136,16 @@ def warmup(args_cls: type, ratio: float) -> dict:
 # --- orchestration --------------------------------------------------------------------------------
 
 
-def timed(cmd: list[str], *, env: dict[str, str], log: Path) -> float:
+LOADS: dict[str, list[float]] = {}  # 1-minute load average before and after each timed command
+
+
+def timed(cmd: list[str], *, env: dict[str, str], log: Path, name: str) -> float:
+    LOADS[name] = [round(os.getloadavg()[0], 2)]
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
+    LOADS[name].append(round(os.getloadavg()[0], 2))
     if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd[:4])} ... failed (exit {proc.returncode}); its output is in {log}:\n" + log.read_text()[-3000:])
     return wall
@@ -212,7 +217,7 @@ def main() -> None:
             "output_dir": str(work / "hf"), "result": str(work / "hf-result.json")}
     (work / "spec.json").write_text(json.dumps(spec))
     print(f"baseline: HF Trainer, pad to max_length {hyper['max_length']}, eval + checkpoint every epoch ...", flush=True)
-    hf_wall = timed([py, str(Path(__file__).resolve()), "--worker", str(work / "spec.json")], env=env, log=work / "hf.log")
+    hf_wall = timed([py, str(Path(__file__).resolve()), "--worker", str(work / "spec.json")], env=env, log=work / "hf.log", name="baseline")
     hf = json.loads((work / "hf-result.json").read_text())
     print(f"  {hf_wall:.1f}s, test accuracy {hf['test_accuracy']:.4f}", flush=True)
 
@@ -222,7 +227,7 @@ def main() -> None:
                 "train_file": str(files["train"]), "valid_file": str(files["valid"]), "test_file": str(files["test"])}
     (work / "ours.yaml").write_text(yaml.safe_dump(ours_cfg, sort_keys=False))
     print("trainer run: same model, data and hyperparameters ...", flush=True)
-    ours_wall = timed([py, "-m", "trainer", "run", str(work / "ours.yaml")], env=env, log=work / "ours.log")
+    ours_wall = timed([py, "-m", "trainer", "run", str(work / "ours.yaml")], env=env, log=work / "ours.log", name="trainer_run")
     metrics = json.loads((work / "ours" / "metrics.json").read_text())
     ours_acc = metrics["final"]["test"]["accuracy"]
     print(f"  {ours_wall:.1f}s, test accuracy {ours_acc:.4f}", flush=True)
@@ -244,6 +249,7 @@ def main() -> None:
             "wall_s": round(ours_wall, 2), "test_accuracy": ours_acc, "best_epoch": metrics.get("best_epoch"),
             "precision": metrics.get("precision"), "in_process_s": metrics.get("wall_time_s"),
         },
+        "load_average_1min": {**LOADS, "note": "before/after each side; above cpu_count the machine was shared and the walls are noisy"},
         "speedup": round(ratio, 2),
         "accuracy_delta_points": round(delta, 2),
         "goals": {"speedup_min": 2.0, "accuracy_delta_max_points": 1.0, "met": ratio >= 2.0 and abs(delta) <= 1.0},

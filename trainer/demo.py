@@ -271,8 +271,16 @@ def write_summary(paths: Paths, text: str) -> Path:
 # --- the demo ----------------------------------------------------------------------------------------
 
 
+def load_average() -> str:
+    """The 1-minute load average: a wall time means little if other work shared the cores."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "n/a"
+
+
 def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), load_average()
     if paths.hf_home.exists():
         shutil.rmtree(paths.hf_home)  # every demo installs from the bundles, as a fresh sandbox would
     paths.work.mkdir(parents=True, exist_ok=True)
@@ -327,7 +335,8 @@ def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
         + base_line
         + f"The SFT base `{TINY_ID}` is a tiny RANDOM-INITIALISED model: its loss shows the pipeline works, nothing more.\n\n"
         + lineage
-        + f"\n\nTotal demo wall time: {total:.0f} s on {os.cpu_count()} CPU cores.\n"
+        + f"\n\nTotal demo wall time: {total:.0f} s on {os.cpu_count()} CPU cores "
+        + f"(1-minute load average {load_start} at the start, {load_average()} at the end).\n"
     )
     path = write_summary(paths, text)
     print("\n" + text, flush=True)

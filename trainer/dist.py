@@ -170,6 +170,18 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return out / env.world_size
 
 
+def all_reduce_min(value: int, env: DistEnv, *, device: torch.device) -> int:
+    """The smallest value over the ranks: a choice every rank must agree on (a micro-batch size
+    from free memory) is made from the tightest rank's number."""
+    if not env.enabled:
+        return value
+    import torch.distributed as td
+
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    td.all_reduce(t, op=td.ReduceOp.MIN)
+    return int(t.item())
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         import torch.distributed as td

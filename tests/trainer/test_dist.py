@@ -139,17 +139,36 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(setup: P
     assert lineage["config"]["batch_size"] == 4
 
 
-def test_fsdp_starts_on_cpu_with_two_processes(setup: Path) -> None:
-    """FSDP2 on gloo: a tiny causal LM shards, trains a couple of steps and rank 0 saves full weights."""
-    d = setup
-    lm = tiny.tiny_causal_lm(d / "lm", hidden=32, layers=2, vocab_size=300)
+def _sft_setup(d: Path, name: str, **over) -> tuple[Path, Path]:
+    lm = d / "lm"
+    if not lm.is_dir():
+        tiny.tiny_causal_lm(lm, hidden=32, layers=2, vocab_size=300)
     rows = [{"messages": [{"role": "user", "content": f"question {i} about a credit report"},
                           {"role": "assistant", "content": f"answer {i}: dispute the account"}]} for i in range(8)]
     (d / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    raw = {"task": "sft", "model_id": str(lm), "output_dir": str(d / "fsdp"), "train_file": str(d / "sft.jsonl"),
-           "distributed": "fsdp", "batch_size": 2, "max_steps": 2, "max_length": 256, "learning_rate": 1e-3}
-    (d / "fsdp.yaml").write_text(yaml.safe_dump(raw))
-    proc = _torchrun(d, d / "fsdp.yaml")
+    raw = {"task": "sft", "model_id": str(lm), "output_dir": str(d / name), "train_file": str(d / "sft.jsonl"),
+           "valid_file": str(d / "sft.jsonl"), "batch_size": 2, "max_steps": 2, "max_length": 256, "learning_rate": 1e-3, **over}
+    (d / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    return lm, d / f"{name}.yaml"
+
+
+def test_sft_ddp_packed_two_processes(setup: Path) -> None:
+    d = setup
+    _, cfg = _sft_setup(d, "sft-ddp", packing=True)
+    proc = _torchrun(d, cfg)
+    metrics = json.loads((d / "sft-ddp" / "metrics.json").read_text())
+    assert metrics["distributed"] == {"mode": "ddp", "world_size": 2} and metrics["packing"] is True
+    assert metrics["steps"] == 2 and len(metrics["step_throughput"]) == 2
+    # every step logs the tokens of both ranks and its time
+    assert all(t[1] > 0 for t in metrics["step_throughput"])
+    assert proc.stdout.count("trained sft model") == 1 and proc.stderr.count("saved ") == 1
+
+
+def test_fsdp_starts_on_cpu_with_two_processes(setup: Path) -> None:
+    """FSDP2 on gloo: a tiny causal LM shards, trains a couple of steps and rank 0 saves full weights."""
+    d = setup
+    lm, cfg = _sft_setup(d, "fsdp", distributed="fsdp")
+    proc = _torchrun(d, cfg)
     metrics = json.loads((d / "fsdp" / "metrics.json").read_text())
     assert metrics["distributed"] == {"mode": "fsdp", "world_size": 2} and metrics["steps"] == 2
     assert proc.stdout.count("trained sft model") == 1
@@ -160,3 +179,26 @@ def test_fsdp_starts_on_cpu_with_two_processes(setup: Path) -> None:
     # whole tensors (FSDP shards dim 0 over the 2 ranks), and trained: they moved from the base
     assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in base.items()}
     assert not torch.equal(weights["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+
+
+def _min_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    env = dist.DistEnv(rank=rank, world_size=world, local_rank=rank, backend="gloo", mode="ddp")
+    got = dist.all_reduce_min([70, 30][rank], env, device=torch.device("cpu"))  # e.g. free GiB per rank
+    mean = dist.all_reduce_mean(torch.tensor(float(rank + 1)), env)
+    Path(out, f"{rank}.json").write_text(json.dumps([got, float(mean)]))
+    td.destroy_process_group()
+
+
+def test_ranks_agree_on_the_tightest_memory_and_the_mean_loss(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_min_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)] == [[30, 1.5], [30, 1.5]]

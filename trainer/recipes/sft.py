@@ -172,7 +172,7 @@ def runtime_plan(cfg: Config, net: Any, rt: common.Runtime, *, seq_len: int) -> 
         return None
     shards = rt.dist.world_size if rt.dist.mode == "fsdp" else 1
     return memory.plan(
-        memory.shape_of(net), free_bytes=memory.cuda_free_bytes(rt.device), batch_size=cfg.batch_size,
+        memory.shape_of(net), free_bytes=dist.all_reduce_min(memory.cuda_free_bytes(rt.device), rt.dist, device=rt.device), batch_size=cfg.batch_size,
         accumulation=cfg.gradient_accumulation_steps, seq_len=seq_len, precision=rt.precision,
         checkpointing=cfg.gradient_checkpointing, shards=shards,
     )
@@ -244,7 +244,8 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
         )
 
     # --- train -----------------------------------------------------------------------------------
-    # [step, tokens (all ranks, padding excluded), seconds] per optimizer step: what benchmarks read
+    # [step, tokens, seconds] per optimizer step, what benchmarks read: tokens exclude padding and are
+    # this rank's x world_size (length-grouped sharding gives every rank rows of about the same length)
     throughput: list[list[float]] = []
     for epoch in range(state.epoch, common.num_epochs(cfg_steps, batches_per_epoch)):
         train_net.train()
