@@ -71,9 +71,12 @@ def baseline_worker(spec: dict) -> dict:
     enforce_offline()  # the same offline switches `trainer run` sets, so neither side pays for lookups
     import numpy as np
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     t0 = time.perf_counter()
+    # Trainer seeds only when it is built, after the new head was drawn: seed first, as `trainer
+    # run` does, so both sides start from the same head and reruns give the same baseline
+    set_seed(spec["seed"])
     labels = spec["labels"]
     label2id = {name: i for i, name in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
