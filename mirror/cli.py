@@ -136,7 +136,7 @@ def _config_model_ids(path: Path) -> list[str]:
 Examples:
   mirror pull sentence-transformers/all-MiniLM-L6-v2
   mirror pull Qwen/Qwen2.5-0.5B-Instruct --revision main --out bundles/
-  mirror pull --config configs/classification.yaml
+  mirror pull --config configs/classifier.yaml
   mirror pull my-org/private-model --token $HF_TOKEN --include '*.safetensors' --include '*.json'
   mirror pull my-org/my-data --repo-type dataset
   mirror pull meta-llama/Llama-3.1-70B --max-part-size 4095M      # parts for FAT32 / DVDs

@@ -78,7 +78,10 @@ def setup_runtime(cfg: Config) -> Runtime:
 
 def default_threads() -> int:
     """Physical cores shared among this node's ranks: hyper-threads only slow matmuls down and
-    N processes with a thread per core each would oversubscribe the CPU N times over."""
+    N processes with a thread per core each would oversubscribe the CPU N times over. An explicit
+    OMP_NUM_THREADS wins: it is how a user or a scheduler says the cores are shared."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
     per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, physical_cores() // per_node)
 
