@@ -17,7 +17,7 @@ from typing import Iterable
 
 from mirror import parts
 from mirror.errors import BundleError, MirrorError, UsageError
-from mirror.manifest import Manifest, classify
+from mirror.manifest import Manifest, classify, human_size
 from mirror.policy import PolicyReport, scan_bundle
 from mirror.signing import SignatureStatus, verify_signature
 from mirror.verify import verify_bundle
@@ -135,12 +135,6 @@ def _scan_pickles(path: Path, m: Manifest) -> PolicyReport:
 # --- rendering ------------------------------------------------------------------------------------
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def render_table(rows: list[AuditRow]) -> str:
@@ -148,7 +142,7 @@ def render_table(rows: list[AuditRow]) -> str:
     table = [head]
     for r in rows:
         if r.error:
-            table.append((Path(r.bundle).name, "-", "-", "-", _human(r.size), "-", "-", "-", "-", "UNREADABLE"))
+            table.append((Path(r.bundle).name, "-", "-", "-", human_size(r.size), "-", "-", "-", "-", "UNREADABLE"))
             continue
         sig = r.signature
         if sig is None or not sig.present:
@@ -158,7 +152,7 @@ def render_table(rows: list[AuditRow]) -> str:
             sig_txt = f"{state} {sig.key_fingerprint[:16] if sig.key_fingerprint else '?'}"
         pickle_txt = "no" if not r.pickle_files else ("REFUSED" if r.pickle_refused else f"{len(r.pickle_files)} (allowlisted)" if r.pickle_imports else str(len(r.pickle_files)))
         table.append((
-            Path(r.bundle).name, r.repo_id or "-", (r.commit or "-")[:12], r.license or "-", _human(r.size),
+            Path(r.bundle).name, r.repo_id or "-", (r.commit or "-")[:12], r.license or "-", human_size(r.size),
             ",".join(f"{k}:{v}" for k, v in r.kinds.items()), pickle_txt, str(len(r.remote_code)) if r.remote_code else "no",
             sig_txt, "ok" if r.verified else "FAILED",
         ))

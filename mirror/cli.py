@@ -16,6 +16,7 @@ import click
 
 from mirror import __version__
 from mirror.errors import MirrorError, UsageError, VerifyFailed
+from mirror.manifest import human_size
 
 DEFAULT_OUT = "bundles"  # the project's bundle folder; contents git-ignored
 
@@ -56,12 +57,6 @@ def cli() -> None:
     """
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _part_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -174,10 +169,16 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
             out_dir=out_dir, endpoint=endpoint, token=token, progress=show,
             max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
         )
-        m = info.manifest
-        click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {_human(m.total_size)}, sha256 {info.sha256}", err=True)
-        _sign_after_write(info.path, sign_key)
-        click.echo(str(info.path))
+        _report_written(info, sign_key)
+
+
+
+def _report_written(info, sign_key) -> None:
+    """Summary on stderr, optional signature, and the bundle path as the last line of stdout."""
+    m = info.manifest
+    click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {human_size(m.total_size)}, sha256 {info.sha256}", err=True)
+    _sign_after_write(info.path, sign_key)
+    click.echo(str(info.path))
 
 
 # --- pack -----------------------------------------------------------------------------------------
@@ -209,10 +210,7 @@ def pack(folder, repo_id, revision, repo_type, out_dir, max_part_size, since, si
         folder, repo_id=repo_id, revision=revision, out_dir=out_dir, repo_type=repo_type,
         max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
     )
-    m = info.manifest
-    click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {_human(m.total_size)}, sha256 {info.sha256}", err=True)
-    _sign_after_write(info.path, sign_key)
-    click.echo(str(info.path))
+    _report_written(info, sign_key)
 
 
 # --- verify / inspect -----------------------------------------------------------------------------
@@ -283,7 +281,7 @@ def inspect(bundle, as_json, public_key) -> None:
     click.echo(f"created:   {m.created_at} by {m.tool.get('name', '?')} {m.tool.get('version', '?')}")
     click.echo(f"license:   {m.license or 'unknown'}")
     kinds = ", ".join(f"{n} {k}" for k, n in m.to_dict()["totals"]["by_kind"].items())
-    click.echo(f"files:     {len(m.files)} ({kinds}), {_human(m.total_size)}")
+    click.echo(f"files:     {len(m.files)} ({kinds}), {human_size(m.total_size)}")
     _inspect_scale(bundle, m)
     from mirror.signing import verify_signature
 
@@ -306,7 +304,7 @@ def _inspect_scale(bundle: Path, m) -> None:
     loc = parts.locate(bundle)
     if loc.multipart:
         idx = parts.read_index(loc.index)
-        click.echo(f"parts:     {len(idx.parts)} x {_human(idx.max_part_size)} max, {_human(idx.size)} in all, stream sha256 {idx.sha256}")
+        click.echo(f"parts:     {len(idx.parts)} x {human_size(idx.max_part_size)} max, {human_size(idx.size)} in all, stream sha256 {idx.sha256}")
     info = delta_info(m, bundle=str(bundle))
     if info is not None:
         click.echo(f"delta:     on top of {info.base.describe()}")
@@ -362,7 +360,7 @@ def list_(directory, installed, cache_dir) -> None:
         rows = list_installed(cache_dir or default_cache_dir())
         for s in rows:
             refs = ",".join(s.refs) or "-"
-            click.echo(f"{s.repo_id:<45} {s.commit[:12]}  {refs:<12} {_human(s.size):>10}  {s.files:>5} files  {s.repo_type}")
+            click.echo(f"{s.repo_id:<45} {s.commit[:12]}  {refs:<12} {human_size(s.size):>10}  {s.files:>5} files  {s.repo_type}")
         if not rows:
             click.echo("no snapshots installed", err=True)
         return
@@ -373,7 +371,7 @@ def list_(directory, installed, cache_dir) -> None:
         if b.problem:
             click.echo(f"{b.path.name:<60} unreadable: {b.problem}")
         else:
-            click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {_human(b.size):>10}  {b.files:>5} files  {b.path.name}")
+            click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {b.path.name}")
     if not rows:
         click.echo(f"no bundles in {directory or DEFAULT_OUT}", err=True)
 

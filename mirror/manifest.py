@@ -271,3 +271,12 @@ def license_from_card(text: str) -> str | None:
         return None
     m = _LICENSE_RE.search(text[3:end])
     return m.group(1).strip() if m else None
+
+
+def human_size(n: int) -> str:
+    """Decimal units, as disk vendors and the Hub's web pages show sizes."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
