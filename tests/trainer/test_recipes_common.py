@@ -106,7 +106,7 @@ def test_length_grouped_batches_cover_every_row_once_with_similar_lengths():
         return 1 - sum(lengths[i] for b in bs for i in b) / sum(len(b) * max(lengths[i] for i in b) for b in bs)
 
     plain = common.batch_indices(common.epoch_order(1000, seed=3, epoch=0), 10)
-    assert pad_share(batches) < 0.05 < 0.3 < pad_share(plain)  # sorting within mega-batches removes the padding
+    assert pad_share(batches) < 0.2 < 0.3 < pad_share(plain)  # sorting within small mega-batches removes about half the padding
     # a pure function of (seed, epoch): a resumed run replays the same batches; another epoch differs
     assert common.length_grouped_batches(lengths, batch_size=10, seed=3, epoch=0) == batches
     assert common.length_grouped_batches(lengths, batch_size=10, seed=3, epoch=1) != batches
