@@ -155,14 +155,9 @@ def timed(cmd: list[str], *, env: dict[str, str], log: Path, name: str) -> float
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from trainer.lineage import cpu_model
+
+    cpu = cpu_model()
     import torch
 
     return {
