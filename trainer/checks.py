@@ -29,7 +29,6 @@ from trainer.resolve import ResolvedModel, resolve_model
 SPLITS = ("train", "valid", "test")
 MAX_LISTED = 20  # row errors listed per check; the rest are counted, so the report stays readable
 IMBALANCE_RATIO = 3.0  # majority/minority class ratio above which label balance is worth a warning
-ENCODER_MAX = 512  # BERT-family position limit, used when neither config nor tokenizer says
 
 
 @dataclass(frozen=True)
@@ -285,10 +284,15 @@ def effective_max_length(cfg: Config, tokenizer: Any, snapshot: Path | None) -> 
                 value = None
             if isinstance(value, int) and value > 0:
                 return value
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
-        return min(model_max, ENCODER_MAX) if cfg.task != "sft" else model_max
-    return ENCODER_MAX if cfg.task != "sft" and tokenizer is not None else None
+    if tokenizer is None:
+        return None
+    # the recipes' own rules, so check reports truncation against the limit training will use
+    # (imported here: the tokenizer being loaded means torch and transformers already are)
+    if cfg.task == "sft":
+        from trainer.recipes.sft import max_length
+    else:
+        from trainer.recipes.classification import max_length
+    return max_length(cfg, tokenizer)
 
 
 # --- findings ------------------------------------------------------------------------------------

@@ -22,10 +22,15 @@ from trainer.resolve import ResolvedModel
 ENCODER_MAX_LENGTH = 512  # position-embedding limit of BERT-family encoders
 
 
+def max_length(cfg: Config, tokenizer: Any) -> int:
+    """The length inputs are truncated to: the config's, else the tokenizer's, capped at the encoder's."""
+    return cfg.max_length or min(int(tokenizer.model_max_length), ENCODER_MAX_LENGTH)
+
+
 def encode(cfg: Config, tokenizer: Any, rows: list[data.Row]) -> tuple[list[list[int]], list[int]]:
     """Token ids (truncated to max_length, special tokens included) and label ids."""
     texts, labels = zip(*(data.classification_example(cfg, r) for r in rows))
-    limit = cfg.max_length or min(tokenizer.model_max_length, ENCODER_MAX_LENGTH)
+    limit = max_length(cfg, tokenizer)
     ids = tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
     return ids, list(labels)
 
@@ -35,7 +40,7 @@ ENCODING_VERSION = "classification-1"  # bump when encode() changes: it keys the
 
 def encode_split(cfg: Config, tokenizer: Any, split: str, *, model_dir: str | Path) -> tuple[list[list[int]], list[int]]:
     """encode() of a whole split, from the token cache when the data and tokenizer are unchanged."""
-    limit = cfg.max_length or min(tokenizer.model_max_length, ENCODER_MAX_LENGTH)
+    limit = max_length(cfg, tokenizer)
     settings = {"task": cfg.task, "text_field": cfg.text_field, "label_field": cfg.label_field, "labels": list(cfg.labels), "max_length": limit}
     value, _hit = tokencache.cached(
         compute=lambda: encode(cfg, tokenizer, data.read_split(cfg, split)),
@@ -195,7 +200,7 @@ def evaluate_saved(cfg: Config, model_dir: Path, *, split: str, rt: common.Runti
 
 def predict_saved(cfg: Config, model_dir: Path, texts: list[str], *, rt: common.Runtime) -> list[dict[str, Any]]:
     net, tokenizer = load(model_dir, cfg, rt, new_head=False)
-    limit = cfg.max_length or min(tokenizer.model_max_length, ENCODER_MAX_LENGTH)
+    limit = max_length(cfg, tokenizer)
     ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     probs = predict_ids(net, ids, pad_id=pad_id, batch_size=cfg.eval_bs, rt=rt)
