@@ -8,14 +8,19 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench bench-mirror bench-train bench-train-gpu clean
+.PHONY: setup demo test test-gpu-image bench bench-mirror bench-train bench-train-gpu clean
+
+# $(call make_venv,DIR,EXTRA PINS): torch first (the spec above), then this package and its deps
+define make_venv
+	test -x $(1)/bin/python || $(PY) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(1)/bin/python -m pip install -q -e ".[dev,demo]" $(2)
+	touch $(1)/bin/.installed
+endef
 
 $(BIN)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev,demo]"
-	touch $@
+	$(call make_venv,$(VENV),)
 
 setup: $(BIN)/.installed
 
@@ -25,16 +30,28 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The library versions of the lent GPU machine's image (torch aside: the CPU wheel here), in a
+# venv of their own, so code that a GPU session runs there is tested here first.
+GPU_IMAGE_PINS ?= transformers==5.17.0 huggingface_hub==1.33.0 sentence-transformers==6.0.1
+COMPAT := .venv-gpu-image
+
+$(COMPAT)/bin/.installed: pyproject.toml
+	$(call make_venv,$(COMPAT),$(GPU_IMAGE_PINS))
+
+test-gpu-image: $(COMPAT)/bin/.installed  # the trainer, e2e and GPU-bench smoke tests on the GPU image's versions
+	$(COMPAT)/bin/python -m pytest -q tests/trainer tests/test_e2e.py tests/test_bench_gpu.py tests/mirror/test_pull.py
+
 bench: bench-mirror
 
 bench-mirror: setup
 	$(BIN)/python bench/mirror_bench.py
 
 bench-train: setup
-	$(BIN)/python bench/train_cpu.py
+	$(BIN)/python bench/train_cpu.py  # the seed config when ../shared/seed-data exists
+	$(BIN)/python bench/train_cpu.py --data project
 
-bench-train-gpu: setup  # needs a CUDA GPU; exits 2 with a message without one
-	$(BIN)/python bench/train_gpu.py
+bench-train-gpu: setup  # needs a CUDA GPU (exits 2 without one); a lent GPU with no venv: bash bench/gpu_session.sh
+	$(BIN)/python bench/train_gpu.py --compile
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT) .pytest_cache

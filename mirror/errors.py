@@ -134,6 +134,15 @@ class UsageError(MirrorError, ValueError):
     exit_code = 2
 
 
+class MissingDependency(UsageError):
+    """A package this command needs is not installed: a training image may carry the mirror
+    without the signing stack (cryptography, model-signing), and only signing needs it."""
+
+    def __init__(self, what: str, *, packages: str):
+        self.packages = packages
+        super().__init__(f"{what} needs {packages}, which is not installed here; pip install {packages}, or do it on a host that has them")
+
+
 class PartError(BundleError):
     """A part of a multi-part bundle is missing, the wrong size, or damaged. `parts` names them,
     so only those parts need to be sent again."""

@@ -20,19 +20,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from mirror.errors import BundleError, SignatureError, UsageError
+from mirror.errors import BundleError, MissingDependency, SignatureError, UsageError
 from mirror.manifest import MANIFEST_NAME, Manifest, parse
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography and model-signing are imported inside the functions that sign or check: a training
+# image without them can still import this module, show a bundle's signature as "not checked"
+# (inspect, audit without a key) and install unsigned bundles; only signing and checking need them.
+SIGNING_PACKAGES = "cryptography model-signing pyopenssl"  # model-signing 1.x imports OpenSSL undeclared
 
 SIGNATURE_MEMBER = "_mirror/signature.json"  # the model-signing JSON; always the last member
 MAX_SIGNATURE_BYTES = 64 * 1024 * 1024  # the payload lists every file: ~200 bytes each
@@ -56,6 +62,17 @@ class SignatureStatus:
         return f"{'valid' if self.valid else 'INVALID'}, key sha256:{self.key_fingerprint or '?'}" + ("" if self.valid else f" ({self.reason})")
 
 
+def signing_stack_available() -> bool:
+    """Whether cryptography and model-signing (and the OpenSSL it imports) are installed; asks the
+    import system without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("cryptography", "model_signing", "OpenSSL"))
+
+
+def _require_signing_stack(what: str) -> None:
+    if not signing_stack_available():
+        raise MissingDependency(what, packages=SIGNING_PACKAGES)
+
+
 # --- keys -----------------------------------------------------------------------------------------
 
 
@@ -68,6 +85,10 @@ def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
             raise UsageError(f"{p} already exists; refusing to overwrite a key: choose another prefix or move it away")
     if not prefix.parent.is_dir():
         raise UsageError(f"{prefix.parent} is not a directory; create it first")
+    _require_signing_stack("creating a key pair")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -81,6 +102,8 @@ def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization  # a key object exists: so does cryptography
+
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
@@ -91,6 +114,11 @@ def key_fingerprint(public_key_path: str | os.PathLike) -> str:
 
 
 def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    _require_signing_stack("signing")
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError as e:
@@ -103,6 +131,11 @@ def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    _require_signing_stack("checking a signature")
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except FileNotFoundError as e:
@@ -154,6 +187,7 @@ def _mirror_claims(manifest: Manifest, manifest_bytes: bytes, key_fp: str) -> di
 
 def sign_manifest(manifest_bytes: bytes, *, key_path: str | os.PathLike, bundle: str = "bundle") -> bytes:
     """The signature file (model-signing JSON) for a bundle whose manifest is `manifest_bytes`."""
+    _require_signing_stack("signing")
     from model_signing._signing import sign_ec_key
     from model_signing._signing import signing as ms_signing
 
@@ -171,14 +205,12 @@ def sign_manifest(manifest_bytes: bytes, *, key_path: str | os.PathLike, bundle:
 # --- verification ---------------------------------------------------------------------------------
 
 
-def _parse_signature(sig_bytes: bytes):
+def _parse_signature(raw: dict):
     from model_signing._signing import sign_sigstore_pb
     from sigstore_models.bundle import v1 as bundle_pb
 
-    d = json.loads(sig_bytes.decode("utf-8"))
-    material = d["verificationMaterial"]
-    material.setdefault("tlogEntries", [])
-    return sign_sigstore_pb.Signature(bundle_pb.Bundle.from_dict(d)), d
+    raw["verificationMaterial"].setdefault("tlogEntries", [])
+    return sign_sigstore_pb.Signature(bundle_pb.Bundle.from_dict(raw))
 
 
 def _claims_unverified(raw: dict) -> dict:
@@ -193,8 +225,11 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
     the status says why it is not valid (see `require_valid`)."""
     if sig_bytes is None:
         return SignatureStatus(present=False, valid=False, key_fingerprint=None, reason="the bundle is not signed")
+    stack = signing_stack_available()
     try:
-        signature, raw = _parse_signature(sig_bytes)
+        raw = json.loads(sig_bytes.decode("utf-8"))
+        # without the signing stack only the JSON is read: enough to show it, never to trust it
+        signature = _parse_signature(raw) if stack else None
         claimed = _claims_unverified(raw).get("signer_key_sha256")
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, base64, pydantic errors are ValueErrors
         return SignatureStatus(present=True, valid=False, key_fingerprint=None, reason=f"signature is not a readable model-signing bundle ({type(e).__name__})")
@@ -202,6 +237,8 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
     if public_key_path is None:
         return SignatureStatus(present=True, valid=None, key_fingerprint=claimed, reason="no public key given")
 
+    _require_signing_stack("checking a signature")
+    from cryptography.exceptions import InvalidSignature
     from model_signing._signing import sign_ec_key
     from model_signing._signing import signing as ms_signing
 
@@ -332,7 +369,9 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
 def verify_snapshot(snapshot_dir: str | os.PathLike, *, signature_path: str | os.PathLike, public_key_path: str | os.PathLike) -> None:
     """What `model_signing verify key SNAPSHOT --allow_symlinks` does, through its library: raises
     SignatureError if the installed snapshot does not match the signature."""
+    _require_signing_stack("checking a snapshot's signature")
     import model_signing
+    from cryptography.exceptions import InvalidSignature
 
     hashing_config = model_signing.hashing.Config().set_ignored_paths(paths=[], ignore_git_paths=True).set_allow_symlinks(True)
     try:
@@ -354,6 +393,7 @@ __all__ = [
     "require_valid",
     "sign_bundle",
     "sign_manifest",
+    "signing_stack_available",
     "verify_signature",
     "verify_snapshot",
 ]

@@ -59,7 +59,7 @@ class Config:
     use_8bit: bool = False  # accepted for compatibility; needs bitsandbytes and a GPU
     max_new_tokens: int = 128  # for `trainer predict` on SFT models
     # --- runtime
-    precision: str = "auto"  # auto: bf16 autocast + fp32 master weights on GPUs that support it, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast + fp32 master weights where the GPU or CPU computes bf16 natively, else fp32
     gradient_checkpointing: bool | None = None  # None: only when memory needs it
     packing: bool | None = None  # SFT row packing; None: on for GPU, off for CPU
     torch_compile: bool = False

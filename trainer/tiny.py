@@ -92,8 +92,13 @@ def tiny_bert(out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,)
 def tiny_sentence_transformer(out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,), seed: int = 0, hidden: int = 32) -> Path:
     """A BERT encoder + mean pooling + normalize, saved in sentence-transformers layout."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import BertConfig, BertModel
+
+    try:  # sentence-transformers >= 6 moved the modules; the old `models` path warns there
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
 
     out = Path(out_dir)
     base = out.parent / (out.name + ".base")
@@ -103,7 +108,9 @@ def tiny_sentence_transformer(out_dir: str | Path, *, corpus: Iterable[str] = (_
         BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=512)
     ).save_pretrained(base, safe_serialization=True)
     word = models.Transformer(str(base), max_seq_length=128)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    # 6.x renamed the getter (the old name warns); 3.x-5.x only have the old one
+    dim_of = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    pool = models.Pooling(dim_of(), pooling_mode="mean")
     SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(out))
     import shutil
 

@@ -12,6 +12,7 @@ import torch
 
 from trainer import config, lineage
 from trainer.recipes import run
+from trainer.recipes.common import resolve_precision
 from trainer.resolve import ResolvedModel
 
 
@@ -63,7 +64,8 @@ def test_a_run_writes_lineage_last_and_complete(tmp_path, tiny_bert_dir):
     rec = json.loads((result.output_dir / "lineage.json").read_text())
     assert rec["base_model"]["commit"] == "c" * 40 and rec["base_model"]["random_init"] is True
     assert {d["sha256"] for d in rec["data"]} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()}
-    assert rec["config"]["labels"] == ["no", "yes"] and rec["device"] == "cpu" and rec["precision"] == "fp32"
+    assert rec["config"]["labels"] == ["no", "yes"] and rec["device"] == "cpu"
+    assert rec["precision"] == resolve_precision("auto", torch.device("cpu"))  # bf16 on CPUs that compute it natively
     assert rec["wall_time_s"] > 0 and rec["started"] <= rec["ended"]
     # lineage.json is the completeness marker: nothing is newer than it
     newest = max(p.stat().st_mtime_ns for p in result.output_dir.iterdir())

@@ -14,10 +14,35 @@ def cfg(**over) -> config.Config:
     return config.from_dict({"model_id": "m", "output_dir": "out", "train_file": "t.jsonl", "labels": ["a", "b"], **over})
 
 
+CPUINFO = "processor\t: {n}\nphysical id\t: 0\ncore id\t\t: {n}\nflags\t\t: fpu sse2 avx2 avx512f {extra}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "native"),
+    [("avx512_bf16 avx512_vnni", True), ("amx_bf16 amx_tile", True), ("avx512bw avx512_vnni", False), ("", False)],
+)
+def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16_instructions(monkeypatch, extra, native):
+    text = "\n".join(CPUINFO.format(n=n, extra=extra) for n in range(2))
+    monkeypatch.setattr(common, "_cpuinfo", lambda: [dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in block.splitlines())) for block in text.split("\n\n")])
+    assert common.cpu_has_native_bf16() is native
+    assert common.resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert common.physical_cores() == 2
+    # an explicit choice is kept whatever the CPU
+    assert common.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert common.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_cpuinfo_parsing_and_no_cpuinfo(monkeypatch):
+    cpus = common._cpuinfo()
+    if cpus is not None:  # Linux: every logical CPU has a processor number
+        assert cpus and all("processor" in c for c in cpus if c)
+    monkeypatch.setattr(common, "_cpuinfo", lambda: None)
+    assert common.cpu_has_native_bf16() is False
+    assert common.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
 def test_precision_choice_on_cpu():
     cpu = torch.device("cpu")
-    assert common.resolve_precision("auto", cpu) == "fp32"
-    assert common.resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(TrainerError, match="fp16 needs a CUDA GPU"):
         common.resolve_precision("fp16", cpu)
 

@@ -86,27 +86,49 @@ def default_threads() -> int:
     return max(1, physical_cores() // per_node)
 
 
-def physical_cores() -> int:
-    """Distinct (socket, core) pairs this process may run on; torch's own count otherwise."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def _cpuinfo() -> list[dict[str, str]] | None:
+    """/proc/cpuinfo as one dict per logical CPU; None where there is no such file (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             text = f.read()
     except OSError:
-        return max(1, min(torch.get_num_threads(), usable))
-    pairs = set()
+        return None
+    blocks = []
     for block in text.split("\n\n"):
         fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        if "core id" in fields:
-            pairs.add((fields.get("physical id", "0"), fields["core id"]))
+        blocks.append({k.strip(): v.strip() for k, v in fields.items()})
+    return blocks
+
+
+def physical_cores() -> int:
+    """Distinct (socket, core) pairs this process may run on; torch's own count otherwise."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = _cpuinfo()
+    if cpus is None:
+        return max(1, min(torch.get_num_threads(), usable))
+    pairs = {(c.get("physical id", "0"), c["core id"]) for c in cpus if "core id" in c}
     return max(1, min(len(pairs) or usable, usable))
 
 
+# x86 instructions that compute bf16 dot products in hardware (Cooper Lake and later Xeons, Zen 4
+# and later). Without them oneDNN emulates bf16 and autocast runs slower than fp32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether every CPU this machine reports has a native bf16 instruction (Linux x86 only: on
+    other systems this answers False and `precision: auto` stays fp32)."""
+    cpus = [c for c in (_cpuinfo() or []) if "flags" in c]
+    return bool(cpus) and all(NATIVE_BF16_FLAGS & set(c["flags"].split()) for c in cpus)
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
+    """auto: bf16 autocast over fp32 master weights where the hardware computes bf16 natively (a
+    GPU with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere."""
     if requested == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if cuda_bf16 else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise TrainerError("precision fp16 needs a CUDA GPU and none is available: use precision: auto, fp32 or bf16")
     if requested in ("bf16", "bf16-pure") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
