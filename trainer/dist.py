@@ -207,7 +207,7 @@ def shutdown(env: DistEnv) -> None:
         if td.is_initialized():
             # every rank tears down together: a rank that destroyed its gloo group and exited while
             # rank 0 was still writing outputs sometimes aborted in gloo's teardown ("terminate
-            # called without an active exception", exit -6, 1 run in ~12 on 2 CPU processes).
+            # called without an active exception", exit -6; about 1 run in 10 on 2 CPU processes).
             # If rank 0 fails instead, torchrun stops the ranks waiting here.
             td.barrier()
             td.destroy_process_group()
