@@ -309,5 +309,6 @@ def main() -> None:
     print(f"\nspeedup {main_run['speedup']:.2f}x (goal >= 2), accuracy delta {main_run['accuracy_delta_points']:+.2f} points (goal within 1); "
           f"load average at start {result['machine']['load_average_at_start']}; written to {out}")
 
+
 if __name__ == "__main__":
     main()

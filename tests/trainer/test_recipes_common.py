@@ -21,9 +21,10 @@ CPUINFO = "processor\t: {n}\nphysical id\t: 0\ncore id\t\t: {n}\nflags\t\t: fpu 
     ("extra", "native"),
     [("avx512_bf16 avx512_vnni", True), ("amx_bf16 amx_tile", True), ("avx512bw avx512_vnni", False), ("", False)],
 )
-def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16_instructions(monkeypatch, extra, native):
-    text = "\n".join(CPUINFO.format(n=n, extra=extra) for n in range(2))
-    monkeypatch.setattr(common, "_cpuinfo", lambda: [dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in block.splitlines())) for block in text.split("\n\n")])
+def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16_instructions(monkeypatch, tmp_path, extra, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("\n".join(CPUINFO.format(n=n, extra=extra) for n in range(2)))
+    monkeypatch.setattr(common, "CPUINFO", cpuinfo)
     assert common.cpu_has_native_bf16() is native
     assert common.resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert common.physical_cores() == 2
@@ -32,11 +33,12 @@ def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16_instructions(monkey
     assert common.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
-def test_cpuinfo_parsing_and_no_cpuinfo(monkeypatch):
+def test_cpuinfo_parsing_and_no_cpuinfo(monkeypatch, tmp_path):
     cpus = common._cpuinfo()
     if cpus is not None:  # Linux: every logical CPU has a processor number
         assert cpus and all("processor" in c for c in cpus if c)
-    monkeypatch.setattr(common, "_cpuinfo", lambda: None)
+    monkeypatch.setattr(common, "CPUINFO", tmp_path / "missing")
+    assert common._cpuinfo() is None
     assert common.cpu_has_native_bf16() is False
     assert common.resolve_precision("auto", torch.device("cpu")) == "fp32"
 

@@ -86,11 +86,13 @@ def default_threads() -> int:
     return max(1, physical_cores() // per_node)
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def _cpuinfo() -> list[dict[str, str]] | None:
-    """/proc/cpuinfo as one dict per logical CPU; None where there is no such file (not Linux)."""
+    """CPUINFO as one dict per logical CPU; None where there is no such file (not Linux)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            text = f.read()
+        text = CPUINFO.read_text(encoding="utf-8")
     except OSError:
         return None
     blocks = []
