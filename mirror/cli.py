@@ -85,8 +85,20 @@ _allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True,
     help="Accept pickle files (*.bin, *.pt...) after scanning their imports against the allowlist (docs/security.md). Default: safetensors only.",
 )
+
+
+def _key_needs_signing_stack(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A key option given where cryptography / model-signing are missing fails before any work
+    (a download, a pack, a whole-bundle verify), not after it."""
+    if value is not None:
+        from mirror.signing import require_signing_stack
+
+        require_signing_stack(f"--{param.name.replace('_', '-')}")
+    return value
+
+
 _sign_key_option = click.option(
-    "--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    "--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack,
     help="Sign the bundle right after writing it, with this EC private key (PEM; see 'mirror keygen').",
 )
 
@@ -224,7 +236,7 @@ Examples:
   mirror verify bundles/X.tar --sha256                         # also print the bundle's own sha256""")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
 @click.option("--json", "as_json", is_flag=True, help="Print each report as one JSON object per line.")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
 @click.option(
     "--sha256/--no-sha256", "bundle_sha256", default=False, show_default=True,
     help="Also compute the bundle's own sha256, to compare with a published value: one serial pass "
@@ -266,7 +278,7 @@ Examples:
   mirror inspect bundles/X.tar --json | jq '.files[].path'""")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest itself (canonical JSON).")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Check the signature over the manifest with this key (PEM).")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check the signature over the manifest with this key (PEM).")
 def inspect(bundle, as_json, public_key) -> None:
     """Show what BUNDLE holds, reading only its manifest (instant on any size)."""
     from mirror.bundle import read_manifest
@@ -396,7 +408,7 @@ def keygen(out_prefix) -> None:
 Examples:
   mirror sign bundles/X.tar --key keys/release.pem""")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="EC private key (PEM).")
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_key_needs_signing_stack, help="EC private key (PEM).")
 def sign(bundle, key) -> None:
     """Verify BUNDLE, then sign its manifest (OpenSSF model-signing format), in place."""
     from mirror.signing import sign_bundle
@@ -433,7 +445,7 @@ Examples:
   mirror audit bundles/ --format cyclonedx > mlbom.cdx.json""")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="PATH...")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "cyclonedx"]), default="table", show_default=True)
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Check signatures with this key; unsigned or invalid then fails.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check signatures with this key; unsigned or invalid then fails.")
 def audit(paths, fmt, public_key) -> None:
     """One row per bundle in PATH (files or folders): repo, commit, license, kinds, pickle and
     remote-code flags, signature and signer key, verification. Exit 1 if any bundle fails."""

@@ -68,7 +68,8 @@ def signing_stack_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("cryptography", "model_signing", "OpenSSL"))
 
 
-def _require_signing_stack(what: str) -> None:
+def require_signing_stack(what: str) -> None:
+    """Raise MissingDependency, naming the packages, unless signing_stack_available()."""
     if not signing_stack_available():
         raise MissingDependency(what, packages=SIGNING_PACKAGES)
 
@@ -85,7 +86,7 @@ def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
             raise UsageError(f"{p} already exists; refusing to overwrite a key: choose another prefix or move it away")
     if not prefix.parent.is_dir():
         raise UsageError(f"{prefix.parent} is not a directory; create it first")
-    _require_signing_stack("creating a key pair")
+    require_signing_stack("creating a key pair")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -114,7 +115,7 @@ def key_fingerprint(public_key_path: str | os.PathLike) -> str:
 
 
 def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    _require_signing_stack("signing")
+    require_signing_stack("signing")
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -131,7 +132,7 @@ def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    _require_signing_stack("checking a signature")
+    require_signing_stack("checking a signature")
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -187,7 +188,7 @@ def _mirror_claims(manifest: Manifest, manifest_bytes: bytes, key_fp: str) -> di
 
 def sign_manifest(manifest_bytes: bytes, *, key_path: str | os.PathLike, bundle: str = "bundle") -> bytes:
     """The signature file (model-signing JSON) for a bundle whose manifest is `manifest_bytes`."""
-    _require_signing_stack("signing")
+    require_signing_stack("signing")
     from model_signing._signing import sign_ec_key
     from model_signing._signing import signing as ms_signing
 
@@ -237,7 +238,7 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
     if public_key_path is None:
         return SignatureStatus(present=True, valid=None, key_fingerprint=claimed, reason="no public key given")
 
-    _require_signing_stack("checking a signature")
+    require_signing_stack("checking a signature")
     from cryptography.exceptions import InvalidSignature
     from model_signing._signing import sign_ec_key
     from model_signing._signing import signing as ms_signing
@@ -369,7 +370,7 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
 def verify_snapshot(snapshot_dir: str | os.PathLike, *, signature_path: str | os.PathLike, public_key_path: str | os.PathLike) -> None:
     """What `model_signing verify key SNAPSHOT --allow_symlinks` does, through its library: raises
     SignatureError if the installed snapshot does not match the signature."""
-    _require_signing_stack("checking a snapshot's signature")
+    require_signing_stack("checking a snapshot's signature")
     import model_signing
     from cryptography.exceptions import InvalidSignature
 
@@ -390,6 +391,7 @@ __all__ = [
     "key_fingerprint",
     "keygen",
     "read_signature",
+    "require_signing_stack",
     "require_valid",
     "sign_bundle",
     "sign_manifest",

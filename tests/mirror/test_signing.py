@@ -329,3 +329,9 @@ def test_without_the_signing_stack_bundles_still_verify_inspect_and_install(bund
         assert line.startswith("mirror: error: ") and "pip install cryptography model-signing pyopenssl" in line, line
         assert bundle.read_bytes() == before
     assert not list(tmp_path.glob("new*"))
+
+    # a key option fails before any work: pack --sign-key writes no (unsigned) bundle at all
+    out = tmp_path / "packed"
+    r = _mirror_without_signing_stack("pack", str(_folder(tmp_path / "model2")), "--repo-id", "org/two", "--out", str(out), "--sign-key", str(priv), env=env)
+    assert r.returncode == 2 and "--sign-key needs cryptography model-signing pyopenssl" in r.stderr, r.stderr
+    assert not out.exists() or not any(out.iterdir())
