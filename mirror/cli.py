@@ -281,7 +281,7 @@ Examples:
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check the signature over the manifest with this key (PEM).")
 def inspect(bundle, as_json, public_key) -> None:
     """Show what BUNDLE holds, reading only its manifest (instant on any size)."""
-    from mirror.bundle import read_manifest
+    from mirror.tarformat import read_manifest
 
     m = read_manifest(bundle)
     if as_json:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mirror import parts
-from mirror.bundle import BundleReader, is_lfs, pack_commit, read_manifest
+from mirror.bundle import is_lfs, pack_commit
+from mirror.tarformat import BundleReader, read_manifest
 from mirror.errors import BaseNotInstalled, BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
 from mirror.hashing import DualHasher, hash_files
 from mirror.manifest import KINDS, FileEntry, Manifest, classify, parse, unsafe_path_reason

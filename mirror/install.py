@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror import policy
-from mirror.bundle import BundleReader, read_manifest
+from mirror.tarformat import BundleReader, read_manifest
 from mirror.delta import delta_info, install_delta
 from mirror.errors import BundleError, HashMismatch, NotEnoughSpace
 from mirror.hashing import DualHasher, HashLanes
 from mirror.manifest import FileEntry, Manifest, unsafe_path_reason
 from mirror.parts import Ranges
-from mirror.verify import RANGE_CHUNK, deal, writer_layout
+from mirror.tarformat import writer_layout
+from mirror.verify import RANGE_CHUNK, deal
 
 _HEX40 = frozenset("0123456789abcdef")
 

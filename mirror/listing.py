@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror import parts
-from mirror.bundle import read_manifest
+from mirror.tarformat import read_manifest
 from mirror.errors import BundleError, UsageError
 
 

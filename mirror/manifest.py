@@ -16,6 +16,7 @@ from typing import Any
 
 from mirror import __version__
 from mirror.errors import ManifestError
+from mirror.ids import is_commit, is_sha256, repo_id_problem, unsafe_path_reason  # noqa: F401 (re-exported)
 
 FORMAT = "mirror-bundle/1"
 SUPPORTED_FORMATS = (FORMAT,)
@@ -24,8 +25,6 @@ PAYLOAD_PREFIX = "files/"  # every repo file lives under this prefix in the tar
 REPO_TYPES = ("model", "dataset", "space")
 KINDS = ("safetensors", "pickle", "code", "json", "text", "other")
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # Order matters: first match wins.
 _KIND_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -166,7 +165,7 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
         problems.append(f"repo_type {repo_type!r} is not one of {REPO_TYPES}")
     revision = need("revision", str)
     commit = need("commit", str)
-    if commit is not None and not _HEX40.match(commit):
+    if commit is not None and not is_commit(commit):
         problems.append("commit must be 40 lowercase hex characters")
     source = need("source", str)
     created_at = need("created_at", str)
@@ -193,9 +192,9 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
         kind = need("kind", str, fd, label)
         if size is not None and size < 0:
             problems.append(f"{label}size is negative")
-        if sha is not None and not _HEX64.match(sha):
+        if sha is not None and not is_sha256(sha):
             problems.append(f"{label}sha256 must be 64 lowercase hex characters")
-        if sha1 is not None and not _HEX40.match(sha1):
+        if sha1 is not None and not is_commit(sha1):
             problems.append(f"{label}git_sha1 must be 40 lowercase hex characters")
         if kind is not None and kind not in KINDS:
             problems.append(f"{label}kind {kind!r} is not one of {KINDS}")
@@ -230,33 +229,6 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
         format=fmt,
         extra=extra,
     )
-
-
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-
-
-def repo_id_problem(repo_id: str) -> str | None:
-    """Why `repo_id` is not a Hub repo id ("org/name" or "name"), or None. The id becomes a cache
-    folder name (`models--org--name`), so the Hub's own rules are enforced: no '--', no '..'."""
-    if not _REPO_ID.match(repo_id) or len(repo_id) > 96 * 2 + 1:
-        return "is not a Hub repo id like 'org/name' (letters, digits, '-', '_', '.')"
-    if "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
-        return "contains '--' or '..' or ends with '.git', which the Hub does not allow"
-    return None
-
-
-def unsafe_path_reason(path: str) -> str | None:
-    """Why a repo-relative path may not be written anywhere, or None if it is safe."""
-    if not path:
-        return "is empty"
-    if "\x00" in path or "\\" in path:
-        return "contains a NUL or backslash"
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        return "is absolute"
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        return "has an empty, '.' or '..' component"
-    return None
 
 
 _LICENSE_RE = re.compile(r"^license:\s*['\"]?([^'\"\n#]+?)['\"]?\s*(?:#.*)?$", re.MULTILINE)

@@ -319,7 +319,7 @@ def scan_bundle(bundle: str | os.PathLike) -> PolicyReport:
     here: `verify` reports those."""
     import tempfile
 
-    from mirror.bundle import BundleReader
+    from mirror.tarformat import BundleReader
 
     with tempfile.TemporaryDirectory(prefix="mirror-scan-") as tmp, BundleReader(bundle, hash_all=False) as reader:
         paths = [f.path for f in reader.manifest.files]

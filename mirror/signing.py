@@ -296,7 +296,7 @@ def _read_tail(bundle: Path) -> _Tail:
     structural checks are BundleReader's, in verify and install. A multi-part bundle cannot carry
     a signature (see bundle.append_trailer): its manifest only."""
     from mirror import parts
-    from mirror.bundle import MAX_MANIFEST, BundleReader
+    from mirror.tarformat import MAX_MANIFEST, BundleReader
 
     if parts.locate(bundle).multipart:
         with BundleReader(bundle, hash_all=False) as reader:
@@ -346,7 +346,7 @@ def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) 
     """Sign a bundle in place: (re)write its signature as the last member, then its sidecar.
     The manifest and payload bytes are untouched. Checking that the payload matches the manifest
     is `mirror verify`'s job; `mirror sign` runs it first."""
-    from mirror.bundle import append_trailer
+    from mirror.tarformat import append_trailer
 
     bundle = Path(bundle_path)
     tail = _read_tail(bundle)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.bundle import BundleReader
+from mirror.tarformat import BundleReader, writer_layout
 from mirror.errors import BundleError
 from mirror.hashing import DualHasher, HashLanes
 from mirror.manifest import FileEntry, Manifest
@@ -145,37 +145,6 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
         checked=checked,
         checked_bytes=checked_bytes,
     )
-
-
-def writer_layout(path: str | os.PathLike) -> tuple[Manifest, list[tuple[FileEntry, int]]] | None:
-    """(manifest, [(entry, offset of its data)]) when the bundle is laid out exactly as the
-    deterministic writer lays out its manifest: every header byte-identical to `member_header`,
-    files in path order, then only zeros. Then each file's bytes can be read by position, in
-    parallel, with nothing else in the tar to judge. None for any other layout (another writer,
-    a signature trailer, damage): callers then use the one-pass reader, which names what is off."""
-    from mirror.bundle import BLOCK, member_header
-    from mirror.manifest import PAYLOAD_PREFIX
-    from mirror.parts import Ranges
-
-    with BundleReader(path, hash_all=False) as head:  # the manifest only
-        manifest, at = head.manifest, head.offset
-    with Ranges(path) as src:
-        jobs = []
-        for f in sorted(manifest.files, key=lambda f: f.path.encode("utf-8")):
-            header = member_header(PAYLOAD_PREFIX + f.path, f.size)
-            if src.read(at, len(header)) != header:
-                return None
-            jobs.append((f, at + len(header)))
-            at += len(header) + f.size + (-f.size % BLOCK)
-        if src.size - at < 2 * BLOCK:
-            return None
-        pos = at
-        while pos < src.size:  # end-of-archive blocks and record padding: zeros to the end
-            chunk = src.read(pos, 1 << 20)
-            if chunk.count(0) != len(chunk):
-                return None
-            pos += len(chunk)
-    return manifest, jobs
 
 
 def deal(jobs: list[tuple[FileEntry, int]]) -> tuple[int, list[list[tuple[FileEntry, int]]]]:

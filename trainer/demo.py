@@ -227,7 +227,7 @@ def fmt_metrics(pairs: list[tuple[str, float | None]]) -> str:
 
 def lineage_line(bundle: Path) -> str:
     """Read the packed model's manifest back and show that the lineage came along."""
-    from mirror.bundle import read_manifest
+    from mirror.tarformat import read_manifest
     from mirror.hashing import sha256_file
 
     manifest = read_manifest(bundle).to_dict()

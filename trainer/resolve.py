@@ -120,7 +120,7 @@ def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[Pat
 
     Single-file bundles are NAME.tar; multi-part ones are NAME.tar.part0001... with an index
     NAME.tar.parts.json, which mirror reads as the one stream the parts stand for."""
-    from mirror.bundle import read_manifest
+    from mirror.tarformat import read_manifest
     from mirror.delta import delta_info
     from mirror.parts import INDEX_SUFFIX
 

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mirror import bundle
-from mirror.bundle import (
-    BundleReader,
-    append_trailer,
-    bundle_filename,
-    iter_payload,
-    pack_commit,
-    read_manifest,
-    write_bundle,
-)
+from mirror import bundle, tarformat
+from mirror.bundle import bundle_filename, pack_commit, write_bundle
+from mirror.tarformat import BundleReader, append_trailer, iter_payload, read_manifest
 from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
 from mirror.hashing import hash_file
 from mirror.manifest import FileEntry
@@ -320,7 +313,7 @@ def test_append_trailer_adds_then_replaces_the_last_member(repo, tmp_path):
 
 def test_sizes_over_8_gib_go_into_a_pax_record():
     size = 9 * 2**30
-    head = bundle.member_header("files/model-00001-of-00002.safetensors", size)
+    head = tarformat.member_header("files/model-00001-of-00002.safetensors", size)
     assert len(head) == 3 * 512  # PAX header + its records block + the ustar header
     assert b" size=9663676416\n" in head[512:1024]
     with tarfile.open(fileobj=io.BytesIO(head + b"\0" * 1024), mode="r|") as t:

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from mirror import hub
-from mirror.bundle import BundleInfo, read_manifest
+from mirror.bundle import BundleInfo
+from mirror.tarformat import read_manifest
 from mirror.cli import cli
 from tests.mirror.test_bundle import make_repo
 

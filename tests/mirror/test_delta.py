@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mirror import delta, parts
-from mirror.bundle import read_manifest
+from mirror.tarformat import read_manifest
 from mirror.errors import BaseNotInstalled, HashMismatch, ManifestError, UsageError
 from mirror.install import install_bundle
 from mirror.manifest import FileEntry, parse

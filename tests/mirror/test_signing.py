@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.bundle import BundleReader, append_trailer, read_manifest
+from mirror.tarformat import BundleReader, append_trailer, read_manifest
 from mirror.errors import SignatureError, UsageError
 from mirror.install import install_bundle
 from mirror.pack import pack_folder
