@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{12}\.(?P<suffix>partial|incomplete|tmp|staging)")
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{12}\.(?P<suffix>partial|incomplete|tmp|staging|journal)")
 
 
 def temp_path(final: str | os.PathLike, *, suffix: str = "partial") -> Path:

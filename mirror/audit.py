@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from mirror import parts
-from mirror.errors import BundleError, MirrorError, UsageError
+from mirror.errors import MirrorError, UsageError
+from mirror.listing import one_line, shown_name
 from mirror.manifest import Manifest, classify, human_size
 from mirror.policy import PolicyReport, scan_bundle
+from mirror.safeio import describe
 from mirror.signing import SignatureStatus, verify_signature
 from mirror.verify import verify_bundle
 
@@ -44,7 +47,7 @@ class AuditRow:
     verified: bool = False
     verify_summary: str = ""
     bundle_sha256: str | None = None
-    error: str | None = None  # the bundle could not be read at all
+    error: str | None = None  # one line: why the bundle could not be read at all
     require_signature: bool = False  # a public key was given: a missing or bad signature fails
 
     @property
@@ -62,14 +65,15 @@ class AuditRow:
 
 
 def find_bundles(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Bundles named directly, plus every `*.tar` and multi-part index (`*.tar.parts.json`)
-    directly inside a named folder."""
+    """Bundles named directly (a file, a multi-part index or part, or the NAME.tar of a multi-part
+    bundle), plus every `*.tar` and multi-part index (`*.tar.parts.json`) directly inside a named
+    folder. Nothing is opened here: `audit_bundle` judges each one."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = [*p.glob("*.tar"), *p.glob("*.tar" + parts.INDEX_SUFFIX)]
             out += sorted(q for q in found if not q.name.startswith("."))
-        elif p.exists():
+        elif os.path.lexists(p) or parts.index_path(p).is_file():
             out.append(p)
         else:
             raise UsageError(f"{p} does not exist; pass bundle files or folders of bundles")
@@ -77,6 +81,8 @@ def find_bundles(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def audit(paths: Iterable[str | os.PathLike], *, public_key: str | os.PathLike | None = None) -> list[AuditRow]:
+    """One row per bundle found. A bundle that cannot be read is a failed row, never an
+    exception: one hostile file must not hide the verdict on the others."""
     bundles = find_bundles(paths)
     if not bundles:
         raise UsageError("no bundles found; pass *.tar bundle files or folders that hold them")
@@ -84,17 +90,29 @@ def audit(paths: Iterable[str | os.PathLike], *, public_key: str | os.PathLike |
 
 
 def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> AuditRow:
+    def unreadable(reason: str, size: int = 0) -> AuditRow:  # no readable manifest: nothing else can be said
+        return AuditRow(bundle=str(path), size=size, error=one_line(reason), require_signature=public_key is not None)
+
+    size = 0
     try:
         location = parts.locate(path)
-        size = parts.read_index(location.index).size if location.multipart else path.stat().st_size
+        first = location.index or location.path  # the file a reader opens first
+        st = first.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a device never end
+            return unreadable(f"{first} is {describe(st.st_mode)}, not a regular file (not opened)")
+        size = parts.read_index(location.index).size if location.multipart else st.st_size
         report = verify_bundle(path)
-    except (BundleError, UsageError) as e:  # no readable manifest: nothing else can be said
-        return AuditRow(bundle=str(path), size=path.stat().st_size, error=str(e), require_signature=public_key is not None)
+    except MirrorError as e:
+        return unreadable(str(e), size)
+    except OSError as e:  # gone meanwhile, a dangling link, permission denied, an I/O error
+        return unreadable(f"{e.filename or path}: cannot be read ({e.strerror or e})", size)
     m = report.manifest
     try:
         signature = verify_signature(path, public_key_path=public_key)
-    except BundleError as e:
-        signature = SignatureStatus(present=False, valid=False, key_fingerprint=None, reason=e.reason)
+    except MirrorError as e:
+        signature = SignatureStatus(present=False, valid=False, key_fingerprint=None, reason=one_line(getattr(e, "reason", None) or str(e)))
+    except OSError as e:
+        signature = SignatureStatus(present=False, valid=False, key_fingerprint=None, reason=f"cannot be read ({e.strerror or e})")
     policy = _scan_pickles(path, m) if report.ok else PolicyReport()
     kinds: dict[str, int] = {}
     for f in m.files:
@@ -142,7 +160,7 @@ def render_table(rows: list[AuditRow]) -> str:
     table = [head]
     for r in rows:
         if r.error:
-            table.append((Path(r.bundle).name, "-", "-", "-", human_size(r.size), "-", "-", "-", "-", "UNREADABLE"))
+            table.append((shown_name(r.bundle), "-", "-", "-", human_size(r.size), "-", "-", "-", "-", "UNREADABLE"))
             continue
         sig = r.signature
         if sig is None or not sig.present:
@@ -152,13 +170,13 @@ def render_table(rows: list[AuditRow]) -> str:
             sig_txt = f"{state} {sig.key_fingerprint[:16] if sig.key_fingerprint else '?'}"
         pickle_txt = "no" if not r.pickle_files else ("REFUSED" if r.pickle_refused else f"{len(r.pickle_files)} (allowlisted)" if r.pickle_imports else str(len(r.pickle_files)))
         table.append((
-            Path(r.bundle).name, r.repo_id or "-", (r.commit or "-")[:12], r.license or "-", human_size(r.size),
+            shown_name(r.bundle), r.repo_id or "-", (r.commit or "-")[:12], r.license or "-", human_size(r.size),
             ",".join(f"{k}:{v}" for k, v in r.kinds.items()), pickle_txt, str(len(r.remote_code)) if r.remote_code else "no",
             sig_txt, "ok" if r.verified else "FAILED",
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    problems = [f"{Path(r.bundle).name}: {_why(r)}" for r in rows if not r.ok]
+    problems = [f"{shown_name(r.bundle)}: {_why(r)}" for r in rows if not r.ok]
     return "\n".join(lines + ([""] + problems if problems else []))
 
 

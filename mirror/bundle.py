@@ -11,15 +11,17 @@ import fnmatch
 import hashlib
 import os
 import shutil
-import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from mirror import parts
+from mirror.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding, write_sidecar
 from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
 from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, sha256_file
+from mirror.sources import SourceChanged, SourceFile, Sources, walk
 from mirror.manifest import (
     MANIFEST_NAME,
     PAYLOAD_PREFIX,
@@ -103,6 +105,7 @@ def write_bundle(
     extra: dict[str, Any] | None = None,
     paths: list[str] | None = None,
     max_part_size: int | None = None,
+    sources: Sources | None = None,
 ) -> BundleInfo:
     """Stream the files of `src_root` into `out_dir/<org>--<name>--<commit12>.tar` in two passes:
     the files are hashed first, in parallel across cores, so the manifest (member 0) is final
@@ -113,25 +116,46 @@ def write_bundle(
     sha256 is read only once (checked while it is copied). `commit=None` (a pack) derives the id from
     the content (`pack_commit`). Nothing is left in `out_dir` when this fails. With
     `max_part_size` the stream goes into equal parts plus an index (mirror.parts) instead of one
-    file, and `BundleInfo.path` is the index, NAME.tar.parts.json."""
+    file, and `BundleInfo.path` is the index, NAME.tar.parts.json.
+
+    Every file is opened once below `src_root` without following links (mirror.sources), and
+    hashed and copied through that descriptor; `sources` passes files a caller already opened
+    and checked (pack, whose link policy resolves links inside the folder itself)."""
     src_root, out_dir = Path(src_root), Path(out_dir)
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
     if why := repo_id_problem(repo_id):
         raise UsageError(f"repo id {repo_id!r} {why}")
-    if paths is None:
-        paths = sorted(expected) if expected is not None else _walk_files(src_root)
-    paths = sorted(set(paths))
-    if not paths and not (extra or {}).get("delta"):  # a delta may only remove files
-        raise UsageError(f"{src_root}: no files to bundle; check the folder and the include/exclude patterns")
-    sizes: dict[str, int] = {}
+    with ExitStack() as stack:
+        if sources is None:
+            sources = stack.enter_context(Sources([src_root]))
+            if paths is None and expected is None:
+                _walk_files(sources)
+        if paths is None:
+            paths = sorted(expected) if expected is not None else sources.paths
+        paths = sorted(set(paths))
+        if not paths and not (extra or {}).get("delta"):  # a delta may only remove files
+            raise UsageError(f"{src_root}: no files to bundle; check the folder and the include/exclude patterns")
+        for p in paths:
+            if why := unsafe_path_reason(p):
+                raise UsageError(f"file name {p!r} {why}; it cannot be stored in a bundle")
+            if p not in sources:
+                sources.add(p)
+        return _write(
+            sources, paths=paths, src_root=src_root, repo_id=repo_id, repo_type=repo_type, revision=revision, commit=commit,
+            source=source, created_at=created_at, license=license, out_dir=out_dir, expected=expected, lfs=lfs,
+            extra=extra, max_part_size=max_part_size,
+        )
+
+
+def _write(
+    src: Sources, *, paths: list[str], src_root: Path, repo_id: str, repo_type: str, revision: str, commit: str | None,
+    source: str, created_at: str, license: str | None, out_dir: Path, expected: dict[str, FileEntry] | None,
+    lfs: dict[str, bool] | None, extra: dict[str, Any] | None, max_part_size: int | None,
+) -> BundleInfo:
+    """write_bundle once its files are open and checked."""
+    sizes = {p: src[p].size for p in paths}
     for p in paths:
-        if why := unsafe_path_reason(p):
-            raise UsageError(f"file name {p!r} {why}; it cannot be stored in a bundle")
-        try:
-            sizes[p] = os.stat(src_root / p).st_size
-        except OSError as e:
-            raise UsageError(f"{src_root / p}: cannot read ({e.strerror}); check the folder") from e
         want = (expected or {}).get(p)
         if expected is not None and want is None:
             raise UsageError(f"{p} is not among the expected files of {repo_id}; it cannot be checked")
@@ -163,24 +187,21 @@ def write_bundle(
     total = archive_size(len(member_header(MANIFEST_NAME, reserved)) + reserved + sum(member_span(PAYLOAD_PREFIX + p, sizes[p]) for p in paths))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep(out_dir)  # temporaries of a writer that was SIGKILLed (its pid is gone): before the space check
     free = shutil.disk_usage(out_dir).free
     if free < total:
         raise NotEnoughSpace(str(out_dir), needed=total, free=free)
     # Pass 1: every file's digests, files hashed in parallel across cores. The manifest, which
     # comes first in the tar, is then final before the first byte is written, so pass 2 can hash
-    # the tar stream while writing it (no third read of the bundle for its sha256). A file that
-    # changes between the passes (size or mtime) is refused: the manifest must describe the bytes.
+    # the tar stream while writing it (no third read of the bundle for its sha256).
     # An LFS file whose sha256 is expected (the Hub's) is not hashed here: its digests follow from
     # that sha256, and pass 2 checks it on a second lane while copying, so it is read once.
-    stamps = {p: _stamp(src_root / p) for p in paths}
     promised = {d.path: _promised(d, (expected or {}).get(d.path)) for d in draft_files}
-    todo = [d for d in draft_files if promised[d.path] is None]
-    digests = hash_files([src_root / d.path for d in todo], lfs={src_root / d.path for d in todo if d.lfs})
+    todo = [src[d.path] for d in draft_files if promised[d.path] is None]
+    digests = hash_files(todo, lfs={src[d.path] for d in draft_files if d.lfs and promised[d.path] is None})
     entries: list[FileEntry] = []
     for draft in draft_files:
-        digest = promised[draft.path] or digests[src_root / draft.path]
-        if digest.size != draft.size:
-            raise UsageError(f"{src_root / draft.path} changed size while it was being bundled; make sure nothing writes to the folder and retry")
+        digest = promised[draft.path] or digests[src[draft.path]]
         want = (expected or {}).get(draft.path)
         if want is not None:
             for algo, exp, got in (("sha256", want.sha256, digest.sha256), ("git sha1", want.git_sha1, digest.git_sha1)):
@@ -192,16 +213,23 @@ def write_bundle(
     raw = manifest.to_json()
     if len(raw) > reserved:  # cannot happen unless the manifest format changes shape
         raise RuntimeError(f"manifest grew from {reserved} to {len(raw)} bytes while writing")
+    final = out_dir / bundle_filename(repo_id, manifest.commit, repo_type=repo_type)
+    if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
+        final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
 
-    partial = out_dir / f".{repo_id.replace('/', '--')}.{uuid.uuid4().hex[:12]}.tar.partial"
+    # `.<final>.<pid>-<random>.partial` (mirror.atomic): never taken for a bundle, removed in the
+    # `finally` below on any error, Ctrl-C or SIGTERM, and by `sweep` after a SIGKILL
+    partial = temp_path(final)
     sidecar_tmp: Path | None = None
     splitter = parts.PartWriter(out_dir, max_part_size=max_part_size) if max_part_size else None
     # a multi-part writer hashes its parts and the stream itself when it commits
     stream_sha = None if splitter is not None else hashlib.sha256()
     try:
-        # Pass 2: copy, the stream's sha256 on a lane thread, overlapped with reading and writing
-        # lane 0: the stream's sha256; lane 1: the sha256 of a promised file, checked as it passes
-        with splitter or open(partial, "wb") as out, HashLanes(2) as lanes:
+        # Pass 2: copy, the stream's sha256 on a lane thread, overlapped with reading and writing.
+        # lane 0: the stream's sha256; lane 1: each file's sha256 again, as it passes: against
+        # the Hub's for a promised file, else against pass 1's, so the bytes bundled are exactly
+        # the bytes hashed even if something rewrote the file in place between the passes.
+        with splitter or open(partial, "xb") as out, HashLanes(2) as lanes:
 
             def put(data: bytes) -> None:
                 out.write(data)
@@ -209,24 +237,23 @@ def write_bundle(
                     lanes.submit(0, stream_sha, data)
 
             put(member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw)))
-            for draft in draft_files:
+            for draft, entry in zip(draft_files, files):
                 put(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
-                check = None if promised[draft.path] is None else DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
-                _copy(src_root / draft.path, draft.size, put, stamp=stamps[draft.path], check=check)
-                if check is not None and (got := check.digest().sha256) != promised[draft.path].sha256:
-                    raise HashMismatch(draft.path, algorithm="sha256", expected=promised[draft.path].sha256, actual=got, where="against the Hub's hash")
+                check = DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
+                _copy(src[draft.path], put, check=check)
+                if (got := check.digest().sha256) != entry.sha256:
+                    if promised[draft.path] is None:
+                        raise SourceChanged(src[draft.path].shown)
+                    raise HashMismatch(draft.path, algorithm="sha256", expected=entry.sha256, actual=got, where="against the Hub's hash")
                 put(b"\0" * padding(draft.size))
             end = out.tell() + 2 * BLOCK
             put(b"\0" * (2 * BLOCK + (-end % RECORD)))
-        final = out_dir / bundle_filename(repo_id, manifest.commit, repo_type=repo_type)
-        if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
-            final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
         if splitter is not None:
             index = splitter.commit(final)
             return BundleInfo(path=parts.index_path(final), sha256=index.sha256, size=index.size, manifest=manifest)
         sha = stream_sha.hexdigest()  # the lanes were closed: every chunk is in
         sidecar = final.with_name(final.name + ".sha256")
-        sidecar_tmp = sidecar.with_name(partial.name + ".sha256")
+        sidecar_tmp = temp_path(sidecar)
         sidecar_tmp.write_text(f"{sha}  {final.name}\n")
         os.replace(partial, final)
         os.replace(sidecar_tmp, sidecar)
@@ -256,37 +283,25 @@ def _promised(draft: FileEntry, want: FileEntry | None) -> Digest | None:
     return Digest(size=draft.size, sha256=want.sha256, git_sha1=sha1)
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
-def _copy(src: Path, size: int, put, *, stamp: tuple[int, int], check: DualHasher | None = None) -> None:
-    """Stream `src` into `put` (and `check`) in chunks, each a fresh `bytes` since a hash lane
-    may still hold the previous one; refuses a file whose size or mtime differs from when it was
-    first looked at."""
-    with open(src, "rb", buffering=0) as f:
-        left = size
-        while left:
-            chunk = f.read(min(CHUNK, left))
+def _copy(src: SourceFile, put, *, check: DualHasher) -> None:
+    """Stream `src` into `put` and `check` in chunks read by position from the descriptor that
+    was checked (and hashed in pass 1), each a fresh `bytes` since a hash lane may still hold the
+    previous one. Refuses (SourceChanged) a file that, once copied, is not the same inode with
+    the same size, mtime and ctime as when it was first opened."""
+    with src.descriptor() as fd:
+        offset = 0
+        while offset < src.size:
+            chunk = os.pread(fd, min(CHUNK, src.size - offset), offset)
             if not chunk:
-                break
+                raise EOFError(f"the file ended after {offset} of {src.size} bytes")
             put(chunk)
-            if check is not None:
-                check.update(chunk)
-            left -= len(chunk)
-        if left or f.read(1) or _stamp(src) != stamp:
-            raise UsageError(f"{src} changed while it was being bundled; make sure nothing writes to the folder and retry")
+            check.update(chunk)
+            offset += len(chunk)
+        src.check_unchanged(fd)
 
 
-def _walk_files(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise UsageError(f"{root} is not a directory")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(root)
-        out += [(rel / n).as_posix() for n in filenames]
-    return sorted(out)
-
-
+def _walk_files(src: Sources) -> None:
+    """Register every file below the folder, refusing (naming it) a symlink or special file
+    inside: a bundle is made of the folder's own regular files, never of what a link points at."""
+    for rel, _ in walk(src):
+        src.add(rel)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from mirror import __version__
+from mirror import __version__, signals
 from mirror.errors import MirrorError, UsageError, VerifyFailed
 from mirror.manifest import human_size
 
@@ -34,9 +35,10 @@ class _Boundary(click.Group):
         except MirrorError as e:
             click.echo(f"mirror: error: {_one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("mirror: error: interrupted; nothing partial was kept", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP made to unwind (mirror.signals)
+            how = f" by {signal.Signals(e.signum).name}" if isinstance(e, signals.Terminated) else ""
+            click.echo(f"mirror: error: interrupted{how}; nothing partial was kept", err=True)
+            ctx.exit(signals.exit_code(e))
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 click.echo(f"mirror: error: no space left on device{' writing ' + str(e.filename) if e.filename else ''}; free some space or choose another directory", err=True)
@@ -101,6 +103,12 @@ _sign_key_option = click.option(
     "--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack,
     help="Sign the bundle right after writing it, with this EC private key (PEM; see 'mirror keygen').",
 )
+
+
+def _keys_need_signing_stack(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    for v in value:
+        _key_needs_signing_stack(ctx, param, v)
+    return value
 
 
 def _sign_after_write(path: Path, key: Path | None) -> None:
@@ -339,20 +347,29 @@ Examples:
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
 @_cache_option
 @_allow_pickle_option
-def install(bundles, cache_dir, allow_pickle) -> None:
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_keys_need_signing_stack,
+              help="Require a valid signature by this key (PEM; repeatable: any one of them). $MIRROR_TRUSTED_KEYS makes this mandatory site-wide.")
+@click.option("--sha256", "expected_sha256", default=None, metavar="HEX", help="Require the bundle's own sha256 (from a transfer ticket or its .sha256 sidecar).")
+def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256) -> None:
     """Verify BUNDLE while installing it into the Hugging Face cache, atomically.
 
-    A failed or interrupted install leaves the cache as it was; installing twice is a no-op.
-    Prints the snapshot folder last.
+    An installed commit never changes: a bundle claiming it with other content is refused. Blobs
+    already in the cache are re-hashed; a damaged one is replaced. A failed or interrupted install
+    leaves the cache as it was; installing twice is a no-op. Prints the snapshot folder last.
     """
     from mirror.install import install_bundle
 
     for b in bundles:
-        # the files are verified either way; the bundle's own sha256 is for lineage records only
-        r = install_bundle(b, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False)
+        # the files are verified either way; the bundle's own sha256 only when --sha256 asks for it
+        r = install_bundle(b, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False, public_keys=public_keys, expected_sha256=expected_sha256)
+        for line in r.recovered:
+            click.echo(f"note: {line}", err=True)
+        for p in r.repaired:
+            click.echo(f"repaired: {p} (its blob in the cache was damaged; replaced with the verified bytes)", err=True)
         state = "already installed" if r.already_installed else "installed"
         refs = f" (refs: {', '.join(r.refs)})" if r.refs else ""
-        click.echo(f"{state}: {r.repo_id}@{r.commit}{refs}", err=True)
+        signed = f", signed by key sha256:{r.signer}" if r.signer else ""
+        click.echo(f"{state}: {r.repo_id}@{r.commit}{refs}{signed}", err=True)
         click.echo(str(r.snapshot_dir))
 
 
@@ -365,7 +382,12 @@ Examples:
 @click.option("--installed", is_flag=True, help="List snapshots installed in the HF cache instead.")
 @_cache_option
 def list_(directory, installed, cache_dir) -> None:
-    """List the bundles in DIRECTORY (default bundles/): repo, commit, size, files."""
+    """List the bundles in DIRECTORY (default bundles/): repo, commit, size, files.
+
+    A bundle that cannot be read (damaged, hostile, not a regular file) is one row with its
+    reason, and the others are still listed. Exit 1 if any bundle could not be read, 2 if
+    DIRECTORY is not a folder.
+    """
     if installed:
         from mirror.install import default_cache_dir, list_installed
 
@@ -376,16 +398,20 @@ def list_(directory, installed, cache_dir) -> None:
         if not rows:
             click.echo("no snapshots installed", err=True)
         return
-    from mirror.listing import list_bundles
+    from mirror.listing import list_bundles, shown_name
 
     rows = list_bundles(directory or Path(DEFAULT_OUT))
     for b in rows:
         if b.problem:
-            click.echo(f"{b.path.name:<60} unreadable: {b.problem}")
+            click.echo(f"{shown_name(b.path):<60} unreadable: {b.problem}")
         else:
-            click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {b.path.name}")
+            click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {shown_name(b.path)}")
     if not rows:
         click.echo(f"no bundles in {directory or DEFAULT_OUT}", err=True)
+    bad = [b for b in rows if b.problem]
+    if bad:
+        click.echo(f"mirror: error: {len(bad)} of {len(rows)} bundle(s) could not be read", err=True)
+        click.get_current_context().exit(1)
 
 
 # --- security: keys, signatures, audit (docs/security.md) ----------------------------------------
@@ -448,7 +474,12 @@ Examples:
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check signatures with this key; unsigned or invalid then fails.")
 def audit(paths, fmt, public_key) -> None:
     """One row per bundle in PATH (files or folders): repo, commit, license, kinds, pickle and
-    remote-code flags, signature and signer key, verification. Exit 1 if any bundle fails."""
+    remote-code flags, signature and signer key, verification.
+
+    A bundle that cannot be read (damaged, hostile, not a regular file) is one UNREADABLE row
+    with its reason, and the others are still audited. Exit 1 if any bundle fails or cannot be
+    read, 2 if a PATH does not exist or holds no bundles.
+    """
     from mirror.audit import RENDERERS, audit as run_audit
 
     rows = run_audit(paths, public_key=public_key)
@@ -460,4 +491,5 @@ def audit(paths, fmt, public_key) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    signals.install()
     cli.main(args=argv, prog_name="mirror")

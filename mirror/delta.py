@@ -25,9 +25,10 @@ from typing import Any, Iterable
 from mirror import parts
 from mirror.bundle import is_lfs, pack_commit
 from mirror.tarformat import BundleReader, read_manifest
-from mirror.errors import BaseNotInstalled, BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
+from mirror.errors import BundleError, HashMismatch, ManifestError, UsageError
 from mirror.hashing import DualHasher, hash_files
-from mirror.manifest import KINDS, FileEntry, Manifest, classify, parse, unsafe_path_reason
+from mirror.manifest import KINDS, MAX_MANIFEST_BYTES, FileEntry, Manifest, classify, parse, unsafe_path_reason
+from mirror.safejson import read_file
 
 DELTA_FORMAT = "mirror-delta/1"
 DELTA_KEY = "delta"  # the manifest section (Manifest.extra) that makes a bundle a delta
@@ -103,7 +104,7 @@ def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | o
     if since_manifest is not None:
         path = Path(since_manifest)
         try:
-            raw = path.read_bytes()
+            raw = read_file(path, what="--since-manifest file", max_bytes=MAX_MANIFEST_BYTES, error=UsageError)
         except FileNotFoundError as e:
             raise UsageError(f"--since-manifest {path}: no such file; pass the JSON printed by 'mirror inspect --json OLD_BUNDLE'") from e
         m = parse(raw, bundle=str(path))
@@ -242,152 +243,6 @@ def require_full(manifest: Manifest, *, bundle: str) -> None:
             f"{len(manifest.files)} of the {len(info.target_files)} files",
             fix="install the base bundle, then 'mirror install' this delta on top of it",
         )
-
-
-# --- installing a delta -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeltaInstall:
-    snapshot: Path  # snapshots/<target commit>
-    commit: str
-    base_commit: str
-    new_blobs: int  # blobs this delta added to the cache
-    shared_blobs: int  # target files served by blobs already in the cache (the base's)
-    already_installed: bool
-    bundle_sha256: str | None  # of the delta bundle; None when it was already installed
-
-
-def install_delta(bundle: str | os.PathLike, *, cache_dir: str | os.PathLike, allow_pickle: bool = False) -> DeltaInstall:
-    """Apply a delta bundle on top of its installed base commit, atomically.
-
-    Order: refuse early (not a delta, base commit not installed, base blobs missing) before any
-    byte is written; stream the payload into new blobs, hashing as they are written; hash every
-    shared blob too, so the complete target snapshot is verified; then build the snapshot under a
-    temporary name and rename it into place. On any failure the blobs this call created and the
-    temporary snapshot are removed, leaving the cache as it was. Refs are the caller's
-    (`install.install_bundle`, which dispatches deltas here, after the policy's name check).
-    With `allow_pickle`, the new blobs are scanned against the pickle allowlist before the
-    snapshot exists (the base's files were scanned when the base was installed)."""
-    from mirror.install import _link_target, repo_folder
-
-    cache = Path(cache_dir)
-    with BundleReader(bundle) as r:
-        m = r.manifest
-        info = delta_info(m, bundle=r.label)
-        if info is None:
-            raise UsageError(f"{r.label} is a full bundle, not a delta; install it with 'mirror install'")
-        repo = cache / repo_folder(m.repo_id, m.repo_type)
-        blobs = repo / "blobs"
-        carried = {f.path for f in m.files}
-        shared = [f for f in info.target_files if f.path not in carried]
-        base = info.base
-
-        def missing_base(detail: str = "") -> BaseNotInstalled:
-            return BaseNotInstalled(r.label, repo_id=base.repo_id, commit=base.commit, base_bundle=base.bundle, base_sha256=base.bundle_sha256, detail=detail)
-
-        if not (repo / "snapshots" / base.commit).is_dir():
-            installed = sorted(p.name for p in (repo / "snapshots").glob("*") if p.is_dir() and not p.name.startswith("."))
-            raise missing_base(f"{cache} holds {', '.join(c[:12] for c in installed) or 'no commit'} of this repo")
-        absent = [f.path for f in shared if not (blobs / f.etag).is_file()]
-        if absent:
-            raise missing_base(f"{len(absent)} of its files are not in the cache (first {absent[0]!r})")
-        target = repo / "snapshots" / m.commit
-        if _snapshot_complete(target, info.target_files, blobs):
-            return DeltaInstall(snapshot=target, commit=m.commit, base_commit=base.commit, new_blobs=0, shared_blobs=len(shared), already_installed=True, bundle_sha256=None)
-        need = sum(f.size for f in m.files if not (blobs / f.etag).exists())
-        blobs.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(blobs).free
-        if need > free:
-            raise NotEnoughSpace(str(blobs), needed=need, free=free)
-
-        created: list[Path] = []
-        staging = repo / "snapshots" / f".{m.commit}.{uuid.uuid4().hex[:12]}.incomplete"
-        try:
-            for member, chunks in r.payload():
-                if member.problem:
-                    raise BundleError(r.label, member.problem)
-                if member.kind != "file":
-                    continue  # directories and trailers (signatures) carry no snapshot content
-                if _write_blob(member.entry, chunks, blobs, label=r.label):
-                    created.append(blobs / member.entry.etag)
-            if r.missing:
-                raise BundleError(r.label, f"{len(r.missing)} file(s) listed in the manifest are missing, first {r.missing[0]!r}")
-            _verify_shared(shared, blobs)
-            if allow_pickle:
-                from mirror.policy import check_files
-
-                check_files({f.path: blobs / f.etag for f in m.files}, allow_pickle=True, where=r.label)
-            for f in info.target_files:
-                link = staging / f.path
-                link.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(_link_target(f.path, f.etag), link)
-            _swap_in(staging, target)
-            sha = r.sha256
-        except BaseException:
-            for b in created:
-                b.unlink(missing_ok=True)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return DeltaInstall(snapshot=target, commit=m.commit, base_commit=base.commit, new_blobs=len(created), shared_blobs=len(shared), already_installed=False, bundle_sha256=sha)
-
-
-def _snapshot_complete(snapshot: Path, files: tuple[FileEntry, ...], blobs: Path) -> bool:
-    """Installed before: every file links to the blob it must be (content was hashed then)."""
-    if not snapshot.is_dir():
-        return False
-    for f in files:
-        link = snapshot / f.path
-        if not link.is_symlink() or (link.parent / os.readlink(link)).resolve() != (blobs / f.etag).resolve():
-            return False
-    return True
-
-
-def _write_blob(entry: FileEntry, chunks, blobs: Path, *, label: str) -> bool:
-    """Stream one payload file into blobs/<etag>, hashing as it goes. True if the blob is new
-    (False when an identical blob was already there: blobs are shared, never rewritten)."""
-    final = blobs / entry.etag
-    tmp = blobs / f"{entry.etag}.{uuid.uuid4().hex[:12]}.incomplete"
-    h = DualHasher(entry.size, lfs=entry.lfs)
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                h.update(chunk)
-        try:
-            d = h.digest()
-        except ValueError as e:
-            raise BundleError(label, f"{entry.path}: {e}") from e
-        for algo, want, got in (("sha256", entry.sha256, d.sha256), ("git sha1", entry.git_sha1, d.git_sha1)):
-            if want != got:
-                raise HashMismatch(entry.path, algorithm=algo, expected=want, actual=got, where=f"in {label}")
-        if final.exists():
-            return False
-        os.replace(tmp, final)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _verify_shared(files: list[FileEntry], blobs: Path) -> None:
-    """Hash the blobs the target shares with the base, in parallel across cores."""
-
-    digests = hash_files([blobs / f.etag for f in files], lfs={blobs / f.etag for f in files if f.lfs}) if files else {}
-    for f in files:
-        got = digests[blobs / f.etag]
-        if got.sha256 != f.sha256:
-            raise HashMismatch(f.path, algorithm="sha256", expected=f.sha256, actual=got.sha256, where="in the installed base (the cache was altered: reinstall the base bundle)")
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Rename the finished snapshot into place; an incomplete one already there is replaced."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.old")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, since: str | os.PathLike | None, since_manifest: str | os.PathLike | None, extra: dict[str, Any] | None) -> dict[str, Any]:

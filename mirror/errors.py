@@ -106,6 +106,23 @@ class SignatureError(BundleError):
     exit_code = 5
 
 
+class CommitConflict(BundleError):
+    """A bundle claims a commit that is installed with other content: installed commits are
+    immutable, so it is refused, naming the first file that differs."""
+
+    exit_code = 4
+
+    def __init__(self, bundle: str, *, repo_id: str, commit: str, path: str, detail: str):
+        self.repo_id = repo_id
+        self.commit = commit
+        self.path = path
+        super().__init__(
+            bundle,
+            f"claims {repo_id}@{commit[:12]}, which is installed with other content: {path} {detail}",
+            fix="an installed commit never changes: do not use this bundle (it is forged or from another source)",
+        )
+
+
 class PolicyError(BundleError):
     """The bundle holds something our policy refuses (pickle, remote code...)."""
 
@@ -126,6 +143,18 @@ class NotEnoughSpace(MirrorError, OSError):
             f"not enough disk space in {where}: need {needed / 1e6:.1f} MB, "
             f"{free / 1e6:.1f} MB free; free some space or choose another directory"
         )
+
+
+class UnsafeCache(MirrorError, PermissionError):
+    """Something in the HF cache that mirror must not follow or trust: a planted symbolic link,
+    a blob that is not a regular file, an unreadable install record."""
+
+    exit_code = 9
+
+    def __init__(self, path: str, reason: str, *, fix: str = ""):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}; " + (fix or "nothing was written; remove it (or ask who put it there) and run the command again"))
 
 
 class UsageError(MirrorError, ValueError):

@@ -15,7 +15,6 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Container, Iterable
 
 CHUNK = 8 * 1024 * 1024  # large enough that per-call overhead is invisible next to hashlib's own cost
@@ -144,6 +143,41 @@ def hash_stream(f: BinaryIO, size: int, *, lfs: bool = False, chunk: int = CHUNK
     return h.digest()
 
 
+def hash_fd(fd: int, size: int, *, lfs: bool = False, chunk: int = CHUNK, stop: threading.Event | None = None) -> Digest:
+    """The digests of the first `size` bytes of an open descriptor, read by position (the file
+    offset is neither used nor moved, so one descriptor can serve a hash pass and a copy pass).
+    EOFError when the file ends first: it shrank since `size` was taken. `stop` set: Cancelled."""
+    h = DualHasher(size, lfs=lfs)
+    buf = bytearray(min(chunk, size) or 1)
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        if stop is not None and stop.is_set():
+            raise Cancelled()
+        want = min(len(buf), size - offset)
+        n = _pread_into(fd, view[:want], offset)
+        if not n:
+            raise EOFError(f"the file ended after {offset} of {size} bytes")
+        h.update(view[:n])
+        offset += n
+    return h.digest()
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    if _preadv is not None:
+        return _preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
+
+
+_preadv = getattr(os, "preadv", None)  # not on every platform; os.pread (one copy more) then
+
+
+class Cancelled(Exception):
+    """A hash worker stopped because the caller is unwinding (an error elsewhere, Ctrl-C, SIGTERM)."""
+
+
 def hash_file(path: str | os.PathLike, *, lfs: bool = False) -> Digest:
     with open(path, "rb", buffering=0) as f:
         return hash_stream(f, os.fstat(f.fileno()).st_size, lfs=lfs)
@@ -159,10 +193,36 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-def hash_files(paths: Iterable[Path], *, lfs: Container[Path] = frozenset(), workers: int | None = None) -> dict[Path, Digest]:
-    """Hash many files in parallel (those in `lfs` as LFS files). hashlib releases the GIL on
-    large updates, so threads scale across cores without the cost of processes."""
-    paths = list(paths)
-    workers = workers or min(len(paths), os.cpu_count() or 1) or 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(lambda p: hash_file(p, lfs=p in lfs), paths)))
+def hash_files(items: Iterable, *, lfs: Container = frozenset(), workers: int | None = None) -> dict:
+    """Hash many files in parallel (those in `lfs` as LFS files); returns {item: Digest}. hashlib
+    releases the GIL on large updates, so threads scale across cores without processes.
+
+    An item is a path (opened by name: for files of our own, like cache blobs), an open
+    descriptor or file object (hashed from offset 0 to its fstat size), or an already opened
+    source (mirror.sources.SourceFile: `size`, and `descriptor()` lends a descriptor): files
+    from someone else's folder are hashed through what was checked, never reopened by name.
+    If anything fails or the caller is interrupted, queued files are dropped and running ones
+    stop at their next chunk, so a SIGTERM during a long pass does not wait for the whole pass."""
+    items = list(items)
+    workers = workers or min(len(items), os.cpu_count() or 1) or 1
+    stop = threading.Event()
+
+    def one(item) -> Digest:
+        if stop.is_set():
+            raise Cancelled()
+        if isinstance(item, (str, os.PathLike)):
+            return hash_file(item, lfs=item in lfs)
+        if isinstance(item, int) or hasattr(item, "fileno"):
+            fd = item if isinstance(item, int) else item.fileno()
+            return hash_fd(fd, os.fstat(fd).st_size, lfs=item in lfs, stop=stop)
+        with item.descriptor() as fd:
+            return hash_fd(fd, item.size, lfs=item in lfs, stop=stop)
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        return dict(zip(items, pool.map(one, items)))
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

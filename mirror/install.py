@@ -1,16 +1,21 @@
-"""Install a bundle into the standard Hugging Face cache layout, atomically.
+"""Install a bundle (full or delta) into the standard Hugging Face cache, by content.
 
-After `install_bundle`, unmodified Hugging Face code finds the model offline:
+After `install_bundle`, unmodified Hugging Face code finds the model offline (layout:
+`mirror.hfcache`). The promise: a snapshot installed at commit C holds exactly the bytes its
+manifest names, and nothing a later bundle, a shared cache or an interruption does changes that
+silently. How each part is kept:
 
-    <cache>/models--org--name/blobs/<etag>                  file contents (sha256 for LFS files,
-                                                            git blob sha1 otherwise)
-    <cache>/models--org--name/snapshots/<commit>/<path>     relative symlinks to ../../blobs/<etag>
-    <cache>/models--org--name/refs/<revision>               the commit, for branch and tag names
-
-The bundle is verified while it is extracted into a temporary folder inside the cache (same
-filesystem, so the final moves are renames). Only when every byte has matched the manifest are
-blobs moved in and the snapshot folder renamed into place; any failure, including Ctrl-C, rolls
-back, so the cache is left exactly as it was.
+- one manifest read: the bundle is opened once; the snapshot is built from the manifest that the
+  bytes are checked against (`mirror.extract`), and a required signature (`--public-key`,
+  $MIRROR_TRUSTED_KEYS) is checked over exactly those manifest bytes;
+- an installed commit is immutable: a bundle claiming it with other content is refused, naming
+  the first differing file; blobs already in the cache are trusted only after their content
+  matched their name, and a damaged one is replaced (and reported);
+- deltas obey the same rules over their complete target file list, and may only reuse files that
+  their base snapshot holds under the same path and content;
+- per-repo lock, huggingface_hub's blob locks, a journal: concurrent installs are safe, a failed
+  one removes only what it created and no snapshot uses, and one killed even with SIGKILL is
+  finished or undone by the next install into that repo (`hfcache.recover`).
 """
 
 from __future__ import annotations
@@ -18,22 +23,22 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Sequence
 
-from mirror import policy
-from mirror.tarformat import BundleReader, read_manifest
-from mirror.delta import delta_info, install_delta
-from mirror.errors import BundleError, HashMismatch, NotEnoughSpace
-from mirror.hashing import DualHasher, HashLanes
-from mirror.manifest import FileEntry, Manifest, unsafe_path_reason
-from mirror.parts import Ranges
-from mirror.tarformat import writer_layout
-from mirror.verify import RANGE_CHUNK, deal
+from mirror import atomic, hfcache, policy, trust
+from mirror.delta import delta_info
+from mirror.errors import BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache
+from mirror.extract import extract
+from mirror.hashing import hash_file, hash_files
+from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (public API)
+from mirror.ids import is_commit, is_sha256, ref_problem
+from mirror.manifest import FileEntry, Manifest
+from mirror.tarformat import BundleReader, name_collision
 
-_HEX40 = frozenset("0123456789abcdef")
+default_cache_dir = cache_root
 
 
 @dataclass(frozen=True)
@@ -42,297 +47,319 @@ class InstallResult:
     commit: str
     snapshot_dir: Path
     already_installed: bool
-    bundle_sha256: str | None  # None when the snapshot was already there, or not asked for
+    bundle_sha256: str | None  # None when not computed (not asked for, or nothing extracted)
     refs: tuple[str, ...] = ()  # the refs that now point at this commit
+    repaired: tuple[str, ...] = ()  # paths whose damaged blob in the cache was replaced
+    recovered: tuple[str, ...] = ()  # what was done about earlier interrupted installs
+    signer: str | None = None  # the fingerprint of the key whose signature was required and valid
 
 
-@dataclass(frozen=True)
-class InstalledSnapshot:
-    repo_id: str
-    repo_type: str
-    commit: str
-    refs: tuple[str, ...]
-    path: Path
-    files: int
-    size: int
+@dataclass
+class _Plan:
+    """What one install does, decided under the repo lock before any byte is written."""
+
+    rc: RepoCache
+    target: tuple[FileEntry, ...]  # the complete snapshot (a delta's target_files)
+    existing: dict[str, str | None]  # what snapshots/<commit> holds now: path -> etag
+    record: dict[str, FileEntry] | None
+    write: dict[str, FileEntry] = field(default_factory=dict)  # etag -> entry whose bytes the bundle must supply
+    absent: set[str] = field(default_factory=set)  # etags with no blob yet
+    damaged: set[str] = field(default_factory=set)  # etags whose blob does not match its name
+
+    @property
+    def complete(self) -> bool:
+        return not self.write and all(self.existing.get(f.path) == f.etag for f in self.target)
 
 
-def default_cache_dir() -> Path:
-    """Where huggingface_hub looks: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
+def install_bundle(
+    path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+    bundle_sha256: bool = True,
+    public_keys: Sequence[str | os.PathLike] = (),
+    expected_sha256: str | None = None,
+) -> InstallResult:
+    """Verify `path` while installing it into the cache. `public_keys` (plus those in
+    $MIRROR_TRUSTED_KEYS) require a valid signature by one of them; `expected_sha256` requires the
+    bundle's own sha256 (a transfer ticket's). `bundle_sha256=False` skips computing the bundle's
+    sha256 when nothing requires it (the files are checked either way).
+    Raises CommitConflict, HashMismatch, BundleError, SignatureError, PolicyError, UnsafeCache,
+    BaseNotInstalled or NotEnoughSpace; the cache is then as it was."""
+    keys = trust.trusted_keys(public_keys)
+    if expected_sha256 is not None and not is_sha256(expected_sha256.lower()):
+        raise BundleError(str(path), f"--sha256 {expected_sha256!r} is not 64 hex characters", fix="copy the bundle's sha256 from its .sha256 sidecar or transfer ticket")
+    want_sha = bundle_sha256 or expected_sha256 is not None
+    with BundleReader(path, hash_all=want_sha) as reader:
+        m = reader.manifest
+        label = reader.label
+        target = _target_files(m, label)
+        if not allow_pickle:  # decided from the names of the complete snapshot, before any byte is read
+            policy.check_paths([f.path for f in target], where=label)
+        if m.revision and (why := ref_problem(m.revision)):
+            raise BundleError(label, f"revision {m.revision!r} {why}")
+        rc = RepoCache(cache_root(cache_dir), m.repo_id, m.repo_type)
+        made = hfcache.make_dirs(rc.locks)
+        try:
+            return _locked(reader, rc, m, target, label, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle)
+        except BaseException:
+            if made:  # a failed install into a fresh cache leaves no lock folder behind either
+                hfcache.remove_locks(rc, made)
+            raise
 
 
-def repo_folder(repo_id: str, repo_type: str = "model") -> str:
-    return f"{repo_type}s--" + repo_id.replace("/", "--")
+def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, target, label: str, *, keys, expected_sha256, want_sha: bool, allow_pickle: bool) -> InstallResult:
+    with hfcache.repo_lock(rc):
+        recovered = tuple(hfcache.recover(rc))
+        plan = _plan(rc, m, target, label)
+        if not plan.complete:
+            return _install(reader, plan, m, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle, recovered=recovered)
+        # every file is there with its content checked: still, what was asked of the bundle holds
+        signer = _signature_only(reader, keys) if keys else None
+        sha = _sha_only(reader, expected_sha256) if expected_sha256 else None
+        refs = _write_refs(rc, m)
+        if plan.record is None and set(plan.existing) == {f.path for f in target}:
+            hfcache.write_record(rc, m.commit, target)
+        return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer)
 
 
-def _link_target(path: str, etag: str) -> str:
-    # from snapshots/<commit>/<a/b/file> back up to the repo folder, then into blobs/
-    return "../" * (path.count("/") + 2) + "blobs/" + etag
+def _target_files(m: Manifest, label: str) -> tuple[FileEntry, ...]:
+    """The complete file list of the snapshot this bundle makes, checked as a full bundle's is."""
+    info = delta_info(m, bundle=label)
+    if info is None:
+        return m.files
+    if info.base.commit == m.commit:
+        raise BundleError(label, f"this delta's target commit {m.commit[:12]} is its own base commit", fix="a delta must make a new commit: do not use this bundle")
+    if clash := name_collision(f.path for f in info.target_files):
+        raise BundleError(label, f"invalid delta: {clash}", fix="a snapshot with such names cannot be installed safely everywhere: do not use this bundle")
+    return info.target_files
 
 
-def _is_commit(rev: str) -> bool:
-    return len(rev) == 40 and set(rev) <= _HEX40
-
-
-def _snapshot_complete(snap: Path, m: Manifest) -> bool:
-    try:
-        return all((snap / f.path).stat().st_size == f.size for f in m.files)
-    except OSError:
-        return False
-
-
-def install_bundle(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, allow_pickle: bool = False, bundle_sha256: bool = True) -> InstallResult:
-    """Verify `path` while extracting it into the cache; a no-op when that commit is already
-    there. Raises HashMismatch / BundleError (the cache is then unchanged) or NotEnoughSpace.
-    `bundle_sha256=False` skips the bundle's own sha256 (one more serial hash of every byte, for
-    lineage records; every file is checked against the manifest either way): `mirror install`
-    does, and `InstallResult.bundle_sha256` is then None for a single-file bundle.
-    PolicyError: pickle files without `allow_pickle` (decided from the names, before any byte is
-    extracted), or with it, a pickle importing something outside the allowlist (mirror.policy)."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    m = read_manifest(path)
-    if not allow_pickle:
-        policy.check_paths([f.path for f in m.files], where=str(path))
-    if m.revision and not _is_commit(m.revision) and unsafe_path_reason(m.revision):
-        raise BundleError(str(path), f"revision {m.revision!r} cannot be a ref name")
-    repo_dir = cache / repo_folder(m.repo_id, m.repo_type)
-    if delta_info(m, bundle=str(path)) is not None:
-        # a delta holds only changed files: it goes on top of its installed base (mirror.delta)
-        d = install_delta(path, cache_dir=cache, allow_pickle=allow_pickle)
-        return InstallResult(m.repo_id, m.commit, d.snapshot, d.already_installed, d.bundle_sha256, _write_refs(repo_dir, m))
-    snap = repo_dir / "snapshots" / m.commit
-    if _snapshot_complete(snap, m):
-        refs = _write_refs(repo_dir, m)
-        return InstallResult(m.repo_id, m.commit, snap, True, None, refs)
-
-    created = _make_dirs(cache)  # removed again if we fail, so a failed install leaves no trace
-    blobs = repo_dir / "blobs"
-    tmp = cache / f".mirror-tmp-{uuid.uuid4().hex}"
-    moved: list[Path] = []  # blobs and snapshot entries we put in place, undone on failure
-    try:
-        new_bytes = sum(f.size for f in {f.etag: f for f in m.files}.values() if not (blobs / f.etag).exists())
-        free = shutil.disk_usage(cache).free
-        if free < new_bytes:
-            raise NotEnoughSpace(str(cache), needed=new_bytes, free=free)
-        tmp.mkdir()
-        sha = _extract_verified(path, m, tmp / "blobs", blobs, bundle_sha256=bundle_sha256)
-        if allow_pickle:  # scan the verified bytes before anything is moved into the cache
-            staged = {f.path: tmp / "blobs" / f.etag if (tmp / "blobs" / f.etag).exists() else blobs / f.etag for f in m.files}
-            policy.check_files(staged, allow_pickle=True, where=str(path))
-        # everything matched: build the snapshot tree, then move it all in
-        tmp_snap = tmp / "snapshot"
-        for f in m.files:
-            link = tmp_snap / f.path
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(_link_target(f.path, f.etag), link)
-        created += _make_dirs(blobs)
-        created += _make_dirs(snap.parent)
-        for staged in sorted((tmp / "blobs").iterdir()):
-            dest = blobs / staged.name
-            if not dest.exists():
-                os.replace(staged, dest)
-                moved.append(dest)
-        if snap.exists():
-            # a partial snapshot (e.g. a filtered snapshot_download): add what it lacks, file by file
-            for f in m.files:
-                target = snap / f.path
-                if not (target.exists() and target.stat().st_size == f.size):
-                    created += _make_dirs(target.parent)
-                    if not target.is_symlink():
-                        moved.append(target)
-                    os.replace(tmp_snap / f.path, target)
+def _plan(rc: RepoCache, m: Manifest, target: tuple[FileEntry, ...], label: str) -> _Plan:
+    info = delta_info(m, bundle=label)
+    commits = [m.commit] + ([info.base.commit] if info else [])
+    hfcache.check_tree(rc, commits)
+    plan = _Plan(rc=rc, target=target, existing=hfcache.snapshot_links(rc, m.commit), record=hfcache.read_record(rc, m.commit))
+    _refuse_conflicts(plan, m, label)
+    carried = {f.path for f in m.files}
+    if info is not None:
+        base_links = hfcache.snapshot_links(rc, info.base.commit)
+        if not rc.snapshot(info.base.commit).is_dir():
+            installed = sorted(p.name for p in rc.snapshots.glob("*") if is_commit(p.name)) if rc.snapshots.is_dir() else []
+            raise BaseNotInstalled(label, repo_id=info.base.repo_id, commit=info.base.commit, base_bundle=info.base.bundle, base_sha256=info.base.bundle_sha256,
+                                   detail=f"{rc.root} holds {', '.join(c[:12] for c in installed) or 'no commit'} of this repo")
+        for f in target:
+            if f.path not in carried and base_links.get(f.path) != f.etag and plan.existing.get(f.path) != f.etag:
+                raise BundleError(label, f"the delta does not carry {f.path}, and its base {info.base.commit[:12]} does not hold that file with that content",
+                                  fix="a delta may only reuse its base's files: re-create it against the installed base")
+    by_etag: dict[str, FileEntry] = {}
+    for f in target:
+        by_etag.setdefault(f.etag, f)
+    present = []
+    for etag, f in by_etag.items():
+        state = hfcache.blob_state(rc, etag)
+        if state == "unsafe":
+            raise UnsafeCache(str(rc.blob(etag)), "the blob is not a regular file (a link, a folder or a device)")
+        if state == "file":
+            present.append(f)
         else:
-            try:
-                os.rename(tmp_snap, snap)
-                created.append(snap)
-            except OSError:
-                if not _snapshot_complete(snap, m):
-                    raise
-                moved.clear()  # a concurrent install of this commit won the rename and uses these blobs
-        refs = _write_refs(repo_dir, m)
+            plan.absent.add(etag)
+    if present:  # trusted only after their content matches their name, hashed in parallel
+        digests = hash_files([rc.blob(f.etag) for f in present], lfs={rc.blob(f.etag) for f in present if f.lfs})
+        for f in present:
+            d = digests[rc.blob(f.etag)]
+            if (d.size, d.sha256, d.git_sha1) != (f.size, f.sha256, f.git_sha1):
+                plan.damaged.add(f.etag)
+    payload = {f.etag for f in m.files}
+    for etag in plan.absent | plan.damaged:
+        f = by_etag[etag]
+        if etag not in payload:
+            why = "is damaged in the cache" if etag in plan.damaged else "is not in the cache"
+            if info is None:  # cannot happen for a full bundle: every target file is in its payload
+                raise BundleError(label, f"{f.path} {why} and not in the bundle")
+            raise BaseNotInstalled(label, repo_id=info.base.repo_id, commit=info.base.commit, base_bundle=info.base.bundle, base_sha256=info.base.bundle_sha256,
+                                   detail=f"its blob of {f.path} {why} (installing the base bundle again repairs it)")
+        plan.write[etag] = f
+    return plan
+
+
+def _refuse_conflicts(plan: _Plan, m: Manifest, label: str) -> None:
+    """An installed commit is immutable: every file it holds must be the bundle's, and a commit
+    mirror completed (it has a record) must have exactly the bundle's file list."""
+
+    def conflict(path: str, detail: str) -> CommitConflict:
+        return CommitConflict(label, repo_id=m.repo_id, commit=m.commit, path=path, detail=detail)
+
+    want = {f.path: f for f in plan.target}
+    for path in sorted(set(plan.existing) & set(want)):
+        have = plan.existing[path]
+        if have is None and _same_plain_file(plan.rc.snapshot(m.commit) / path, want[path]):
+            plan.existing[path] = have = want[path].etag  # a copy, not a link (no-symlink caches): same bytes
+        if have != want[path].etag:
+            raise conflict(path, f"is blob {have or '(not a cache link)'} there, {want[path].etag} in the bundle")
+    if plan.record is not None:
+        for path in sorted(set(plan.record) | set(want)):
+            if path not in want:
+                raise conflict(path, "is in the installed commit, not in the bundle")
+            if path not in plan.record:
+                raise conflict(path, "is in the bundle, not in the installed commit")
+            if plan.record[path] != want[path]:
+                raise conflict(path, f"has sha256 {plan.record[path].sha256} there, {want[path].sha256} in the bundle")
+        for path in sorted(set(plan.existing) - set(want)):
+            raise conflict(path, "is in the installed commit, not in the bundle")
+
+
+def _same_plain_file(p: Path, f: FileEntry) -> bool:
+    if p.is_symlink() or not p.is_file() or p.stat().st_size != f.size:
+        return False
+    d = hash_file(p, lfs=f.lfs)
+    return (d.sha256, d.git_sha1) == (f.sha256, f.git_sha1)
+
+
+class _BlobSink:
+    """Verified bytes of the blobs to write go to temporaries inside blobs/ (same filesystem as
+    their final names, also when blobs/ is a link to another disk)."""
+
+    def __init__(self, rc: RepoCache, write: dict[str, FileEntry]):
+        self.rc = rc
+        self.todo = set(write)
+        self.claimed: set[str] = set()
+        self.staged: dict[str, Path] = {}
+        self._open: dict[int, Path] = {}
+        self._lock = threading.Lock()
+
+    def open(self, entry: FileEntry) -> BinaryIO | None:
+        with self._lock:
+            if entry.etag not in self.todo or entry.etag in self.claimed:
+                return None
+            self.claimed.add(entry.etag)
+        tmp = atomic.temp_path(self.rc.blob(entry.etag), suffix="incomplete")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        f = os.fdopen(fd, "wb")
+        self._open[id(f)] = tmp
+        return f
+
+    def keep(self, entry: FileEntry, out: BinaryIO) -> None:
+        out.close()
+        self.staged[entry.etag] = self._open.pop(id(out))
+
+    def discard(self, entry: FileEntry, out: BinaryIO) -> None:
+        out.close()
+        self._open.pop(id(out)).unlink(missing_ok=True)
+        with self._lock:
+            self.claimed.discard(entry.etag)
+
+    def cleanup(self) -> None:
+        for tmp in list(self.staged.values()) + list(self._open.values()):
+            tmp.unlink(missing_ok=True)
+
+
+def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_sha256, want_sha: bool, allow_pickle: bool, recovered) -> InstallResult:
+    rc, label = plan.rc, reader.label
+    need = sum(f.size for f in plan.write.values())
+    made = hfcache.make_dirs(rc.blobs) + hfcache.make_dirs(rc.snapshots)
+    free = shutil.disk_usage(rc.blobs).free
+    if free < need:
+        _remove_empty(made)
+        raise NotEnoughSpace(str(rc.blobs), needed=need, free=free)
+    sink = _BlobSink(rc, plan.write)
+    journal_path: Path | None = None
+    journal = None
+    staging: Path | None = None
+    try:
+        ex = extract(reader, sink=sink, bundle_sha256=want_sha)
+        if sink.todo - set(sink.staged):
+            raise BundleError(label, f"{len(sink.todo - set(sink.staged))} file(s) to install were not in the bundle's payload")
+        signer = trust.require_signature(reader.manifest_bytes, ex.signature, keys=keys, bundle=label).key_fingerprint if keys else None
+        if expected_sha256 is not None and ex.sha256 != expected_sha256.lower():
+            raise BundleError(label, f"the bundle's sha256 is {ex.sha256}, not the expected {expected_sha256.lower()}", fix="the file is not the one the transfer ticket names: get the right copy")
+        if allow_pickle:  # scan the verified bytes before anything is moved into the cache
+            policy.check_files({f.path: sink.staged.get(f.etag, rc.blob(f.etag)) for f in plan.target}, allow_pickle=True, where=label)
+        snap = rc.snapshot(m.commit)
+        new_snapshot = not snap.is_dir()
+        added = tuple(f.path for f in plan.target if f.path not in plan.existing) if not new_snapshot else ()
+        journal = hfcache.Journal(commit=m.commit, refs=_ref_names(rc, m), created_blobs=tuple(sorted(plan.absent & set(sink.staged))),
+                                  added_links=added, new_snapshot=new_snapshot,
+                                  new_record=plan.record is None and set(plan.existing) <= {f.path for f in plan.target})
+        journal_path = journal.save(rc)
+        # commit point 1: blobs (content-addressed: putting verified bytes under their name is always right)
+        for etag, tmp in sorted(sink.staged.items()):
+            with hfcache.blob_lock(rc, etag):
+                os.replace(tmp, rc.blob(etag))
+        sink.staged.clear()
+        if journal.new_record:
+            hfcache.write_record(rc, m.commit, plan.target)
+        # commit point 2: the snapshot (a new one appears whole, by one rename)
+        if new_snapshot:
+            staging = atomic.temp_path(snap, suffix="staging")
+            _link_all(staging, plan.target)
+            os.rename(staging, snap)
+        else:  # a partial snapshot (a filtered snapshot_download): add the links it lacks
+            for f in plan.target:
+                if f.path in added:
+                    p = snap / f.path
+                    hfcache.make_dirs(p.parent)
+                    tmp = atomic.temp_path(p, suffix="tmp")
+                    os.symlink(link_target(f.path, f.etag), tmp)
+                    os.replace(tmp, p)
+        refs = _write_refs(rc, m)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)  # first, so the folders we created are empty again
-        for p in moved:
-            p.unlink(missing_ok=True)
-        if snap in created:
-            shutil.rmtree(snap, ignore_errors=True)
-        for d in reversed(created):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        sink.cleanup()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if journal is not None:
+            hfcache.rollback(rc, journal)
+        _remove_empty(made)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise NotEnoughSpace(str(cache), needed=m.total_size, free=shutil.disk_usage(cache).free) from e
+            raise NotEnoughSpace(str(rc.blobs), needed=need, free=shutil.disk_usage(rc.root).free) from e
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return InstallResult(m.repo_id, m.commit, snap, False, sha, refs)
+        if journal_path is not None:
+            journal_path.unlink(missing_ok=True)
+    repaired = tuple(sorted(plan.write[e].path for e in plan.damaged))
+    return InstallResult(m.repo_id, m.commit, snap, False, ex.sha256, refs, repaired=repaired, recovered=recovered, signer=signer)
 
 
-def _make_dirs(d: Path) -> list[Path]:
-    """mkdir -p, returning the folders it created (outermost first)."""
-    missing = []
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    made = []
-    for x in reversed(missing):
-        try:
-            x.mkdir()
-            made.append(x)
-        except FileExistsError:  # another install made it meanwhile: not ours to remove
-            pass
-    return made
-
-
-def _extract_verified(path, m: Manifest, staging: Path, blobs: Path, *, bundle_sha256: bool) -> str | None:
-    """Stream the payload into `staging/<etag>`, checking every file; returns the bundle sha256
-    (None if not asked for). Blobs already in the cache are hashed but not written again."""
+def _link_all(staging: Path, files: tuple[FileEntry, ...]) -> None:
     staging.mkdir()
-    if not bundle_sha256:
-        # the writer's own layout: files are extracted by position, one thread per core
-        layout = writer_layout(path)
-        if layout is not None and layout[0] == m:
-            _extract_parallel(path, layout[1], staging, blobs)
-            return None
-    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes, hash_all=bundle_sha256) as reader:
-        for member, chunks in reader.payload():
-            if member.problem:
-                raise BundleError(reader.label, member.problem)
-            entry = member.entry
-            if entry is None:
-                continue
-            if member.size != entry.size:
-                raise HashMismatch(entry.path, algorithm="size", expected=str(entry.size), actual=str(member.size), where="in the bundle")
-            dest = staging / entry.etag
-            keep = not dest.exists() and not (blobs / entry.etag).exists()
-            h = DualHasher(entry.size, lfs=entry.lfs, lanes=lanes, lane_ids=(1, 2))
-            part = staging / (entry.etag + ".part")
-            with open(part, "wb") if keep else _Discard() as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    h.update(chunk)
-            d = h.digest()
-            for algo, want, got in (("sha256", entry.sha256, d.sha256), ("git sha1", entry.git_sha1, d.git_sha1)):
-                if want != got:
-                    if reader.parts is not None:
-                        reader.parts.check_current_part()  # name the damaged part, if it is one
-                    raise HashMismatch(entry.path, algorithm=algo, expected=want, actual=got, where="in the bundle")
-            if keep:
-                os.replace(part, dest)
-        if reader.missing:
-            raise BundleError(reader.label, f"{len(reader.missing)} file(s) listed in the manifest are missing from the tar, first {reader.missing[0]!r}")
-        # a multi-part bundle's sha256 is free (its index), and asking for it checks every part
-        return reader.sha256 if bundle_sha256 or reader.parts is not None else None
+    for f in files:
+        link = staging / f.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(link_target(f.path, f.etag), link)
 
 
-def _extract_parallel(path, jobs: list[tuple[FileEntry, int]], staging: Path, blobs: Path) -> None:
-    """`_extract_verified` for a bundle in the writer's layout (`verify.writer_layout`): each
-    thread copies its files by positioned reads into `staging/<etag>`, hashing on its own lanes,
-    so the copy and the hashing of different files use every core. Raises HashMismatch."""
-    workers, shares = deal(jobs)
-
-    def run(i: int) -> None:
-        for f, start in shares[i]:
-            keep = not (blobs / f.etag).exists()
-            h = DualHasher(f.size, lfs=f.lfs, lanes=lanes, lane_ids=(2 * i, 2 * i + 1))
-            part = staging / f"{f.etag}.{i}.part"  # per thread: two paths may share one blob
-            with open(part, "wb") if keep else _Discard() as out:
-                for off in range(start, start + f.size, RANGE_CHUNK):
-                    chunk = src.read(off, min(RANGE_CHUNK, start + f.size - off))
-                    out.write(chunk)
-                    h.update(chunk)
-            d = h.digest()
-            for algo, want, got in (("sha256", f.sha256, d.sha256), ("git sha1", f.git_sha1, d.git_sha1)):
-                if want != got:
-                    raise HashMismatch(f.path, algorithm=algo, expected=want, actual=got, where="in the bundle")
-            if keep:
-                os.replace(part, staging / f.etag)
-
-    with Ranges(path) as src, HashLanes(2 * workers) as lanes, ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(run, i) for i in range(workers)]:
-            future.result()
+def _remove_empty(folders: list[Path]) -> None:
+    for d in reversed(folders):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
-class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-    def __enter__(self) -> "_Discard":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
+def _signature_only(reader: BundleReader, keys) -> str | None:
+    """For an already installed commit: the required signature, checked over this manifest."""
+    ex = extract(reader, sink=None)  # reads the trailer; a writer-layout bundle hashes its files in parallel
+    return trust.require_signature(reader.manifest_bytes, ex.signature, keys=keys, bundle=reader.label).key_fingerprint
 
 
-def _write_refs(repo_dir: Path, m: Manifest) -> tuple[str, ...]:
+def _sha_only(reader: BundleReader, expected: str) -> str:
+    ex = extract(reader, sink=None, bundle_sha256=True)
+    if ex.sha256 != expected.lower():
+        raise BundleError(reader.label, f"the bundle's sha256 is {ex.sha256}, not the expected {expected.lower()}", fix="the file is not the one the transfer ticket names: get the right copy")
+    return ex.sha256
+
+
+def _ref_names(rc: RepoCache, m: Manifest) -> tuple[str, ...]:
     """refs/<revision> for a branch or tag name; refs/main as well when none exists yet, so that
     `from_pretrained(repo_id)` with no revision finds the model offline. An existing refs/main
-    is moved only by a bundle whose revision is `main`."""
-    names = []
-    if m.revision and not _is_commit(m.revision):
-        names.append(m.revision)
-    if "main" not in names and not (repo_dir / "refs" / "main").exists():
+    is moved only by a bundle whose revision is `main` (decided under the repo lock)."""
+    names = [m.revision] if m.revision and not is_commit(m.revision) else []
+    if "main" not in names and hfcache.read_ref(rc, "main") is None:
         names.append("main")
-    for name in names:
-        ref = repo_dir / "refs" / name
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if ref.read_text() == m.commit:
-                continue
-        except FileNotFoundError:
-            pass
-        tmp = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(m.commit)  # no newline, as huggingface_hub writes it
-        os.replace(tmp, ref)
-    refs_dir = repo_dir / "refs"
-    return tuple(sorted(str(p.relative_to(refs_dir)) for p in refs_dir.rglob("*") if p.is_file() and p.read_text().strip() == m.commit)) if refs_dir.is_dir() else ()
+    return tuple(names)
 
 
-def find_snapshot(repo_id: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None, repo_type: str = "model") -> Path | None:
-    """The installed snapshot folder for `repo_id` at `revision` (a commit, or a ref name; default
-    `main`, or the only snapshot when there is no refs/main), or None."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    repo_dir = cache / repo_folder(repo_id, repo_type)
-    snaps = repo_dir / "snapshots"
-    if revision and _is_commit(revision):
-        return snaps / revision if (snaps / revision).is_dir() else None
-    rev = revision or "main"
-    if unsafe_path_reason(rev):
-        return None
-    try:
-        commit = (repo_dir / "refs" / rev).read_text().strip()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        if revision is None and snaps.is_dir():
-            only = [p for p in snaps.iterdir() if p.is_dir()]
-            return only[0] if len(only) == 1 else None
-        return None
-    return snaps / commit if _is_commit(commit) and (snaps / commit).is_dir() else None
-
-
-def list_installed(cache_dir: str | os.PathLike | None = None) -> list[InstalledSnapshot]:
-    """Every snapshot in a cache, with the refs pointing at it, its file count and size."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    out: list[InstalledSnapshot] = []
-    if not cache.is_dir():
-        return out
-    for repo_dir in sorted(cache.iterdir()):
-        kind, sep, rest = repo_dir.name.partition("s--")
-        if not sep or kind not in ("model", "dataset", "space") or not (repo_dir / "snapshots").is_dir():
-            continue
-        repo_id = rest.replace("--", "/", 1)
-        refs: dict[str, list[str]] = {}
-        if (repo_dir / "refs").is_dir():
-            for ref in sorted((repo_dir / "refs").rglob("*")):
-                if ref.is_file():
-                    refs.setdefault(ref.read_text().strip(), []).append(str(ref.relative_to(repo_dir / "refs")))
-        for snap in sorted((repo_dir / "snapshots").iterdir()):
-            files = [p for p in snap.rglob("*") if not p.is_dir()]
-            size = sum(p.stat().st_size for p in files if p.exists())
-            out.append(InstalledSnapshot(repo_id, kind, snap.name, tuple(refs.get(snap.name, ())), snap, len(files), size))
-    return out
+def _write_refs(rc: RepoCache, m: Manifest) -> tuple[str, ...]:
+    for name in _ref_names(rc, m):
+        hfcache.write_ref(rc, name, m.commit)
+    return hfcache.refs_to(rc, m.commit)

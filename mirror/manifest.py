@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from mirror import __version__
+from mirror import __version__, safejson
 from mirror.errors import ManifestError
 from mirror.ids import is_commit, is_sha256, repo_id_problem, unsafe_path_reason  # noqa: F401 (re-exported)
 
@@ -24,6 +24,8 @@ MANIFEST_NAME = "_mirror/manifest.json"  # always the first tar member
 PAYLOAD_PREFIX = "files/"  # every repo file lives under this prefix in the tar
 REPO_TYPES = ("model", "dataset", "space")
 KINDS = ("safetensors", "pickle", "code", "json", "text", "other")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # ~200k files (= tarformat.MAX_MANIFEST); larger is hostile
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a name, a date or a URL; a terminal obeys them
 
 
 # Order matters: first match wins.
@@ -134,11 +136,10 @@ _FILE_KEYS = {"path", "size", "sha256", "git_sha1", "lfs", "kind"}
 
 
 def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
-    """Strictly parse manifest bytes. Every problem found is reported in one ManifestError."""
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(bundle, f"manifest is not valid UTF-8 JSON ({e})") from e
+    """Strictly parse manifest bytes. Every problem found is reported in one ManifestError.
+    Hostile JSON (huge numbers, deep nesting, NaN, duplicate keys) is refused by mirror.safejson
+    before Python's parser can turn it into a traceback."""
+    d = safejson.loads(raw, where=bundle, what="manifest", max_bytes=MAX_MANIFEST_BYTES, error=ManifestError)
     if not isinstance(d, dict):
         raise ManifestError(bundle, "manifest is not a JSON object")
     fmt = d.get("format")
@@ -173,6 +174,9 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
     lic = d.get("license")
     if lic is not None and not isinstance(lic, str):
         problems.append("license must be a string or null")
+    for key, value in (("revision", revision), ("source", source), ("created_at", created_at), ("license", lic)):
+        if isinstance(value, str) and _CONTROL.search(value):
+            problems.append(f"{key} {value!r} contains control characters")
     raw_files = need("files", list)
     files: list[FileEntry] = []
     seen: set[str] = set()

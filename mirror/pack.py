@@ -19,10 +19,12 @@ from mirror.delta import folder_delta
 from mirror.errors import UsageError
 from mirror.manifest import license_from_card, repo_id_problem, unsafe_path_reason
 from mirror.policy import check_snapshot
+from mirror.sources import Sources, walk
 
 SKIP_DIRS = frozenset({".git", ".cache", "__pycache__", ".ipynb_checkpoints"})  # tool state, not the model
 LINEAGE_FILE = "lineage.json"  # written by the trainer next to a trained model's weights
 CARD_BYTES = 64 * 1024  # the YAML header of a model card is at its very top
+LINEAGE_BYTES = 16 * 1024 * 1024  # copied into the manifest, which readers cap at 64 MiB
 
 
 def iso_utc(ts: float) -> str:
@@ -52,84 +54,80 @@ def pack_folder(
         raise UsageError(f"--repo-id {repo_id!r} {why}")
     if not revision or unsafe_path_reason(revision):
         raise UsageError(f"--revision {revision!r} is not usable as a ref name; use something like 'local' or 'v1'")
-    paths, newest = _collect(root)
-    if not paths:
-        raise UsageError(f"{folder} holds no files to pack; point at the folder with config.json and the weights")
-    env_epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if env_epoch:
-        try:
-            created = iso_utc(int(env_epoch))
-        except ValueError:
-            raise UsageError(f"SOURCE_DATE_EPOCH={env_epoch!r} is not an integer number of seconds") from None
-    else:
-        created = iso_utc(newest)
-    extra = {"policy": check_snapshot(root, paths=paths, allow_pickle=allow_pickle, where=str(folder)).to_manifest()}
-    if LINEAGE_FILE in paths:
-        try:
-            with open(root / LINEAGE_FILE, encoding="utf-8") as f:
-                extra["lineage"] = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UsageError(f"{root / LINEAGE_FILE} is not valid JSON ({e}); fix or remove it") from e
-    args = {"commit": None, "paths": paths, "extra": extra or None}
-    if since is not None or since_manifest is not None:
-        args = folder_delta(root, paths, repo_id=repo_id, repo_type=repo_type, since=since, since_manifest=since_manifest, extra=extra)
-    return write_bundle(
-        src_root=root,
-        repo_id=repo_id,
-        repo_type=repo_type,
-        revision=revision,
-        source=f"local:{root.resolve().name}",
-        created_at=created,
-        license=_license(root),
-        out_dir=Path(out_dir),
-        max_part_size=max_part_size,
-        **args,
-    )
-
-
-def _license(root: Path) -> str | None:
-    card = root / "README.md"
-    if not card.is_file():
-        return None
-    with open(card, "rb") as f:
-        return license_from_card(f.read(CARD_BYTES).decode("utf-8", "replace"))
-
-
-def _collect(root: Path) -> tuple[list[str], float]:
-    """Repo-relative paths of the regular files to pack, and the newest mtime among them.
-    Symlinks are followed only when they stay inside the folder (or, for a folder that is an HF
-    cache snapshot, inside that repo's blobs/); anything else is refused, never silently copied."""
-    real_root = root.resolve()
-    allowed = [real_root]
-    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
-        allowed.append((root.parent.parent / "blobs").resolve())
-    paths: list[str] = []
-    newest = 0.0
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            if d in SKIP_DIRS:
-                continue
-            if (here / d).is_symlink():
-                raise UsageError(f"{here / d} is a symlinked folder; copy the files in instead of linking them")
-            keep.append(d)
-        dirnames[:] = keep
-        for name in filenames:
-            p = here / name
-            rel = p.relative_to(root).as_posix()
-            if why := unsafe_path_reason(rel):
-                raise UsageError(f"{p}: the file name {why}; rename it")
-            if p.is_symlink():
-                target = p.resolve()
-                if not any(target == a or a in target.parents for a in allowed):
-                    raise UsageError(f"{p} is a symlink to {target}, outside {root}; copy the file in instead")
+    blobs = root.parent.parent / "blobs"
+    in_cache = root.parent.name == "snapshots" and blobs.is_dir()  # an HF cache snapshot: links into blobs/
+    # Every file is opened here, once, without following links, and the same descriptors are read
+    # for the lineage, the licence and both passes of the writer (mirror.sources).
+    with Sources([root, blobs] if in_cache else [root]) as src:
+        newest = _collect(root, src)
+        paths = src.paths
+        if not paths:
+            raise UsageError(f"{folder} holds no files to pack; point at the folder with config.json and the weights")
+        env_epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        if env_epoch:
             try:
-                st = p.stat()
-            except OSError as e:
-                raise UsageError(f"{p}: cannot read ({e.strerror})") from e
-            if not stat.S_ISREG(st.st_mode):
-                raise UsageError(f"{p} is not a regular file (a socket, FIFO or device); remove it from the folder")
-            paths.append(rel)
-            newest = max(newest, st.st_mtime)
-    return sorted(paths), newest
+                created = iso_utc(int(env_epoch))
+            except ValueError:
+                raise UsageError(f"SOURCE_DATE_EPOCH={env_epoch!r} is not an integer number of seconds") from None
+        else:
+            created = iso_utc(newest)
+        extra = {"policy": check_snapshot(root, paths=paths, allow_pickle=allow_pickle, where=str(folder)).to_manifest()}
+        if LINEAGE_FILE in paths:
+            lineage = src[LINEAGE_FILE]
+            if lineage.size > LINEAGE_BYTES:
+                raise UsageError(f"{root / LINEAGE_FILE} is {lineage.size} bytes, over {LINEAGE_BYTES} (it is copied into the manifest); trim it")
+            try:
+                extra["lineage"] = json.loads(lineage.read(LINEAGE_BYTES))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise UsageError(f"{root / LINEAGE_FILE} is not valid JSON ({e}); fix or remove it") from e
+        args = {"commit": None, "paths": paths, "extra": extra or None}
+        if since is not None or since_manifest is not None:
+            args = folder_delta(root, paths, repo_id=repo_id, repo_type=repo_type, since=since, since_manifest=since_manifest, extra=extra)
+        return write_bundle(
+            src_root=root,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            source=f"local:{root.resolve().name}",
+            created_at=created,
+            license=_license(src),
+            out_dir=Path(out_dir),
+            max_part_size=max_part_size,
+            sources=src,
+            **args,
+        )
+
+
+def _license(src: Sources) -> str | None:
+    if "README.md" not in src:
+        return None
+    return license_from_card(src["README.md"].read(CARD_BYTES).decode("utf-8", "replace"))
+
+
+def _collect(root: Path, src: Sources) -> int:
+    """Register in `src` the regular files to pack (repo-relative paths); returns the newest
+    mtime among them, in seconds. The folder is walked without following links. A symlink inside
+    is resolved here, and packed only when its target stays inside the folder (or, for a folder
+    that is an HF cache snapshot, inside that repo's blobs/): then the target itself is opened
+    below that folder, again without following links, so a link swapped after this check
+    changes nothing. Anything else is refused, naming it, never silently copied."""
+    allowed = [Path(os.path.realpath(r)) for r in src.roots]
+    newest = 0
+    for rel, st in walk(src, skip=SKIP_DIRS):
+        p = root / rel
+        if why := unsafe_path_reason(rel):
+            raise UsageError(f"{p}: the file name {why}; rename it")
+        if stat.S_ISLNK(st.st_mode):
+            target = Path(os.path.realpath(p))  # realpath: a link loop resolves to a link, refused below
+            if target.is_dir():
+                if p.name in SKIP_DIRS:
+                    continue
+                raise UsageError(f"{p} is a symlinked folder; copy the files in instead of linking them")
+            where = next((i for i, a in enumerate(allowed) if target == a or a in target.parents), None)
+            if where is None:
+                raise UsageError(f"{p} is a symlink to {target}, outside {root}; copy the file in instead")
+            f = src.add(rel, root=where, target=target.relative_to(allowed[where]).as_posix())
+        else:
+            f = src.add(rel)  # refuses a FIFO, socket or device, naming it
+        newest = max(newest, f.stamp.mtime_ns // 1_000_000_000)
+    return newest

@@ -24,13 +24,17 @@ import io
 import json
 import os
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mirror import safejson
 from mirror.errors import BundleError, PartError, UsageError
-from mirror.hashing import CHUNK, HashLanes, sha256_file
+from mirror.hashing import CHUNK, HashLanes
+from mirror.ids import is_sha256
+from mirror.safeio import NotRegularFile, describe, open_regular
 
 PARTS_FORMAT = "mirror-parts/1"
 INDEX_SUFFIX = ".parts.json"
@@ -39,8 +43,9 @@ PARTIAL_SUFFIX = ".partial"
 PART_TEMP_INFIX = ".tar.part"  # temporary parts: .<random>.tar.partNNNN.partial until commit
 # Below this a part count explodes and the value is almost surely a typo ("4" meant "4G").
 MIN_PART_SIZE = 1024
+MAX_INDEX_BYTES = 16 * 1024 * 1024  # ~100 bytes a part: 160k parts; larger is not an index of ours
 _PART_RE = re.compile(r"^(?P<bundle>.+)\.part(?P<no>\d{4,})$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _READ_THROUGH = 64 * 1024  # forward seeks this short are read (and hashed) rather than seeked
 # Same convention as coreutils `split`: K/M/G/T are powers of 1024, KB/MB/GB/TB powers of 1000.
 _UNITS = {
@@ -111,20 +116,17 @@ class PartsIndex:
 
 def parse_index(raw: bytes, *, where: str) -> PartsIndex:
     """Strict: an index that would let a reader step outside its folder, or that describes
-    uneven parts, is refused rather than half-trusted."""
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(where, f"the parts index is not valid JSON ({e})") from e
+    uneven parts, is refused rather than half-trusted. Hostile JSON is refused by safejson."""
+    d = safejson.loads(raw, where=where, what="parts index", max_bytes=MAX_INDEX_BYTES, error=BundleError)
     if not isinstance(d, dict) or d.get("format") != PARTS_FORMAT:
         raise BundleError(where, f"not a parts index (format must be {PARTS_FORMAT!r})")
     problems: list[str] = []
     bundle, size, sha, mps, raw_parts = (d.get(k) for k in ("bundle", "size", "sha256", "max_part_size", "parts"))
-    if not isinstance(bundle, str) or not bundle or "/" in bundle or "\\" in bundle or bundle in (".", ".."):
-        problems.append("bundle must be a plain file name")
+    if not isinstance(bundle, str) or not bundle or "/" in bundle or "\\" in bundle or bundle in (".", "..") or _CONTROL.search(bundle):
+        problems.append("bundle must be a plain file name (no '/', '\\' or control characters)")
     if not _is_int(size) or size < 0:
         problems.append("size must be a non-negative integer")
-    if not isinstance(sha, str) or not _HEX64.match(sha):
+    if not is_sha256(sha):
         problems.append("sha256 must be 64 lowercase hex characters")
     if not _is_int(mps) or mps < 1:
         problems.append("max_part_size must be a positive integer")
@@ -138,7 +140,7 @@ def parse_index(raw: bytes, *, where: str) -> PartsIndex:
             continue
         if isinstance(bundle, str) and p["name"] != part_name(bundle, i):
             problems.append(f"parts[{i - 1}] must be named {part_name(bundle, i)!r}")
-        if not _is_int(p["size"]) or not isinstance(p["sha256"], str) or not _HEX64.match(p["sha256"]):
+        if not _is_int(p["size"]) or not is_sha256(p["sha256"]):
             problems.append(f"parts[{i - 1}] has a bad size or sha256")
             continue
         parts.append(PartInfo(name=p["name"], size=p["size"], sha256=p["sha256"]))
@@ -201,25 +203,29 @@ def locate(path: str | os.PathLike) -> BundleLocation:
 
 
 def read_index(index: str | os.PathLike) -> PartsIndex:
+    """The index, opened only if it is a regular file and read only up to its size limit."""
     index = Path(index)
     try:
-        with open(index, "rb") as f:
-            raw = f.read(16 * 1024 * 1024)  # an index is ~100 bytes a part; refuse to slurp a disk
+        raw = safejson.read_file(index, what="parts index", max_bytes=MAX_INDEX_BYTES, error=BundleError)
     except FileNotFoundError as e:
         raise BundleError(str(index), "the parts index does not exist", fix="give the path of a bundle or of its NAME.tar.parts.json") from e
     return parse_index(raw, where=str(index))
 
 
 def check_parts(index: PartsIndex, folder: Path, *, where: str) -> None:
-    """Up front, before any work: every part exists with its recorded size. Names them all."""
+    """Up front, before any work: every part exists, is a regular file (a FIFO would block the
+    reader) and has its recorded size. Names them all."""
     missing, wrong = [], []
     for p in index.parts:
         try:
-            actual = (folder / p.name).stat().st_size
+            st = (folder / p.name).stat()
         except FileNotFoundError:
             missing.append(p.name)
             continue
-        if actual != p.size:
+        actual = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            wrong.append(f"{p.name} is {describe(st.st_mode)}, not a regular file")
+        elif actual != p.size:
             wrong.append(f"{p.name} is {actual} bytes, the index says {p.size}")
     if missing or wrong:
         reason = "; ".join(
@@ -234,9 +240,11 @@ def open_stream(path: str | os.PathLike) -> BinaryIO:
     if loc.multipart:
         return PartsReader(loc.index)
     try:
-        return open(loc.path, "rb")
+        return open_regular(loc.path)
     except FileNotFoundError as e:
         raise BundleError(str(loc.path), "no such bundle (neither a file nor NAME.tar.parts.json next to it)", fix="check the path; 'mirror list DIR' shows the bundles in a folder") from e
+    except NotRegularFile as e:
+        raise BundleError(str(loc.path), f"this is {e.what}, not a regular file", fix="give the path of a .tar bundle") from None
 
 
 def stream_sha256(path: str | os.PathLike) -> str:
@@ -245,7 +253,8 @@ def stream_sha256(path: str | os.PathLike) -> str:
     loc = locate(path)
     if loc.multipart:
         return read_index(loc.index).sha256
-    return sha256_file(loc.path)
+    with open_stream(loc.path) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -355,11 +364,7 @@ class PartsReader(io.RawIOBase):
         if k != self._k or self._fh is None:
             if self._fh is not None:
                 self._fh.close()
-            try:
-                self._fh = io.FileIO(self.folder / self.index.parts[k].name, "r")
-            except FileNotFoundError as e:
-                name = self.index.parts[k].name
-                raise PartError(self.name, f"{name} is missing", parts=(name,)) from e
+            self._fh = _open_part(self.folder / self.index.parts[k].name, where=self.name)
             self._k, self._fh_pos = k, 0
             self._hashed = None
         gap = off - self._fh_pos
@@ -607,6 +612,7 @@ class Ranges:
 
     def __init__(self, path: str | os.PathLike):
         loc = locate(path)
+        self._files: list[BinaryIO] = []  # regular files only: a FIFO would block the first pread
         self._fds: list[int] = []
         self._where = str(loc.index or loc.path)
         self._names = [loc.path.name]
@@ -615,13 +621,15 @@ class Ranges:
                 index = read_index(loc.index)
                 check_parts(index, loc.index.parent, where=str(loc.index))
                 self._names = [p.name for p in index.parts]
-                self._fds = [os.open(loc.index.parent / p.name, os.O_RDONLY) for p in index.parts]
+                for p in index.parts:
+                    self._files.append(_open_part(loc.index.parent / p.name, where=self._where))
                 self._span = index.max_part_size
                 self.size = index.size
             else:
-                self._fds = [os.open(loc.path, os.O_RDONLY)]
-                self.size = os.fstat(self._fds[0]).st_size
+                self._files.append(open_stream(loc.path))
+                self.size = os.fstat(self._files[0].fileno()).st_size
                 self._span = max(1, self.size)
+            self._fds = [f.fileno() for f in self._files]
         except BaseException:
             self.close()
             raise
@@ -641,12 +649,22 @@ class Ranges:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        for f in self._files:
+            f.close()
+        self._files, self._fds = [], []
 
     def __enter__(self) -> "Ranges":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_part(path: Path, *, where: str) -> BinaryIO:
+    """A part, unbuffered, only if it is a regular file (a FIFO would block the read for ever)."""
+    try:
+        return open_regular(path, buffering=0)
+    except FileNotFoundError as e:
+        raise PartError(where, f"{path.name} is missing", parts=(path.name,)) from e
+    except NotRegularFile as e:
+        raise PartError(where, f"{path.name} is {e.what}, not a regular file", parts=(path.name,)) from None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mirror import safejson
 from mirror.errors import BundleError, MissingDependency, SignatureError, UsageError
 from mirror.manifest import MANIFEST_NAME, Manifest, parse
 
@@ -216,7 +217,7 @@ def _parse_signature(raw: dict):
 
 def _claims_unverified(raw: dict) -> dict:
     """The payload's `mirror` section read without checking the signature: only for display."""
-    payload = json.loads(base64.b64decode(raw["dsseEnvelope"]["payload"]))
+    payload = safejson.loads(base64.b64decode(raw["dsseEnvelope"]["payload"]), where="signature", what="signed payload", max_bytes=MAX_SIGNATURE_BYTES, error=SignatureError)
     claims = payload.get("predicate", {}).get("mirror", {})
     return claims if isinstance(claims, dict) else {}
 
@@ -228,7 +229,7 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
         return SignatureStatus(present=False, valid=False, key_fingerprint=None, reason="the bundle is not signed")
     stack = signing_stack_available()
     try:
-        raw = json.loads(sig_bytes.decode("utf-8"))
+        raw = safejson.loads(sig_bytes, where="signature", what="signature", max_bytes=MAX_SIGNATURE_BYTES, error=SignatureError)
         # without the signing stack only the JSON is read: enough to show it, never to trust it
         signature = _parse_signature(raw) if stack else None
         claimed = _claims_unverified(raw).get("signer_key_sha256")
@@ -261,7 +262,7 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
     if payload_type != ms_signing._IN_TOTO_JSON_PAYLOAD_TYPE:  # noqa: SLF001
         return invalid(f"unexpected payload type {payload_type!r}")
     try:
-        statement = json.loads(payload)
+        statement = safejson.loads(payload, where="signature", what="signed payload", max_bytes=MAX_SIGNATURE_BYTES, error=SignatureError)
         signed = ms_signing.dsse_payload_to_manifest(statement)
         claims = statement["predicate"].get("mirror", {})
     except (ValueError, KeyError, TypeError, AttributeError) as e:

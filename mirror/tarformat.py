@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -164,6 +163,23 @@ class BundleReader:
         except BaseException:
             self._f.close()
             raise
+
+    def attach_lanes(self, lanes: HashLanes) -> None:
+        """Hash the rest of the stream on lane 0 of `lanes` (overlapped with reading)."""
+        self._lanes = lanes
+
+    @property
+    def hashing(self) -> bool:
+        """Whether `sha256` will be known after the payload pass."""
+        return self._sha is not None or self.parts is not None
+
+    def ranges(self):
+        """Positioned reads over the same bytes, safe from many threads: over this reader's own
+        descriptor for a single file (no second open: the manifest already read and the payload
+        read by position come from one file), over the parts for a multi-part bundle."""
+        if self.parts is not None:
+            return parts.Ranges(self.parts.index_path)
+        return _FdRanges(self._f.fileno(), self.label)
 
     # context manager -------------------------------------------------------------------------
     def close(self) -> None:
@@ -355,6 +371,31 @@ class BundleReader:
         return PayloadMember(name=name, kind="file", size=size, entry=entry, problem=None)
 
 
+class _FdRanges:
+    def __init__(self, fd: int, label: str):
+        self._fd = fd
+        self._label = label
+        self.size = os.fstat(fd).st_size
+
+    def read(self, offset: int, n: int) -> bytes:
+        n = max(0, min(n, self.size - offset))
+        out = []
+        while n:
+            got = os.pread(self._fd, n, offset)
+            if not got:
+                raise BundleError(self._label, f"the file shrank while it was read (at byte {offset})", fix="something is writing to the bundle: wait for it to finish, then retry")
+            out.append(got)
+            offset += len(got)
+            n -= len(got)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def __enter__(self) -> "_FdRanges":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass  # the descriptor is the reader's
+
+
 def name_collision(paths) -> str | None:
     """Two paths that would be one file on a case-insensitive or normalising filesystem (macOS,
     Windows), or a path that is also another's folder: either way one file would silently
@@ -435,28 +476,55 @@ def write_sidecar(bundle: Path, sha256: str) -> None:
     write_atomic(bundle.with_name(bundle.name + ".sha256"), f"{sha256}  {bundle.name}\n")
 
 
-def writer_layout(path: str | os.PathLike) -> tuple[Manifest, list[tuple[FileEntry, int]]] | None:
-    """(manifest, [(entry, offset of its data)]) when the bundle is laid out exactly as the
-    deterministic writer lays out its manifest: every header byte-identical to `member_header`,
-    files in path order, then only zeros. Then each file's bytes can be read by position, in
-    parallel, with nothing else in the tar to judge. None for any other layout (another writer,
-    a signature trailer, damage): callers then use the one-pass reader, which names what is off."""
-    with BundleReader(path, hash_all=False) as head:  # the manifest only
-        manifest, at = head.manifest, head.offset
-    with parts.Ranges(path) as src:
-        jobs = []
-        for f in sorted(manifest.files, key=lambda f: f.path.encode("utf-8")):
-            header = member_header(PAYLOAD_PREFIX + f.path, f.size)
-            if src.read(at, len(header)) != header:
-                return None
-            jobs.append((f, at + len(header)))
-            at += len(header) + f.size + (-f.size % BLOCK)
-        if src.size - at < 2 * BLOCK:
+@dataclass(frozen=True)
+class Layout:
+    """Where everything sits in a bundle laid out exactly as the deterministic writer lays out its
+    manifest: `files` are (entry, offset of its data) in path order; `trailer` maps a known
+    trailer member (a signature) to (offset of its data, size)."""
+
+    files: tuple[tuple[FileEntry, int], ...]
+    trailer: dict[str, tuple[int, int]]
+
+
+MAX_TRAILER = 1024 * 1024  # a signature is a few KB
+
+
+def writer_layout(src, manifest: Manifest, at: int) -> Layout | None:
+    """The Layout of the bytes behind `src` (anything with `read(offset, n)` and `size`, e.g. an
+    open BundleReader's `ranges()`) whose manifest member ends at `at`, when every header is
+    byte-identical to `member_header`, the files come in path order, at most the known trailer
+    members follow, then only zeros. Each file's bytes can then be read by position, in parallel,
+    with nothing else in the tar to judge. None for any other layout (another writer, damage):
+    callers then use the one-pass reader, which names what is off."""
+    jobs = []
+    for f in sorted(manifest.files, key=lambda f: f.path.encode("utf-8")):
+        header = member_header(PAYLOAD_PREFIX + f.path, f.size)
+        if src.read(at, len(header)) != header:
             return None
-        pos = at
-        while pos < src.size:  # end-of-archive blocks and record padding: zeros to the end
-            chunk = src.read(pos, 1 << 20)
-            if chunk.count(0) != len(chunk):
-                return None
-            pos += len(chunk)
-    return manifest, jobs
+        jobs.append((f, at + len(header)))
+        at += len(header) + f.size + padding(f.size)
+    trailer: dict[str, tuple[int, int]] = {}
+    for name in TRAILER_MEMBERS:
+        block = src.read(at, BLOCK)
+        if len(block) < BLOCK or block == b"\0" * BLOCK:
+            break
+        try:
+            size = _number(block[124:136], bundle="", what="size")
+        except BundleError:
+            return None
+        header = member_header(name, size)
+        if size > MAX_TRAILER or src.read(at, len(header)) != header:
+            return None
+        trailer[name] = (at + len(header), size)
+        at += len(header) + size + padding(size)
+        if src.read(at - padding(size), padding(size)).count(0) != padding(size):
+            return None
+    if src.size - at < 2 * BLOCK:
+        return None
+    pos = at
+    while pos < src.size:  # end-of-archive blocks and record padding: zeros to the end
+        chunk = src.read(pos, 1 << 20)
+        if chunk.count(0) != len(chunk):
+            return None
+        pos += len(chunk)
+    return Layout(files=tuple(jobs), trailer=trailer)

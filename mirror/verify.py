@@ -13,14 +13,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.tarformat import BundleReader, writer_layout
-from mirror.errors import BundleError
+from mirror.extract import extract
+from mirror.tarformat import BundleReader
+from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import DualHasher, HashLanes
-from mirror.manifest import FileEntry, Manifest
+from mirror.manifest import Manifest
 
 
-_MAX_THREADS = 8  # reading threads of the parallel path; with 2 MB chunks, RSS stays ~100 MB
-RANGE_CHUNK = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -147,44 +146,16 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
     )
 
 
-def deal(jobs: list[tuple[FileEntry, int]]) -> tuple[int, list[list[tuple[FileEntry, int]]]]:
-    """Files dealt round-robin to one thread per core, largest first. Each thread feeds its own
-    pair of hash lanes (sha256, git sha1), so even a single large file keeps two cores busy."""
-    jobs = sorted(jobs, key=lambda j: -j[0].size)
-    workers = max(1, min(len(jobs), os.cpu_count() or 1, _MAX_THREADS))
-    return workers, [jobs[i::workers] for i in range(workers)]
-
-
 def _verify_parallel(path: Path) -> VerifyReport | None:
-    """The bundle is exactly what the deterministic writer produces for its manifest (every
-    header byte-identical to `member_header`, then only the zero end-of-archive), and every
-    file's sha256 and git sha1 match, with the files hashed by as many threads as cores, each
-    reading its own byte range. Returns the OK report, or None when anything differs (another
-    writer's layout, a trailer such as a signature, a bad digest): the caller then runs the
-    one-pass verifier, which names what is wrong."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mirror.parts import Ranges
-
-    layout = writer_layout(path)
-    if layout is None:
-        return None
-    manifest, jobs = layout
-    with Ranges(path) as src:
-        workers, shares = deal(jobs)
-
-        def run(i: int) -> bool:
-            for f, start in shares[i]:
-                h = DualHasher(f.size, lfs=f.lfs, lanes=lanes, lane_ids=(2 * i, 2 * i + 1))
-                for off in range(start, start + f.size, RANGE_CHUNK):
-                    h.update(src.read(off, min(RANGE_CHUNK, start + f.size - off)))
-                d = h.digest()
-                if (d.sha256, d.git_sha1) != (f.sha256, f.git_sha1):
-                    return False
-            return True
-
-        with HashLanes(2 * workers) as lanes, ThreadPoolExecutor(max_workers=workers) as pool:
-            ok = all(list(pool.map(run, range(workers))))
-    if not ok:
-        return None
-    return VerifyReport(bundle=str(path), manifest=manifest, checked=len(jobs), checked_bytes=sum(f.size for f, _ in jobs))
+    """The fast path: the bundle is exactly what the deterministic writer produces for its
+    manifest and every file matches, hashed by one thread per core with positioned reads
+    (`mirror.extract`). None when anything differs (another writer's layout, a bad digest): the
+    caller then runs the one-pass verifier, which names everything that is wrong."""
+    with BundleReader(path, hash_all=False) as reader:
+        try:
+            ex = extract(reader, sequential=False)
+        except (BundleError, HashMismatch):
+            return None
+        if ex is None:
+            return None
+        return VerifyReport(bundle=str(path), manifest=reader.manifest, checked=ex.files, checked_bytes=ex.bytes)

@@ -18,12 +18,13 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mirror.errors import MirrorError
+from trainer import rundir
 from trainer.config import Config
 from trainer.data import Row, classification_example, pair_example, scan_jsonl, sft_messages
-from trainer.errors import DataError, TrainerError
+from trainer.errors import DataError, OutputDirRefused, TrainerError
 from trainer.resolve import ResolvedModel, resolve_model
 
 SPLITS = ("train", "valid", "test")
@@ -89,8 +90,10 @@ def check(
     bundles_dir: str | Path = "bundles",
     verify_model: bool = True,
     cache_dir: str | Path | None = None,
+    public_keys: Sequence[str | Path] = (),
 ) -> CheckReport:
-    """Preflight `cfg` without training. Never raises for bad data or a missing model: reports."""
+    """Preflight `cfg` without training. Never raises for bad data or a missing model: reports.
+    `public_keys`: a bundle auto-installed for the model must be signed by one of them."""
     errors: list[tuple[str, int]] = []
     warnings: list[str] = []
 
@@ -98,7 +101,7 @@ def check(
     if verify_model:
         try:
             resolved = resolve_model(
-                cfg.model_id, bundles_dir=bundles_dir, cache_dir=cache_dir, trust_remote_code=cfg.trust_remote_code
+                cfg.model_id, bundles_dir=bundles_dir, cache_dir=cache_dir, trust_remote_code=cfg.trust_remote_code, public_keys=public_keys
             )
             model_line = _describe_model(resolved)
         except (TrainerError, MirrorError) as e:
@@ -106,6 +109,11 @@ def check(
             model_line = f"{cfg.model_id}: NOT AVAILABLE"
     else:
         model_line = f"{cfg.model_id}: not checked"
+
+    try:  # only what no flag fixes: a folder that is not a run (a checkpoint may be meant for --resume)
+        rundir.prepare(cfg.output_dir, resume=False, overwrite=True)
+    except OutputDirRefused as e:
+        errors.append((str(e), e.exit_code))
 
     keyed: dict[str, list[tuple[Any, Row, Any]]] = {}
     row_errors: list[DataError] = []

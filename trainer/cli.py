@@ -65,6 +65,13 @@ _bundles_option = click.option(
     type=click.Path(file_okay=False),
     help="Folder of mirror bundles; a model not yet installed is verified and installed from here.",
 )
+_public_key_option = click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="PEM",
+    help="Install a bundle only if it is signed by this key (repeatable; adds to the config's public_keys).",
+)
 _set_option = click.option(
     "--set",
     "overrides",
@@ -78,6 +85,12 @@ def _load(config: str, overrides: tuple[str, ...]):
     from trainer.config import load, parse_overrides
 
     return load(config, overrides=parse_overrides(overrides))
+
+
+def _keys(cfg: Any, given: tuple[str, ...]) -> tuple[str, ...]:
+    from trainer.resolve import check_public_keys
+
+    return check_public_keys([*given, *cfg.public_keys])
 
 
 @click.group(
@@ -107,22 +120,34 @@ Examples:
   trainer run configs/classifier.yaml
   trainer run configs/sft.yaml --bundles /media/usb/bundles --set lora_r=8
   trainer run configs/sft.yaml --resume      # continue after Ctrl-C
+  trainer run configs/sft.yaml --overwrite   # discard that checkpoint and start again
+  trainer run configs/sft.yaml --public-key release.pub   # install only bundles signed by it
 """,
 )
 @click.argument("config", type=click.Path(dir_okay=False))
 @_bundles_option
+@_public_key_option
 @_set_option
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left in output_dir.")
+@click.option("--overwrite", is_flag=True, help="Discard the checkpoint an interrupted run left in output_dir and start again.")
 @click.pass_context
-def run(ctx: click.Context, config: str, bundles_dir: str, overrides: tuple[str, ...], resume: bool) -> None:
-    """Train the model CONFIG describes; writes weights, metrics, report and lineage to output_dir."""
+def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """Train the model CONFIG describes; writes weights, metrics, report and lineage to output_dir.
+
+    output_dir must be new, empty, or an earlier run of this trainer (see trainer/rundir.py).
+    """
+    from trainer import data, rundir
     from trainer.offline import network_guard, tracker_env
     from trainer.resolve import resolve_model
 
     cfg = _load(config, overrides)
+    # every refusal that needs no model comes first: seconds, not a model load, to learn of it
+    data.check_files(cfg)
+    rundir.prepare(cfg.output_dir, resume=resume, overwrite=overwrite)
+    keys = _keys(cfg, public_keys)
     ctx.meta["trainer.output_dir"] = cfg.output_dir
     tracker_env(cfg.report_to)
-    model = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code)
+    model = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code, public_keys=keys)
     click.echo(f"model: {model.repo_id} ({model.source}: {model.path})", err=True)
     with network_guard():
         from trainer.recipes import run as run_recipe
@@ -162,12 +187,14 @@ def _summary(metrics: dict[str, Any]) -> list[str]:
 Examples:
   trainer check configs/classifier.yaml
   cd ../shared/seed-data && trainer check configs/model2_classifier.yaml --bundles ~/bundles
+  trainer check configs/classifier.yaml --public-key release.pub
 """,
 )
 @click.argument("config", type=click.Path(dir_okay=False))
 @_bundles_option
+@_public_key_option
 @_set_option
-def check(config: str, bundles_dir: str, overrides: tuple[str, ...]) -> None:
+def check(config: str, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Preflight CONFIG in seconds without training: config, data, model, and a data-quality report.
 
     Exits non-zero when anything would stop a run; quality findings are warnings with numbers.
@@ -175,7 +202,7 @@ def check(config: str, bundles_dir: str, overrides: tuple[str, ...]) -> None:
     from trainer.checks import check as run_check
 
     cfg = _load(config, overrides)
-    report = run_check(cfg, bundles_dir=bundles_dir)
+    report = run_check(cfg, bundles_dir=bundles_dir, public_keys=_keys(cfg, public_keys))
     click.echo(f"config  {config}: valid")
     click.echo(report.render())
     if not report.ok:

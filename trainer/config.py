@@ -3,25 +3,36 @@
 Key names match the original training scripts so their configs run unchanged. Unknown keys and
 wrong types are errors, all reported at once. Numbers written as strings (`2e-5`, as YAML 1.1
 leaves them) are accepted. Relative paths resolve against the current working directory, exactly
-as the original scripts did (run from the folder the config's paths are written against).
+as the original scripts did (run from the folder the config's paths are written against); the one
+exception is `public_keys`, which resolve against the config file's own folder, so a config and the
+keys it trusts can travel together.
+
+A config file is read as untrusted input: it must be a regular file of at most MAX_CONFIG_BYTES,
+YAML aliases are refused (an alias bomb expands a few hundred bytes into gigabytes), nesting and
+number lengths are bounded, and an error quotes at most `trainer.errors.shown()` of any value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, NotRegularFile, shown
+from trainer.files import bounded_lines, open_regular
 
 TASKS = ("classification", "embeddings", "sft")
 EMBEDDING_LOSSES = ("auto", "mnrl", "cosine", "contrastive")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # bf16-pure: bf16 weights and optimizer state, opt-in
 DISTRIBUTED = ("auto", "ddp", "fsdp")
+MAX_CONFIG_BYTES = 1024 * 1024  # the shipped configs are under 2 KB; a bigger file is not a config
+MAX_YAML_DEPTH = 8  # a config is a mapping of scalars and short lists
+MAX_NUMBER_DIGITS = 64  # no setting needs more; Python refuses to convert ints past 4300 digits
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,8 @@ class Config:
     trust_remote_code: bool = False  # models with Python files in their repo are refused otherwise
     report_to: tuple[str, ...] = ()  # experiment trackers: none unless asked
     num_threads: int | None = None  # None: all physical cores
+    # --- trust
+    public_keys: tuple[str, ...] = ()  # PEM public keys (paths relative to this file); a bundle auto-installed for the run must be signed by one of them
 
     def files(self, split: str) -> tuple[str, ...]:
         return {"train": self.train_files, "valid": self.valid_files, "test": self.test_files}[split]
@@ -116,18 +129,21 @@ def _coerce(name: str, typ: str, value: Any, problems: list[str]) -> Any:
         if isinstance(value, str):
             try:
                 f = float(value)
-                if f.is_integer():
+                if math.isfinite(f) and f.is_integer():
                     return int(f)
             except ValueError:
                 pass
     elif base == "float":
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):
+            return number
     elif base == "tuple[str, ...]":
         if isinstance(value, str):
             return (value,)
@@ -135,8 +151,44 @@ def _coerce(name: str, typ: str, value: Any, problems: list[str]) -> Any:
             return tuple(str(v) for v in value)
     else:  # pragma: no cover - a new field type without a coercion rule is a programming error
         raise TypeError(f"no coercion for {name}: {typ}")
-    problems.append(f"{name} must be {base.replace('tuple[str, ...]', 'a list of strings')}, got {value!r}")
+    problems.append(f"{name} must be {base.replace('tuple[str, ...]', 'a list of strings')}, got {shown(value)}")
     return None
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases, nesting deeper than MAX_YAML_DEPTH and integers of
+    more than MAX_NUMBER_DIGITS digits: none has a use in a training config, and each is a way
+    for a small file to take all the memory or end in a traceback."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a config; write the value out", self.peek_event().start_mark
+            )
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    if len(node.value) > MAX_NUMBER_DIGITS:
+        raise yaml.constructor.ConstructorError(None, None, f"a number of more than {MAX_NUMBER_DIGITS} digits", node.start_mark)
+    return loader.construct_yaml_int(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -145,9 +197,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError("--set", [f"{item!r} is not key=value"])
+            raise ConfigError("--set", [f"{shown(item)} is not key=value"])
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = _yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
@@ -164,7 +216,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     for key, value in raw.items():
         name = _ALIASES.get(key, key)
         if name not in types:
-            problems.append(f"unknown key {key!r}")
+            problems.append(f"unknown key {shown(key)}")
             continue
         if name in given_as:
             problems.append(f"both {given_as[name]!r} and {key!r} given")
@@ -179,7 +231,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     task = values.get("task") or infer_task(values, first_row)
     if task not in TASKS:
         problems.append(
-            f"task {task!r} is not one of {TASKS}" if values.get("task") else
+            f"task {shown(task)} is not one of {TASKS}" if values.get("task") else
             "cannot infer the task: set 'task:' to classification, embeddings or sft"
         )
     values["task"] = task
@@ -197,16 +249,16 @@ def _check_ranges(v: dict[str, Any], problems: list[str]) -> None:
     positive = ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length", "max_steps", "lora_r", "lora_alpha", "max_new_tokens", "num_threads")
     for k in positive:
         if v.get(k) is not None and v[k] <= 0:
-            problems.append(f"{k} must be > 0, got {v[k]}")
+            problems.append(f"{k} must be > 0, got {shown(v[k])}")
     for k in ("learning_rate", "epochs"):
         if v.get(k) is not None and v[k] <= 0:
-            problems.append(f"{k} must be > 0, got {v[k]}")
+            problems.append(f"{k} must be > 0, got {shown(v[k])}")
     for k in ("weight_decay", "warmup_ratio", "lora_dropout", "max_grad_norm"):
         if v.get(k) is not None and v[k] < 0:
-            problems.append(f"{k} must be >= 0, got {v[k]}")
+            problems.append(f"{k} must be >= 0, got {shown(v[k])}")
     for k, allowed in (("loss", EMBEDDING_LOSSES), ("precision", PRECISIONS), ("distributed", DISTRIBUTED)):
         if v.get(k) is not None and v[k] not in allowed:
-            problems.append(f"{k} must be one of {allowed}, got {v[k]!r}")
+            problems.append(f"{k} must be one of {allowed}, got {shown(v[k])}")
     labels = v.get("labels") or ()
     if len(set(labels)) != len(labels):
         problems.append("labels has duplicates")
@@ -229,29 +281,57 @@ def infer_task(values: dict[str, Any], first_row: dict | None) -> str:
 
 
 def _first_row(path: str) -> dict | None:
-    """The first JSON object of a JSONL file, or None (data errors are `trainer check`'s job)."""
+    """The first JSON object of a JSONL file, or None (data errors are `trainer check`'s job).
+    Raises NotRegularFile: a FIFO or device must be refused, not read or waited on."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
+        with open_regular(path) as f:
+            for raw in bounded_lines(f, path=path):
+                if raw.strip():
+                    row = json.loads(raw)
                     return row if isinstance(row, dict) else None
-    except (OSError, ValueError):
+    except NotRegularFile:
+        raise
+    except (OSError, ValueError, RecursionError):  # DataError (an endless line) is a ValueError
         return None
     return None
 
 
-def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config:
-    path = Path(path)
+def _read(path: Path) -> str:
+    """The text of a config file: a regular file of at most MAX_CONFIG_BYTES, in UTF-8."""
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(source, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(source, [f"cannot read it ({e})"]) from e
+    except NotRegularFile as e:
+        raise ConfigError(source, [f"{e.reason}: a config is a YAML file"]) from None
+    except OSError as e:
+        raise ConfigError(source, [f"cannot read it ({e.strerror or e})"]) from e
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [f"is larger than {MAX_CONFIG_BYTES // 1024} KiB, so it is not a training config"])
     try:
-        raw = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, [f"not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+
+
+def _keys_against(folder: Path, value: Any) -> Any:
+    """`public_keys` as written in a config file, resolved against the file's folder."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        return value  # a wrong type: from_dict reports it
+    return [str(folder / Path(v).expanduser()) for v in items]
+
+
+def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, parse and validate a config file. `overrides` (`--set`) replace its keys; their
+    paths, `public_keys` included, are taken as written (relative to the working directory)."""
+    path = Path(path)
+    source = str(path)
+    text = _read(path)
+    try:
+        raw = _yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -260,6 +340,8 @@ def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the config must be a YAML mapping of key: value"])
+    if "public_keys" in raw:
+        raw = {**raw, "public_keys": _keys_against(path.absolute().parent, raw["public_keys"])}
     for key in overrides or {}:
         # `--set train_files=...` replaces the config's `train_file`, rather than clashing with it
         name = _ALIASES.get(key, key)
@@ -271,7 +353,10 @@ def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config
         if isinstance(train, list) and train:
             train = train[0]
         if isinstance(train, str):
-            first = _first_row(train)
+            try:
+                first = _first_row(train)
+            except NotRegularFile as e:
+                raise ConfigError(source, [f"train_file {e.path} {e.reason}"]) from None
     return from_dict(raw, source=source, first_row=first)
 
 

@@ -1,6 +1,8 @@
 """Reading the JSONL datasets and normalising each task's record shapes.
 
 Every malformed row is reported as `file:line: why`, so a user can fix it without a debugger.
+A data file must be a regular file (`trainer.files`: a FIFO or /dev/zero is refused, never read)
+and no line may exceed `trainer.files.MAX_LINE_BYTES`; messages quote values through `shown()`.
 The original scripts' record shapes are all accepted:
 - classification: {text_field: str, label_field: str}
 - embeddings: {text_1, text_2, label?} with label 0/1 or a float score
@@ -16,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.config import Config
-from trainer.errors import DataError
+from trainer.errors import DataError, NotRegularFile, shown
+from trainer.files import bounded_lines, check_regular, open_regular
 
 
 @dataclass(frozen=True)
@@ -26,34 +29,73 @@ class Row:
     data: dict[str, Any]
 
 
+def file_problem(path: str | Path) -> DataError | None:
+    """Why `path` cannot be read as a data file (missing, a FIFO, a device...), or None."""
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        return DataError(str(path), "file not found")
+    except NotRegularFile as e:
+        return DataError(str(path), e.reason)
+    except OSError as e:
+        return DataError(str(path), f"cannot read it ({e.strerror or e})")
+    return None
+
+
+def check_files(cfg: Config) -> None:
+    """Every data file the config names exists and is a regular file; raises the first DataError.
+    Only stats them, so `trainer run` can say so in a moment, before any model is loaded."""
+    for split in ("train", "valid", "test"):
+        for path in cfg.files(split):
+            if problem := file_problem(path):
+                raise problem
+
+
 def scan_jsonl(path: str | Path) -> tuple[list[Row], list[DataError]]:
     """Every parseable row and every problem of a JSONL file, so a check can list them all."""
-    p = Path(path)
-    if not p.is_file():
-        return [], [DataError(str(path), "file not found" if not p.exists() else "not a file")]
+    if problem := file_problem(path):
+        return [], [problem]
     rows: list[Row] = []
     problems: list[DataError] = []
-    with open(p, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problems.append(DataError(str(path), f"not UTF-8 ({e.reason} at byte {e.start})", line=n))
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(DataError(str(path), f"not valid JSON ({e.msg} at column {e.colno})", line=n))
-                continue
-            if not isinstance(obj, dict):
-                problems.append(DataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line=n))
-                continue
-            rows.append(Row(file=str(path), line=n, data=obj))
+    try:
+        f = open_regular(path)
+    except OSError as e:  # swapped for a FIFO, or unreadable, since the stat
+        return [], [DataError(str(path), getattr(e, "reason", None) or f"cannot read it ({e.strerror or e})")]
+    with f:
+        try:
+            for n, raw in enumerate(bounded_lines(f, path=str(path)), start=1):
+                if (row := _parse_line(path, n, raw, problems)) is not None:
+                    rows.append(row)
+        except DataError as e:  # an endless line: the rest of the file is not read
+            problems.append(e)
     if not rows and not problems:
         problems.append(DataError(str(path), "file has no rows"))
     return rows, problems
+
+
+def _parse_line(path: str | Path, n: int, raw: bytes, problems: list[DataError]) -> Row | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        problems.append(DataError(str(path), f"not UTF-8 ({e.reason} at byte {e.start})", line=n))
+        return None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        problems.append(DataError(str(path), f"not valid JSON ({e.msg} at column {e.colno})", line=n))
+        return None
+    except ValueError as e:  # e.g. an integer of thousands of digits
+        problems.append(DataError(str(path), f"not usable JSON ({str(e).split(';')[0]})", line=n))
+        return None
+    except RecursionError:
+        problems.append(DataError(str(path), "not usable JSON (nested too deeply)", line=n))
+        return None
+    if not isinstance(obj, dict):
+        problems.append(DataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line=n))
+        return None
+    return Row(file=str(path), line=n, data=obj)
 
 
 def read_jsonl(path: str | Path) -> list[Row]:
@@ -82,7 +124,7 @@ def classification_example(cfg: Config, row: Row) -> tuple[str, int]:
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(cfg.labels):
         return text, label
     if not isinstance(label, str) or label not in cfg.labels:
-        raise DataError(row.file, f"label {label!r} is not one of the config's labels {list(cfg.labels)}", line=row.line)
+        raise DataError(row.file, f"label {shown(label)} is not one of the config's labels {shown(list(cfg.labels))}", line=row.line)
     return text, cfg.labels.index(label)
 
 
@@ -98,7 +140,7 @@ def pair_example(cfg: Config, row: Row) -> tuple[str, str, float | None]:
     if label is None:
         return a, b, None
     if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= float(label) <= 1.0:
-        raise DataError(row.file, f"label {label!r} must be 0/1 or a score in [0, 1]", line=row.line)
+        raise DataError(row.file, f"label {shown(label)} must be 0/1 or a score in [0, 1]", line=row.line)
     return a, b, float(label)
 
 

@@ -1,6 +1,28 @@
-"""Typed errors for the trainer. `trainer.cli` maps each to one line and an exit code."""
+"""Typed errors for the trainer. `trainer.cli` maps each to one line and an exit code.
+
+A message may quote a value from a config or a data row, and those come from users (or from an
+attacker's file): `shown()` is how any such value is quoted, so no message is ever longer than a
+line, however large the value.
+"""
 
 from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+SHOWN_CHARS = 80  # the most of a user's value that a message quotes
+MAX_LISTED_PROBLEMS = 10  # config problems named in one message; the rest are counted
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, SHOWN_CHARS, SHOWN_CHARS, SHOWN_CHARS
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to about SHOWN_CHARS; bounded work even for a huge or deep value."""
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int too long to convert, a structure too deep
+        return f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 class TrainerError(Exception):
@@ -15,11 +37,19 @@ class ConfigError(TrainerError, ValueError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = list(problems)
+        listed = [_one_line(p) for p in problems[:MAX_LISTED_PROBLEMS]]
+        if len(problems) > MAX_LISTED_PROBLEMS:
+            listed.append(f"and {len(problems) - MAX_LISTED_PROBLEMS} more")
         if len(problems) == 1:
-            msg = f"{source}: {problems[0]}"
+            msg = f"{source}: {listed[0]}"
         else:
-            msg = f"{source}: {len(problems)} problems: " + "; ".join(problems)
+            msg = f"{source}: {len(problems)} problems: " + "; ".join(listed)
         super().__init__(msg + "; fix the config (see configs/ for working examples)")
+
+
+def _one_line(problem: str, limit: int = 4 * SHOWN_CHARS) -> str:
+    text = " ".join(problem.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DataError(TrainerError, ValueError):
@@ -33,6 +63,35 @@ class DataError(TrainerError, ValueError):
         self.reason = reason
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {reason}; fix the data file and run 'trainer check' again")
+
+
+class NotRegularFile(TrainerError, OSError):
+    """A config, data or key path names a FIFO, device, directory or socket: reading one would
+    block forever, never end, or fail obscurely, so it is refused before it is opened."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, kind: str):
+        self.path = path
+        self.kind = kind
+        self.reason = f"is {kind}, not a regular file"
+        super().__init__(f"{path}: {self.reason}; name a regular file")
+
+
+class KeyFileError(TrainerError, ValueError):
+    """A public key named by --public-key or public_keys is missing or not a regular file."""
+
+    exit_code = 2
+
+
+class OutputDirRefused(TrainerError, FileExistsError):
+    """`trainer run` will not write into this output_dir (see trainer.rundir for the rules)."""
+
+    exit_code = 2
+
+    def __init__(self, output_dir: str, reason: str, *, fix: str):
+        self.output_dir = output_dir
+        super().__init__(f"output_dir {output_dir} {reason}; {fix}")
 
 
 class ModelNotAvailable(TrainerError, FileNotFoundError):
@@ -68,12 +127,24 @@ class BundleRejected(TrainerError, ValueError):
 
     exit_code = 4
 
-    def __init__(self, bundle: str, cause: Exception):
+    def __init__(self, bundle: str, cause: Exception, *, note: str = ""):
         self.bundle = bundle
         self.cause = cause
         self.exit_code = getattr(cause, "exit_code", type(self).exit_code)
-        text = str(cause)
-        super().__init__(text if bundle in text else f"{bundle}: {text}")
+        text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        text = text if bundle in text else f"{bundle}: {text}"
+        super().__init__(text + (f" ({note})" if note else ""))
+
+
+class BundleUntrusted(BundleRejected):
+    """Auto-install refused a bundle without a valid signature by a trusted key (mirror's
+    SignatureError, exit code 5): the model was not installed."""
+
+    def __init__(self, bundle: str, cause: Exception):
+        super().__init__(bundle, cause, note=(
+            "the model was not installed; the trusted keys are --public-key, the config's public_keys "
+            "and $MIRROR_TRUSTED_KEYS"
+        ))
 
 
 class RemoteCodeRefused(TrainerError, PermissionError):

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from trainer import config as config_mod
 from trainer.config import Config
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, shown
 
 # The metric each task's best-model selection maximises (or minimises: eval_loss).
 MAIN_METRIC = {"classification": "macro_f1", "embeddings": "main_score", "sft": "eval_loss"}
@@ -107,13 +107,20 @@ def _recipe(task: str):
 
 
 def read_lineage(output_dir: str | Path) -> dict[str, Any]:
+    from trainer.files import open_regular
+    from trainer.rundir import MAX_LINEAGE_BYTES
+
     path = Path(output_dir) / "lineage.json"
-    if not path.is_file():
-        raise TrainerError(f"{output_dir} holds no finished run (no lineage.json): train it with 'trainer run CONFIG' first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TrainerError(f"{path} is not valid JSON ({e}): the run's record is damaged; train again") from e
+        with open_regular(path) as f:
+            record = json.loads(f.read(MAX_LINEAGE_BYTES + 1))
+    except OSError:  # missing, or a FIFO or device (NotRegularFile): nothing a run wrote
+        raise TrainerError(f"{output_dir} holds no finished run (no lineage.json): train it with 'trainer run CONFIG' first") from None
+    except (ValueError, RecursionError) as e:
+        raise TrainerError(f"{path} is not valid JSON ({shown(str(e))}): the run's record is damaged; train again") from e
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise TrainerError(f"{path} is not a lineage record (no 'config' mapping): the run's record is damaged; train again")
+    return record
 
 
 def config_of_run(output_dir: str | Path) -> Config:
@@ -134,9 +141,9 @@ def _target(target: str | Path, bundles_dir: str) -> tuple[Config, Path, bool]:
     if p.is_dir():
         return config_of_run(p), p, False
     cfg = config_mod.load(p)
-    from trainer.resolve import resolve_model
+    from trainer.resolve import check_public_keys, resolve_model
 
-    base = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code)
+    base = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code, public_keys=check_public_keys(cfg.public_keys))
     return cfg, Path(base.path), True
 
 

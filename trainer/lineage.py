@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mirror.hashing import sha256_file
+from trainer import files
 from trainer.config import Config
 
 LINEAGE_VERSION = 1
@@ -68,7 +68,7 @@ def data_files(cfg: Config) -> list[dict[str, Any]]:
     out = []
     for split in ("train", "valid", "test"):
         for path in cfg.files(split):
-            out.append({"split": split, "path": path, "sha256": sha256_file(path), "size": os.path.getsize(path)})
+            out.append({"split": split, "path": path, "sha256": files.sha256(path), "size": os.path.getsize(path)})
     return out
 
 

@@ -7,6 +7,13 @@ model fails in well under a second rather than after a network timeout.
 
 Models whose repo carries Python files (or a config `auto_map`) would run that code on load; they
 are refused unless the config sets `trust_remote_code: true`.
+
+Trust: `public_keys` (`--public-key` and the config's key) are handed to `mirror.install`, which
+then installs only a bundle with a valid signature by one of them (as it does for every install
+when $MIRROR_TRUSTED_KEYS names keys); a snapshot already in the cache is used as it is.
+
+The bundles folder is shared and may hold anything: the scan opens only regular files, and a
+bundle it cannot read is skipped, never fatal, unless it is the only one named for the model.
 """
 
 from __future__ import annotations
@@ -14,9 +21,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from mirror.errors import MirrorError
-from trainer.errors import BundleRejected, ModelNotAvailable, RemoteCodeRefused
+from mirror.errors import MirrorError, SignatureError
+from trainer.errors import (
+    BundleRejected,
+    BundleUntrusted,
+    KeyFileError,
+    ModelNotAvailable,
+    NotRegularFile,
+    RemoteCodeRefused,
+    TrainerError,
+)
+from trainer.files import check_regular
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,29 @@ class _Candidate:
     delta_base: str | None  # the commit a delta bundle applies on top of; None for a full bundle
 
 
+@dataclass(frozen=True)
+class _Skipped:
+    path: Path
+    cause: Exception  # why it could not be read: a mirror error, an OSError, a parser's error
+
+
 MAX_DELTA_CHAIN = 16  # deltas stack on deltas; a longer chain than this is a loop or a mistake
+# What reading a hostile manifest can raise: mirror's own errors, I/O errors, and the parsers'
+# (a 5000-digit integer is a ValueError, deep nesting a RecursionError) should a limit be missed.
+_UNREADABLE = (MirrorError, OSError, ValueError, RecursionError)
+
+
+def check_public_keys(keys: Sequence[str | Path]) -> tuple[str, ...]:
+    """The keys as strings, each checked to be a regular file now: a typo must not wait until
+    a bundle happens to need installing."""
+    for key in keys:
+        try:
+            check_regular(key)
+        except FileNotFoundError:
+            raise KeyFileError(f"public key {key}: file not found; pass the path of a PEM public key (--public-key or public_keys)") from None
+        except NotRegularFile as e:
+            raise KeyFileError(f"public key {key} {e.reason}; pass the path of a PEM public key file") from None
+    return tuple(str(k) for k in keys)
 
 
 def resolve_model(
@@ -47,8 +86,10 @@ def resolve_model(
     bundles_dir: str | Path = "bundles",
     cache_dir: str | Path | None = None,
     trust_remote_code: bool = False,
+    public_keys: Sequence[str | Path] = (),
 ) -> ResolvedModel:
-    """Find `model_id` locally, installing its newest bundle from `bundles_dir` if need be."""
+    """Find `model_id` locally, installing its newest bundle from `bundles_dir` if need be; with
+    `public_keys`, only a bundle signed by one of them is installed."""
     from mirror import install
 
     local = Path(model_id).expanduser()
@@ -74,15 +115,14 @@ def resolve_model(
 
     candidates, unreadable = _candidates(bundles, model_id)
     if not candidates:
-        detail = ""
-        if unreadable:  # say so: the user may believe one of them is the model's bundle
-            detail = f"{len(unreadable)} unreadable bundle(s) in {bundles_dir}/ skipped: {', '.join(p.name for p in unreadable[:3])}"
-        raise ModelNotAvailable(model_id, bundles_dir=str(bundles_dir).rstrip("/"), detail=detail)
+        raise _not_available(model_id, bundles_dir=str(bundles_dir).rstrip("/"), unreadable=unreadable)
     newest = max(candidates, key=lambda c: (c.created_at, c.path.name))
     sha256 = None
     for bundle in _install_order(newest, candidates, model_id, cache_dir):
         try:
-            installed = install.install_bundle(bundle.path, cache_dir=cache_dir)
+            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=list(public_keys))
+        except SignatureError as e:
+            raise BundleUntrusted(str(bundle.path), e) from e
         except MirrorError as e:
             raise BundleRejected(str(bundle.path), e) from e
         sha256 = installed.bundle_sha256
@@ -115,28 +155,45 @@ def _install_order(newest: _Candidate, candidates: list[_Candidate], repo_id: st
     return chain
 
 
-def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[Path]]:
-    """Bundles in `bundles` holding `repo_id`, judged by their manifest (the tar's head only).
+def _not_available(model_id: str, *, bundles_dir: str, unreadable: list[_Skipped]) -> TrainerError:
+    """No readable bundle holds the model. An unreadable one named for it (mirror names bundles
+    ORG--NAME--COMMIT12.tar) is reported with why; any others are counted and named."""
+    from mirror.bundle import bundle_stem
+
+    prefix = bundle_stem(model_id, "")
+    named = [s for s in unreadable if s.path.name.startswith(prefix)]
+    if named:
+        return BundleRejected(str(named[0].path), named[0].cause, note=f"it is named as a bundle of {model_id}; replace it with a good copy")
+    detail = ""
+    if unreadable:  # say so: the user may believe one of them is the model's bundle
+        detail = f"{len(unreadable)} unreadable bundle(s) in {bundles_dir}/ skipped: {', '.join(s.path.name for s in unreadable[:3])}"
+    return ModelNotAvailable(model_id, bundles_dir=bundles_dir, detail=detail)
+
+
+def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[_Skipped]]:
+    """Bundles in `bundles` holding `repo_id`, judged by their manifest (the tar's head only),
+    and those skipped because they are not regular files or cannot be read.
 
     Single-file bundles are NAME.tar; multi-part ones are NAME.tar.part0001... with an index
     NAME.tar.parts.json, which mirror reads as the one stream the parts stand for."""
-    from mirror.tarformat import read_manifest
     from mirror.delta import delta_info
     from mirror.parts import INDEX_SUFFIX
+    from mirror.tarformat import read_manifest
 
     found: list[_Candidate] = []
-    unreadable: list[Path] = []
+    unreadable: list[_Skipped] = []
     if not bundles.is_dir():
         return found, unreadable
-    names = {p for p in bundles.glob("*.tar") if p.is_file()}
+    tars = set(bundles.glob("*.tar"))
     # a multi-part bundle is named by its index, as mirror names it; a single NAME.tar wins
-    names |= {p for p in bundles.glob("*.tar" + INDEX_SUFFIX) if p.with_name(p.name[: -len(INDEX_SUFFIX)]) not in names}
+    names = tars | {p for p in bundles.glob("*.tar" + INDEX_SUFFIX) if p.with_name(p.name[: -len(INDEX_SUFFIX)]) not in tars}
     for path in sorted(names):
         try:
+            check_regular(path)  # a FIFO would block the read forever, a device never end it
             m = read_manifest(path)
             delta = delta_info(m, bundle=str(path))
-        except (MirrorError, OSError):
-            unreadable.append(path)
+        except _UNREADABLE as e:
+            unreadable.append(_Skipped(path=path, cause=e))
             continue
         if m.repo_id == repo_id and m.repo_type == "model":
             found.append(_Candidate(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from mirror.hashing import sha256_file
+from trainer import files
 
 FORMAT = 1
 ENV = "TRAINER_CACHE"
@@ -66,7 +67,7 @@ def cache_key(*, data_files: Sequence[str | Path], model_dir: str | Path, settin
         "version": version,
         "settings": settings,
         "tokenizer": tokenizer_fingerprint(model_dir),
-        "data": [sha256_file(f) for f in data_files],  # in order: the rows' order is part of the value
+        "data": [files.sha256(f) for f in data_files],  # in order: the rows' order is part of the value
         "libraries": _library_versions(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -94,7 +94,8 @@ def test_list_bundles(packed, tmp_path):
     (tmp_path / "out" / "broken.tar").write_bytes(b"garbage" * 100)
     r = run("list", tmp_path / "out")
     lines = r.stdout.splitlines()
-    assert r.exit_code == 0 and len(lines) == 2
+    assert r.exit_code == 1 and len(lines) == 2  # the unreadable one is a row, and fails the command
+    assert r.stderr == "mirror: error: 1 of 2 bundle(s) could not be read\n"
     assert lines[0].startswith(packed.name.replace("acme--m--", "acme/m ")[:6]) and "5 files" in lines[0]
     assert lines[1].startswith("broken.tar") and "unreadable" in lines[1]
 

@@ -19,6 +19,7 @@ from mirror.manifest import parse
 from mirror.pack import pack_folder
 from mirror.signing import verify_signature
 from mirror.verify import verify_bundle
+from tests.fixtures.cachetree import tree as cache_tree
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,15 +128,6 @@ def _mutate(data: bytes, muts) -> bytes:
     return bytes(b)
 
 
-def _tree(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            out[p.relative_to(root).as_posix()] = os.readlink(p) if p.is_symlink() else ("dir" if p.is_dir() else hash_file(p).sha256)
-    return out
-
-
 @SLOW
 @given(st.lists(mutation, min_size=1, max_size=3))
 def test_mutated_bundles_give_typed_errors_and_verify_agrees_with_install(muts):
@@ -159,7 +151,7 @@ def test_mutated_bundles_give_typed_errors_and_verify_agrees_with_install(muts):
         except MirrorError as e:
             assert "\n" not in str(e)
             assert not ok, f"verify accepted what install refused: {e}"
-            assert _tree(cache) == {}, "a failed install left something in the cache"
+            assert not cache_tree(cache), "a failed install left something in the cache"
         else:
             assert ok, "install accepted what verify refused"
             # what landed is exactly what the manifest promised

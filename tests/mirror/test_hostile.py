@@ -21,6 +21,7 @@ from mirror.install import install_bundle
 from mirror.manifest import FileEntry, Manifest, classify
 from mirror.pack import pack_folder
 from mirror.verify import verify_bundle
+from tests.fixtures.cachetree import tree as cache_tree
 
 BLOCK = 512
 COMMIT = "c" * 40
@@ -226,22 +227,6 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
 }
 
 
-def _tree(root: Path) -> dict[str, str]:
-    """Everything under root: files by content hash, links by target, folders by name."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hash_file(p).sha256
-    return out
-
-
 @pytest.fixture
 def world(tmp_path):
     """A cache that already holds a good snapshot, and an 'outside' folder attackers aim at."""
@@ -266,7 +251,7 @@ def test_hostile_bundle_is_refused_by_verify_and_install(world, name):
     build, reason = ATTACKS[name]
     bundle = tmp_path / "bundles" / f"{name}.tar"
     bundle.write_bytes(build(outside))
-    before_cache, before_all = _tree(cache), _tree(tmp_path)
+    before_cache, before_all = cache_tree(cache), cache_tree(tmp_path)
 
     # verify: either a report that is not ok, or a typed error when there is no manifest to judge by
     try:
@@ -285,8 +270,8 @@ def test_hostile_bundle_is_refused_by_verify_and_install(world, name):
     assert "\n" not in msg and e.value.exit_code != 0
     assert reason.lower() in msg.lower(), f"{name}: install said {msg!r}"
 
-    assert _tree(cache) == before_cache, f"{name}: the cache changed"
-    assert _tree(tmp_path) == before_all, f"{name}: something was written"
+    assert cache_tree(cache) == before_cache, f"{name}: the cache changed"
+    assert cache_tree(tmp_path) == before_all, f"{name}: something was written"
     assert not any(outside.iterdir())
 
 
@@ -297,12 +282,12 @@ def test_manifest_lying_about_a_pickle_kind_does_not_bypass_the_policy(world):
     files = (entry("config.json", CONFIG), entry("pytorch_model.bin", data, kind="json"))
     bundle = tmp_path / "bundles" / "liar.tar"
     bundle.write_bytes(tar(man_member(*files), member("files/config.json", CONFIG), member("files/pytorch_model.bin", data)))
-    before = _tree(cache)
+    before = cache_tree(cache)
     with pytest.raises(PolicyError, match="pytorch_model.bin"):
         install_bundle(bundle, cache_dir=cache)
     with pytest.raises(PolicyError, match="posix.system"):
         install_bundle(bundle, cache_dir=cache, allow_pickle=True)
-    assert _tree(cache) == before
+    assert cache_tree(cache) == before
 
 
 def test_handmade_good_bundle_installs(world):

@@ -76,8 +76,8 @@ def test_missing_part_is_named_before_any_work(tmp_path: Path, monkeypatch: pyte
     (multi.path.parent / index.parts[3].name).unlink()
     (multi.path.parent / index.parts[5].name).write_bytes(b"short")
     opened: list[str] = []
-    real_fileio = parts.io.FileIO
-    monkeypatch.setattr(parts.io, "FileIO", lambda p, *a, **k: opened.append(str(p)) or real_fileio(p, *a, **k))
+    real_open = parts.open_regular
+    monkeypatch.setattr(parts, "open_regular", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
     for action in (verify_bundle, lambda p: install_bundle(p, cache_dir=tmp_path / "cache")):
         with pytest.raises(PartError) as err:
             action(multi.path)

@@ -169,5 +169,6 @@ def test_a_corrupt_bundle_is_a_check_error_naming_it(tmp_path):
     cfg = from_dict({"model_id": "acme/enc", "output_dir": "o", "train_file": train, "labels": ["yes"]})
     r = check(cfg, bundles_dir=tmp_path / "bundles", cache_dir=tmp_path / "cache")
     assert r.exit_code == 4
-    assert r.errors[0].startswith(f"{info.path}: config.json: sha256 mismatch")
+    assert str(info.path) in r.errors[0] and "config.json: sha256 mismatch" in r.errors[0]  # one line naming both
+    assert "\n" not in r.errors[0]
     assert r.model == "acme/enc: NOT AVAILABLE"

@@ -49,6 +49,15 @@ def _config(tmp_path: Path, **over) -> Path:
     return path
 
 
+def _interrupted_run(out: Path) -> None:
+    """What an interrupted run leaves: its marker and a resumable checkpoint."""
+    from trainer import rundir
+
+    rundir.mark(out)
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "state.pt").write_bytes(b"x")
+
+
 # --- help ----------------------------------------------------------------------------------------
 
 
@@ -122,6 +131,7 @@ def test_run_resolves_then_trains_behind_the_network_guard(tmp_path, monkeypatch
         return RunResult(output_dir=Path(cfg.output_dir), metrics={"final": {"valid": {"n": 16, "accuracy": 0.8125, "macro_f1": 0.53333, "per_class": {}}, "test": {"n": 8, "accuracy": 0.75}}, "epochs": [], "warning": "RANDOM-INITIALISED"}, wall_time_s=12.34)
 
     monkeypatch.setattr(trainer.recipes, "run", fake_run)
+    _interrupted_run(tmp_path / "out")
     r = _invoke("run", str(_config(tmp_path)), "--set", "epochs=2", "--resume")
     assert r.exit_code == 0, r.output
     assert seen["guarded"] and seen["offline"] == "1" and seen["resume"] is True
@@ -155,9 +165,8 @@ def test_bare_ctrl_c_says_whether_a_checkpoint_exists(tmp_path, monkeypatch):
     r = _invoke("run", str(cfg))
     assert r.exit_code == 130
     assert r.stderr.splitlines()[-1] + "\n" == f"trainer: error: interrupted before a checkpoint was saved in {tmp_path / 'out'}; rerun the same command to start again\n"
-    (tmp_path / "out" / "checkpoint").mkdir(parents=True)
-    (tmp_path / "out" / "checkpoint" / "state.pt").write_bytes(b"x")
-    r = _invoke("run", str(cfg))
+    _interrupted_run(tmp_path / "out")
+    r = _invoke("run", str(cfg), "--resume")
     assert r.stderr.splitlines()[-1] + "\n" == f"trainer: error: interrupted: resumable checkpoint left in {tmp_path / 'out' / 'checkpoint'}, rerun with --resume\n"
 
 

@@ -80,8 +80,8 @@ def test_missing_required_keys_and_uninferable_task():
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"not valid YAML at line 2, column 9: found undefined alias"):
-        load(_write(tmp_path, "model_id: m\nlabels: *nowhere\n"))
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 2, column 10: mapping values are not allowed here"):
+        load(_write(tmp_path, "model_id: m\nlabels: a: b\n"))
 
 
 def test_missing_config_file(tmp_path):

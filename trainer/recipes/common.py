@@ -24,11 +24,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer import dist
+from trainer import dist, rundir
 from trainer.config import Config
 from trainer.errors import Interrupted, TrainerError
+from trainer.rundir import CHECKPOINT_DIR
 
-CHECKPOINT_DIR = "checkpoint"  # resume state, inside output_dir
 RANDOM_INIT_BANNER = "RANDOM-INITIALISED DEMO MODEL"
 
 
@@ -442,7 +442,7 @@ def load_checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
 
 
 # Settings that do not change what is computed, so a resumed run may differ in them.
-_RESUME_FREE = ("num_threads", "save_every_epoch")
+_RESUME_FREE = ("num_threads", "save_every_epoch", "public_keys")
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -467,6 +467,7 @@ def start_state(cfg: Config, model: torch.nn.Module, opt: torch.optim.Optimizer,
     out = Path(cfg.output_dir)
     main = rt is None or rt.is_main
     if main:
+        rundir.mark(out)  # before anything else is written: the folder is now a run (trainer.rundir)
         for partial in out.glob(".partial-*"):
             shutil.rmtree(partial, ignore_errors=True)  # outputs of a run that died while saving
     if resume:
@@ -487,7 +488,7 @@ def start_state(cfg: Config, model: torch.nn.Module, opt: torch.optim.Optimizer,
 def staging_dir(output_dir: str | Path) -> Path:
     """Final artefacts are written here first and moved in by `publish`."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.mark(out)
     stage = out / f".partial-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     return stage
@@ -508,6 +509,7 @@ def publish(stage: Path, output_dir: str | Path, *, last: str = "lineage.json") 
     ckpt = out / CHECKPOINT_DIR
     if ckpt.exists():
         shutil.rmtree(ckpt)  # a finished run needs no resume state (it holds 2x the model in optimiser moments)
+    rundir.unmark(out)  # lineage.json now says this is a run
 
 
 def discard(stage: Path) -> None:

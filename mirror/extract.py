@@ -1,0 +1,172 @@
+"""The one verified extractor: every payload byte checked against the manifest as it is read.
+
+`verify`, `install` (full bundles and deltas alike) and anything else that needs a bundle's files
+call `extract` on an open `BundleReader`: the manifest it holds is the one the bytes are checked
+against, and the bytes a sink receives are the bytes hashed. Two ways to read, same guarantees:
+
+- by position, in parallel (one thread per core, each file's sha256 and git sha1 on their own
+  hash lanes), when the bundle is laid out exactly as the deterministic writer lays it out
+  (`tarformat.writer_layout`), over the reader's own descriptor;
+- otherwise one sequential pass (`BundleReader.payload`), which judges every member (links,
+  unsafe names, extras, duplicates) and, when asked, hashes the whole stream for the bundle's
+  own sha256.
+
+The first problem raises (HashMismatch naming the file, BundleError naming the member); a sink
+learns which of its files to keep only after their digests matched.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from mirror.errors import BundleError, HashMismatch
+from mirror.hashing import DualHasher, HashLanes
+from mirror.manifest import FileEntry
+from mirror.tarformat import MAX_TRAILER, TRAILER_MEMBERS, BundleReader, writer_layout
+
+RANGE_CHUNK = 2 * 1024 * 1024  # per positioned read; with 8 threads RSS stays ~100 MB
+_MAX_THREADS = 8
+SIGNATURE = TRAILER_MEMBERS[0]
+
+
+class Sink(Protocol):
+    """Where verified bytes go. `open` returns a writable file for this entry, or None to only
+    check it (e.g. its blob is already in the cache, or another path has the same content).
+    `keep` is called once its digests matched; `discard` on any failure."""
+
+    def open(self, entry: FileEntry) -> BinaryIO | None: ...
+
+    def keep(self, entry: FileEntry, out: BinaryIO) -> None: ...
+
+    def discard(self, entry: FileEntry, out: BinaryIO) -> None: ...
+
+
+@dataclass(frozen=True)
+class Extraction:
+    signature: bytes | None  # the signature trailer member, when the bundle has one
+    sha256: str | None  # the bundle's own sha256: when asked for, and always for multi-part
+    files: int
+    bytes: int
+
+
+def _check(entry: FileEntry, h: DualHasher, where: str) -> None:
+    d = h.digest()
+    for algo, want, got in (("sha256", entry.sha256, d.sha256), ("git sha1", entry.git_sha1, d.git_sha1)):
+        if want != got:
+            raise HashMismatch(entry.path, algorithm=algo, expected=want, actual=got, where=where)
+
+
+def deal(jobs: list[tuple[FileEntry, int]]) -> tuple[int, list[list[tuple[FileEntry, int]]]]:
+    """Files dealt round-robin to one thread per core, largest first."""
+    jobs = sorted(jobs, key=lambda j: -j[0].size)
+    workers = max(1, min(len(jobs), os.cpu_count() or 1, _MAX_THREADS))
+    return workers, [jobs[i::workers] for i in range(workers)]
+
+
+def extract(reader: BundleReader, *, sink: Sink | None = None, bundle_sha256: bool = False, sequential: bool = True) -> Extraction | None:
+    """Read every payload file of `reader`, checking each against `reader.manifest`, handing the
+    bytes to `sink`. `bundle_sha256` also hashes the whole stream (one serial chain: the
+    sequential pass); a multi-part bundle always takes that pass, checking each part's digest.
+    `sequential=False`: only the parallel positioned read, None when the layout does not allow it."""
+    if not bundle_sha256:
+        with reader.ranges() as src:
+            layout = writer_layout(src, reader.manifest, reader.offset)
+            if layout is not None:
+                try:
+                    return _parallel(reader, src, layout, sink)
+                except HashMismatch:
+                    if reader.parts is None or not sequential:
+                        raise
+                    # a damaged part: the one-pass read (nothing consumed yet) names it
+    return _sequential(reader, sink) if sequential else None
+
+
+def _parallel(reader: BundleReader, src, layout, sink: Sink | None) -> Extraction:
+    workers, shares = deal(list(layout.files))
+    where = f"in {reader.label}"
+    stop = threading.Event()
+
+    def run(i: int, lanes: HashLanes) -> None:
+        for f, start in shares[i]:
+            if stop.is_set():
+                return
+            out = sink.open(f) if sink is not None else None
+            try:
+                h = DualHasher(f.size, lfs=f.lfs, lanes=lanes, lane_ids=(2 * i, 2 * i + 1))
+                for off in range(start, start + f.size, RANGE_CHUNK):
+                    chunk = src.read(off, min(RANGE_CHUNK, start + f.size - off))
+                    if out is not None:
+                        out.write(chunk)
+                    h.update(chunk)
+                _check(f, h, where)
+            except BaseException:
+                stop.set()
+                if out is not None:
+                    sink.discard(f, out)
+                raise
+            if out is not None:
+                sink.keep(f, out)
+
+    with HashLanes(2 * workers) as lanes, ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run, i, lanes) for i in range(workers)]
+        errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+    sig = None
+    if SIGNATURE in layout.trailer:
+        off, size = layout.trailer[SIGNATURE]
+        sig = src.read(off, size)
+    return Extraction(signature=sig, sha256=None, files=len(layout.files), bytes=sum(f.size for f, _ in layout.files))
+
+
+def _sequential(reader: BundleReader, sink: Sink | None) -> Extraction:
+    where = f"in {reader.label}"
+    sig = None
+    files = total = 0
+    with HashLanes(3) as lanes:
+        reader.attach_lanes(lanes)
+        for member, chunks in reader.payload():
+            if member.problem:
+                raise BundleError(reader.label, member.problem)
+            if member.kind == "meta":
+                if member.size > MAX_TRAILER:
+                    raise BundleError(reader.label, f"{member.name} is {member.size} bytes, larger than any signature")
+                data = b"".join(chunks)
+                if member.name == SIGNATURE:
+                    sig = data
+                continue
+            entry = member.entry
+            if entry is None:  # a directory member
+                continue
+            if member.size != entry.size:
+                raise HashMismatch(entry.path, algorithm="size", expected=str(entry.size), actual=str(member.size), where=where)
+            out = sink.open(entry) if sink is not None else None
+            try:
+                h = DualHasher(entry.size, lfs=entry.lfs, lanes=lanes, lane_ids=(1, 2))
+                for chunk in chunks:
+                    if out is not None:
+                        out.write(chunk)
+                    h.update(chunk)
+                try:
+                    _check(entry, h, where)
+                except HashMismatch:
+                    if reader.parts is not None:
+                        reader.parts.check_current_part()  # name the damaged part, if it is one
+                    raise
+            except BaseException:
+                if out is not None:
+                    sink.discard(entry, out)
+                raise
+            if out is not None:
+                sink.keep(entry, out)
+            files += 1
+            total += entry.size
+        if reader.missing:
+            raise BundleError(reader.label, f"{len(reader.missing)} file(s) listed in the manifest are missing from the tar, first {reader.missing[0]!r}")
+        sha = reader.sha256 if reader.hashing else None
+    return Extraction(signature=sig, sha256=sha, files=files, bytes=total)

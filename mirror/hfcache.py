@@ -1,0 +1,425 @@
+"""The Hugging Face cache, as `mirror install` writes and reads it: layout, refs, links, locks.
+
+The layout is huggingface_hub's (`repo_folder_name`, blobs named by etag, snapshot files as
+relative links into `blobs/`, `refs/<name>` holding a commit), and so is the lock convention:
+`<cache>/.locks/<repo folder>/<etag>.lock` around every blob write, the lock a concurrent
+`hf_hub_download` takes too. On top of it this module adds what the trust promise needs:
+
+- a per-repo lock (`.locks/<repo folder>/mirror-repo.lock`), so two installs into one repo never
+  interleave their checks and writes;
+- the file list of every commit mirror installed (`<repo folder>/.mirror/<commit>.json`): a
+  commit with such a record is closed, so a later bundle claiming it with other files is refused;
+- a journal per install in progress (`.locks/<repo folder>/install.<pid>-<rand>.journal`) that
+  lets the next command finish or undo an install killed with SIGKILL;
+- checks that refuse a link planted inside a repo folder (`refs/`, `snapshots/`, a commit folder
+  or a folder inside one) instead of following it. A symlinked `blobs/` folder is allowed (moving
+  blobs to another disk is common), a symlinked blob is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import WeakFileLock
+
+from mirror import atomic
+from mirror.errors import UnsafeCache
+from mirror.ids import is_commit, ref_problem
+from mirror.manifest import FileEntry
+
+RECORD_DIR = ".mirror"
+REPO_LOCK = "mirror-repo.lock"
+JOURNAL_SUFFIX = ".journal"  # `.install.<pid>-<rand>.journal` in the repo's lock folder
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where huggingface_hub looks: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
+    (read at call time, not at import, so one process can address several caches)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def link_target(path: str, etag: str) -> str:
+    """What huggingface_hub writes at snapshots/<commit>/<path>: up to the repo folder, into blobs/."""
+    return "../" * (path.count("/") + 2) + "blobs/" + etag
+
+
+@dataclass(frozen=True)
+class RepoCache:
+    """One repo's folder in one cache."""
+
+    root: Path
+    repo_id: str
+    repo_type: str = "model"
+
+    @property
+    def name(self) -> str:
+        return repo_folder_name(repo_id=self.repo_id, repo_type=self.repo_type)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def blobs(self) -> Path:
+        return self.folder / "blobs"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.folder / "snapshots"
+
+    @property
+    def refs(self) -> Path:
+        return self.folder / "refs"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / ".locks" / self.name
+
+    def blob(self, etag: str) -> Path:
+        return self.blobs / etag
+
+    def snapshot(self, commit: str) -> Path:
+        return self.snapshots / commit
+
+    def record_path(self, commit: str) -> Path:
+        return self.folder / RECORD_DIR / f"{commit}.json"
+
+
+# --- locks ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def repo_lock(rc: RepoCache) -> Iterator[None]:
+    """Held for a whole install: checks, writes and refs of one repo never interleave."""
+    _mkdirs(rc.locks)
+    with WeakFileLock(rc.locks / REPO_LOCK):
+        yield
+
+
+@contextmanager
+def blob_lock(rc: RepoCache, etag: str) -> Iterator[None]:
+    """huggingface_hub's own per-blob lock, so a concurrent hf_hub_download waits for us."""
+    with WeakFileLock(rc.locks / f"{etag}.lock"):
+        yield
+
+
+def _mkdirs(d: Path) -> list[Path]:
+    """mkdir -p, returning the folders it created (outermost first)."""
+    missing = []
+    while not d.exists() and not d.is_symlink():
+        missing.append(d)
+        d = d.parent
+    made = []
+    for x in reversed(missing):
+        try:
+            x.mkdir()
+            made.append(x)
+        except FileExistsError:  # another process made it meanwhile: not ours to remove
+            pass
+    return made
+
+
+def make_dirs(d: Path) -> list[Path]:
+    return _mkdirs(d)
+
+
+def remove_locks(rc: RepoCache, made: list[Path]) -> None:
+    """Undo `make_dirs(rc.locks)` after a failed install: its lock files, then the folders."""
+    for p in rc.locks.glob("*.lock"):
+        p.unlink(missing_ok=True)
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+# --- links planted in the cache ---------------------------------------------------------------------
+
+
+def _refuse_link(p: Path, what: str) -> None:
+    if p.is_symlink():
+        raise UnsafeCache(str(p), f"{what} is a symbolic link (to {os.readlink(p)!r}), which mirror never makes")
+
+
+def check_tree(rc: RepoCache, commits: Iterable[str] = ()) -> None:
+    """Refuse links planted where mirror writes or reads: `refs/` and everything under it,
+    `snapshots/`, the commit folders in `commits` and every folder inside them, `.mirror/`.
+    The repo folder and `blobs/` may be links (relocated storage)."""
+    for d, what in ((rc.snapshots, "snapshots/"), (rc.refs, "refs/"), (rc.folder / RECORD_DIR, f"{RECORD_DIR}/")):
+        _refuse_link(d, what)
+    if rc.refs.is_dir():
+        for dirpath, dirnames, filenames in os.walk(rc.refs):
+            for n in dirnames + filenames:
+                _refuse_link(Path(dirpath) / n, "a ref")
+    for commit in commits:
+        snap = rc.snapshot(commit)
+        _refuse_link(snap, f"snapshot folder {commit[:12]}")
+        if snap.is_dir():
+            for dirpath, dirnames, _ in os.walk(snap):
+                for n in dirnames:
+                    _refuse_link(Path(dirpath) / n, "a folder inside a snapshot")
+
+
+# --- what a snapshot holds -----------------------------------------------------------------------
+
+
+def snapshot_links(rc: RepoCache, commit: str) -> dict[str, str | None]:
+    """path -> the etag its entry links to, for every file of snapshots/<commit>; None for an entry
+    that is not exactly the link huggingface_hub would write (a plain file, a link elsewhere)."""
+    snap = rc.snapshot(commit)
+    out: dict[str, str | None] = {}
+    if not snap.is_dir() or snap.is_symlink():
+        return out
+    for dirpath, dirnames, filenames in os.walk(snap):
+        rel = Path(dirpath).relative_to(snap)
+        for n in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            path = (rel / n).as_posix()
+            p = Path(dirpath) / n
+            etag = None
+            if p.is_symlink():
+                target = os.readlink(p)
+                prefix = link_target(path, "")
+                if target.startswith(prefix) and "/" not in target[len(prefix):]:
+                    etag = target[len(prefix):]
+            out[path] = etag
+    return out
+
+
+def blob_state(rc: RepoCache, etag: str) -> str:
+    """"absent", "file" (a regular file: trust it only after hashing) or "unsafe" (a link, a folder)."""
+    try:
+        st = os.lstat(rc.blob(etag))
+    except FileNotFoundError:
+        return "absent"
+    return "file" if stat.S_ISREG(st.st_mode) else "unsafe"
+
+
+def etags_in_use(rc: RepoCache) -> set[str]:
+    """Every blob some snapshot of the repo links to (installed by anyone)."""
+    used: set[str] = set()
+    if rc.snapshots.is_dir():
+        for snap in rc.snapshots.iterdir():
+            if is_commit(snap.name):
+                used.update(e for e in snapshot_links(rc, snap.name).values() if e)
+    return used
+
+
+# --- the record of a commit mirror installed ------------------------------------------------------------
+
+
+def read_record(rc: RepoCache, commit: str) -> dict[str, FileEntry] | None:
+    """The file list mirror installed for `commit`, or None if mirror never completed it."""
+    p = rc.record_path(commit)
+    try:
+        raw = p.read_bytes() if p.stat().st_size < 256 * 1024 * 1024 else b""
+        d = json.loads(raw)
+        files = [FileEntry(**f) for f in d["files"]]
+        if d.get("commit") != commit:
+            raise ValueError("commit differs")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UnsafeCache(str(p), f"the install record is unreadable ({e.__class__.__name__})", fix="delete that file and the snapshot folder of that commit, then install again") from None
+    return {f.path: f for f in files}
+
+
+def write_record(rc: RepoCache, commit: str, files: Iterable[FileEntry]) -> None:
+    _mkdirs(rc.folder / RECORD_DIR)
+    body = {"commit": commit, "files": [asdict(f) for f in sorted(files, key=lambda f: f.path)]}
+    atomic.write_atomic(rc.record_path(commit), json.dumps(body, sort_keys=True, indent=1) + "\n")
+
+
+# --- refs -----------------------------------------------------------------------------------------
+
+
+def read_ref(rc: RepoCache, name: str) -> str | None:
+    p = rc.refs / name
+    if ref_problem(name) or p.is_symlink():
+        return None
+    try:
+        text = p.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    return text.strip() if is_commit(text.strip()) else None
+
+
+def write_ref(rc: RepoCache, name: str, commit: str) -> None:
+    """refs/<name> = commit (no newline, as huggingface_hub writes it), atomically."""
+    p = rc.refs / name
+    made = _mkdirs(p.parent)
+    try:
+        if read_ref(rc, name) != commit:
+            atomic.write_atomic(p, commit)
+    except BaseException:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def refs_to(rc: RepoCache, commit: str) -> tuple[str, ...]:
+    if not rc.refs.is_dir():
+        return ()
+    out = []
+    for dirpath, _, filenames in os.walk(rc.refs):
+        for n in filenames:
+            name = (Path(dirpath) / n).relative_to(rc.refs).as_posix()
+            if atomic.temp_owner(n) is None and read_ref(rc, name) == commit:
+                out.append(name)
+    return tuple(sorted(out))
+
+
+# --- journals: finishing or undoing an install killed midway -------------------------------------
+
+
+@dataclass(frozen=True)
+class Journal:
+    commit: str
+    refs: tuple[str, ...]  # refs to write once the snapshot is in place
+    created_blobs: tuple[str, ...]  # etags this install added (removed again on rollback, if unused)
+    added_links: tuple[str, ...]  # paths added inside an existing (partial) snapshot
+    new_snapshot: bool  # whether the snapshot folder is this install's
+    new_record: bool
+
+    def save(self, rc: RepoCache) -> Path:
+        p = atomic.temp_path(rc.locks / "install", suffix="journal")
+        atomic.write_atomic(p, json.dumps(asdict(self)))
+        return p
+
+
+def _journals(rc: RepoCache) -> list[Path]:
+    try:
+        return [rc.locks / n for n in os.listdir(rc.locks) if n.endswith(JOURNAL_SUFFIX)]
+    except OSError:
+        return []
+
+
+def recover(rc: RepoCache) -> list[str]:
+    """Under the repo lock: finish or undo the installs whose process died (SIGKILL, power), and
+    remove stale temporaries in blobs/ and snapshots/. Returns one line per thing done."""
+    done = []
+    for p in _journals(rc):
+        if not atomic.is_stale(p.name):  # its install is still running (or it is not ours)
+            continue
+        try:
+            j = Journal(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
+        except (OSError, ValueError, TypeError):
+            p.unlink(missing_ok=True)
+            continue
+        record = read_record(rc, j.commit) if j.new_record or j.new_snapshot or j.added_links else None
+        links = snapshot_links(rc, j.commit)
+        complete = record is not None and all(links.get(f.path) == f.etag for f in record.values())
+        if complete:
+            for name in j.refs:
+                write_ref(rc, name, j.commit)
+            done.append(f"finished an interrupted install of {rc.repo_id}@{j.commit[:12]}")
+        else:
+            rollback(rc, j)
+            done.append(f"removed an interrupted install of {rc.repo_id}@{j.commit[:12]}")
+        p.unlink(missing_ok=True)
+    for folder in (rc.blobs, rc.snapshots, rc.refs):
+        removed = atomic.sweep(folder)
+        if removed:
+            done.append(f"removed {len(removed)} leftover temporary file(s) in {folder}")
+    return done
+
+
+def rollback(rc: RepoCache, j: Journal) -> None:
+    """Undo what one install created: its links, record, snapshot folder, and the blobs it added
+    that no snapshot uses (a concurrent install or hf_hub_download may have linked them since)."""
+    snap = rc.snapshot(j.commit)
+    for path in j.added_links:
+        p = snap / path
+        if p.is_symlink():
+            p.unlink()
+    if j.new_snapshot and snap.is_dir() and not snap.is_symlink():
+        shutil.rmtree(snap, ignore_errors=True)
+    if j.new_record:
+        rc.record_path(j.commit).unlink(missing_ok=True)
+        try:
+            rc.record_path(j.commit).parent.rmdir()
+        except OSError:
+            pass
+    if j.created_blobs:
+        used = etags_in_use(rc)
+        for etag in j.created_blobs:
+            if etag in used:
+                continue
+            with blob_lock(rc, etag):
+                if etag not in etags_in_use(rc) and blob_state(rc, etag) == "file":
+                    rc.blob(etag).unlink(missing_ok=True)
+
+
+# --- listing ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstalledSnapshot:
+    repo_id: str
+    repo_type: str
+    commit: str
+    refs: tuple[str, ...]
+    path: Path
+    files: int
+    size: int
+
+
+def list_installed(cache_dir: str | os.PathLike | None = None) -> list[InstalledSnapshot]:
+    """Every snapshot in a cache (commit folders only: staging folders are not snapshots), with
+    the refs pointing at it, its file count and size."""
+    cache = cache_root(cache_dir)
+    out: list[InstalledSnapshot] = []
+    if not cache.is_dir():
+        return out
+    for repo_dir in sorted(cache.iterdir()):
+        kind, sep, rest = repo_dir.name.partition("s--")
+        if not sep or kind not in ("model", "dataset", "space") or not (repo_dir / "snapshots").is_dir():
+            continue
+        rc = RepoCache(cache, rest.replace("--", "/", 1), kind)
+        for snap in sorted(rc.snapshots.iterdir()):
+            if not is_commit(snap.name) or not snap.is_dir() or snap.is_symlink():
+                continue
+            files = [p for p in snap.rglob("*") if not p.is_dir()]
+            size = sum(p.stat().st_size for p in files if p.exists())
+            out.append(InstalledSnapshot(rc.repo_id, kind, snap.name, refs_to(rc, snap.name), snap, len(files), size))
+    return out
+
+
+def find_snapshot(repo_id: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None, repo_type: str = "model") -> Path | None:
+    """The installed snapshot folder for `repo_id` at `revision` (a commit, or a ref name; default
+    `main`, or the only snapshot when there is no refs/main), or None."""
+    rc = RepoCache(cache_root(cache_dir), repo_id, repo_type)
+
+    def usable(commit: str | None) -> Path | None:
+        if commit is None:
+            return None
+        snap = rc.snapshot(commit)
+        return snap if snap.is_dir() and not snap.is_symlink() else None
+
+    if revision and is_commit(revision):
+        return usable(revision)
+    rev = revision or "main"
+    if ref_problem(rev):
+        return None
+    commit = read_ref(rc, rev)
+    if commit is None and revision is None and rc.snapshots.is_dir():
+        only = [p.name for p in rc.snapshots.iterdir() if is_commit(p.name)]
+        return usable(only[0]) if len(only) == 1 else None
+    return usable(commit)

@@ -1,0 +1,109 @@
+"""What makes a folder a trainer run, and when `trainer run` may write into one.
+
+A run replaces what a previous run left in its `output_dir`, and a fresh run deletes the previous
+run's resume checkpoint. Neither may happen to a folder the trainer did not make (someone's model,
+a home directory mistyped as output_dir), nor to an interrupted run by accident. So:
+
+A folder is **a trainer run** when it holds
+- `.trainer-run`, the marker a run writes into output_dir before anything else, or
+- `lineage.json` holding a lineage record (`lineage_version`): what a finished run writes last.
+  Finishing removes the marker again, so `mirror pack OUTPUT_DIR` bundles only the model.
+
+It holds **a resumable checkpoint** when `checkpoint/state.pt` exists (an interrupted run).
+
+`trainer run` calls `prepare()` before any model is loaded, and it allows:
+- a missing or empty output_dir;
+- a trainer run without a resumable checkpoint: its outputs are replaced;
+- a trainer run with a resumable checkpoint only with `--resume` (continue it) or `--overwrite`
+  (discard it and start again); `--resume` needs that checkpoint.
+Anything else is refused; a non-empty folder that is not a trainer run is refused even with
+`--overwrite`: the trainer never deletes files it did not make. Only reads happen here; the recipe
+writes the marker (`mark()`) when it starts training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from trainer.errors import OutputDirRefused
+from trainer.files import open_regular
+
+MARKER = ".trainer-run"
+LINEAGE_FILE = "lineage.json"
+CHECKPOINT_DIR = "checkpoint"  # resume state, inside output_dir
+STATE_FILE = "state.pt"  # written last by a checkpoint save: its presence makes a run resumable
+MAX_LINEAGE_BYTES = 16 * 1024 * 1024  # a record lists the data files and the config: kilobytes
+_MARKER_TEXT = json.dumps({"trainer_run": 1, "note": "written by 'trainer run': this folder is a training run's output_dir"}) + "\n"
+
+
+def is_run(folder: str | Path) -> bool:
+    """True when `folder` is a trainer run by the rules in this module's docstring."""
+    folder = Path(folder)
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        with open_regular(folder / LINEAGE_FILE) as f:
+            record = json.loads(f.read(MAX_LINEAGE_BYTES + 1))
+    except (OSError, ValueError, RecursionError):  # missing, a FIFO, too big or not JSON: not ours
+        return False
+    return isinstance(record, dict) and "lineage_version" in record
+
+
+def checkpoint_state(folder: str | Path) -> Path:
+    return Path(folder) / CHECKPOINT_DIR / STATE_FILE
+
+
+def has_checkpoint(folder: str | Path) -> bool:
+    return checkpoint_state(folder).is_file()
+
+
+def prepare(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, with what to do, unless `trainer run` may write into `output_dir`. Reads only."""
+    out = Path(output_dir)
+    if resume and overwrite:
+        raise OutputDirRefused(str(out), "was given both --resume and --overwrite", fix="pass --resume to continue the run or --overwrite to start it again, not both")
+    if not os.path.lexists(out):
+        if resume:
+            raise _nothing_to_resume(out)
+        return
+    if not out.is_dir():
+        raise OutputDirRefused(str(out), "exists and is not a folder", fix="set output_dir to a new or empty folder")
+    if not any(out.iterdir()):
+        if resume:
+            raise _nothing_to_resume(out)
+        return
+    if not is_run(out):
+        raise OutputDirRefused(
+            str(out),
+            f"is not empty and is not a trainer run (it has neither {MARKER} nor a {LINEAGE_FILE} record)",
+            fix="trainer run never writes over files it did not make: set output_dir to a new or empty folder",
+        )
+    if resume and not has_checkpoint(out):
+        raise _nothing_to_resume(out)
+    if has_checkpoint(out) and not resume and not overwrite:
+        raise OutputDirRefused(
+            str(out),
+            f"holds the resumable checkpoint of an interrupted run ({checkpoint_state(out)})",
+            fix="continue it with --resume, or discard it and start again with --overwrite",
+        )
+
+
+def _nothing_to_resume(out: Path) -> OutputDirRefused:
+    return OutputDirRefused(str(out), f"has nothing to resume ({checkpoint_state(out)} does not exist)", fix="run without --resume to start training")
+
+
+def mark(output_dir: str | Path) -> None:
+    """Create output_dir if need be and mark it as a trainer run. The marker is written in place,
+    not renamed in: its name is what counts, so even a write cut short leaves the folder a run,
+    where a temporary left by a kill would make it a stranger's folder for good."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        (out / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
+
+
+def unmark(output_dir: str | Path) -> None:
+    """A finished run is recognised by its lineage.json; the marker goes, so packs hold the model only."""
+    (Path(output_dir) / MARKER).unlink(missing_ok=True)
