@@ -23,6 +23,7 @@ from mirror.manifest import Manifest, classify, human_size
 from mirror.policy import PolicyReport, scan_bundle
 from mirror.safeio import describe
 from mirror.signing import SignatureStatus, verify_signature
+from mirror.delta import full_files
 from mirror.verify import verify_bundle
 
 
@@ -114,8 +115,9 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
     except OSError as e:
         signature = SignatureStatus(present=False, valid=False, key_fingerprint=None, reason=f"cannot be read ({e.strerror or e})")
     policy = _scan_pickles(path, m) if report.ok else PolicyReport()
+    snapshot = full_files(m)  # a delta stands for its complete target snapshot, not its payload
     kinds: dict[str, int] = {}
-    for f in m.files:
+    for f in snapshot:
         kinds[classify(f.path)] = kinds.get(classify(f.path), 0) + 1
     return AuditRow(
         bundle=str(path),
@@ -127,12 +129,12 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
         license=m.license,
         created_at=m.created_at,
         source=m.source,
-        files=tuple((f.path, f.size, f.sha256, classify(f.path)) for f in m.files),
+        files=tuple((f.path, f.size, f.sha256, classify(f.path)) for f in snapshot),
         kinds=dict(sorted(kinds.items())),
-        pickle_files=tuple(f.path for f in m.files if classify(f.path) == "pickle"),
+        pickle_files=tuple(f.path for f in snapshot if classify(f.path) == "pickle"),
         pickle_imports={p: s.globals for p, s in sorted(policy.pickle.items())},
         pickle_refused=tuple(policy.refusals()),
-        remote_code=tuple(f.path for f in m.files if classify(f.path) == "code"),
+        remote_code=tuple(f.path for f in snapshot if classify(f.path) == "code"),
         signature=signature,
         verified=report.ok,
         verify_summary=report.summary() + ("" if report.ok else ": " + "; ".join(report.lines()[:3])),

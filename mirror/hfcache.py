@@ -341,6 +341,19 @@ def recover(rc: RepoCache) -> list[str]:
     return done
 
 
+def needs_recovery(rc: RepoCache) -> bool:
+    """Whether a killed install left a journal or temporaries in this repo (cheap: listings only)."""
+    if any(atomic.is_stale(p.name) for p in _journals(rc)):
+        return True
+    for folder in (rc.blobs, rc.snapshots):
+        try:
+            if any(atomic.is_stale(n) for n in os.listdir(folder)):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def rollback(rc: RepoCache, j: Journal) -> None:
     """Undo what one install created: its links, record, snapshot folder, and the blobs it added
     that no snapshot uses (a concurrent install or hf_hub_download may have linked them since)."""
@@ -393,6 +406,9 @@ def list_installed(cache_dir: str | os.PathLike | None = None) -> list[Installed
         if not sep or kind not in ("model", "dataset", "space") or not (repo_dir / "snapshots").is_dir():
             continue
         rc = RepoCache(cache, rest.replace("--", "/", 1), kind)
+        if needs_recovery(rc):  # a killed install: finish or undo it before anyone reads the repo
+            with repo_lock(rc):
+                recover(rc)
         for snap in sorted(rc.snapshots.iterdir()):
             if not is_commit(snap.name) or not snap.is_dir() or snap.is_symlink():
                 continue
