@@ -8,7 +8,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-gpu-image bench bench-mirror bench-train bench-train-gpu clean
+.PHONY: setup demo test test-fast test-gpu-image bench bench-mirror bench-train bench-train-gpu clean
 
 # $(call make_venv,DIR,EXTRA PINS): torch first (the spec above), then this package and its deps
 define make_venv
@@ -29,6 +29,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  # the quick loop: everything but the slow end-to-end runs, stop at the first failure
+	$(BIN)/python -m pytest -q -x -m "not slow" --ignore=tests/test_e2e.py
 
 # The library versions of the lent GPU machine's image (torch aside: the CPU wheel here), in a
 # venv of their own, so code that a GPU session runs there is tested here first.

@@ -43,8 +43,10 @@ class _Boundary(click.Group):
         except OSError as e:  # a full disk, a read-only output_dir: the environment, not a bug
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}; check the path, its permissions and free space", 1)
-        except KeyboardInterrupt:
-            _fail(_interrupted_message(ctx.meta.get("trainer.output_dir")), EXIT_INTERRUPTED)
+        except KeyboardInterrupt as e:
+            from mirror import signals
+
+            _fail(_interrupted_message(ctx.meta.get("trainer.output_dir")), signals.exit_code(e) if isinstance(e, signals.Terminated) else EXIT_INTERRUPTED)
 
 
 def _interrupted_message(output_dir: str | None) -> str:
@@ -260,4 +262,7 @@ def predict(output_dir: str, texts: tuple[str, ...]) -> None:
 def main() -> None:
     """Console entry point: offline first, then anything that may import Hugging Face code."""
     enforce_offline()
+    from mirror import signals  # no Hugging Face import: SIGTERM/SIGHUP unwind like Ctrl-C (checkpoint kept, staging removed)
+
+    signals.install()
     cli(prog_name="trainer")
