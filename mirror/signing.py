@@ -21,17 +21,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
-import json
 import os
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mirror import safejson
-from mirror.errors import BundleError, MissingDependency, SignatureError, UsageError
-from mirror.manifest import MANIFEST_NAME, Manifest, parse
+from mirror.errors import MissingDependency, SignatureError, UsageError
+from mirror.manifest import Manifest, parse
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -285,52 +283,12 @@ def require_valid(status: SignatureStatus, *, bundle: str) -> SignatureStatus:
 # --- the bundle member ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Tail:
-    manifest_bytes: bytes
-    signature: bytes | None
+def _read_tail(bundle: Path):
+    """Manifest bytes and the signature member: a header walk by the format's only reader
+    (`tarformat.read_tail`), so `inspect` stays instant on a 100 GB bundle."""
+    from mirror.tarformat import read_tail
 
-
-def _read_tail(bundle: Path) -> _Tail:
-    """Manifest bytes and the signature member (the last member, if any). Walks member headers
-    only (tarfile seeks over the data), so `inspect` stays instant on a 100 GB bundle; the strict
-    structural checks are BundleReader's, in verify and install. A multi-part bundle cannot carry
-    a signature (see bundle.append_trailer): its manifest only."""
-    from mirror import parts
-    from mirror.tarformat import MAX_MANIFEST, BundleReader
-
-    if parts.locate(bundle).multipart:
-        with BundleReader(bundle, hash_all=False) as reader:
-            return _Tail(manifest_bytes=reader.manifest_bytes, signature=None)
-    try:
-        with tarfile.open(bundle, mode="r:") as tf:
-            first = tf.next()
-            if first is None or first.name != MANIFEST_NAME or not first.isfile():
-                raise BundleError(str(bundle), f"the first member is not {MANIFEST_NAME}")
-            manifest_bytes = _read_member(tf, first, limit=MAX_MANIFEST, bundle=bundle)
-            last = first
-            for member in tf:
-                last = member
-            signature = None
-            if last.name == SIGNATURE_MEMBER:
-                if not last.isfile():
-                    raise BundleError(str(bundle), f"{SIGNATURE_MEMBER} is not a regular file")
-                signature = _read_member(tf, last, limit=MAX_SIGNATURE_BYTES, bundle=bundle)
-            return _Tail(manifest_bytes=manifest_bytes, signature=signature)
-    except (tarfile.TarError, EOFError) as e:
-        raise BundleError(str(bundle), f"not a readable tar ({e})") from e
-    except FileNotFoundError as e:
-        raise UsageError(f"{bundle} does not exist") from e
-
-
-def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo, *, limit: int, bundle: Path) -> bytes:
-    if member.size > limit:
-        raise BundleError(str(bundle), f"{member.name} is {member.size} bytes, more than the {limit} allowed")
-    f = tf.extractfile(member)
-    data = f.read() if f else b""
-    if len(data) != member.size:
-        raise BundleError(str(bundle), f"{member.name} is truncated")
-    return data
+    return read_tail(bundle)
 
 
 def read_signature(bundle_path: str | os.PathLike) -> bytes | None:
