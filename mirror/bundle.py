@@ -21,7 +21,7 @@ from mirror.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding, write_sidecar
 from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
 from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, sha256_file
-from mirror.sources import SourceChanged, SourceFile, Sources, walk
+from mirror.sources import SourceFile, Sources, walk
 from mirror.manifest import (
     MANIFEST_NAME,
     PAYLOAD_PREFIX,
@@ -225,10 +225,11 @@ def _write(
     # a multi-part writer hashes its parts and the stream itself when it commits
     stream_sha = None if splitter is not None else hashlib.sha256()
     try:
-        # Pass 2: copy, the stream's sha256 on a lane thread, overlapped with reading and writing.
-        # lane 0: the stream's sha256; lane 1: each file's sha256 again, as it passes: against
-        # the Hub's for a promised file, else against pass 1's, so the bytes bundled are exactly
-        # the bytes hashed even if something rewrote the file in place between the passes.
+        # Pass 2: copy, the stream's sha256 on a lane thread, overlapped with reading and writing
+        # lane 0: the stream's sha256; lane 1: the sha256 of a promised file, checked as it passes.
+        # A file hashed in pass 1 is copied from the same descriptor and must still have the
+        # stamp it had when checked (mirror.sources.Stamp: inode, size, mtime, ctime). It is not
+        # hashed a second time: that is one more sha256 over every byte, +30% on a 2-core pack.
         with splitter or open(partial, "xb") as out, HashLanes(2) as lanes:
 
             def put(data: bytes) -> None:
@@ -239,11 +240,9 @@ def _write(
             put(member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw)))
             for draft, entry in zip(draft_files, files):
                 put(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
-                check = DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
+                check = None if promised[draft.path] is None else DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
                 _copy(src[draft.path], put, check=check)
-                if (got := check.digest().sha256) != entry.sha256:
-                    if promised[draft.path] is None:
-                        raise SourceChanged(src[draft.path].shown)
+                if check is not None and (got := check.digest().sha256) != entry.sha256:
                     raise HashMismatch(draft.path, algorithm="sha256", expected=entry.sha256, actual=got, where="against the Hub's hash")
                 put(b"\0" * padding(draft.size))
             end = out.tell() + 2 * BLOCK
@@ -283,8 +282,8 @@ def _promised(draft: FileEntry, want: FileEntry | None) -> Digest | None:
     return Digest(size=draft.size, sha256=want.sha256, git_sha1=sha1)
 
 
-def _copy(src: SourceFile, put, *, check: DualHasher) -> None:
-    """Stream `src` into `put` and `check` in chunks read by position from the descriptor that
+def _copy(src: SourceFile, put, *, check: DualHasher | None = None) -> None:
+    """Stream `src` into `put` (and `check`) in chunks read by position from the descriptor that
     was checked (and hashed in pass 1), each a fresh `bytes` since a hash lane may still hold the
     previous one. Refuses (SourceChanged) a file that, once copied, is not the same inode with
     the same size, mtime and ctime as when it was first opened."""
@@ -295,7 +294,8 @@ def _copy(src: SourceFile, put, *, check: DualHasher) -> None:
             if not chunk:
                 raise EOFError(f"the file ended after {offset} of {src.size} bytes")
             put(chunk)
-            check.update(chunk)
+            if check is not None:
+                check.update(chunk)
             offset += len(chunk)
         src.check_unchanged(fd)
 

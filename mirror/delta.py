@@ -15,25 +15,21 @@ Format: docs/bundle-format.md, "Delta bundles".
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from mirror import parts
+from mirror.ids import is_commit, is_sha256
 from mirror.bundle import is_lfs, pack_commit
-from mirror.tarformat import BundleReader, read_manifest
+from mirror.tarformat import read_manifest
 from mirror.errors import BundleError, HashMismatch, ManifestError, UsageError
-from mirror.hashing import DualHasher, hash_files
+from mirror.hashing import hash_files
 from mirror.manifest import KINDS, MAX_MANIFEST_BYTES, FileEntry, Manifest, classify, parse, unsafe_path_reason
 from mirror.safejson import read_file
 
 DELTA_FORMAT = "mirror-delta/1"
 DELTA_KEY = "delta"  # the manifest section (Manifest.extra) that makes a bundle a delta
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FILE_KEYS = {"path", "size", "sha256", "git_sha1", "lfs", "kind"}
 
 
@@ -181,9 +177,9 @@ def delta_info(manifest: Manifest, *, bundle: str = "bundle") -> DeltaInfo | Non
     base = None
     if isinstance(b, dict) and set(b) == {"repo_id", "repo_type", "commit", "revision", "bundle", "bundle_sha256"}:
         ok = all(isinstance(b[k], str) for k in ("repo_id", "repo_type", "commit", "revision"))
-        ok = ok and _HEX40.match(b["commit"]) is not None
+        ok = ok and is_commit(b["commit"])
         ok = ok and (b["bundle"] is None or isinstance(b["bundle"], str))
-        ok = ok and (b["bundle_sha256"] is None or (isinstance(b["bundle_sha256"], str) and _HEX64.match(b["bundle_sha256"]) is not None))
+        ok = ok and (b["bundle_sha256"] is None or is_sha256(b["bundle_sha256"]))
         if ok:
             base = BaseRef(**b)
     if base is None:
@@ -217,8 +213,8 @@ def _parse_entries(raw: Any, problems: list[str]) -> list[FileEntry]:
         types_ok = (
             isinstance(fd["path"], str) and isinstance(fd["size"], int) and not isinstance(fd["size"], bool)
             and fd["size"] >= 0 and isinstance(fd["lfs"], bool) and fd["kind"] in KINDS
-            and isinstance(fd["sha256"], str) and _HEX64.match(fd["sha256"]) is not None
-            and isinstance(fd["git_sha1"], str) and _HEX40.match(fd["git_sha1"]) is not None
+            and is_sha256(fd["sha256"])
+            and is_commit(fd["git_sha1"])
         )  # fmt: skip
         if not types_ok:
             problems.append(f"{where} has a bad size, digest, lfs flag or kind")

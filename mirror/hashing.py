@@ -53,6 +53,7 @@ class HashLanes:
 
     def __init__(self, n: int, *, depth: int = 3):
         self._queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in range(n)]
+        self._closed = False
         self._threads = [threading.Thread(target=self._run, args=(q,), daemon=True, name=f"hash-lane-{i}") for i, q in enumerate(self._queues)]
         for t in self._threads:
             t.start()
@@ -68,17 +69,38 @@ class HashLanes:
             finally:
                 q.task_done()
 
+    # After `close` (the owner unwinding: an error, Ctrl-C, SIGTERM) no lane runs any more. A
+    # thread still feeding or draining them (a worker of a pool the owner could not join) then
+    # gets Cancelled instead of waiting forever on a queue nobody serves, which would keep the
+    # process alive after its error message. Hence the short timeouts: they are only the
+    # interval at which a blocked caller looks at `_closed`.
+    _POLL = 0.1
+
     def submit(self, lane: int, h, data: bytes) -> None:
-        self._queues[lane].put((h, data))
+        q = self._queues[lane]
+        while True:
+            if self._closed:
+                raise Cancelled("the hash lanes were closed")
+            try:
+                q.put((h, data), timeout=self._POLL)
+                return
+            except queue.Full:
+                continue
 
     def drain(self, *lanes: int) -> None:
         """Wait until every update submitted to these lanes (all lanes if none named) is applied."""
         for i in lanes or range(len(self._queues)):
-            self._queues[i].join()
+            q = self._queues[i]
+            with q.all_tasks_done:
+                while q.unfinished_tasks:
+                    if self._closed:
+                        raise Cancelled("the hash lanes were closed")
+                    q.all_tasks_done.wait(self._POLL)
 
     def close(self) -> None:
+        self._closed = True
         for q in self._queues:
-            q.put(None)
+            q.put(None)  # after what is queued: the lanes finish it, so drained digests are whole
         for t in self._threads:
             t.join()
 

@@ -30,13 +30,14 @@ from typing import Iterable, Iterator
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import WeakFileLock
 
-from mirror import atomic
+from mirror import atomic, safejson
 from mirror.errors import UnsafeCache
 from mirror.ids import is_commit, ref_problem
 from mirror.manifest import FileEntry
 
 RECORD_DIR = ".mirror"
 REPO_LOCK = "mirror-repo.lock"
+MAX_RECORD = 256 * 1024 * 1024  # a record lists every file of a commit: as large as a manifest may be
 JOURNAL_SUFFIX = ".journal"  # `.install.<pid>-<rand>.journal` in the repo's lock folder
 
 
@@ -226,13 +227,15 @@ def read_record(rc: RepoCache, commit: str) -> dict[str, FileEntry] | None:
     """The file list mirror installed for `commit`, or None if mirror never completed it."""
     p = rc.record_path(commit)
     try:
-        raw = p.read_bytes() if p.stat().st_size < 256 * 1024 * 1024 else b""
-        d = json.loads(raw)
+        d = safejson.loads(safejson.read_file(p, what="install record", max_bytes=MAX_RECORD, error=UnsafeCache),
+                           where=str(p), what="install record", max_bytes=MAX_RECORD, error=UnsafeCache)
         files = [FileEntry(**f) for f in d["files"]]
         if d.get("commit") != commit:
             raise ValueError("commit differs")
     except FileNotFoundError:
         return None
+    except UnsafeCache:
+        raise
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise UnsafeCache(str(p), f"the install record is unreadable ({e.__class__.__name__})", fix="delete that file and the snapshot folder of that commit, then install again") from None
     return {f.path: f for f in files}
@@ -319,8 +322,10 @@ def recover(rc: RepoCache) -> list[str]:
         if not atomic.is_stale(p.name):  # its install is still running (or it is not ours)
             continue
         try:
-            j = Journal(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(p.read_text()).items()})
-        except (OSError, ValueError, TypeError):
+            raw = safejson.read_file(p, what="install journal", max_bytes=MAX_RECORD, error=UnsafeCache)
+            d = safejson.loads(raw, where=str(p), what="install journal", max_bytes=MAX_RECORD, error=UnsafeCache)
+            j = Journal(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        except (OSError, ValueError, TypeError, AttributeError, UnsafeCache):
             p.unlink(missing_ok=True)
             continue
         record = read_record(rc, j.commit) if j.new_record or j.new_snapshot or j.added_links else None

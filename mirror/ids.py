@@ -38,8 +38,8 @@ def unsafe_path_reason(path: str) -> str | None:
     """Why a repo-relative path may not be written anywhere, or None if it is safe."""
     if not path:
         return "is empty"
-    if any(c in path for c in "\x00\\\n\r"):
-        return "contains a NUL, newline or backslash"
+    if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return "contains a backslash or a control character (NUL, newline, tab, escape...)"
     if path.startswith("/") or _DRIVE.match(path):
         return "is absolute"
     if any(p in ("", ".", "..") for p in path.split("/")):

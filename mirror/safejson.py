@@ -20,7 +20,7 @@ import re
 from itertools import accumulate
 from typing import Any
 
-from mirror.errors import BundleError, MirrorError, UsageError
+from mirror.errors import BundleError, MirrorError, UsageError, UnsafeCache
 from mirror.safeio import NotRegularFile, open_regular
 
 MAX_DEPTH = 64  # the manifest is 4 levels deep (root, delta, target_files, entry); lineage a few more
@@ -156,6 +156,6 @@ def _short(text: str) -> str:
 
 
 def _error(error: type[MirrorError], where: str, reason: str, fix: str | None) -> MirrorError:
-    if issubclass(error, BundleError):
+    if issubclass(error, (BundleError, UnsafeCache)):  # built from (where, reason, fix=...)
         return error(where, reason, fix=fix) if fix else error(where, reason)
     return error(f"{where}: {reason}" + (f"; {fix}" if fix else ""))

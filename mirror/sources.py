@@ -6,8 +6,13 @@ root-only file in between is bundled, and the secret leaves the machine. So a fo
 a descriptor of the folder, one component at a time with O_NOFOLLOW; each file is opened the same
 way and checked with fstat (a regular file, the inode the walk saw), and its identity is recorded
 (`Stamp`). The writer (mirror.bundle) hashes and copies through that descriptor by positioned
-reads, checks at the end that the file is still the same inode with the same size, mtime and
-ctime, and re-hashes every byte it copies: what is bundled is what was hashed and checked.
+reads and checks at the end that the file is still the same inode with the same size, mtime and
+ctime: the bytes bundled come from the file that was checked and hashed, and no other.
+
+What fstat cannot see: a write in place within the same tick of the kernel's file clock as the
+file's previous change (a few ms), or through a shared mapping into pages already dirty. Only
+the folder's own writer can do that, to its own file; the bundle then fails `verify` (its
+manifest holds what was hashed), and no byte of any other file can get in.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | os.O_NONB
 # shared with the hash threads, the output and whatever the caller holds; so at most half the soft
 # limit, and never more than FD_MAX, stay open. A file beyond that is reopened the same no-follow
 # way each time it is read and refused unless it is still the same file (device, inode, size,
-# mtime, ctime: `Stamp`). Holding is the fast path, not the guarantee: either way the writer checks
-# the stamp after the copy and re-hashes the bytes it copies against the first pass's sha256.
+# mtime, ctime: `Stamp`). Holding is the fast path, not the guarantee: the identity check on
+# reopening gives the same assurance, and the writer checks the stamp after each copy either way.
 FD_MAX = 1024
 
 

@@ -153,6 +153,9 @@ def swap(kind: str, folder: Path, rel: str, secret: Path) -> None:
         os.mkfifo(tmp)
         os.replace(tmp, target)
     elif kind == "rewrite":  # same inode and size, other bytes written in place, mtime put back
+        # a later tick of the file clock than the file's last change, or fstat cannot see the
+        # write (the limit mirror.sources documents); the ctime it bumps is what shows it
+        time.sleep(0.05)
         st = target.stat()
         with open(target, "r+b") as f:
             f.write(REWRITTEN(st.st_size))
@@ -209,7 +212,7 @@ def test_a_file_swapped_after_the_check_never_leaks(folder, secret, tmp_path, mo
         # only where what is read is still the inode that was checked: a descriptor held since
         # the check (the original, unlinked meanwhile) or a file reached from the held folder
         assert held or root_swapped, r.output
-        assert when == "before-hashing" or kind != "rewrite", r.output  # pass 2 re-hashes what it copies
+        assert kind != "rewrite", r.output  # the ctime the write bumped shows it
         assert_original_bundle(r, out, rewritten=rel if kind == "rewrite" else None)
     else:
         what = re.escape(str(folder / rel))

@@ -331,3 +331,24 @@ def test_a_killed_install_is_finished_or_undone_by_the_next_command(tmp_path):
             break
     r = run("install", b, "--cache-dir", cache)
     assert r.exit_code == 0 and snapshot_bytes(repo / "snapshots" / C) == {p.name: p.read_bytes() for p in (tmp_path / "big").iterdir()}
+
+
+def test_install_takes_huggingface_hubs_own_blob_lock(tmp_path):
+    """A concurrent hf_hub_download holds `.locks/<repo folder>/<etag>.lock` while it writes a
+    blob; mirror install waits for the same lock before it moves that blob in."""
+    from filelock import FileLock
+
+    src = folder(tmp_path / "src", V1)
+    b = bundle(src, tmp_path / "out")
+    etag = entry(src, "model.safetensors").etag
+    cache = tmp_path / "cache"
+    lock_path = cache / ".locks" / "models--org--model" / f"{etag}.lock"
+    lock_path.parent.mkdir(parents=True)
+    with FileLock(lock_path):
+        p = _mirror("install", b, "--cache-dir", cache)
+        time.sleep(3)
+        assert p.poll() is None, p.communicate()  # waiting for the lock, not racing
+        assert not (cache / "models--org--model" / "snapshots" / C).exists()
+        assert not (cache / "models--org--model" / "blobs" / etag).exists()
+    assert p.wait(timeout=60) == 0, p.stderr.read()
+    assert snapshot_bytes(cache / "models--org--model" / "snapshots" / C) == V1
