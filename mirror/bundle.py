@@ -12,15 +12,15 @@ import hashlib
 import os
 import shutil
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mirror import parts
 from mirror.atomic import sweep, temp_path
-from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding, write_sidecar
-from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
-from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, sha256_file
+from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding
+from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
+from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1
 from mirror.sources import SourceFile, Sources, walk
 from mirror.manifest import (
     MANIFEST_NAME,
@@ -29,7 +29,6 @@ from mirror.manifest import (
     FileEntry,
     Manifest,
     classify,
-    parse,
     repo_id_problem,
     unsafe_path_reason,
 )

@@ -241,19 +241,23 @@ def require_full(manifest: Manifest, *, bundle: str) -> None:
         )
 
 
-def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, since: str | os.PathLike | None, since_manifest: str | os.PathLike | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, since: str | os.PathLike | None, since_manifest: str | os.PathLike | None, extra: dict[str, Any] | None, sources=None) -> dict[str, Any]:
     """`write_bundle` arguments that turn a pack of `root` into a delta against a base.
 
     Every file is hashed first (in parallel across cores) to know what changed; only changed and
     new files are then copied into the bundle, so unchanged files are read once and changed ones
     twice. The commit is the content id of the complete target (as a full pack would get)."""
     base = load_base(since=since, since_manifest=since_manifest)
-    lfs = {root / p for p in paths if is_lfs(p, os.stat(root / p).st_size)}
-    digests = hash_files([root / p for p in paths], lfs=lfs)
+    # `sources` (mirror.sources.Sources, what pack walked and checked): hashed through those
+    # descriptors, never reopened by name, so a file swapped for a link cannot leak its digest
+    item = {p: sources[p] if sources is not None else root / p for p in paths}
+    size = {p: sources[p].size if sources is not None else os.stat(root / p).st_size for p in paths}
+    lfs = {item[p] for p in paths if is_lfs(p, size[p])}
+    digests = hash_files([item[p] for p in paths], lfs=lfs)
     target = []
     for p in paths:
-        d = digests[root / p]
-        target.append(FileEntry(path=p, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=root / p in lfs, kind=classify(p)))
+        d = digests[item[p]]
+        target.append(FileEntry(path=p, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=item[p] in lfs, kind=classify(p)))
     draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=pack_commit(target), source="", created_at="", license=None, files=tuple(target))
     delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)
     return {

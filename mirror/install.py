@@ -33,7 +33,7 @@ from mirror.delta import delta_info
 from mirror.errors import BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache
 from mirror.extract import extract
 from mirror.hashing import hash_file, hash_files
-from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (public API)
+from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
 from mirror.ids import is_commit, is_sha256, ref_problem
 from mirror.manifest import FileEntry, Manifest
 from mirror.tarformat import BundleReader, name_collision

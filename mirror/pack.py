@@ -8,17 +8,17 @@ convention), else the newest file's mtime, so re-packing an untouched folder is 
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mirror import safejson
 from mirror.bundle import BundleInfo, write_bundle
 from mirror.delta import folder_delta
 from mirror.errors import UsageError
 from mirror.manifest import license_from_card, repo_id_problem, unsafe_path_reason
-from mirror.policy import check_snapshot
+from mirror.policy import check_files
 from mirror.sources import Sources, walk
 
 SKIP_DIRS = frozenset({".git", ".cache", "__pycache__", ".ipynb_checkpoints"})  # tool state, not the model
@@ -71,18 +71,18 @@ def pack_folder(
                 raise UsageError(f"SOURCE_DATE_EPOCH={env_epoch!r} is not an integer number of seconds") from None
         else:
             created = iso_utc(newest)
-        extra = {"policy": check_snapshot(root, paths=paths, allow_pickle=allow_pickle, where=str(folder)).to_manifest()}
+        # pickles are scanned through the checked descriptors, so the bytes scanned are the bytes bundled
+        extra = {"policy": check_files({p: src[p] for p in paths}, allow_pickle=allow_pickle, where=str(folder)).to_manifest()}
         if LINEAGE_FILE in paths:
             lineage = src[LINEAGE_FILE]
             if lineage.size > LINEAGE_BYTES:
                 raise UsageError(f"{root / LINEAGE_FILE} is {lineage.size} bytes, over {LINEAGE_BYTES} (it is copied into the manifest); trim it")
-            try:
-                extra["lineage"] = json.loads(lineage.read(LINEAGE_BYTES))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise UsageError(f"{root / LINEAGE_FILE} is not valid JSON ({e}); fix or remove it") from e
+            # the limits of every manifest reader (NaN, huge numbers, deep nesting): a lineage that
+            # would make the bundle unreadable is refused here, before anything is written
+            extra["lineage"] = safejson.loads(lineage.read(LINEAGE_BYTES), where=str(root / LINEAGE_FILE), what="lineage.json", max_bytes=LINEAGE_BYTES, error=UsageError)
         args = {"commit": None, "paths": paths, "extra": extra or None}
         if since is not None or since_manifest is not None:
-            args = folder_delta(root, paths, repo_id=repo_id, repo_type=repo_type, since=since, since_manifest=since_manifest, extra=extra)
+            args = folder_delta(root, paths, repo_id=repo_id, repo_type=repo_type, since=since, since_manifest=since_manifest, extra=extra, sources=src)
         return write_bundle(
             src_root=root,
             repo_id=repo_id,

@@ -232,19 +232,30 @@ def scan_pickle(source: bytes | BinaryIO, *, legacy_torch_ok: bool = True) -> Pi
 # --- files ----------------------------------------------------------------------------------------
 
 
-def scan_file(path: str | os.PathLike) -> PickleScan:
+def scan_file(path) -> PickleScan:
     """Scan one pickle-kind file: a torch zip checkpoint (every `.pkl`/`.npy` member), a numpy
-    `.npy`/`.npz` (only object arrays carry a pickle), or a plain/legacy pickle stream."""
+    `.npy`/`.npz` (only object arrays carry a pickle), or a plain/legacy pickle stream. `path` may
+    also be a checked source (mirror.sources.SourceFile): scanned through its descriptor, the
+    bytes pack then bundles, never reopened by name."""
+    if hasattr(path, "descriptor"):
+        with path.descriptor() as fd:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                f.seek(0)
+                return _scan_open(f)
     with open(path, "rb") as f:
-        head = f.read(6)
-        f.seek(0)
-        if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-            return _scan_zip(f)
-        if head.startswith(b"\x93NUMPY"):
-            return _scan_npy(f)
-        if not head:
-            return PickleScan(globals=())  # empty: nothing to load, nothing to run
-        return scan_pickle(f)
+        return _scan_open(f)
+
+
+def _scan_open(f: BinaryIO) -> PickleScan:
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _scan_zip(f)
+    if head.startswith(b"\x93NUMPY"):
+        return _scan_npy(f)
+    if not head:
+        return PickleScan(globals=())  # empty: nothing to load, nothing to run
+    return scan_pickle(f)
 
 
 def _scan_npy(f: BinaryIO) -> PickleScan:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Container, Iterator, Sequence
 
 from mirror.errors import UsageError
 from mirror.safeio import describe
@@ -69,7 +69,7 @@ class Stamp:
     ctime_ns: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> "Stamp":
+    def of(cls, st: os.stat_result) -> Stamp:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -86,7 +86,7 @@ class SourceFile:
     it, none of them a link), what it was when checked (`stamp`), and `shown`, its path in
     messages. `with f.descriptor() as fd` lends a descriptor for positioned reads."""
 
-    def __init__(self, owner: "Sources", *, shown: Path, root: int, parts: tuple[str, ...]):
+    def __init__(self, owner: Sources, *, shown: Path, root: int, parts: tuple[str, ...]):
         self._owner = owner
         self.shown = shown
         self.root = root
@@ -165,7 +165,7 @@ class Sources:
             self.close()
             raise
 
-    def __enter__(self) -> "Sources":
+    def __enter__(self) -> Sources:
         return self
 
     def __exit__(self, *exc) -> None:

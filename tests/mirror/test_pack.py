@@ -69,7 +69,7 @@ def test_lineage_json_becomes_the_lineage_section(folder, tmp_path):
     assert read_manifest(info.path).extra["lineage"] == lineage
     assert "lineage.json" in info.manifest.by_path()
     (d / "lineage.json").write_text("{not json")
-    with pytest.raises(UsageError, match="lineage.json is not valid JSON"):
+    with pytest.raises(UsageError, match="lineage.json is not valid UTF-8 JSON"):
         pack_folder(d, repo_id="acme/m", out_dir=tmp_path / "out2")
 
 
@@ -102,6 +102,25 @@ def test_an_hf_cache_snapshot_folder_can_be_packed(folder, tmp_path):
     r = install_bundle(pack_folder(d, repo_id="acme/m", out_dir=tmp_path / "out").path, cache_dir=tmp_path / "cache")
     again = pack_folder(r.snapshot_dir, repo_id="acme/m", out_dir=tmp_path / "out2")
     assert {f.path: f.sha256 for f in again.manifest.files} == {p: hashlib.sha256(b).hexdigest() for p, b in files.items()}
+
+
+def test_a_snapshot_folder_reads_its_own_blobs_and_nothing_else(tmp_path):
+    """In an HF cache snapshot every file is a link into the repo's blobs/: those are packed
+    (opened below blobs/ without following links), a link into another repo's blobs is not."""
+    repo = tmp_path / "cache" / "models--acme--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "a1").write_bytes(b'{"hidden": 4}\n')
+    snap = repo / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").symlink_to("../../blobs/a1")
+    info = pack_folder(snap, repo_id="acme/m", out_dir=tmp_path / "out")
+    assert info.manifest.by_path()["config.json"].sha256 == hashlib.sha256(b'{"hidden": 4}\n').hexdigest()
+    other = tmp_path / "cache" / "models--other--x" / "blobs"
+    other.mkdir(parents=True)
+    (other / "b2").write_bytes(b"another repo's weights")
+    (snap / "stolen.bin").symlink_to("../../../models--other--x/blobs/b2")
+    with pytest.raises(UsageError, match="stolen.bin is a symlink to .*models--other--x/blobs/b2, outside"):
+        pack_folder(snap, repo_id="acme/m", out_dir=tmp_path / "out2")
 
 
 @pytest.mark.parametrize(

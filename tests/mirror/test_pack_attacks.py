@@ -26,13 +26,17 @@ import pytest
 from click.testing import CliRunner
 
 import mirror.bundle
+import mirror.pack
 import mirror.sources
 from mirror.cli import cli
 from mirror.tarformat import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"ROOT-ONLY SECRET " + random.Random(7).randbytes(4000)  # in no file of the folder
-REWRITTEN = lambda n: bytes(range(256)) * (n // 256) + bytes(n % 256)  # noqa: E731 - the attacker's own bytes
+def REWRITTEN(n: int) -> bytes:  # the attacker's own bytes, n of them (not the secret)
+    return bytes(range(256)) * (n // 256) + bytes(n % 256)
+
+
 # decoys: the size and mtime of the secret, so that only the inode tells them apart
 ORIGINAL = {
     "config.json": b'{"hidden": 4}\n',
@@ -240,6 +244,35 @@ def test_a_file_swapped_between_its_lstat_and_its_open_is_refused(folder, secret
     assert_refused(r, f"{folder / 'model.safetensors'} is a symlink", out)
 
 
+@pytest.mark.parametrize("held", [True, False], ids=["descriptor-held", "reopened"])
+def test_lineage_json_swapped_for_a_link_never_reaches_the_manifest(folder, tmp_path, monkeypatch, held):
+    """lineage.json is copied into the manifest itself: swapped for a link to a JSON secret
+    after the walk checked it, it is read through the checked descriptor (or refused)."""
+    lineage = b'{"base_model": "acme/base"}'
+    (folder / "lineage.json").write_bytes(lineage)
+    secret_json = tmp_path / "credentials.json"
+    secret_json.write_text('{"token": "ROOT-ONLY-TOKEN"}')
+    if not held:
+        monkeypatch.setattr(mirror.sources, "fd_budget", lambda: 0)
+    real = mirror.pack.check_files
+
+    def swap_then_check(*a, **kw):  # runs after the walk, before lineage.json is read
+        (folder / ".swap").symlink_to(secret_json)
+        os.replace(folder / ".swap", folder / "lineage.json")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mirror.pack, "check_files", swap_then_check)
+    out = tmp_path / "out"
+    r = pack(folder, out)
+    assert b"ROOT-ONLY-TOKEN" not in everything_under(out)
+    if r.exit_code == 0:
+        assert held, r.output
+        assert read_manifest(Path(r.stdout.splitlines()[-1])).extra["lineage"] == {"base_model": "acme/base"}
+    else:
+        needle = "changed while it was being bundled" if held else "lineage.json is a symlink"
+        assert_refused(r, needle, out)
+
+
 def test_many_files_past_the_descriptor_budget_pack_the_same_bytes(folder, tmp_path, monkeypatch):
     """Files beyond the budget are reopened by identity; the bundle is byte-identical."""
     for i in range(40):
@@ -257,7 +290,7 @@ def test_many_files_past_the_descriptor_budget_pack_the_same_bytes(folder, tmp_p
 
 
 def mirror_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirror", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run([sys.executable, "-m", "mirror", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
 def _device(p: Path) -> None:
@@ -301,8 +334,7 @@ def big(tmp_path) -> Path:
     d = tmp_path / "big"
     d.mkdir()
     with open(d / "model.safetensors", "wb") as f:
-        for _ in range(25):  # 200 MB of random bytes: long enough to be caught mid-write
-            f.write(os.urandom(8 * 1024 * 1024))
+        f.writelines(os.urandom(8 * 1024 * 1024) for _ in range(25))  # 200 MB: long enough to be caught mid-write
     (d / "config.json").write_text("{}")
     return d
 
@@ -329,7 +361,7 @@ def test_a_signal_mid_write_exits_128_plus_it_and_leaves_nothing(big, tmp_path, 
     out = tmp_path / "out"
     proc = start_pack(big, out)
     name = wait_for_partial(proc, out)
-    assert re.fullmatch(r"\.acme--big--[0-9a-f]{12}\.tar\.%d-[0-9a-f]{12}\.partial" % proc.pid, name), name
+    assert re.fullmatch(rf"\.acme--big--[0-9a-f]{{12}}\.tar\.{proc.pid}-[0-9a-f]{{12}}\.partial", name), name
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, (proc.returncode, stderr)
@@ -370,3 +402,37 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_others_kept(folder, t
     assert r.exit_code == 0, r.output
     bundle = Path(r.stdout.splitlines()[-1]).name
     assert sorted(os.listdir(out)) == sorted(kept + [bundle, bundle + ".sha256"])
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["descriptor-held", "reopened"])
+def test_a_pickle_swapped_after_the_walk_is_scanned_as_bundled(folder, tmp_path, monkeypatch, held):
+    """With --allow-pickle, pickles are scanned through the checked descriptors: a benign pickle
+    swapped for a link to a malicious one after its scan is either refused or bundled as the
+    benign bytes that were scanned, never the unscanned ones."""
+    import pickle
+    from collections import OrderedDict
+
+    benign = pickle.dumps(OrderedDict(a=1), protocol=2)
+    (folder / "weights.pt").write_bytes(benign)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
+    if not held:
+        monkeypatch.setattr(mirror.sources, "fd_budget", lambda: 0)
+    real = mirror.pack.check_files
+
+    def scan_then_swap(*a, **kw):  # the scan passes the benign bytes; then the name is swapped
+        report = real(*a, **kw)
+        (folder / ".swap").symlink_to(evil)
+        os.replace(folder / ".swap", folder / "weights.pt")
+        return report
+
+    monkeypatch.setattr(mirror.pack, "check_files", scan_then_swap)
+    out = tmp_path / "out"
+    r = pack(folder, out, "--allow-pickle")
+    assert b"posix\nsystem" not in everything_under(out)
+    if r.exit_code == 0:
+        assert held, r.output
+        m = read_manifest(Path(r.stdout.splitlines()[-1]))
+        assert m.by_path()["weights.pt"].sha256 == hashlib.sha256(benign).hexdigest()
+    else:
+        assert "Traceback" not in r.output and r.exit_code == 2, r.output
