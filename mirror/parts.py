@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mirror import safejson
+from mirror import atomic
 from mirror.errors import BundleError, PartError, UsageError
 from mirror.hashing import CHUNK, HashLanes
 from mirror.ids import is_sha256
@@ -40,7 +41,6 @@ PARTS_FORMAT = "mirror-parts/1"
 INDEX_SUFFIX = ".parts.json"
 SUMS_SUFFIX = ".parts.sha256"
 PARTIAL_SUFFIX = ".partial"
-PART_TEMP_INFIX = ".tar.part"  # temporary parts: .<random>.tar.partNNNN.partial until commit
 # Below this a part count explodes and the value is almost surely a typo ("4" meant "4G").
 MIN_PART_SIZE = 1024
 MAX_INDEX_BYTES = 16 * 1024 * 1024  # ~100 bytes a part: 160k parts; larger is not an index of ours
@@ -433,8 +433,10 @@ class PartWriter(io.RawIOBase):
         self.folder = Path(folder)
         self.max_part_size = max_part_size
         self.mode = "wb"
-        self._tag = f".{uuid.uuid4().hex[:12]}"
-        self.name = str(self.folder / f"{self._tag}.tar")
+        # temporaries are `.tar.partNNNN.<pid>-<random>.partial` (mirror.atomic's pattern), so the
+        # leftovers of a killed writer are recognised and swept by the next pack or pull
+        self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.name = str(self.folder / f".tar.{self._tag}.partial")
         self._count = 0  # part files created so far
         self._fh: BinaryIO | None = None  # the part being appended to
         self._pos = 0
@@ -511,16 +513,21 @@ class PartWriter(io.RawIOBase):
         index = self._hash(target.name)
         idx_final = index_path(target)
         sums_final = Path(f"{target}{SUMS_SUFFIX}")
-        Path(f"{idx_final}{PARTIAL_SUFFIX}").write_bytes(index.to_json())
-        sums = "".join(f"{p.sha256}  {p.name}\n" for p in index.parts).encode()
-        Path(f"{sums_final}{PARTIAL_SUFFIX}").write_bytes(sums)
-        idx_final.unlink(missing_ok=True)  # from here until the new index lands, no index exists
-        for i, p in enumerate(index.parts):
-            os.replace(self._temp(i), self.folder / p.name)
-        for stale in _stale_files(target, keep={p.name for p in index.parts}):
-            stale.unlink(missing_ok=True)
-        os.replace(f"{sums_final}{PARTIAL_SUFFIX}", sums_final)
-        os.replace(f"{idx_final}{PARTIAL_SUFFIX}", idx_final)
+        idx_tmp, sums_tmp = atomic.temp_path(idx_final), atomic.temp_path(sums_final)
+        try:
+            idx_tmp.write_bytes(index.to_json())
+            sums = "".join(f"{p.sha256}  {p.name}\n" for p in index.parts).encode()
+            sums_tmp.write_bytes(sums)
+            idx_final.unlink(missing_ok=True)  # from here until the new index lands, no index exists
+            for i, p in enumerate(index.parts):
+                os.replace(self._temp(i), self.folder / p.name)
+            for stale in _stale_files(target, keep={p.name for p in index.parts}):
+                stale.unlink(missing_ok=True)
+            os.replace(sums_tmp, sums_final)
+            os.replace(idx_tmp, idx_final)
+        finally:
+            idx_tmp.unlink(missing_ok=True)
+            sums_tmp.unlink(missing_ok=True)
         self._committed = True
         return index
 
@@ -532,7 +539,7 @@ class PartWriter(io.RawIOBase):
                 self._temp(i).unlink(missing_ok=True)
 
     def _temp(self, k: int) -> Path:
-        return self.folder / f"{self._tag}{PART_TEMP_INFIX}{k + 1:04d}{PARTIAL_SUFFIX}"
+        return self.folder / f".tar.part{k + 1:04d}.{self._tag}{PARTIAL_SUFFIX}"
 
     def _tail(self, k: int) -> BinaryIO:
         if k >= self._count:
