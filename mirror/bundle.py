@@ -20,7 +20,7 @@ from mirror import parts
 from mirror.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
-from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1
+from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, first_difference
 from mirror.sources import SourceFile, Sources, walk
 from mirror.manifest import (
     MANIFEST_NAME,
@@ -202,10 +202,8 @@ def _write(
     for draft in draft_files:
         digest = promised[draft.path] or digests[src[draft.path]]
         want = (expected or {}).get(draft.path)
-        if want is not None:
-            for algo, exp, got in (("sha256", want.sha256, digest.sha256), ("git sha1", want.git_sha1, digest.git_sha1)):
-                if exp and exp != got:
-                    raise HashMismatch(draft.path, algorithm=algo, expected=exp, actual=got, where="against the Hub's hash")
+        if want is not None and (diff := first_difference(want, digest, skip_empty=True)):
+            raise HashMismatch(draft.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where="against the Hub's hash")
         entries.append(FileEntry(path=draft.path, size=draft.size, sha256=digest.sha256, git_sha1=digest.git_sha1, lfs=draft.lfs, kind=draft.kind))
     files = tuple(entries)
     manifest = build(files, commit or pack_commit(files))

@@ -24,7 +24,7 @@ from mirror.ids import is_commit, is_sha256
 from mirror.bundle import is_lfs, pack_commit
 from mirror.tarformat import read_manifest
 from mirror.errors import BundleError, HashMismatch, ManifestError, UsageError
-from mirror.hashing import hash_files
+from mirror.hashing import first_difference, hash_files
 from mirror.manifest import KINDS, MAX_MANIFEST_BYTES, FileEntry, Manifest, classify, parse, unsafe_path_reason
 from mirror.safejson import read_file
 
@@ -292,9 +292,8 @@ def remote_delta_args(fetched: Iterable, unchanged: dict[str, FileEntry], *, sta
     target = dict(unchanged)
     for f in fetched:
         d = digests[staging / f.path]
-        for algo, want, got in (("sha256", f.sha256, d.sha256), ("git sha1", f.git_sha1, d.git_sha1), ("size", str(f.size), str(d.size))):
-            if want and want != got:
-                raise HashMismatch(f.path, algorithm=algo, expected=want, actual=got, where="against the Hub's hash")
+        if diff := first_difference(f, d, skip_empty=True):
+            raise HashMismatch(f.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where="against the Hub's hash")
         target[f.path] = FileEntry(path=f.path, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=f.lfs, kind=classify(f.path))
     draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=commit, source="", created_at="", license=None, files=tuple(target.values()))
     delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)

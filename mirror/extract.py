@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from mirror.errors import BundleError, HashMismatch
-from mirror.hashing import DualHasher, HashLanes
+from mirror.hashing import DualHasher, HashLanes, first_difference
 from mirror.manifest import FileEntry
 from mirror.tarformat import MAX_TRAILER, TRAILER_MEMBERS, BundleReader, writer_layout
 
@@ -54,10 +54,8 @@ class Extraction:
 
 
 def _check(entry: FileEntry, h: DualHasher, where: str) -> None:
-    d = h.digest()
-    for algo, want, got in (("sha256", entry.sha256, d.sha256), ("git sha1", entry.git_sha1, d.git_sha1)):
-        if want != got:
-            raise HashMismatch(entry.path, algorithm=algo, expected=want, actual=got, where=where)
+    if diff := first_difference(entry, h.digest()):
+        raise HashMismatch(entry.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where=where)
 
 
 def deal(jobs: list[tuple[FileEntry, int]]) -> tuple[int, list[list[tuple[FileEntry, int]]]]:

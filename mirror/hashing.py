@@ -248,3 +248,14 @@ def hash_files(items: Iterable, *, lfs: Container = frozenset(), workers: int | 
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def first_difference(want, got: Digest, *, skip_empty: bool = False) -> tuple[str, str, str] | None:
+    """(algorithm, expected, actual) of the first digest in which `got` differs from `want` (a
+    FileEntry or anything with size, sha256 and git_sha1), or None. `skip_empty`: an expected
+    value left empty (the Hub did not publish it) is not compared. The one comparison every
+    check of a file against its manifest entry or the Hub's listing makes."""
+    for algo, exp, act in (("sha256", want.sha256, got.sha256), ("git sha1", want.git_sha1, got.git_sha1), ("size", str(want.size), str(got.size))):
+        if (exp or not skip_empty) and exp != act:
+            return algo, exp, act
+    return None

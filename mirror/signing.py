@@ -22,7 +22,6 @@ import base64
 import hashlib
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -315,15 +314,9 @@ def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) 
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from mirror.atomic import write_atomic
+
+    write_atomic(path, data, mode=mode)
 
 
 def verify_snapshot(snapshot_dir: str | os.PathLike, *, signature_path: str | os.PathLike, public_key_path: str | os.PathLike) -> None:
