@@ -106,7 +106,7 @@ class RepoCache:
 @contextmanager
 def repo_lock(rc: RepoCache) -> Iterator[None]:
     """Held for a whole install: checks, writes and refs of one repo never interleave."""
-    _mkdirs(rc.locks)
+    make_dirs(rc.locks)
     with WeakFileLock(rc.locks / REPO_LOCK):
         yield
 
@@ -118,7 +118,7 @@ def blob_lock(rc: RepoCache, etag: str) -> Iterator[None]:
         yield
 
 
-def _mkdirs(d: Path) -> list[Path]:
+def make_dirs(d: Path) -> list[Path]:
     """mkdir -p, returning the folders it created (outermost first)."""
     missing = []
     while not d.exists() and not d.is_symlink():
@@ -132,10 +132,6 @@ def _mkdirs(d: Path) -> list[Path]:
         except FileExistsError:  # another process made it meanwhile: not ours to remove
             pass
     return made
-
-
-def make_dirs(d: Path) -> list[Path]:
-    return _mkdirs(d)
 
 
 def remove_locks(rc: RepoCache, made: list[Path]) -> None:
@@ -242,7 +238,7 @@ def read_record(rc: RepoCache, commit: str) -> dict[str, FileEntry] | None:
 
 
 def write_record(rc: RepoCache, commit: str, files: Iterable[FileEntry]) -> None:
-    _mkdirs(rc.folder / RECORD_DIR)
+    make_dirs(rc.folder / RECORD_DIR)
     body = {"commit": commit, "files": [asdict(f) for f in sorted(files, key=lambda f: f.path)]}
     atomic.write_atomic(rc.record_path(commit), json.dumps(body, sort_keys=True, indent=1) + "\n")
 
@@ -264,7 +260,7 @@ def read_ref(rc: RepoCache, name: str) -> str | None:
 def write_ref(rc: RepoCache, name: str, commit: str) -> None:
     """refs/<name> = commit (no newline, as huggingface_hub writes it), atomically."""
     p = rc.refs / name
-    made = _mkdirs(p.parent)
+    made = make_dirs(p.parent)
     try:
         if read_ref(rc, name) != commit:
             atomic.write_atomic(p, commit)
