@@ -32,7 +32,7 @@ from huggingface_hub.utils import WeakFileLock
 
 from mirror import atomic, safejson
 from mirror.errors import UnsafeCache
-from mirror.ids import is_commit, ref_problem
+from mirror.ids import is_commit, is_sha256, ref_problem, unsafe_path_reason
 from mirror.manifest import FileEntry
 
 RECORD_DIR = ".mirror"
@@ -297,6 +297,21 @@ class Journal:
     new_snapshot: bool  # whether the snapshot folder is this install's
     new_record: bool
 
+    def problem(self) -> str | None:
+        """Why this journal cannot be acted on (a name that is not a commit, ref, blob or repo
+        path): recovery writes refs and removes files by these names."""
+        if not is_commit(self.commit):
+            return "commit"
+        if any(not isinstance(n, str) or ref_problem(n) for n in self.refs):
+            return "ref name"
+        if any(not (is_commit(e) or is_sha256(e)) for e in self.created_blobs):
+            return "blob name"
+        if any(not isinstance(p, str) or unsafe_path_reason(p) for p in self.added_links):
+            return "path"
+        if not all(isinstance(b, bool) for b in (self.new_snapshot, self.new_record)):
+            return "flag"
+        return None
+
     def save(self, rc: RepoCache) -> Path:
         p = atomic.temp_path(rc.locks / "install", suffix="journal")
         atomic.write_atomic(p, json.dumps(asdict(self)))
@@ -321,10 +336,14 @@ def recover(rc: RepoCache) -> list[str]:
             raw = safejson.read_file(p, what="install journal", max_bytes=MAX_RECORD, error=UnsafeCache)
             d = safejson.loads(raw, where=str(p), what="install journal", max_bytes=MAX_RECORD, error=UnsafeCache)
             j = Journal(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+            if why := j.problem():
+                raise ValueError(why)
         except (OSError, ValueError, TypeError, AttributeError, UnsafeCache):
+            # never act on a journal we cannot trust to be ours: its names could point anywhere
             p.unlink(missing_ok=True)
+            done.append(f"ignored and removed an unreadable install journal {p.name}")
             continue
-        record = read_record(rc, j.commit) if j.new_record or j.new_snapshot or j.added_links else None
+        record = read_record(rc, j.commit)
         links = snapshot_links(rc, j.commit)
         complete = record is not None and all(links.get(f.path) == f.etag for f in record.values())
         if complete:

@@ -352,3 +352,36 @@ def test_install_takes_huggingface_hubs_own_blob_lock(tmp_path):
         assert not (cache / "models--org--model" / "blobs" / etag).exists()
     assert p.wait(timeout=60) == 0, p.stderr.read()
     assert snapshot_bytes(cache / "models--org--model" / "snapshots" / C) == V1
+
+
+@pytest.mark.parametrize("field", ["refs", "created_blobs", "added_links", "commit"])
+def test_a_planted_journal_is_never_acted_on(installed, tmp_path, field):
+    """Recovery writes refs and removes files by the names a journal holds: a journal left by a
+    dead pid whose names point outside the repo is discarded, not followed. Each case puts a
+    victim exactly where the name would lead."""
+    import json as _json
+
+    cache, snap, src = installed
+    journal = {"commit": C, "refs": ["main"], "created_blobs": [], "added_links": [], "new_snapshot": False, "new_record": False}
+    victim = cache / "victim"
+    if field == "refs":  # C is complete: recovery would roll forward and write this ref
+        journal["refs"] = ["../../escaped"]
+        victim = cache / "escaped"
+    elif field == "created_blobs":  # would be unlinked by the rollback of an incomplete commit
+        journal.update(commit="f" * 40, created_blobs=["../../victim"])
+        victim.write_text("keep")
+    elif field == "added_links":  # links of an incomplete commit would be unlinked
+        (cache / "models--org--model" / "snapshots" / ("f" * 40)).mkdir()
+        journal.update(commit="f" * 40, added_links=["../../../victim"])
+        victim.symlink_to(src / "config.json")
+    else:  # a new snapshot of an incomplete commit would be removed, folder and all
+        journal.update(commit="../../victim", new_snapshot=True)
+        victim.mkdir()
+        (victim / "data.txt").write_text("keep")
+    locks = cache / ".locks" / "models--org--model"
+    (locks / ".install.999999-0123456789ab.journal").write_text(_json.dumps(journal))  # pid 999999: not running
+    before = tree(cache)
+    r = run("list", "--installed", "--cache-dir", cache)
+    assert r.exit_code == 0, r.output
+    assert tree(cache) == before  # the victim (or its absence) included
+    assert not list(locks.glob("*.journal"))
