@@ -30,7 +30,7 @@ from typing import BinaryIO, Sequence
 
 from mirror import atomic, hfcache, policy, trust
 from mirror.delta import delta_info
-from mirror.errors import BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache
+from mirror.errors import BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
 from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
@@ -88,12 +88,13 @@ def install_bundle(
     BaseNotInstalled or NotEnoughSpace; the cache is then as it was."""
     keys = trust.trusted_keys(public_keys)
     if expected_sha256 is not None and not is_sha256(expected_sha256.lower()):
-        raise BundleError(str(path), f"--sha256 {expected_sha256!r} is not 64 hex characters", fix="copy the bundle's sha256 from its .sha256 sidecar or transfer ticket")
+        raise UsageError(f"--sha256 {expected_sha256!r} is not 64 hex characters; copy the bundle's sha256 from its .sha256 sidecar or transfer ticket")
     want_sha = bundle_sha256 or expected_sha256 is not None
     with BundleReader(path, hash_all=want_sha) as reader:
         m = reader.manifest
         label = reader.label
-        target = _target_files(m, label)
+        info = delta_info(m, bundle=label)
+        target = _target_files(m, info, label)
         if not allow_pickle:  # decided from the names of the complete snapshot, before any byte is read
             policy.check_paths([f.path for f in target], where=label)
         if m.revision and (why := ref_problem(m.revision)):
@@ -101,17 +102,17 @@ def install_bundle(
         rc = RepoCache(cache_root(cache_dir), m.repo_id, m.repo_type)
         made = hfcache.make_dirs(rc.locks)
         try:
-            return _locked(reader, rc, m, target, label, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle)
+            return _locked(reader, rc, m, info, target, label, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle)
         except BaseException:
             if made:  # a failed install into a fresh cache leaves no lock folder behind either
                 hfcache.remove_locks(rc, made)
             raise
 
 
-def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, target, label: str, *, keys, expected_sha256, want_sha: bool, allow_pickle: bool) -> InstallResult:
+def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, info, target, label: str, *, keys, expected_sha256, want_sha: bool, allow_pickle: bool) -> InstallResult:
     with hfcache.repo_lock(rc):
         recovered = tuple(hfcache.recover(rc))
-        plan = _plan(rc, m, target, label)
+        plan = _plan(rc, m, info, target, label)
         if not plan.complete:
             return _install(reader, plan, m, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle, recovered=recovered)
         # every file is there with its content checked: still, what was asked of the bundle holds
@@ -123,9 +124,8 @@ def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, target, label: str
         return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer)
 
 
-def _target_files(m: Manifest, label: str) -> tuple[FileEntry, ...]:
+def _target_files(m: Manifest, info, label: str) -> tuple[FileEntry, ...]:
     """The complete file list of the snapshot this bundle makes, checked as a full bundle's is."""
-    info = delta_info(m, bundle=label)
     if info is None:
         return m.files
     if info.base.commit == m.commit:
@@ -135,8 +135,7 @@ def _target_files(m: Manifest, label: str) -> tuple[FileEntry, ...]:
     return info.target_files
 
 
-def _plan(rc: RepoCache, m: Manifest, target: tuple[FileEntry, ...], label: str) -> _Plan:
-    info = delta_info(m, bundle=label)
+def _plan(rc: RepoCache, m: Manifest, info, target: tuple[FileEntry, ...], label: str) -> _Plan:
     commits = [m.commit] + ([info.base.commit] if info else [])
     hfcache.check_tree(rc, commits)
     plan = _Plan(rc=rc, target=target, existing=hfcache.snapshot_links(rc, m.commit), record=hfcache.read_record(rc, m.commit))
@@ -185,7 +184,8 @@ def _plan(rc: RepoCache, m: Manifest, target: tuple[FileEntry, ...], label: str)
 
 def _refuse_conflicts(plan: _Plan, m: Manifest, label: str) -> None:
     """An installed commit is immutable: every file it holds must be the bundle's, and a commit
-    mirror completed (it has a record) must have exactly the bundle's file list."""
+    mirror completed (it has a record) gains no file. A bundle holding only some of its files
+    (pulled with --include) changes nothing, so it is not a conflict: it is already installed."""
 
     def conflict(path: str, detail: str) -> CommitConflict:
         return CommitConflict(label, repo_id=m.repo_id, commit=m.commit, path=path, detail=detail)
@@ -198,15 +198,11 @@ def _refuse_conflicts(plan: _Plan, m: Manifest, label: str) -> None:
         if have != want[path].etag:
             raise conflict(path, f"is blob {have or '(not a cache link)'} there, {want[path].etag} in the bundle")
     if plan.record is not None:
-        for path in sorted(set(plan.record) | set(want)):
-            if path not in want:
-                raise conflict(path, "is in the installed commit, not in the bundle")
+        for path in sorted(want):
             if path not in plan.record:
                 raise conflict(path, "is in the bundle, not in the installed commit")
             if plan.record[path] != want[path]:
                 raise conflict(path, f"has sha256 {plan.record[path].sha256} there, {want[path].sha256} in the bundle")
-        for path in sorted(set(plan.existing) - set(want)):
-            raise conflict(path, "is in the installed commit, not in the bundle")
 
 
 def _same_plain_file(p: Path, f: FileEntry) -> bool:
