@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, signals
-from mirror.errors import MirrorError, UsageError, VerifyFailed
+from mirror import __version__, exitcodes, signals
+from mirror.errors import CacheNotFound, MirrorError, UsageError, VerifyFailed
 from mirror.manifest import human_size
 
 DEFAULT_OUT = "bundles"  # the project's bundle folder; contents git-ignored
@@ -26,29 +26,79 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _failure(e: BaseException) -> tuple[int, str]:
+    """The exit code and one-line message for an error a user can meet (the one table, mirror.exitcodes)."""
+    if isinstance(e, MirrorError):
+        return e.exit_code, _one_line(str(e))
+    if isinstance(e, OSError):
+        if e.errno == errno.ENOSPC:
+            return exitcodes.NO_SPACE, f"no space left on device{' writing ' + str(e.filename) if e.filename else ''}; free some space or choose another directory"
+        return exitcodes.FAILED, _one_line(e.strerror or str(e)) + (f": {e.filename}" if e.filename else "")
+    raise e
+
+
+def _exit_table(formatter: click.HelpFormatter) -> None:
+    formatter.write_paragraph()
+    with formatter.indentation():
+        formatter.write_text(exitcodes.help_epilog())
+
+
+class _Command(click.Command):
+    """Every command's --help ends with the exit-code table."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        _exit_table(formatter)
+
+
 class _Boundary(click.Group):
-    """Maps errors to `mirror: error: <message>` on stderr and the error's exit code."""
+    """Maps errors to `mirror: error: <message>` on stderr and the error's exit code: our typed
+    errors (in `invoke`) and click's own usage errors (in `main`) alike."""
+
+    command_class = _Command
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        _exit_table(formatter)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click.exceptions.UsageError as e:  # missing argument, bad option, no such file...
+            code = e.exit_code
+            if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # bare `mirror`: the help
+                click.echo(e.ctx.get_help(), err=True)
+            else:
+                if e.ctx is not None and ("-v" in argv or "--verbose" in argv):
+                    click.echo(e.ctx.get_usage(), err=True)
+                where = e.ctx.command_path if e.ctx is not None else "mirror"
+                click.echo(f"mirror: error: {_one_line(e.format_message()).rstrip('.')}; see '{where} --help'", err=True)
+        except click.exceptions.Abort:  # Ctrl-C at a prompt
+            click.echo("mirror: error: interrupted; nothing partial was kept", err=True)
+            code = exitcodes.INTERRUPTED
+        except click.ClickException as e:
+            click.echo(f"mirror: error: {_one_line(e.format_message())}", err=True)
+            code = e.exit_code
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except MirrorError as e:
-            click.echo(f"mirror: error: {_one_line(str(e))}", err=True)
-            ctx.exit(e.exit_code)
+        except (MirrorError, OSError) as e:
+            code, message = _failure(e)
+            click.echo(f"mirror: error: {message}", err=True)
+            ctx.exit(code)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP made to unwind (mirror.signals)
             how = f" by {signal.Signals(e.signum).name}" if isinstance(e, signals.Terminated) else ""
             click.echo(f"mirror: error: interrupted{how}; nothing partial was kept", err=True)
             ctx.exit(signals.exit_code(e))
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                click.echo(f"mirror: error: no space left on device{' writing ' + str(e.filename) if e.filename else ''}; free some space or choose another directory", err=True)
-                ctx.exit(7)
-            where = f": {e.filename}" if e.filename else ""
-            click.echo(f"mirror: error: {_one_line(e.strerror or str(e))}{where}", err=True)
-            ctx.exit(1)
 
 
-@click.group(cls=_Boundary, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="mirror", cls=_Boundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mirror")
 def cli() -> None:
     """Pin Hugging Face repos into verifiable bundles for air-gapped sandboxes.
@@ -56,9 +106,78 @@ def cli() -> None:
     \b
     Connected host:  mirror pull sentence-transformers/all-MiniLM-L6-v2
     Sandbox:         mirror verify bundles/X.tar && mirror install bundles/X.tar
+
+    Commands given several inputs process them all and exit with the worst (highest) code of
+    the table below; --json prints one object per input, failed ones included
+    ("ok": false, "error", "exit_code").
     """
 
 
+# --- output: -q/-v, --json, several inputs ----------------------------------------------------------
+
+
+def _set_level(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[f"mirror.{param.name}"] = True
+    if ctx.meta.get("mirror.quiet") and ctx.meta.get("mirror.verbose"):
+        raise click.UsageError("-q/--quiet and -v/--verbose contradict each other; pick one", ctx=ctx)
+    try:  # byte progress of pack/verify/install/pull follows -q/-v too
+        from mirror import progress
+    except ImportError:  # mirror/progress.py comes with the progress change: without it, -q/-v shape our own lines only
+        return value
+    progress.configure(quiet=bool(ctx.meta.get("mirror.quiet")), verbose=bool(ctx.meta.get("mirror.verbose")))
+    return value
+
+
+def _output_options(f):
+    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_level, help="More detail on stderr.")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_level, help="Only errors and the final result lines.")(f)
+
+
+def _json_option(help: str = "One JSON object per input on stdout, failed inputs included (\"ok\": false, \"error\", \"exit_code\")."):
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def _quiet() -> bool:
+    return bool(click.get_current_context().meta.get("mirror.quiet"))
+
+
+def _verbose() -> bool:
+    return bool(click.get_current_context().meta.get("mirror.verbose"))
+
+
+def _note(text: str) -> None:
+    """A line on stderr that -q silences (summaries, notes); errors and results are never silenced."""
+    if not _quiet():
+        click.echo(text, err=True)
+
+
+def _emit(obj: dict) -> None:
+    click.echo(json.dumps(obj, sort_keys=True, default=str))
+
+
+class _Inputs:
+    """Several inputs: each one is processed even when an earlier one failed; the command then
+    exits with the worst (highest) code and ends with "N of M failed" on stderr."""
+
+    def __init__(self, total: int, *, as_json: bool, noun: str = "input"):
+        self.total, self.as_json, self.noun = total, as_json, noun
+        self.codes: list[int] = []
+
+    def failed(self, what: str, e: BaseException, **fields) -> None:
+        code, message = _failure(e)
+        self.codes.append(code)
+        click.echo(f"mirror: error: {message}", err=True)
+        if self.as_json:
+            _emit({"input": what, **fields, "ok": False, "error": message, "exit_code": code})
+
+    def done(self) -> None:
+        if not self.codes:
+            return
+        worst = max(self.codes)
+        if self.total > 1:
+            click.echo(f"mirror: error: {len(self.codes)} of {self.total} {self.noun}(s) failed; exit {worst} is the worst of them", err=True)
+        click.get_current_context().exit(worst)
 
 
 def _part_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -115,23 +234,25 @@ def _sign_after_write(path: Path, key: Path | None) -> None:
     if key is not None:
         from mirror.signing import sign_bundle
 
-        click.echo(f"signed: key sha256:{sign_bundle(path, key_path=key).key_fingerprint}", err=True)
+        _note(f"signed: key sha256:{sign_bundle(path, key_path=key).key_fingerprint}")
 
 
 # --- pull -----------------------------------------------------------------------------------------
 
 
-class _PullCommand(click.Command):
+class _PullCommand(_Command):
     """Shows the default exclude patterns (they live in mirror.hub, imported only on demand)."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        super().format_epilog(ctx, formatter)
+        click.Command.format_epilog(self, ctx, formatter)
         try:
             from mirror.hub import DEFAULT_EXCLUDES
         except ImportError:
-            return
-        with formatter.section("Skipped by default when the repo has safetensors (--exclude adds to these; an --include that matches wins)"):
-            formatter.write_text(" ".join(DEFAULT_EXCLUDES))
+            DEFAULT_EXCLUDES = None
+        if DEFAULT_EXCLUDES is not None:
+            with formatter.section("Skipped by default when the repo has safetensors (--exclude adds to these; an --include that matches wins)"):
+                formatter.write_text(" ".join(DEFAULT_EXCLUDES))
+        _exit_table(formatter)
 
 
 def _config_model_ids(path: Path) -> list[str]:
@@ -171,6 +292,7 @@ Examples:
 @_since_manifest_option
 @_allow_pickle_option
 @_sign_key_option
+@_output_options
 def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
     """Download REPO_ID at a pinned commit into one verified bundle.
 
@@ -196,7 +318,10 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
 def _report_written(info, sign_key) -> None:
     """Summary on stderr, optional signature, and the bundle path as the last line of stdout."""
     m = info.manifest
-    click.echo(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {human_size(m.total_size)}, sha256 {info.sha256}", err=True)
+    _note(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {human_size(m.total_size)}, sha256 {info.sha256}")
+    if _verbose():
+        for f in m.files:
+            click.echo(f"  {f.size:>14,}  {f.path}", err=True)
     _sign_after_write(info.path, sign_key)
     click.echo(str(info.path))
 
@@ -211,24 +336,29 @@ Examples:
   mirror pack runs/my-classifier/model --repo-id acme/credit-classifier --revision v1
   SOURCE_DATE_EPOCH=0 mirror pack DIR --repo-id acme/x     # byte-identical on any machine
   mirror pack DIR --repo-id acme/x --max-part-size 4095M    # parts that fit FAT32 / DVDs
+  mirror pack DIR --repo-id acme/x --exclude '*.bin' --exclude '*.pt'   # leave pickles out
   mirror pack DIR --repo-id acme/x --revision v2 --since bundles/acme--x--<v1>.tar   # delta""")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo-id", required=True, help="The id it will be installed and loaded as (org/name).")
 @click.option("--revision", default="local", show_default=True, help="A label stored as refs/<revision>.")
 @click.option("--repo-type", type=click.Choice(["model", "dataset"]), default="model", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable; paths relative to FOLDER, '*' crosses '/').")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files matching (repeatable), e.g. --exclude '*.bin' for pickles.")
 @_part_option
 @_since_option
 @_since_manifest_option
 @_allow_pickle_option
 @_sign_key_option
-def pack(folder, repo_id, revision, repo_type, out_dir, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
+@_output_options
+def pack(folder, repo_id, revision, repo_type, out_dir, include, exclude, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
     """Bundle a local FOLDER (a packaged model or a trained output). Prints the bundle path last."""
     from mirror.pack import pack_folder
 
     info = pack_folder(
         folder, repo_id=repo_id, revision=revision, out_dir=out_dir, repo_type=repo_type,
         max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
+        include=tuple(include), exclude=tuple(exclude),
     )
     _report_written(info, sign_key)
 
@@ -243,7 +373,7 @@ Examples:
   mirror verify bundles/X.tar --public-key keys/release.pub   # also require a valid signature
   mirror verify bundles/X.tar --sha256                         # also print the bundle's own sha256""")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
-@click.option("--json", "as_json", is_flag=True, help="Print each report as one JSON object per line.")
+@_json_option()
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
 @click.option(
     "--sha256/--no-sha256", "bundle_sha256", default=False, show_default=True,
@@ -251,33 +381,56 @@ Examples:
     "over every byte. The verdict does not need it (the manifest inside the tar is what is checked), "
     "so by default the files are hashed in parallel across cores instead.",
 )
+@_output_options
 def verify(bundles, as_json, public_key, bundle_sha256) -> None:
     """Check every byte of BUNDLE against its manifest, offline. Exit 0 only when intact.
 
     Reports missing, extra and mismatched files (expected vs actual) and any member that is
-    not a plain file or has an unsafe name. The .sha256 sidecar is not needed.
+    not a plain file or has an unsafe name. The .sha256 sidecar is not needed. With --public-key
+    the verdict is printed once, after the signature is checked too. Every BUNDLE is checked;
+    the exit code is the worst one (4 damaged, 5 signature, 10 not a bundle).
     """
     from mirror.verify import verify_bundle
 
-    failed = None
+    inputs = _Inputs(len(bundles), as_json=as_json, noun="bundle")
     for b in bundles:
-        report = verify_bundle(b, bundle_sha256=bundle_sha256)
-        if as_json:
-            click.echo(json.dumps(report.to_dict(), sort_keys=True))
-        else:
-            for line in report.lines():
-                click.echo(f"  {line}")
-            click.echo(f"{report.summary()}  ({b}" + (f", sha256 {report.bundle_sha256})" if report.bundle_sha256 else ")"))
-        if not report.ok and failed is None:
-            failed = report
-    if failed is not None:
-        raise VerifyFailed(failed.bundle, failed)
-    if public_key is not None:
-        from mirror.signing import require_valid, verify_signature
+        try:
+            report = verify_bundle(b, bundle_sha256=bundle_sha256)
+        except (MirrorError, OSError) as e:
+            inputs.failed(str(b), e, bundle=str(b))
+            continue
+        where = f"({b}" + (f", sha256 {report.bundle_sha256})" if report.bundle_sha256 else ")")
+        if not report.ok:
+            e = VerifyFailed(report.bundle, report)
+            if as_json:
+                _emit({**report.to_dict(), "error": _one_line(str(e)), "exit_code": e.exit_code})
+            else:
+                for line in report.lines():
+                    click.echo(f"  {line}")
+                click.echo(f"{report.summary()}  {where}")
+            inputs.codes.append(e.exit_code)
+            click.echo(f"mirror: error: {_one_line(str(e))}", err=True)
+            continue
+        signed = None
+        if public_key is not None:  # the verdict waits for the signature: one line, after every check
+            from mirror.signing import require_valid, verify_signature
 
-        for b in bundles:
-            status = require_valid(verify_signature(b, public_key_path=public_key), bundle=str(b))
-            click.echo(f"signature: {status.summary()}  ({b})", err=as_json)
+            try:
+                signed = require_valid(verify_signature(b, public_key_path=public_key), bundle=str(b))
+            except MirrorError as e:
+                code, message = _failure(e)
+                inputs.codes.append(code)
+                click.echo(f"mirror: error: {message}; the files themselves match the manifest", err=True)
+                if as_json:
+                    _emit({**report.to_dict(), "ok": False, "error": message, "exit_code": code})
+                continue
+        if as_json:
+            _emit({**report.to_dict(), "exit_code": 0, **({"signature": signed.summary()} if signed else {})})
+        else:
+            if _verbose():
+                click.echo(f"  checked {report.checked} files, {human_size(report.checked_bytes)}", err=True)
+            click.echo(f"{report.summary()}" + (f", signature {signed.summary()}" if signed else "") + f"  {where}")
+    inputs.done()
 
 
 @cli.command(epilog="""\b
@@ -285,50 +438,82 @@ Examples:
   mirror inspect bundles/X.tar
   mirror inspect bundles/X.tar --json | jq '.files[].path'""")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest itself (canonical JSON).")
+@_json_option(help="Print the manifest itself (canonical JSON); an unreadable bundle gives {\"ok\": false, \"error\", \"exit_code\"}.")
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check the signature over the manifest with this key (PEM).")
+@_output_options
 def inspect(bundle, as_json, public_key) -> None:
-    """Show what BUNDLE holds, reading only its manifest (instant on any size)."""
+    """Show what BUNDLE holds, reading only its manifest and signature (instant on any size).
+
+    Everything is read before anything is printed: a damaged bundle gives one error, not half a
+    report. It does not hash the files: 'mirror verify' does.
+    """
     from mirror.tarformat import read_manifest
 
-    m = read_manifest(bundle)
+    try:
+        m = read_manifest(bundle)
+        lines = _inspect_lines(bundle, m, public_key)  # reads the signature and the layout: a damaged tail fails here
+    except (MirrorError, OSError) as e:
+        if not as_json:
+            raise
+        inputs = _Inputs(1, as_json=True, noun="bundle")
+        inputs.failed(str(bundle), e, bundle=str(bundle))
+        inputs.done()
+        return
     if as_json:
         click.echo(m.to_json().decode("utf-8"), nl=False)
         return
-    click.echo(f"repo:      {m.repo_id} ({m.repo_type})")
-    click.echo(f"revision:  {m.revision} -> commit {m.commit}")
-    click.echo(f"source:    {m.source}")
-    click.echo(f"created:   {m.created_at} by {m.tool.get('name', '?')} {m.tool.get('version', '?')}")
-    click.echo(f"license:   {m.license or 'unknown'}")
-    kinds = ", ".join(f"{n} {k}" for k, n in m.to_dict()["totals"]["by_kind"].items())
-    click.echo(f"files:     {len(m.files)} ({kinds}), {human_size(m.total_size)}")
-    _inspect_scale(bundle, m)
+    for line in lines:
+        click.echo(line)
+
+
+_EXTRA_LABELS = {  # manifest "extra" sections a reader may meet, in words; policy has its own line
+    "lineage": "training record (lineage.json: base model, data, config of the run)",
+    "delta": None,  # shown as the delta: line
+    "policy": None,
+}
+
+
+def _inspect_lines(bundle: Path, m, public_key: Path | None) -> list[str]:
     from mirror.signing import verify_signature
 
-    click.echo(f"signature: {verify_signature(bundle, public_key_path=public_key).summary()}")
+    kinds = ", ".join(f"{n} {k}" for k, n in m.to_dict()["totals"]["by_kind"].items())
+    out = [
+        f"repo:      {m.repo_id} ({m.repo_type})",
+        f"revision:  {m.revision} -> commit {m.commit}",
+        f"source:    {m.source}",
+        f"created:   {m.created_at} by {m.tool.get('name', '?')} {m.tool.get('version', '?')}",
+        f"license:   {m.license or 'unknown'}",
+        f"files:     {len(m.files)} ({kinds}), {human_size(m.total_size)}",
+    ]
+    out += _inspect_scale(bundle, m)
+    out.append(f"signature: {verify_signature(bundle, public_key_path=public_key).summary()}")
     policy = m.extra.get("policy")
     if isinstance(policy, dict):  # written by pull/pack (mirror.policy); shown so nobody has to unpack
         pickles, code = policy.get("pickle") or {}, policy.get("remote_code") or []
-        click.echo(f"policy:    {len(pickles)} pickle file(s){' (' + ', '.join(pickles) + ')' if pickles else ''}, remote code: {', '.join(code) or 'none'}")
+        out.append(f"policy:    {len(pickles)} pickle file(s){' (' + ', '.join(pickles) + ')' if pickles else ''}, remote code: {', '.join(code) or 'none'}")
     for key in sorted(m.extra):
-        click.echo(f"extra:     {key}")
-    for f in m.files:
-        click.echo(f"  {f.size:>14,}  {f.kind:<11} {'lfs' if f.lfs else '   '}  {f.path}")
+        label = _EXTRA_LABELS.get(key, f"{key} (a section this mirror version does not know)")
+        if label:
+            out.append(f"also:      {label}")
+    out += [f"  {f.size:>14,}  {f.kind:<11} {'lfs' if f.lfs else '   '}  {f.path}" for f in m.files]
+    return out
 
 
-def _inspect_scale(bundle: Path, m) -> None:
+def _inspect_scale(bundle: Path, m) -> list[str]:
     """The multi-part and delta lines of `inspect`."""
     from mirror import parts
     from mirror.delta import delta_info
 
+    out = []
     loc = parts.locate(bundle)
     if loc.multipart:
         idx = parts.read_index(loc.index)
-        click.echo(f"parts:     {len(idx.parts)} x {human_size(idx.max_part_size)} max, {human_size(idx.size)} in all, stream sha256 {idx.sha256}")
+        out.append(f"parts:     {len(idx.parts)} x {human_size(idx.max_part_size)} max, {human_size(idx.size)} in all, stream sha256 {idx.sha256}")
     info = delta_info(m, bundle=str(bundle))
     if info is not None:
-        click.echo(f"delta:     on top of {info.base.describe()}")
-        click.echo(f"           carries {len(m.files)} of {len(info.target_files)} target files; {len(info.removed)} removed")
+        out.append(f"delta:     on top of {info.base.describe()}")
+        out.append(f"           carries {len(m.files)} of {len(info.target_files)} target files; {len(info.removed)} removed")
+    return out
 
 
 # --- install / list -------------------------------------------------------------------------------
@@ -350,68 +535,108 @@ Examples:
 @click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_keys_need_signing_stack,
               help="Require a valid signature by this key (PEM; repeatable: any one of them). $MIRROR_TRUSTED_KEYS makes this mandatory site-wide.")
 @click.option("--sha256", "expected_sha256", default=None, metavar="HEX", help="Require the bundle's own sha256 (from a transfer ticket or its .sha256 sidecar).")
-def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256) -> None:
+@_json_option()
+@_output_options
+def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_json) -> None:
     """Verify BUNDLE while installing it into the Hugging Face cache, atomically.
 
     An installed commit never changes: a bundle claiming it with other content is refused. Blobs
     already in the cache are re-hashed; a damaged one is replaced. A failed or interrupted install
     leaves the cache as it was; installing twice is a no-op. Prints the snapshot folder last.
+    Every BUNDLE is tried; the exit code is the worst one.
     """
     from mirror.install import install_bundle
 
+    inputs = _Inputs(len(bundles), as_json=as_json, noun="bundle")
     for b in bundles:
-        # the files are verified either way; the bundle's own sha256 only when --sha256 asks for it
-        r = install_bundle(b, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False, public_keys=public_keys, expected_sha256=expected_sha256)
+        try:
+            # the files are verified either way; the bundle's own sha256 only when --sha256 asks for it
+            r = install_bundle(b, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False, public_keys=public_keys, expected_sha256=expected_sha256)
+        except (MirrorError, OSError) as e:
+            inputs.failed(str(b), e, bundle=str(b))
+            continue
         for line in r.recovered:
-            click.echo(f"note: {line}", err=True)
+            _note(f"note: {line}")
         for p in r.repaired:
             click.echo(f"repaired: {p} (its blob in the cache was damaged; replaced with the verified bytes)", err=True)
         state = "already installed" if r.already_installed else "installed"
         refs = f" (refs: {', '.join(r.refs)})" if r.refs else ""
         signed = f", signed by key sha256:{r.signer}" if r.signer else ""
-        click.echo(f"{state}: {r.repo_id}@{r.commit}{refs}{signed}", err=True)
-        click.echo(str(r.snapshot_dir))
+        _note(f"{state}: {r.repo_id}@{r.commit}{refs}{signed}")
+        if as_json:
+            _emit({
+                "bundle": str(b), "ok": True, "exit_code": 0, "repo_id": r.repo_id, "commit": r.commit,
+                "snapshot_dir": str(r.snapshot_dir), "already_installed": r.already_installed, "refs": list(r.refs),
+                "repaired": list(r.repaired), "signer": r.signer,
+            })
+        else:
+            click.echo(str(r.snapshot_dir))
+    inputs.done()
 
 
 @cli.command(name="list", epilog="""\b
 Examples:
   mirror list                 # bundles/
-  mirror list /media/usb
+  mirror list /media/usb --json
   mirror list --installed --cache-dir /models/hf-cache""")
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--installed", is_flag=True, help="List snapshots installed in the HF cache instead.")
 @_cache_option
-def list_(directory, installed, cache_dir) -> None:
+@_json_option(help="One JSON object per bundle (or snapshot) on stdout, unreadable ones included (\"ok\": false, \"error\").")
+@_output_options
+def list_(directory, installed, cache_dir, as_json) -> None:
     """List the bundles in DIRECTORY (default bundles/): repo, commit, size, files.
 
     A bundle that cannot be read (damaged, hostile, not a regular file) is one row with its
-    reason, and the others are still listed. Exit 1 if any bundle could not be read, 2 if
-    DIRECTORY is not a folder.
+    reason, and the others are still listed. Exit 10 if any bundle could not be read, 2 if
+    DIRECTORY is not a folder; with --installed, 3 if the cache does not exist.
     """
     if installed:
         from mirror.install import default_cache_dir, list_installed
 
-        rows = list_installed(cache_dir or default_cache_dir())
-        for s in rows:
-            refs = ",".join(s.refs) or "-"
-            click.echo(f"{s.repo_id:<45} {s.commit[:12]}  {refs:<12} {human_size(s.size):>10}  {s.files:>5} files  {s.repo_type}")
+        cache = default_cache_dir(cache_dir)
+        if not cache.is_dir():
+            raise CacheNotFound(str(cache), source="--cache-dir" if cache_dir is not None else "$HF_HUB_CACHE, $HF_HOME or the default")
+        rows = list_installed(cache)
+        if as_json:
+            for s in rows:
+                _emit({"ok": True, "repo_id": s.repo_id, "repo_type": s.repo_type, "commit": s.commit, "refs": list(s.refs), "size": s.size, "files": s.files, "path": str(s.path)})
+        elif rows:
+            if not _quiet():
+                click.echo(f"{'REPO':<45} {'COMMIT':<12}  {'REFS':<12} {'SIZE':>10}  {'FILES':>11}  TYPE")
+            for s in rows:
+                refs = ",".join(s.refs) or "-"
+                click.echo(f"{s.repo_id:<45} {s.commit[:12]}  {refs:<12} {human_size(s.size):>10}  {s.files:>5} files  {s.repo_type}")
         if not rows:
-            click.echo("no snapshots installed", err=True)
+            _note(f"no snapshots installed in {cache}")
+        elif _verbose():
+            click.echo(f"{len(rows)} snapshot(s) in {cache}", err=True)
         return
+    from mirror.errors import BundleError
     from mirror.listing import list_bundles, shown_name
 
     rows = list_bundles(directory or Path(DEFAULT_OUT))
-    for b in rows:
-        if b.problem:
-            click.echo(f"{shown_name(b.path):<60} unreadable: {b.problem}")
-        else:
-            click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {shown_name(b.path)}")
+    if as_json:
+        for b in rows:
+            if b.problem:
+                _emit({"bundle": str(b.path), "ok": False, "error": b.problem, "exit_code": BundleError.exit_code, "size": b.size})
+            else:
+                _emit({"bundle": str(b.path), "ok": True, "repo_id": b.repo_id, "repo_type": b.repo_type, "revision": b.revision, "commit": b.commit,
+                       "size": b.size, "files": b.files, "payload_bytes": b.payload_bytes, "created_at": b.created_at})
+    else:
+        if rows and not _quiet():
+            click.echo(f"{'REPO':<45} {'COMMIT':<12}  {'REVISION':<12} {'SIZE':>10}  {'FILES':>11}  BUNDLE")
+        for b in rows:
+            if b.problem:
+                click.echo(f"{shown_name(b.path):<60} unreadable: {b.problem}")
+            else:
+                click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {shown_name(b.path)}")
     if not rows:
-        click.echo(f"no bundles in {directory or DEFAULT_OUT}", err=True)
+        _note(f"no bundles in {directory or DEFAULT_OUT}")
     bad = [b for b in rows if b.problem]
     if bad:
         click.echo(f"mirror: error: {len(bad)} of {len(rows)} bundle(s) could not be read", err=True)
-        click.get_current_context().exit(1)
+        click.get_current_context().exit(BundleError.exit_code)
 
 
 # --- security: keys, signatures, audit (docs/security.md) ----------------------------------------
@@ -421,12 +646,27 @@ def list_(directory, installed, cache_dir) -> None:
 Examples:
   mirror keygen keys/release        # keys/release.pem (private, 0600) + keys/release.pub""")
 @click.argument("out_prefix", type=click.Path(path_type=Path))
-def keygen(out_prefix) -> None:
-    """Create an EC P-256 key pair: OUT_PREFIX.pem (private) and OUT_PREFIX.pub (public)."""
-    from mirror.signing import key_fingerprint, keygen as make_keys
+@_json_option(help="Print {\"private\", \"public\", \"key_sha256\"} as one JSON object.")
+@_output_options
+def keygen(out_prefix, as_json) -> None:
+    """Create an EC P-256 key pair: OUT_PREFIX.pem (private) and OUT_PREFIX.pub (public).
+    The folder of OUT_PREFIX is created if missing."""
+    from mirror.signing import key_fingerprint
+    from mirror.signing import keygen as make_keys
 
+    folder = Path(out_prefix).parent
+    if not folder.exists():
+        from mirror.signing import require_signing_stack
+
+        require_signing_stack("creating a key pair")  # no empty folder left behind for a key never made
+        folder.mkdir(parents=True)
+        _note(f"created {folder}/")
     private, public = make_keys(out_prefix)
-    click.echo(f"key sha256:{key_fingerprint(public)}", err=True)
+    fingerprint = key_fingerprint(public)
+    if as_json:
+        _emit({"ok": True, "private": str(private), "public": str(public), "key_sha256": fingerprint})
+        return
+    _note(f"key sha256:{fingerprint}")
     click.echo(f"{private}\n{public}")
 
 
@@ -435,8 +675,13 @@ Examples:
   mirror sign bundles/X.tar --key keys/release.pem""")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_key_needs_signing_stack, help="EC private key (PEM).")
-def sign(bundle, key) -> None:
-    """Verify BUNDLE, then sign its manifest (OpenSSF model-signing format), in place."""
+@_json_option(help="Print {\"bundle\", \"key_sha256\", \"sha256\"} (the rewritten bundle's new digest) as one JSON object.")
+@_output_options
+def sign(bundle, key, as_json) -> None:
+    """Verify BUNDLE, then sign its manifest (OpenSSF model-signing format), in place.
+
+    The signature is stored inside the tar, so the bundle file is rewritten and its own sha256
+    changes: the new one is printed (publish it, or regenerate the .sha256 sidecar)."""
     from mirror.signing import sign_bundle
     from mirror.verify import verify_bundle
 
@@ -444,8 +689,22 @@ def sign(bundle, key) -> None:
     if not report.ok:
         raise VerifyFailed(report.bundle, report)
     status = sign_bundle(bundle, key_path=key)
-    click.echo(f"signed {report.manifest.repo_id}@{report.manifest.commit}: key sha256:{status.key_fingerprint}", err=True)
+    digest = _bundle_sha256(bundle)
+    if as_json:
+        _emit({"bundle": str(bundle), "ok": True, "repo_id": report.manifest.repo_id, "commit": report.manifest.commit, "key_sha256": status.key_fingerprint, "sha256": digest})
+        return
+    _note(f"signed {report.manifest.repo_id}@{report.manifest.commit}: key sha256:{status.key_fingerprint}")
+    _note(f"rewrote {bundle} in place (the signature is inside): its sha256 is now {digest}")
     click.echo(str(bundle))
+
+
+def _bundle_sha256(bundle: Path) -> str:
+    """The bundle's own sha256: its index's for a multi-part bundle, else one pass over the file."""
+    from mirror import parts
+    from mirror.hashing import sha256_file
+
+    loc = parts.locate(bundle)
+    return parts.read_index(loc.index).sha256 if loc.multipart else sha256_file(loc.path)
 
 
 @cli.command(epilog="""\b
@@ -453,6 +712,7 @@ Examples:
   mirror signature bundles/X.tar > model.sig
   model_signing verify key SNAPSHOT_DIR --signature model.sig --public_key release.pub --allow_symlinks""")
 @click.argument("bundle", type=click.Path(path_type=Path))
+@_output_options
 def signature(bundle) -> None:
     """Write BUNDLE's model-signing signature file to stdout, for `model_signing verify`."""
     from mirror.errors import SignatureError
@@ -468,26 +728,58 @@ def signature(bundle) -> None:
 Examples:
   mirror audit bundles/
   mirror audit bundles/ /media/usb/x.tar --public-key keys/release.pub
+  mirror audit bundles/ --json | jq -c 'select(.ok | not)'
   mirror audit bundles/ --format cyclonedx > mlbom.cdx.json""")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="PATH...")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "cyclonedx"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "cyclonedx"]), default="table", show_default=True,
+              help="json: one object per bundle per line (as --json); cyclonedx: one CycloneDX 1.6 document.")
+@_json_option(help="Same as --format json: one JSON object per bundle, failed ones included (\"ok\": false, \"error\", \"exit_code\").")
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check signatures with this key; unsigned or invalid then fails.")
-def audit(paths, fmt, public_key) -> None:
+@_output_options
+def audit(paths, fmt, as_json, public_key) -> None:
     """One row per bundle in PATH (files or folders): repo, commit, license, kinds, pickle and
     remote-code flags, signature and signer key, verification.
 
     A bundle that cannot be read (damaged, hostile, not a regular file) is one UNREADABLE row
-    with its reason, and the others are still audited. Exit 1 if any bundle fails or cannot be
-    read, 2 if a PATH does not exist or holds no bundles.
+    with its reason, and the others are still audited. The exit code is the worst of the rows
+    (10 unreadable, 6 refused pickle, 5 signature, 4 damaged); 2 if a PATH does not exist or
+    holds no bundles.
     """
-    from mirror.audit import RENDERERS, audit as run_audit
+    from mirror.audit import RENDERERS
+    from mirror.audit import audit as run_audit
 
+    if as_json:
+        fmt = "json"
     rows = run_audit(paths, public_key=public_key)
-    click.echo(RENDERERS[fmt](rows))
-    bad = [r for r in rows if not r.ok]
+    codes = [_audit_code(r) for r in rows]
+    if fmt == "json":
+        for r, code in zip(rows, codes):
+            _emit({**r.to_dict(), "exit_code": code, **({"error": _audit_why(r)} if code else {})})
+    else:
+        click.echo(RENDERERS[fmt](rows))
+    bad = [c for c in codes if c]
     if bad:
-        click.echo(f"mirror: error: {len(bad)} of {len(rows)} bundle(s) failed the audit", err=True)
-        click.get_current_context().exit(1)
+        click.echo(f"mirror: error: {len(bad)} of {len(rows)} bundle(s) failed the audit; exit {max(bad)} is the worst of them", err=True)
+        click.get_current_context().exit(max(bad))
+
+
+def _audit_code(r) -> int:
+    """An audit row's place in the exit-code table (0 when it passes)."""
+    if r.ok:
+        return exitcodes.OK
+    if r.error:
+        return exitcodes.NOT_A_BUNDLE
+    if not r.verified:
+        return exitcodes.INTEGRITY
+    if r.pickle_refused:
+        return exitcodes.POLICY
+    return exitcodes.SIGNATURE
+
+
+def _audit_why(r) -> str:
+    from mirror.audit import _why
+
+    return _why(r)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,11 +8,14 @@ in the package prints or exits.
 
 from __future__ import annotations
 
+from mirror import exitcodes
+
 
 class MirrorError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
+    """Base class. `exit_code` is what the CLI exits with: one of `mirror.exitcodes`, the table
+    both command lines share (and the README and every `--help` show)."""
 
-    exit_code = 1
+    exit_code = exitcodes.FAILED
 
 
 # --- Hub / pull ---------------------------------------------------------------------------------
@@ -21,7 +24,7 @@ class MirrorError(Exception):
 class HubError(MirrorError, ConnectionError):
     """The Hub (or a Hub-like endpoint) could not give us what we asked for."""
 
-    exit_code = 3
+    exit_code = exitcodes.UNAVAILABLE
 
 
 class RepoNotFound(HubError, LookupError):
@@ -57,7 +60,7 @@ class AuthRequired(HubError, PermissionError):
 class HashMismatch(MirrorError, ValueError):
     """A downloaded or unpacked file does not match the hash it must have."""
 
-    exit_code = 4
+    exit_code = exitcodes.INTEGRITY
 
     def __init__(self, path: str, *, algorithm: str, expected: str, actual: str, where: str = ""):
         self.path = path
@@ -77,7 +80,7 @@ class HashMismatch(MirrorError, ValueError):
 class BundleError(MirrorError, ValueError):
     """A bundle is unreadable, malformed, or hostile."""
 
-    exit_code = 2
+    exit_code = exitcodes.NOT_A_BUNDLE
 
     def __init__(self, bundle: str, reason: str, *, fix: str = ""):
         self.bundle = bundle
@@ -95,7 +98,7 @@ class ManifestError(BundleError):
 class VerifyFailed(BundleError):
     """Contents disagree with the manifest. Carries the full report."""
 
-    exit_code = 4
+    exit_code = exitcodes.INTEGRITY
 
     def __init__(self, bundle: str, report):  # report: mirror.verify.VerifyReport
         self.report = report
@@ -103,14 +106,14 @@ class VerifyFailed(BundleError):
 
 
 class SignatureError(BundleError):
-    exit_code = 5
+    exit_code = exitcodes.SIGNATURE
 
 
 class CommitConflict(BundleError):
     """A bundle claims a commit that is installed with other content: installed commits are
     immutable, so it is refused, naming the first file that differs."""
 
-    exit_code = 4
+    exit_code = exitcodes.INTEGRITY
 
     def __init__(self, bundle: str, *, repo_id: str, commit: str, path: str, detail: str):
         self.repo_id = repo_id
@@ -126,22 +129,44 @@ class CommitConflict(BundleError):
 class PolicyError(BundleError):
     """The bundle holds something our policy refuses (pickle, remote code...)."""
 
-    exit_code = 6
+    exit_code = exitcodes.POLICY
 
 
 # --- Local environment --------------------------------------------------------------------------
 
 
 class NotEnoughSpace(MirrorError, OSError):
-    exit_code = 7
+    exit_code = exitcodes.NO_SPACE
 
     def __init__(self, where: str, *, needed: int, free: int):
         self.where = where
         self.needed = needed
         self.free = free
         super().__init__(
-            f"not enough disk space in {where}: need {needed / 1e6:.1f} MB, "
-            f"{free / 1e6:.1f} MB free; free some space or choose another directory"
+            f"not enough disk space in {where}: need {_size(needed)}, "
+            f"{_size(free)} free; free some space or choose another directory"
+        )
+
+
+def _size(n: int) -> str:
+    from mirror.manifest import (
+        human_size,  # manifest imports this module: import on use
+    )
+
+    return human_size(n)
+
+
+class CacheNotFound(MirrorError, FileNotFoundError):
+    """The HF cache a command was pointed at does not exist."""
+
+    exit_code = exitcodes.UNAVAILABLE
+
+    def __init__(self, path: str, *, source: str):
+        self.path = path
+        self.source = source
+        super().__init__(
+            f"the HF cache {path} (from {source}) does not exist; nothing is installed there: "
+            "check the path, or install a bundle into it with 'mirror install BUNDLE --cache-dir DIR'"
         )
 
 
@@ -149,7 +174,7 @@ class UnsafeCache(MirrorError, PermissionError):
     """Something in the HF cache that mirror must not follow or trust: a planted symbolic link,
     a blob that is not a regular file, an unreadable install record."""
 
-    exit_code = 9
+    exit_code = exitcodes.UNSAFE_CACHE
 
     def __init__(self, path: str, reason: str, *, fix: str = ""):
         self.path = path
@@ -160,12 +185,14 @@ class UnsafeCache(MirrorError, PermissionError):
 class UsageError(MirrorError, ValueError):
     """Arguments that make no sense together, a folder that is not a model, and so on."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
 
 class MissingDependency(UsageError):
     """A package this command needs is not installed: a training image may carry the mirror
     without the signing stack (cryptography, model-signing), and only signing needs it."""
+
+    exit_code = exitcodes.PREREQUISITE
 
     def __init__(self, what: str, *, packages: str):
         self.packages = packages
@@ -176,7 +203,7 @@ class PartError(BundleError):
     """A part of a multi-part bundle is missing, the wrong size, or damaged. `parts` names them,
     so only those parts need to be sent again."""
 
-    exit_code = 4
+    exit_code = exitcodes.INTEGRITY
 
     def __init__(self, bundle: str, reason: str, *, parts: tuple[str, ...]):
         self.parts = parts
@@ -190,7 +217,7 @@ class PartError(BundleError):
 class BaseNotInstalled(BundleError, LookupError):
     """A delta bundle needs its base commit installed first. Names the bundle that provides it."""
 
-    exit_code = 8
+    exit_code = exitcodes.PREREQUISITE
 
     def __init__(self, bundle: str, *, repo_id: str, commit: str, base_bundle: str | None, base_sha256: str | None, detail: str = ""):
         self.repo_id = repo_id

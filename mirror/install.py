@@ -30,7 +30,7 @@ from typing import BinaryIO, Sequence
 
 from mirror import atomic, hfcache, policy, trust
 from mirror.delta import delta_info
-from mirror.errors import BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache, UsageError
+from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
 from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
@@ -268,7 +268,7 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
             raise BundleError(label, f"{len(sink.todo - set(sink.staged))} file(s) to install were not in the bundle's payload")
         signer = trust.require_signature(reader.manifest_bytes, ex.signature, keys=keys, bundle=label).key_fingerprint if keys else None
         if expected_sha256 is not None and ex.sha256 != expected_sha256.lower():
-            raise BundleError(label, f"the bundle's sha256 is {ex.sha256}, not the expected {expected_sha256.lower()}", fix="the file is not the one the transfer ticket names: get the right copy")
+            raise _not_the_ticketed(label, expected_sha256, ex.sha256)
         if allow_pickle:  # scan the verified bytes before anything is moved into the cache
             policy.check_files({f.path: sink.staged.get(f.etag, rc.blob(f.etag)) for f in plan.target}, allow_pickle=True, where=label)
         snap = rc.snapshot(m.commit)
@@ -341,8 +341,13 @@ def _signature_only(reader: BundleReader, keys) -> str | None:
 def _sha_only(reader: BundleReader, expected: str) -> str:
     ex = extract(reader, sink=None, bundle_sha256=True)
     if ex.sha256 != expected.lower():
-        raise BundleError(reader.label, f"the bundle's sha256 is {ex.sha256}, not the expected {expected.lower()}", fix="the file is not the one the transfer ticket names: get the right copy")
+        raise _not_the_ticketed(reader.label, expected, ex.sha256)
     return ex.sha256
+
+
+def _not_the_ticketed(label: str, expected: str, actual: str | None) -> HashMismatch:
+    """--sha256 names the bundle a transfer ticket promised; this file is another (exit 4)."""
+    return HashMismatch(label, algorithm="bundle sha256", expected=expected.lower(), actual=str(actual), where="against --sha256 (the transfer ticket)")
 
 
 def _ref_names(rc: RepoCache, m: Manifest) -> tuple[str, ...]:

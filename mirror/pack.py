@@ -8,6 +8,7 @@ convention), else the newest file's mtime, so re-packing an untouched folder is 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from datetime import datetime, timezone
@@ -42,11 +43,15 @@ def pack_folder(
     since: str | os.PathLike | None = None,
     since_manifest: str | os.PathLike | None = None,
     allow_pickle: bool = False,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> BundleInfo:
     """Bundle every file of `folder` (minus SKIP_DIRS) as `repo_id` at `revision`. `max_part_size`
     splits the bundle into parts (mirror.parts); `since` / `since_manifest` make it a delta
     holding only what changed since that bundle or manifest (mirror.delta). Pickle files are
-    refused unless `allow_pickle`, and then scanned against the allowlist (mirror.policy)."""
+    refused unless `allow_pickle`, and then scanned against the allowlist (mirror.policy).
+    `include` / `exclude` are globs on the folder-relative paths, as `mirror pull` takes them:
+    with `include`, only matching files are packed; files matching `exclude` are left out."""
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"{folder} is not a directory; pass the folder that holds the model files")
@@ -59,8 +64,10 @@ def pack_folder(
     # Every file is opened here, once, without following links, and the same descriptors are read
     # for the lineage, the licence and both passes of the writer (mirror.sources).
     with Sources([root, blobs] if in_cache else [root]) as src:
-        newest = _collect(root, src)
+        newest = _collect(root, src, include=tuple(include), exclude=tuple(exclude))
         paths = src.paths
+        if not paths and (include or exclude):
+            raise UsageError(f"no file of {folder} is left after --include/--exclude; check the patterns")
         if not paths:
             raise UsageError(f"{folder} holds no files to pack; point at the folder with config.json and the weights")
         env_epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -104,7 +111,12 @@ def _license(src: Sources) -> str | None:
     return license_from_card(src["README.md"].read(CARD_BYTES).decode("utf-8", "replace"))
 
 
-def _collect(root: Path, src: Sources) -> int:
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    # as `mirror pull` (mirror.hub): fnmatch on the whole path (`*` crosses `/`); "dir/" is all under it
+    return any(fnmatch.fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
+
+
+def _collect(root: Path, src: Sources, *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> int:
     """Register in `src` the regular files to pack (repo-relative paths); returns the newest
     mtime among them, in seconds. The folder is walked without following links. A symlink inside
     is resolved here, and packed only when its target stays inside the folder (or, for a folder
@@ -115,6 +127,8 @@ def _collect(root: Path, src: Sources) -> int:
     newest = 0
     for rel, st in walk(src, skip=SKIP_DIRS):
         p = root / rel
+        if (include and not _matches(rel, include)) or _matches(rel, exclude):
+            continue
         if why := unsafe_path_reason(rel):
             raise UsageError(f"{p}: the file name {why}; rename it")
         if stat.S_ISLNK(st.st_mode):

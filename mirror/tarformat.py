@@ -141,8 +141,8 @@ class BundleReader:
             self._f = parts.PartsReader(location.index) if location.multipart else open_regular(self.path)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such bundle; check the path") from None
-        except (IsADirectoryError, NotRegularFile) as e:
-            raise UsageError(f"{path} is {getattr(e, 'what', 'a directory')}, not a bundle file; give the path of a .tar bundle") from None
+        except (IsADirectoryError, NotRegularFile) as e:  # never opened as a bundle: not one (exit 10)
+            raise BundleError(str(path), f"{path} is {getattr(e, 'what', 'a directory')}, not a bundle file", fix="give the path of a .tar bundle (or its .parts.json index)") from None
         self.parts = self._f if location.multipart else None
         # parts are hashed by PartsReader as they pass; their index holds the whole-stream sha256
         self._sha = hashlib.sha256() if hash_all and not location.multipart else None

@@ -181,9 +181,10 @@ def test_cli_audit_exit_codes_and_formats(estate, tmp_path):
     assert "org/clean" in r.stdout and "valid" in r.stdout
 
     r = runner.invoke(cli, ["audit", str(estate["dir"]), "--format", "json"])
-    assert r.exit_code == 1
-    assert json.loads(r.stdout)["ok"] is False
-    assert r.stderr.strip() == "mirror: error: 2 of 4 bundle(s) failed the audit"  # corrupt + evil
+    rows = [json.loads(line) for line in r.stdout.splitlines()]  # one object per bundle
+    assert r.exit_code == 6 and len(rows) == 4 and sorted(x["exit_code"] for x in rows) == [0, 0, 4, 6]  # worst: the pickle
+    assert r.stderr.strip() == "mirror: error: 2 of 4 bundle(s) failed the audit; exit 6 is the worst of them"  # corrupt + evil
+    assert runner.invoke(cli, ["audit", str(estate["dir"]), "--json"]).stdout == r.stdout
 
     r = runner.invoke(cli, ["audit", str(estate["clean"]), "--format", "cyclonedx"])
     assert r.exit_code == 0 and json.loads(r.stdout)["components"][0]["type"] == "machine-learning-model"

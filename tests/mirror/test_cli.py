@@ -87,14 +87,16 @@ def test_install_then_list_installed(packed, tmp_path):
     again = run("install", packed, "--cache-dir", cache)
     assert again.exit_code == 0 and "already installed" in again.stderr
     r = run("list", "--installed", "--cache-dir", cache)
-    assert r.exit_code == 0 and r.stdout.split()[:3] == ["acme/m", commit[:12], "local,main"]
+    head, row = r.stdout.splitlines()
+    assert r.exit_code == 0 and head.split()[:3] == ["REPO", "COMMIT", "REFS"] and row.split()[:3] == ["acme/m", commit[:12], "local,main"]
 
 
 def test_list_bundles(packed, tmp_path):
     (tmp_path / "out" / "broken.tar").write_bytes(b"garbage" * 100)
     r = run("list", tmp_path / "out")
-    lines = r.stdout.splitlines()
-    assert r.exit_code == 1 and len(lines) == 2  # the unreadable one is a row, and fails the command
+    head, *lines = r.stdout.splitlines()
+    assert head.split()[:3] == ["REPO", "COMMIT", "REVISION"]
+    assert r.exit_code == 10 and len(lines) == 2  # the unreadable one is a row, and fails the command
     assert r.stderr == "mirror: error: 1 of 2 bundle(s) could not be read\n"
     assert lines[0].startswith(packed.name.replace("acme--m--", "acme/m ")[:6]) and "5 files" in lines[0]
     assert lines[1].startswith("broken.tar") and "unreadable" in lines[1]
@@ -118,7 +120,7 @@ def test_bad_input_gives_one_line_and_an_exit_code(args, code, needle, tmp_path,
 def test_not_a_bundle(tmp_path):
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"hello" * 300)
-    assert_one_line_error(run("verify", junk), 2, "not a mirror bundle")
+    assert_one_line_error(run("verify", junk), 10, "not a mirror bundle")
 
 
 def test_pack_errors_leave_nothing_partial(folder, tmp_path, monkeypatch):

@@ -129,8 +129,9 @@ def multi(tmp_path, good_bundles) -> Path:
 def assert_list_reports_one_bad_row(folder: Path, bad_name: str, needle: str) -> None:
     r = run("list", folder)
     assert_no_traceback(r.output)
-    assert r.exit_code == 1, r.output
-    rows = r.stdout.splitlines()
+    assert r.exit_code == 10, r.output
+    head, *rows = r.stdout.splitlines()
+    assert head.split()[0] == "REPO"
     assert len(rows) == len(list(folder.glob("*.tar"))) + len(list(folder.glob("*.tar.parts.json")))
     bad = [row for row in rows if row.split()[0] == bad_name]
     assert len(bad) == 1 and "unreadable: " in bad[0] and needle in bad[0], rows
@@ -141,16 +142,16 @@ def assert_list_reports_one_bad_row(folder: Path, bad_name: str, needle: str) ->
 def assert_audit_reports_one_bad_row(folder: Path, bad_name: str, needle: str) -> None:
     r = run("audit", folder)
     assert_no_traceback(r.output)
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 10, r.output
     table = r.stdout.splitlines()
     assert [row.split()[-1] for row in table if row.split()[:1] == [bad_name]] == ["UNREADABLE"], table
     assert any(row.startswith("org--good--") and row.split()[-1] == "ok" for row in table), table
     reason = [row for row in table if row.startswith(f"{bad_name}: ")]
     assert len(reason) == 1 and needle in reason[0], table
-    assert r.stderr == f"mirror: error: 1 of {len(table) - len(reason) - 2} bundle(s) failed the audit\n"
+    assert r.stderr == f"mirror: error: 1 of {len(table) - len(reason) - 2} bundle(s) failed the audit; exit 10 is the worst of them\n"
     r = run("audit", folder, "--format", "json")
-    rows = {Path(b["bundle"]).name: b for b in json.loads(r.stdout)["bundles"]}
-    assert r.exit_code == 1 and needle in rows[bad_name]["error"] and "\n" not in rows[bad_name]["error"]
+    rows = {Path(b["bundle"]).name: b for b in map(json.loads, r.stdout.splitlines())}
+    assert r.exit_code == 10 and rows[bad_name]["exit_code"] == 10 and needle in rows[bad_name]["error"] and "\n" not in rows[bad_name]["error"]
     assert [b["ok"] for name, b in rows.items() if name.startswith("org--good--")] == [True]
 
 
@@ -164,11 +165,11 @@ def test_hostile_manifest_is_a_one_line_error(attack, tmp_path):
     for cmd in ("verify", "inspect"):
         r = run(cmd, bad)
         assert_no_traceback(r.output)
-        assert_one_line_error(r, 2, needle)
+        assert_one_line_error(r, 10, needle)
         assert r.stderr.startswith(f"mirror: error: {bad}: ")
     cache = tmp_path / "cache"
     r = run("install", bad, "--cache-dir", cache)
-    assert_one_line_error(r, 2, needle)
+    assert_one_line_error(r, 10, needle)
     assert not list(cache.glob("models--*/snapshots/*"))  # no snapshot, let alone one named 'c...c\n'
 
 
@@ -208,7 +209,7 @@ def test_hostile_parts_index(attack, multi):
     for cmd in ("verify", "inspect"):
         r = run(cmd, multi)
         assert_no_traceback(r.output)
-        assert_one_line_error(r, 2, needle)
+        assert_one_line_error(r, 10, needle)
     assert_list_reports_one_bad_row(multi.parent, multi.name, needle)
     assert_audit_reports_one_bad_row(multi.parent, multi.name, needle)
 
@@ -217,7 +218,7 @@ def test_the_multi_part_bundle_of_these_attacks_is_accepted(multi):
     r = run("verify", multi)
     assert r.exit_code == 0 and r.stdout.startswith("OK org/parts@"), r.output
     r = run("list", multi.parent)
-    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 2, r.output
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3, r.output  # the header and two bundles
 
 
 # --- --since-manifest OLD.json ----------------------------------------------------------------------
@@ -231,7 +232,7 @@ def test_hostile_since_manifest(attack, tmp_path, good_bundles):
     out = tmp_path / "out"
     r = run("pack", good_bundles["model"], "--repo-id", "org/victim", "--since-manifest", old, "--out", out)
     assert_no_traceback(r.output)
-    assert_one_line_error(r, 2, needle)
+    assert_one_line_error(r, 10, needle)
     assert str(old) in r.stderr
     assert not list(out.glob("*.tar*"))  # nothing written
 
@@ -310,8 +311,8 @@ def test_special_files_in_a_folder_are_rows_never_a_hang(folder):
     try:
         r = run_process("list", folder)
         assert_no_traceback(r.stderr)
-        assert r.returncode == 1, (r.stdout, r.stderr)
-        rows = {row.split()[0]: row for row in r.stdout.splitlines()}
+        assert r.returncode == 10, (r.stdout, r.stderr)
+        rows = {row.split()[0]: row for row in r.stdout.splitlines()[1:]}
         assert rows["x.tar"].endswith("unreadable: a FIFO (named pipe), not a regular file (not opened)")
         assert rows["y.tar.parts.json"].endswith("unreadable: a FIFO (named pipe), not a regular file (not opened)")
         assert rows["zero.tar"].endswith("unreadable: a character device, not a regular file (not opened)")
@@ -323,17 +324,18 @@ def test_special_files_in_a_folder_are_rows_never_a_hang(folder):
 
         r = run_process("audit", folder)
         assert_no_traceback(r.stderr)
-        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert r.returncode == 10, (r.stdout, r.stderr)
         assert f"x.tar: {folder / 'x.tar'} is a FIFO (named pipe), not a regular file (not opened)" in r.stdout
         assert f"zero.tar: {folder / 'zero.tar'} is a character device, not a regular file (not opened)" in r.stdout
         assert any(row.startswith("org--good--") and row.endswith(" ok") for row in r.stdout.splitlines())
-        assert r.stderr == f"mirror: error: {bad} of {bad + 1} bundle(s) failed the audit\n"
+        assert r.stderr == f"mirror: error: {bad} of {bad + 1} bundle(s) failed the audit; exit 10 is the worst of them\n"
 
         for name in ("x.tar", "y.tar.parts.json"):  # named directly, too
             r = run_process("verify", folder / name)
-            assert r.returncode == 2 and "FIFO" in r.stderr and r.stderr.count("\n") == 1, (r.stdout, r.stderr)
+            # 10, not a bundle, whether it poses as a single file or as a parts index
+            assert r.returncode == 10 and "FIFO" in r.stderr and r.stderr.count("\n") == 1, (r.stdout, r.stderr)
             r = run_process("audit", folder / name)
-            assert r.returncode == 1 and "not a regular file (not opened)" in r.stdout, (r.stdout, r.stderr)
+            assert r.returncode == 10 and "not a regular file (not opened)" in r.stdout, (r.stdout, r.stderr)
     finally:
         if sock is not None:
             sock.close()
@@ -349,9 +351,9 @@ def test_a_fifo_part_is_named_never_opened(multi):
     assert r.returncode == 4, (r.stdout, r.stderr)
     assert f"{victim.name} is a FIFO (named pipe), not a regular file" in r.stderr and r.stderr.count("\n") == 1
     r = run_process("list", multi.parent)
-    assert r.returncode == 1 and f"{victim.name} is a FIFO" in r.stdout and "org/good " in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 10 and f"{victim.name} is a FIFO" in r.stdout and "org/good " in r.stdout, (r.stdout, r.stderr)
     r = run_process("audit", multi.parent)
-    assert r.returncode == 1 and f"{victim.name} is a FIFO" in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 10 and f"{victim.name} is a FIFO" in r.stdout, (r.stdout, r.stderr)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -366,5 +368,5 @@ def test_a_fifo_since_manifest_is_refused(tmp_path, good_bundles):
 def test_a_file_name_with_a_newline_cannot_forge_a_row(folder):
     hostile_bundle(folder / "evil\norg--fake 0000.tar", b"{}")
     r = run("list", folder)
-    assert r.exit_code == 1
-    assert len(r.stdout.splitlines()) == 2 and "'evil\\norg--fake 0000.tar'" in r.stdout
+    assert r.exit_code == 10
+    assert len(r.stdout.splitlines()) == 3 and "'evil\\norg--fake 0000.tar'" in r.stdout

@@ -132,7 +132,7 @@ def test_a_delta_onto_its_own_base_commit_is_refused(installed, tmp_path):
     target = [entry(new, p) for p in V1]
     d = delta(new, tmp_path / "d", commit=C, base=C, carried=["model.safetensors"], target=target)
     before = tree(cache)
-    assert_one_line_error(run("install", d, "--cache-dir", cache), 2, f"target commit {C[:12]} is its own base commit")
+    assert_one_line_error(run("install", d, "--cache-dir", cache), 10, f"target commit {C[:12]} is its own base commit")
     assert tree(cache) == before and snapshot_bytes(snap) == V1
 
 
@@ -161,7 +161,7 @@ def test_a_delta_cannot_smuggle_a_pickle_through_target_files(tmp_path):
     r = run("install", d, "--cache-dir", cache)
     assert_one_line_error(r, 6, "pytorch_model.bin")
     r = run("install", d, "--cache-dir", cache, "--allow-pickle")
-    assert_one_line_error(r, 2, "does not carry pytorch_model.bin, and its base")
+    assert_one_line_error(r, 10, "does not carry pytorch_model.bin, and its base")
     assert not (cache / "models--org--model" / "snapshots" / ("d" * 40)).exists()
     r = run("audit", d, "--format", "json")
     assert '"pytorch_model.bin"' in r.output  # audit judges the delta's complete file list
@@ -172,7 +172,7 @@ def test_case_colliding_target_files_are_refused(installed, tmp_path):
     new = folder(tmp_path / "v2", {"Config.json": b"{}"})
     target = [entry(src, p) for p in V1] + [entry(new, "Config.json")]
     d = delta(new, tmp_path / "d", commit="e" * 40, base=C, carried=["Config.json"], target=target)
-    assert_one_line_error(run("install", d, "--cache-dir", cache), 2, "collide on a case-insensitive filesystem")
+    assert_one_line_error(run("install", d, "--cache-dir", cache), 10, "collide on a case-insensitive filesystem")
 
 
 # --- links planted in a shared cache ---------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_install_sha256_pins_the_bundle_from_a_transfer_ticket(tmp_path):
     b = bundle(src, tmp_path / "out")
     good = b.with_name(b.name + ".sha256").read_text().split()[0]
     cache = tmp_path / "cache"
-    assert_one_line_error(run("install", b, "--cache-dir", cache, "--sha256", "0" * 64), 2, f"the bundle's sha256 is {good}, not the expected")
+    assert_one_line_error(run("install", b, "--cache-dir", cache, "--sha256", "0" * 64), 4, f"bundle sha256 mismatch against --sha256 (the transfer ticket) (expected {'0' * 64}, got {good})")
     assert not (cache / "models--org--model" / "snapshots").exists()
     assert run("install", b, "--cache-dir", cache, "--sha256", good.upper()).exit_code == 0
 
@@ -323,7 +323,7 @@ def test_a_killed_install_is_finished_or_undone_by_the_next_command(tmp_path):
         snap = repo / "snapshots" / C
         # never a snapshot that its refs do not name, once the next command has looked
         r = run("list", "--installed", "--cache-dir", cache)
-        assert r.exit_code == 0, r.output
+        assert r.exit_code == 0 or (r.exit_code == 3 and not cache.exists()), r.output  # 3: killed before the cache was made
         if snap.exists():
             assert (repo / "refs" / "main").read_text() == C
             assert len(list(snap.iterdir())) == 4
