@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror import parts
+from mirror import parts, progress
 from mirror.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
@@ -197,7 +197,9 @@ def _write(
     # that sha256, and pass 2 checks it on a second lane while copying, so it is read once.
     promised = {d.path: _promised(d, (expected or {}).get(d.path)) for d in draft_files}
     todo = [src[d.path] for d in draft_files if promised[d.path] is None]
-    digests = hash_files(todo, lfs={src[d.path] for d in draft_files if d.lfs and promised[d.path] is None})
+    verb = f"{'pack' if commit is None else 'bundle'} {repo_id}"
+    with progress.ReadMeter(f"{verb} (hashing)", sum(f.size for f in todo)):
+        digests = hash_files(todo, lfs={src[d.path] for d in draft_files if d.lfs and promised[d.path] is None})
     entries: list[FileEntry] = []
     for draft in draft_files:
         digest = promised[draft.path] or digests[src[draft.path]]
@@ -227,10 +229,11 @@ def _write(
         # A file hashed in pass 1 is copied from the same descriptor and must still have the
         # stamp it had when checked (mirror.sources.Stamp: inode, size, mtime, ctime). It is not
         # hashed a second time: that is one more sha256 over every byte, +30% on a 2-core pack.
-        with splitter or open(partial, "xb") as out, HashLanes(2) as lanes:
+        with splitter or open(partial, "xb") as out, HashLanes(2) as lanes, progress.meter(f"{verb} (writing)", total) as meter:
 
             def put(data: bytes) -> None:
                 out.write(data)
+                meter.add(len(data))
                 if stream_sha is not None:
                     lanes.submit(0, stream_sha, data)
 

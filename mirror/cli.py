@@ -123,7 +123,7 @@ def _set_level(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
         raise click.UsageError("-q/--quiet and -v/--verbose contradict each other; pick one", ctx=ctx)
     try:  # byte progress of pack/verify/install/pull follows -q/-v too
         from mirror import progress
-    except ImportError:  # mirror/progress.py comes with the progress change: without it, -q/-v shape our own lines only
+    except ImportError:  # pragma: no cover - mirror/progress.py ships with the package
         return value
     progress.configure(quiet=bool(ctx.meta.get("mirror.quiet")), verbose=bool(ctx.meta.get("mirror.verbose")))
     return value
@@ -305,6 +305,10 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
     if not ids:
         raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
     show = sys.stderr.isatty() if progress is None else progress
+    if progress is False:  # --no-progress: no bar, and no progress lines in logs either
+        from mirror import progress as progress_lines
+
+        progress_lines.configure(quiet=True)
     for repo_id in dict.fromkeys(ids):
         info = hub.pull(
             repo_id, revision=revision, repo_type=repo_type, include=list(include) or None, exclude=list(exclude) or None,

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from mirror import progress
 from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import DualHasher, HashLanes, first_difference
 from mirror.manifest import FileEntry
@@ -56,6 +57,11 @@ class Extraction:
 def _check(entry: FileEntry, h: DualHasher, where: str) -> None:
     if diff := first_difference(entry, h.digest()):
         raise HashMismatch(entry.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where=where)
+
+
+def _meter(reader: BundleReader, sink: Sink | None) -> progress.Meter:
+    """Bytes hashed; a sink means the files are being installed, none that they are only checked."""
+    return progress.meter(f"{'install' if sink is not None else 'verify'} {reader.manifest.repo_id}", reader.manifest.total_size)
 
 
 def deal(jobs: list[tuple[FileEntry, int]]) -> tuple[int, list[list[tuple[FileEntry, int]]]]:
@@ -100,6 +106,7 @@ def _parallel(reader: BundleReader, src, layout, sink: Sink | None) -> Extractio
                     if out is not None:
                         out.write(chunk)
                     h.update(chunk)
+                    meter.add(len(chunk))
                 _check(f, h, where)
             except BaseException:
                 stop.set()
@@ -109,7 +116,7 @@ def _parallel(reader: BundleReader, src, layout, sink: Sink | None) -> Extractio
             if out is not None:
                 sink.keep(f, out)
 
-    with HashLanes(2 * workers) as lanes, ThreadPoolExecutor(max_workers=workers) as pool:
+    with _meter(reader, sink) as meter, HashLanes(2 * workers) as lanes, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run, i, lanes) for i in range(workers)]
         errors = [f.exception() for f in futures]
     for e in errors:
@@ -126,7 +133,7 @@ def _sequential(reader: BundleReader, sink: Sink | None) -> Extraction:
     where = f"in {reader.label}"
     sig = None
     files = total = 0
-    with HashLanes(3) as lanes:
+    with HashLanes(3) as lanes, _meter(reader, sink) as meter:
         reader.attach_lanes(lanes)
         for member, chunks in reader.payload():
             if member.problem:
@@ -150,6 +157,7 @@ def _sequential(reader: BundleReader, sink: Sink | None) -> Extraction:
                     if out is not None:
                         out.write(chunk)
                     h.update(chunk)
+                    meter.add(len(chunk))
                 try:
                     _check(entry, h, where)
                 except HashMismatch:

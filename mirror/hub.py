@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from mirror import __version__, delta, policy
+from mirror import __version__, delta, policy, progress
 from mirror.bundle import BundleInfo, write_bundle
 from mirror.errors import (
     AuthRequired,
@@ -286,6 +286,7 @@ class _Progress:
 
         # disable=None: draw on a terminal only, never spray bar frames into logs
         self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=None if enabled else True)
+        self.log = progress.meter(desc, total, tty=False)  # a steady line where there is no terminal to draw on
         self.files = files
         self.done = 0
         self._lock = threading.Lock()
@@ -311,6 +312,7 @@ class _Progress:
                     seen[0] += n
                     with outer._lock:  # several download threads feed one bar
                         outer.bar.update(n)
+                    outer.log.add(n)
 
             def close(self):
                 pass
@@ -319,12 +321,14 @@ class _Progress:
             with outer._lock:
                 outer.done += 1
                 outer.bar.update(size - seen[0])
+                outer.log.add(size - seen[0])
                 outer.bar.set_postfix_str(f"{outer.done}/{outer.files} files", refresh=False)
 
         return _FileBar, finish
 
     def close(self) -> None:
         self.bar.close()
+        self.log.close()
 
 
 def staging_name(repo_id: str, commit: str, *, repo_type: str = "model") -> str:

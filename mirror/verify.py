@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror import progress
 from mirror.extract import extract
 from mirror.tarformat import BundleReader
 from mirror.errors import BundleError, HashMismatch
@@ -96,7 +97,8 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
     checked = checked_bytes = 0
     sha: str | None = None
     # lane 0: the whole tar's sha256; lanes 1 and 2: the current file's sha256 and git sha1
-    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes, hash_all=bundle_sha256) as reader:
+    with HashLanes(3) as lanes, BundleReader(path, lanes=lanes, hash_all=bundle_sha256) as reader, \
+            progress.meter(f"verify {reader.manifest.repo_id}", reader.manifest.total_size) as meter:
         manifest = reader.manifest
         if reader.parts is not None:
             reader.parts.strict = False  # a damaged part is named at the end, the pass goes on
@@ -117,6 +119,7 @@ def verify_bundle(path: str | os.PathLike, *, bundle_sha256: bool = True) -> Ver
                 h = DualHasher(entry.size, lfs=entry.lfs, lanes=lanes, lane_ids=(1, 2))
                 for chunk in chunks:
                     h.update(chunk)
+                    meter.add(len(chunk))
                 d = h.digest()
                 seen.add(entry.path)  # only now: a file cut short by truncation counts as missing
                 checked += 1

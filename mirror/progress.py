@@ -1,0 +1,188 @@
+"""Byte progress for the long verbs (pack, verify, install, pull), on stderr.
+
+At 1 GB/s a 140 GB model is minutes of work; without a sign of life a user (or a CI job's
+timeout) cannot tell slow from stuck. Two ways to show it, chosen by where stderr goes:
+
+- a terminal: one updating tqdm line;
+- anything else (CI logs, nohup, Kubernetes): a plain line at a steady interval, e.g.
+  `install org/name: 1.2 GB of 4.0 GB (30 %), 850 MB/s, ETA 3 s`, and one closing line.
+
+Work shorter than a couple of seconds shows nothing. The hot path only adds to a counter under a
+lock (once per multi-megabyte chunk); a timer thread does all reading of the clock and printing,
+so a meter costs the same whether it prints or not. `configure(quiet=True)` silences every meter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Self, TextIO
+
+INTERVAL_ENV = "MIRROR_PROGRESS_INTERVAL"
+LOG_INTERVAL = 10.0  # seconds between plain lines: a log stays readable, a stall is still visible
+TTY_REFRESH = 0.5  # a terminal line redraws often enough to look alive, rarely enough to cost nothing
+QUIET_FOR = 2.0  # work finishing within this shows nothing
+
+_settings = {"quiet": False, "verbose": False}
+
+
+def configure(*, quiet: bool = False, verbose: bool = False) -> None:
+    """Set once by the CLI (-q / -v). Without a call, progress shows on stderr. `quiet`: no
+    meter shows anything. `verbose`: off a terminal, also a line of totals for short work."""
+    _settings["quiet"], _settings["verbose"] = bool(quiet), bool(verbose)
+
+
+def quiet() -> bool:
+    return _settings["quiet"]
+
+
+def log_interval() -> float:
+    """Seconds between plain lines: $MIRROR_PROGRESS_INTERVAL (tests set a small one), else 10."""
+    raw = os.environ.get(INTERVAL_ENV, "")
+    try:
+        value = float(raw) if raw else LOG_INTERVAL
+    except ValueError:
+        return LOG_INTERVAL
+    return value if value > 0 else LOG_INTERVAL
+
+
+def size_text(n: float) -> str:
+    """Decimal units, as disks and links are sold: 1.2 GB, 850 MB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def duration_text(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def line(label: str, *, done: int, total: int, elapsed: float) -> str:
+    """`label: 1.2 GB of 4.0 GB (30 %), 850 MB/s, ETA 3 s`."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    pct = int(100 * done / total) if total else 100
+    eta = duration_text((total - done) / rate) if rate > 0 else "unknown"
+    return f"{label}: {size_text(done)} of {size_text(total)} ({pct} %), {size_text(rate)}/s, ETA {eta}"
+
+
+class Meter:
+    """Bytes done out of `total`; `add` from any thread. Use as a context manager, or `close()`."""
+
+    def __init__(self, label: str, total: int, *, tty: bool = True, stream: TextIO | None = None):
+        self.label, self.total = label, max(0, int(total))
+        self.done = 0
+        self._lock = threading.Lock()
+        self._stream = stream if stream is not None else sys.stderr
+        self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._printed = False
+        self._bar = None
+        self._thread: threading.Thread | None = None
+        on_tty = _isatty(self._stream)
+        if quiet() or self.total == 0 or (on_tty and not tty):
+            return  # a silent meter: `add` still counts, nothing else runs
+        self._tty = on_tty
+        self._every = TTY_REFRESH if on_tty else log_interval()
+        self._delay = min(QUIET_FOR, self._every) if not on_tty else QUIET_FOR
+        self._thread = threading.Thread(target=self._run, name="mirror-progress", daemon=True)
+        self._thread.start()
+
+    def add(self, n: int) -> None:
+        with self._lock:  # += is not atomic across the extractor's threads
+            self.done += n
+
+    def _run(self) -> None:
+        if self._stop.wait(self._delay):
+            return
+        while True:
+            self._show()
+            if self._stop.wait(self._every):
+                return
+
+    def _show(self) -> None:
+        self._poll()
+        done, elapsed = min(self.done, self.total), time.monotonic() - self._start
+        if self._tty:
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=self.total, desc=self.label, unit="B", unit_scale=True, file=self._stream, dynamic_ncols=True)
+            self._bar.update(done - self._bar.n)
+            return
+        print(line(self.label, done=done, total=self.total, elapsed=elapsed), file=self._stream, flush=True)
+        self._printed = True
+
+    def _poll(self) -> None:
+        pass
+
+    def close(self, *, ok: bool = True) -> None:
+        """Stop the timer; a meter that printed ends with one line of totals, only once all of its
+        work is done (a failure, or a fast pass that gave up for a slower one, ends silently)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        elapsed = time.monotonic() - self._start
+        self._poll()
+        if self._bar is not None:
+            self._bar.update(min(self.done, self.total) - self._bar.n)
+            self._bar.close()
+        elif ok and self.done >= self.total and (self._printed or (_settings["verbose"] and not self._tty)):
+            done = self.total
+            rate = done / elapsed if elapsed > 0 else 0.0
+            took = f"{elapsed:.1f} s" if elapsed < 10 else duration_text(elapsed)
+            print(f"{self.label}: {size_text(done)} in {took}, {size_text(rate)}/s", file=self._stream, flush=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self.close(ok=kind is None)
+
+
+class ReadMeter(Meter):
+    """Progress of a pass whose reads happen in code that takes no callback (mirror.hashing's
+    parallel `hash_files`): the bytes this process has read since the meter started, sampled by
+    the timer from /proc/self/io. Where that does not exist, the meter stays silent."""
+
+    def __init__(self, label: str, total: int, **kw):
+        self._base = _bytes_read()
+        super().__init__(label, total if self._base is not None else 0, **kw)
+
+    def _poll(self) -> None:
+        now = _bytes_read()
+        if now is not None and self._base is not None:
+            self.done = now - self._base
+
+
+def _bytes_read() -> int | None:
+    try:
+        with open("/proc/self/io", "rb") as f:
+            for row in f:
+                if row.startswith(b"rchar:"):
+                    return int(row.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def meter(label: str, total: int, *, tty: bool = True) -> Meter:
+    """A meter for `total` bytes of work named `label` (`install org/name`). `tty=False`: show
+    nothing on a terminal (the caller draws its own bar there, as pull's tqdm does)."""
+    return Meter(label, total, tty=tty)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or file-less stream (pytest's capture)
+        return False
