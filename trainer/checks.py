@@ -72,10 +72,27 @@ class CheckReport:
     splits: dict[str, SplitStats]
     model: str  # one line on how the model resolved (or why it did not)
     exit_code: int  # 0 when there are no errors, else the first error's exit code
+    unlisted: int = 0  # data errors counted but not listed (errors ends with "... and N more")
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def error_count(self) -> int:
+        """Every error found, listed or not."""
+        return len(self.errors) - (1 if self.unlisted else 0) + self.unlisted
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model_id": self.model_id,
+            "model": self.model,
+            "error_count": self.error_count,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "splits": {name: _split_json(s) for name, s in self.splits.items()},
+        }
 
     def render(self) -> str:
         return _render(self)
@@ -91,9 +108,11 @@ def check(
     verify_model: bool = True,
     cache_dir: str | Path | None = None,
     public_keys: Sequence[str | Path] = (),
+    max_listed: int | None = MAX_LISTED,
 ) -> CheckReport:
     """Preflight `cfg` without training. Never raises for bad data or a missing model: reports.
-    `public_keys`: a bundle auto-installed for the model must be signed by one of them."""
+    `public_keys`: a bundle auto-installed for the model must be signed by one of them.
+    `max_listed`: data errors listed before the rest are only counted (None: all)."""
     errors: list[tuple[str, int]] = []
     warnings: list[str] = []
 
@@ -130,10 +149,10 @@ def check(
                     keyed[split].append(_keyed(cfg, row))
                 except DataError as e:
                     row_errors.append(e)
-    for e in row_errors[:MAX_LISTED]:
+    listed = row_errors if max_listed is None else row_errors[:max_listed]
+    for e in listed:
         errors.append((str(e), e.exit_code))
-    if len(row_errors) > MAX_LISTED:
-        errors.append((f"... and {len(row_errors) - MAX_LISTED} more data errors not listed", 2))
+    unlisted = len(row_errors) - len(listed)
     if "valid" not in keyed:
         warnings.append("no validation data (valid_file): no per-epoch evaluation and no best-model selection")
 
@@ -141,6 +160,8 @@ def check(
     splits = {split: _split_stats(cfg, split, items, keyed.get("train", []), tokenizer, limit) for split, items in keyed.items()}
     warnings.extend(_quality_warnings(cfg, splits, keyed))
     errors.extend(_task_errors(cfg, keyed))
+    if unlisted:  # last, so that the count is the last thing a reader of the list sees
+        errors.append((f"... and {unlisted} more data errors not listed (-v lists them all)", 2))
     return CheckReport(
         task=cfg.task,
         model_id=cfg.model_id,
@@ -149,11 +170,13 @@ def check(
         splits=splits,
         model=model_line,
         exit_code=errors[0][1] if errors else 0,
+        unlisted=unlisted,
     )
 
 
 def _describe_model(m: ResolvedModel) -> str:
-    where = {"local": "local folder", "cache": "installed snapshot", "bundle": "verified and installed from bundle"}[m.source]
+    # a bundle is not only checked: it is installed into the HF cache, and the line says so
+    where = {"local": "local folder", "cache": "installed snapshot", "bundle": "verified its bundle and installed it into the HF cache at"}[m.source]
     line = f"{m.repo_id}: {where} {m.path}"
     if m.commit:
         line += f" (commit {m.commit[:12]})"
@@ -395,13 +418,71 @@ def _render(r: CheckReport) -> str:
         rows = [("label", *r.splits.keys())]
         rows += [(name, *(str(s.labels.get(name, 0)) for s in r.splits.values())) for name in label_names]
         lines += _table(rows, indent="  ")
-    for title, items in (("warnings", r.warnings), ("errors", r.errors)):
+    for title, items, count in (("warnings", r.warnings, len(r.warnings)), ("errors", r.errors, r.error_count)):
         if items:
-            lines.append(f"{title} ({len(items)})")
+            lines.append(f"{title} ({count})")
             lines += [f"  - {m}" for m in items]
-    verdict = "OK" if r.ok else f"FAILED: {len(r.errors)} error(s)"
+    verdict = "OK" if r.ok else f"FAILED: {r.error_count} error(s)"
     lines.append(f"result  {verdict}" + (f", {len(r.warnings)} warning(s)" if r.warnings else ""))
     return "\n".join(lines)
+
+
+def _split_json(s: SplitStats) -> dict[str, Any]:
+    out: dict[str, Any] = {"files": list(s.files), "rows": s.rows, "unique": s.unique, "duplicates": s.duplicates, "in_train": s.in_train}
+    if s.labels:
+        out["labels"] = s.labels
+    if s.tokens is not None:
+        t = s.tokens
+        out["tokens"] = {"p50": t.p50, "p95": t.p95, "max": t.max, "max_length": t.max_length, "truncated": t.truncated, "estimated": t.estimated}
+    return out
+
+
+# --- one config, as `trainer check` sees it ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One CONFIG of `trainer check`: its report, or the one-line reason there is none (a config
+    that does not load). `exit_code` 0: the run would start."""
+
+    config: str
+    exit_code: int
+    message: str  # "valid", or the error that stopped the check
+    report: CheckReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"config": self.config, "ok": self.exit_code == 0, "exit_code": self.exit_code}
+        if self.report is None:
+            return {**out, "error": self.message}
+        return {**out, **self.report.to_json()}
+
+    def verdict(self) -> str:
+        if self.report is None:
+            return f"{self.config}: FAILED: {self.message}"
+        r = self.report
+        return f"{self.config}: " + ("OK" if r.ok else f"FAILED: {r.error_count} error(s)") + (f", {len(r.warnings)} warning(s)" if r.warnings else "")
+
+    def render(self) -> str:
+        if self.report is None:
+            return f"config  {self.config}: FAILED: {self.message}"
+        return f"config  {self.config}: valid\n{self.report.render()}"
+
+
+def check_one(
+    config: str, *, bundles_dir: str | Path = "bundles", public_keys: Sequence[str] = (), overrides: Sequence[str] = (), verbose: bool = False
+) -> CheckOutcome:
+    """Load CONFIG (with `--set` overrides) and check it; a config that does not load is an
+    outcome too, so that several configs are all checked and each gets its line."""
+    from trainer.config import load, parse_overrides
+    from trainer.resolve import check_public_keys
+
+    try:
+        cfg = load(config, overrides=parse_overrides(overrides))
+        keys = check_public_keys([*public_keys, *cfg.public_keys])
+    except (TrainerError, MirrorError) as e:
+        return CheckOutcome(config=config, exit_code=getattr(e, "exit_code", 1), message=str(e).splitlines()[0] if str(e) else type(e).__name__)
+    report = check(cfg, bundles_dir=bundles_dir, public_keys=keys, max_listed=None if verbose else MAX_LISTED)
+    return CheckOutcome(config=config, exit_code=report.exit_code, message="valid" if report.ok else f"{report.error_count} error(s)", report=report)
 
 
 def _table(rows: list[tuple[str, ...]], *, indent: str) -> list[str]:

@@ -9,20 +9,24 @@ code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
+from mirror import exitcodes
 from mirror.errors import MirrorError
 from trainer import __version__
-from trainer.errors import TrainerError
+from trainer.errors import Interrupted, TrainerError
 from trainer.offline import enforce_offline
 
-EXIT_INTERRUPTED = 130  # the shell's convention for a process stopped by SIGINT
+EXIT_INTERRUPTED = exitcodes.INTERRUPTED  # 128 + SIGINT; a SIGTERM/SIGHUP gives 128 + its number
 
 
 def _fail(message: str, code: int) -> None:
@@ -31,11 +35,27 @@ def _fail(message: str, code: int) -> None:
 
 
 class _Boundary(click.Group):
-    """Every command runs inside this: typed errors become one line and an exit code."""
+    """Every command runs inside this: typed errors become one line and an exit code, and so do
+    click's own usage errors (`trainer: error: No such option: --foo (see 'trainer run --help')`)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _fail(" ".join(e.format_message().split()).rstrip(".") + hint, exitcodes.USAGE)
+        except click.ClickException as e:  # e.g. a bad file given to a click.Path argument
+            _fail(" ".join(e.format_message().split()), e.exit_code)
+        except click.Abort:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Interrupted as e:
+            _fail(_resume_hint(str(e), ctx.meta.get("trainer.resume_command")), e.exit_code)
         except (TrainerError, MirrorError) as e:
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 1))
         except yaml.YAMLError as e:
@@ -46,17 +66,53 @@ class _Boundary(click.Group):
         except KeyboardInterrupt as e:
             from mirror import signals
 
-            _fail(_interrupted_message(ctx.meta.get("trainer.output_dir")), signals.exit_code(e) if isinstance(e, signals.Terminated) else EXIT_INTERRUPTED)
+            _fail(_interrupted_message(ctx.meta.get("trainer.output_dir"), ctx.meta.get("trainer.resume_command")), signals.exit_code(e))
 
 
-def _interrupted_message(output_dir: str | None) -> str:
+def _interrupted_message(output_dir: str | None, resume_command: str | None = None) -> str:
     """Ctrl-C that the recipe did not turn into `Interrupted` itself: say whether resuming works."""
     if output_dir is None:
         return "interrupted"
     state = next(iter(sorted(Path(output_dir).glob("*/state.pt"))), None)
     if state is not None:
-        return f"interrupted: resumable checkpoint left in {state.parent}, rerun with --resume"
+        return f"interrupted: resumable checkpoint left in {state.parent}; continue with: {resume_command or 'the same command and --resume'}"
     return f"interrupted before a checkpoint was saved in {output_dir}; rerun the same command to start again"
+
+
+def _resume_hint(message: str, resume_command: str | None) -> str:
+    """The recipe's message with its placeholder replaced by the exact command to continue."""
+    from trainer.recipes.common import RESUME_PLACEHOLDER
+
+    if resume_command is None:
+        return message
+    if RESUME_PLACEHOLDER in message:
+        return message.replace(RESUME_PLACEHOLDER, resume_command)
+    return f"{message}; continue with: {resume_command}"
+
+
+def resume_command(config: str, *, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...]) -> str:
+    """The exact `trainer run` that continues this run: the same config, bundles, keys and --set
+    (quoted for a POSIX shell), plus --resume; never --overwrite, which would discard the checkpoint."""
+    argv = ["trainer", "run", config]
+    if bundles_dir != "bundles":
+        argv += ["--bundles", bundles_dir]
+    for key in public_keys:
+        argv += ["--public-key", key]
+    for item in overrides:
+        argv += ["--set", item]
+    return shlex.join([*argv, "--resume"])
+
+
+def _verbosity(f: Any) -> Any:
+    """-q/--quiet and -v/--verbose, defined once for every command."""
+    f = click.option("-v", "--verbose", is_flag=True, help="Say more: every problem found, and the libraries' own messages.")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="Print only results and errors, no progress or notes.")(f)
+
+
+def _note(message: str, *, quiet: bool) -> None:
+    """A progress line or note on stderr: what the tool is doing, never a result."""
+    if not quiet:
+        click.echo(message, err=True)
 
 
 _bundles_option = click.option(
@@ -100,11 +156,11 @@ def _keys(cfg: Any, given: tuple[str, ...]) -> tuple[str, ...]:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples (paths in a config are relative to the working directory):
-  trainer check configs/classifier.yaml
+  trainer check configs/*.yaml --json
   trainer run configs/classifier.yaml --set epochs=1
   trainer run configs/classifier.yaml --resume
-  trainer eval models/classifier --split test
-  trainer predict models/classifier "Account Type: Credit Card | Status: Closed"
+  trainer eval runs/classifier                  # on its test split, else validation
+  trainer predict runs/classifier "Account Type: Credit Card | Status: Closed"
 """,
 )
 @click.version_option(__version__, prog_name="trainer")
@@ -132,8 +188,9 @@ Examples:
 @_set_option
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left in output_dir.")
 @click.option("--overwrite", is_flag=True, help="Discard the checkpoint an interrupted run left in output_dir and start again.")
+@_verbosity
 @click.pass_context
-def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...], resume: bool, overwrite: bool, quiet: bool, verbose: bool) -> None:
     """Train the model CONFIG describes; writes weights, metrics, report and lineage to output_dir.
 
     output_dir must be new, empty, or an earlier run of this trainer (see trainer/rundir.py).
@@ -148,10 +205,11 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     rundir.prepare(cfg.output_dir, resume=resume, overwrite=overwrite)
     keys = _keys(cfg, public_keys)
     ctx.meta["trainer.output_dir"] = cfg.output_dir
+    ctx.meta["trainer.resume_command"] = resume_command(config, bundles_dir=bundles_dir, public_keys=public_keys, overrides=overrides)
     tracker_env(cfg.report_to)
     model = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code, public_keys=keys)
-    click.echo(f"model: {model.repo_id} ({model.source}: {model.path})", err=True)
-    with network_guard():
+    _note(f"model: {_model_line(model)}", quiet=quiet)
+    with network_guard(), _verbosity_set(quiet=quiet, verbose=verbose):
         from trainer.recipes import run as run_recipe
 
         result = run_recipe(cfg, model=model, resume=resume)
@@ -162,6 +220,35 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     click.echo(f"trained {cfg.task} model in {result.wall_time_s:.1f}s -> {result.output_dir}")
     for line in _summary(result.metrics):
         click.echo(line)
+
+
+def _model_line(model: Any) -> str:
+    if model.source == "bundle":
+        return f"{model.repo_id}: verified bundle {model.bundle_path.name if model.bundle_path else ''} and installed it into the HF cache at {model.path}"
+    return f"{model.repo_id} ({'installed snapshot' if model.source == 'cache' else 'local folder'} {model.path})"
+
+
+@contextlib.contextmanager
+def _verbosity_set(*, quiet: bool, verbose: bool) -> Iterator[None]:
+    """-q/-v for one command: our progress and notes (trainer.progress, the recipes' log lines)
+    and transformers' own messages (errors only with -q, info with -v); put back afterwards, so
+    one command's -q never silences the next in the same process."""
+    from transformers.utils import logging as hf_logging
+
+    from trainer import progress
+    from trainer.recipes import common
+
+    before = hf_logging.get_verbosity()
+    progress.configure(quiet=quiet, verbose=verbose)  # the step lines off a terminal
+    common.set_quiet(quiet)
+    if quiet or verbose:
+        hf_logging.set_verbosity(hf_logging.ERROR if quiet else hf_logging.INFO)
+    try:
+        yield
+    finally:
+        progress.configure()
+        common.set_quiet(False)
+        hf_logging.set_verbosity(before)
 
 
 def _is_number(v: Any) -> bool:
@@ -188,46 +275,64 @@ def _summary(metrics: dict[str, Any]) -> list[str]:
     epilog="""\b
 Examples:
   trainer check configs/classifier.yaml
+  trainer check configs/*.yaml --json        # one JSON object per config, for scripts and CI
   cd ../shared/seed-data && trainer check configs/model2_classifier.yaml --bundles ~/bundles
   trainer check configs/classifier.yaml --public-key release.pub
 """,
 )
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_bundles_option
 @_public_key_option
 @_set_option
-def check(config: str, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Preflight CONFIG in seconds without training: config, data, model, and a data-quality report.
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per config (also for a config that fails) instead of the report.")
+@_verbosity
+def check(configs: tuple[str, ...], bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Preflight each CONFIG in seconds without training: config, data, model, and a data-quality report.
 
-    Exits non-zero when anything would stop a run; quality findings are warnings with numbers.
+    A model not yet in the HF cache is verified from its bundle and installed into the cache (as
+    'trainer run' would), and the report says so. Exits non-zero when anything would stop a run,
+    with the worst status of all CONFIGs; quality findings are warnings with numbers.
     """
-    from trainer.checks import check as run_check
+    from trainer.checks import check_one
 
-    cfg = _load(config, overrides)
-    report = run_check(cfg, bundles_dir=bundles_dir, public_keys=_keys(cfg, public_keys))
-    click.echo(f"config  {config}: valid")
-    click.echo(report.render())
-    if not report.ok:
-        _fail(f"check found {len(report.errors)} error(s), listed above; fix them and run 'trainer check' again", report.exit_code)
+    results = [check_one(c, bundles_dir=bundles_dir, public_keys=public_keys, overrides=overrides, verbose=verbose) for c in configs]
+    for r in results:
+        if as_json:
+            click.echo(json.dumps(r.to_json(), ensure_ascii=False, default=str))
+        elif quiet:
+            click.echo(r.verdict())
+        else:
+            click.echo(r.render())
+    failed = [r for r in results if r.exit_code]
+    if not failed:
+        return
+    if len(results) > 1:
+        _fail(f"{len(failed)} of {len(results)} configs failed the check", max(r.exit_code for r in failed))
+    if not as_json and not quiet and failed[0].report is not None:
+        _fail(f"check found {failed[0].report.error_count} error(s), listed above; fix them and run 'trainer check' again", failed[0].exit_code)
+    _fail(failed[0].message, failed[0].exit_code)
 
 
 @cli.command(name="eval")
 @click.argument("target", type=click.Path())
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]), help="Which data split to evaluate on.")
+@click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]), help="Which data split to evaluate on.  [default: test if the run has one, else valid]")
 @_bundles_option
-def eval_(target: str, split: str, bundles_dir: str) -> None:
+@_verbosity
+def eval_(target: str, split: str | None, bundles_dir: str, quiet: bool, verbose: bool) -> None:
     """Evaluate a trained OUTPUT_DIR, or the base model of a CONFIG, on a data split.
 
     \b
     Examples:
-      trainer eval models/classifier --split valid
+      trainer eval runs/classifier --split valid
       trainer eval configs/classifier.yaml        # the untrained base model, as a baseline
     """
     from trainer.evaluate import evaluate
     from trainer.offline import network_guard
 
-    with network_guard():
+    with network_guard(), _verbosity_set(quiet=quiet, verbose=verbose):
         metrics = evaluate(target, split=split, bundles_dir=bundles_dir)
+    if split is None:
+        _note(f"evaluated on the {metrics['split']} split (the best one this run has; --split picks another)", quiet=quiet)
     click.echo(_json_block(metrics))
 
 
@@ -240,23 +345,28 @@ def _json_block(d: dict[str, Any]) -> str:
 @cli.command()
 @click.argument("output_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("texts", nargs=-1, required=True)
-def predict(output_dir: str, texts: tuple[str, ...]) -> None:
+@_verbosity
+def predict(output_dir: str, texts: tuple[str, ...], quiet: bool, verbose: bool) -> None:
     """Run a trained model in OUTPUT_DIR on TEXT...; prints one JSON object per text.
 
     \b
     Classifiers give the label and probabilities, embedding models the similarity of each text
     to the first, chat models the generated answer.
     Examples:
-      trainer predict models/classifier "Status: Paid | Bureau: Equifax"
-      trainer predict models/embeddings "charge-off meaning" "What is a charge-off?"
+      trainer predict runs/classifier "Status: Paid | Bureau: Equifax"
+      trainer predict runs/embeddings "charge-off meaning" "What is a charge-off?"
     """
     from trainer.evaluate import predict as run_predict
     from trainer.offline import network_guard
 
-    with network_guard():
+    with network_guard(), _verbosity_set(quiet=quiet, verbose=verbose):
         results = run_predict(output_dir, list(texts))
     for item in results:
         click.echo(json.dumps(item, ensure_ascii=False, default=str))
+
+
+for _command in (cli, *cli.commands.values()):  # the exit-code table ends every --help
+    _command.epilog = f"{_command.epilog}\n\n{exitcodes.help_epilog()}" if _command.epilog else exitcodes.help_epilog()
 
 
 def main() -> None:

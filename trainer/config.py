@@ -15,6 +15,7 @@ number lengths are bounded, and an error quotes at most `trainer.errors.shown()`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, fields
@@ -102,6 +103,30 @@ _ALIASES = {"train_file": "train_files", "valid_file": "valid_files", "test_file
 
 def _types() -> dict[str, Any]:
     return {f.name: f.type for f in fields(Config)}
+
+
+def unknown_key(key: Any) -> str:
+    """'unknown key', with the closest real key (or alias) when there is one: a typo's fix."""
+    names = [*_types(), *_ALIASES]
+    close = difflib.get_close_matches(str(key), names, n=1) if isinstance(key, str) else []
+    return "unknown key" + (f"; did you mean {close[0]}?" if close else "")
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse a bad `--set` as itself ("--set epoch: unknown key; did you mean epochs?"), not as
+    a problem of the config file it was meant to change."""
+    types = _types()
+    problems: list[str] = []
+    for key, value in overrides.items():
+        name = _ALIASES.get(key, key)
+        if name not in types:
+            problems.append(f"--set {key}: {unknown_key(key)}")
+            continue
+        found: list[str] = []
+        _coerce(name, types[name], value, found)
+        problems.extend(f"--set {key}: {p}" for p in found)
+    if problems:
+        raise ConfigError("--set", problems, fix="fix the --set option (see 'trainer run --help')")
 
 
 def _coerce(name: str, typ: str, value: Any, problems: list[str]) -> Any:
@@ -216,7 +241,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     for key, value in raw.items():
         name = _ALIASES.get(key, key)
         if name not in types:
-            problems.append(f"unknown key {shown(key)}")
+            problems.append(f"unknown key {shown(key)}" + unknown_key(key).removeprefix("unknown key"))
             continue
         if name in given_as:
             problems.append(f"both {given_as[name]!r} and {key!r} given")
@@ -340,6 +365,7 @@ def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the config must be a YAML mapping of key: value"])
+    check_overrides(overrides or {})
     if "public_keys" in raw:
         raw = {**raw, "public_keys": _keys_against(path.absolute().parent, raw["public_keys"])}
     for key in overrides or {}:

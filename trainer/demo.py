@@ -357,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
-        return 130
+        from mirror.exitcodes import INTERRUPTED
+
+        return INTERRUPTED
     return 0
 
 

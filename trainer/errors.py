@@ -10,6 +10,8 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
+from mirror import exitcodes
+
 SHOWN_CHARS = 80  # the most of a user's value that a message quotes
 MAX_LISTED_PROBLEMS = 10  # config problems named in one message; the rest are counted
 _REPR = reprlib.Repr()
@@ -26,25 +28,27 @@ def shown(value: Any) -> str:
 
 
 class TrainerError(Exception):
-    exit_code = 1
+    exit_code = exitcodes.FAILED
 
 
 class ConfigError(TrainerError, ValueError):
     """One or more problems in a config. All of them are listed at once."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str], *, fix: str = "fix the config (see configs/ for working examples)"):
         self.source = source
         self.problems = list(problems)
         listed = [_one_line(p) for p in problems[:MAX_LISTED_PROBLEMS]]
         if len(problems) > MAX_LISTED_PROBLEMS:
             listed.append(f"and {len(problems) - MAX_LISTED_PROBLEMS} more")
-        if len(problems) == 1:
+        if len(problems) == 1 and source == "--set" and listed[0].startswith("--set "):
+            msg = listed[0]  # "--set epoch: unknown key ...": the option already names itself
+        elif len(problems) == 1:
             msg = f"{source}: {listed[0]}"
         else:
             msg = f"{source}: {len(problems)} problems: " + "; ".join(listed)
-        super().__init__(msg + "; fix the config (see configs/ for working examples)")
+        super().__init__(f"{msg}; {fix}")
 
 
 def _one_line(problem: str, limit: int = 4 * SHOWN_CHARS) -> str:
@@ -55,7 +59,7 @@ def _one_line(problem: str, limit: int = 4 * SHOWN_CHARS) -> str:
 class DataError(TrainerError, ValueError):
     """A data file is missing or a row is malformed: names file:line and why."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
     def __init__(self, path: str, reason: str, *, line: int | None = None):
         self.path = path
@@ -69,7 +73,7 @@ class NotRegularFile(TrainerError, OSError):
     """A config, data or key path names a FIFO, device, directory or socket: reading one would
     block forever, never end, or fail obscurely, so it is refused before it is opened."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
     def __init__(self, path: str, kind: str):
         self.path = path
@@ -81,13 +85,13 @@ class NotRegularFile(TrainerError, OSError):
 class KeyFileError(TrainerError, ValueError):
     """A public key named by --public-key or public_keys is missing or not a regular file."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
 
 class OutputDirRefused(TrainerError, FileExistsError):
     """`trainer run` will not write into this output_dir (see trainer.rundir for the rules)."""
 
-    exit_code = 2
+    exit_code = exitcodes.USAGE
 
     def __init__(self, output_dir: str, reason: str, *, fix: str):
         self.output_dir = output_dir
@@ -95,7 +99,7 @@ class OutputDirRefused(TrainerError, FileExistsError):
 
 
 class ModelNotAvailable(TrainerError, FileNotFoundError):
-    exit_code = 3
+    exit_code = exitcodes.UNAVAILABLE
 
     def __init__(self, model_id: str, *, bundles_dir: str = "bundles", detail: str = ""):
         self.model_id = model_id
@@ -112,7 +116,7 @@ class NetworkBlocked(TrainerError, RuntimeError):
     connection errors and back off; this one must pass through them and stop the run at once.
     """
 
-    exit_code = 4
+    exit_code = exitcodes.NETWORK_BLOCKED
 
     def __init__(self, target: str, *, caller: str = ""):
         self.target = target
@@ -125,7 +129,7 @@ class NetworkBlocked(TrainerError, RuntimeError):
 class BundleRejected(TrainerError, ValueError):
     """A bundle for the model exists but is corrupt or refused; carries the mirror error."""
 
-    exit_code = 4
+    exit_code = exitcodes.INTEGRITY  # used only when the mirror error carries no code of its own
 
     def __init__(self, bundle: str, cause: Exception, *, note: str = ""):
         self.bundle = bundle
@@ -148,7 +152,7 @@ class BundleUntrusted(BundleRejected):
 
 
 class RemoteCodeRefused(TrainerError, PermissionError):
-    exit_code = 6
+    exit_code = exitcodes.POLICY
 
     def __init__(self, model_id: str, *, reason: str = ""):
         self.model_id = model_id
@@ -159,4 +163,4 @@ class RemoteCodeRefused(TrainerError, PermissionError):
 
 
 class Interrupted(TrainerError):
-    exit_code = 130
+    exit_code = exitcodes.INTERRUPTED  # SIGINT; the CLI uses 128 + the signal actually received

@@ -127,7 +127,7 @@ def config_of_run(output_dir: str | Path) -> Config:
     """The resolved config a run recorded; relative data paths resolve against the run's cwd."""
     lineage = read_lineage(output_dir)
     raw = dict(lineage["config"])
-    cwd = Path(lineage.get("cwd") or ".")
+    cwd = Path(output_dir) / (lineage.get("cwd") or ".")  # relative to the run (an older run: absolute)
     for key in ("train_files", "valid_files", "test_files"):
         raw[key] = [p if Path(p).is_absolute() or Path(p).exists() else str(cwd / p) for p in raw.get(key) or []]
     raw["output_dir"] = str(output_dir)
@@ -147,19 +147,27 @@ def _target(target: str | Path, bundles_dir: str) -> tuple[Config, Path, bool]:
     return cfg, Path(base.path), True
 
 
-def evaluate(target: str | Path, *, split: str = "test", bundles_dir: str = "bundles") -> dict[str, Any]:
-    """Metrics of a model on one split of its data. `target` is a run's output_dir (the trained
-    model and the data it recorded in lineage.json) or a config (its base model, untrained, on
-    the config's data: the baseline a fine-tune should beat; a classifier's new head is random)."""
-    if split not in ("train", "valid", "test"):
+def best_split(cfg: Config) -> str:
+    """The split a number is most worth reading on: test (never used to pick the best epoch),
+    else validation, else train (then the number only says the model learnt the data)."""
+    return next((s for s in ("test", "valid") if cfg.files(s)), "train")
+
+
+def evaluate(target: str | Path, *, split: str | None = None, bundles_dir: str = "bundles") -> dict[str, Any]:
+    """Metrics of a model on one split of its data, with `"split"` first. `target` is a run's
+    output_dir (the trained model and the data it recorded in lineage.json) or a config (its base
+    model, untrained, on the config's data: the baseline a fine-tune should beat; a classifier's
+    new head is random). `split` None: `best_split` of the run's data."""
+    if split is not None and split not in ("train", "valid", "test"):
         raise TrainerError(f"unknown split {split!r}: use train, valid or test")
     cfg, model_dir, is_base = _target(target, bundles_dir)
+    split = split or best_split(cfg)
     if not cfg.files(split):
         raise TrainerError(f"the config has no {split} files: add {split}_file to it or pick another --split")
     from trainer.recipes.common import setup_runtime
 
     rt = setup_runtime(cfg)
-    return _recipe(cfg.task).evaluate_saved(cfg, model_dir, split=split, rt=rt, base=is_base)
+    return {"split": split, **_recipe(cfg.task).evaluate_saved(cfg, model_dir, split=split, rt=rt, base=is_base)}
 
 
 def predict(output_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:

@@ -72,6 +72,27 @@ def data_files(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
+CARD_BYTES = 64 * 1024  # a model card's front matter is at its top
+
+
+def base_license(snapshot: Path) -> str | None:
+    """The `license:` of the base model's card (README.md), inherited by the fine-tune; None
+    when the card is missing or names none (the lineage then says "unknown")."""
+    from mirror.manifest import license_from_card
+
+    try:
+        with files.open_regular(Path(snapshot) / "README.md") as f:
+            return license_from_card(f.read(CARD_BYTES).decode("utf-8", "replace"))
+    except OSError:
+        return None
+
+
+def run_relative_cwd(output_dir: str) -> str:
+    """Where the run was started, relative to its output_dir: relative data paths in `config`
+    resolve against it, and no absolute path of this machine is written down."""
+    return os.path.relpath(os.getcwd(), os.path.abspath(output_dir))
+
+
 def build(
     cfg: Config,
     model: Any,
@@ -83,7 +104,10 @@ def build(
     rt: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The lineage record. `model` is the run's ResolvedModel."""
+    """The lineage record. `model` is the run's ResolvedModel. It names the base by repo id,
+    commit and bundle file name + sha256, never by a path of this machine (the HF cache, the
+    bundles folder), since it travels inside the fine-tune's bundle."""
+    license = base_license(model.path)
     record: dict[str, Any] = {
         "lineage_version": LINEAGE_VERSION,
         "task": cfg.task,
@@ -91,14 +115,17 @@ def build(
             "repo_id": model.repo_id,
             "commit": model.commit,
             "source": model.source,
-            "path": str(model.path),
-            "bundle": str(model.bundle_path) if model.bundle_path else None,
+            "bundle": model.bundle_path.name if model.bundle_path else None,
             "bundle_sha256": model.bundle_sha256,
+            "license": license or "unknown",
             "random_init": random_init,
         },
+        # a fine-tune inherits its base's licence; "unknown" is a flag to check before sharing it
+        "license": license or "unknown",
+        "license_note": None if license else "the base model's card names no license: check it before redistributing this model",
         "data": data_files(cfg),
         "config": cfg.to_dict(),
-        "cwd": os.getcwd(),  # relative data paths in `config` resolve against it
+        "cwd": run_relative_cwd(cfg.output_dir),  # relative to output_dir; relative data paths resolve against it
         "seed": cfg.seed,
         "libraries": library_versions(),
         "hardware": hardware(),
@@ -112,3 +139,19 @@ def build(
     if extra:
         record["task_info"] = extra
     return record
+
+
+def model_card(record: dict[str, Any]) -> str | None:
+    """A README.md model card whose front matter carries the inherited licence and the base
+    model, so that `mirror pack OUTPUT_DIR` records the licence as it does for any Hub repo.
+    None when the licence is unknown: a card must not claim one."""
+    license = record.get("license")
+    if not license or license == "unknown":
+        return None
+    base = record["base_model"]
+    return (
+        f"---\nlicense: {license}\nbase_model: {base['repo_id']}\n---\n\n"
+        f"# Fine-tune of {base['repo_id']}\n\n"
+        f"A {record['task']} model trained by `trainer` from `{base['repo_id']}` at commit `{base.get('commit') or 'n/a'}`; "
+        "its licence is inherited from the base model. Results are in report.md, the full record in lineage.json.\n"
+    )

@@ -30,22 +30,44 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def plot_loss(curve: list[list[float]], epochs: list[dict[str, Any]], path: Path) -> None:
+SMOOTHING = 0.9  # EMA weight of the train loss curve: per-step loss is too noisy to read a trend
+
+
+def smooth(values: list[float], *, weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average with bias correction (as TensorBoard draws it), so the first
+    points are not dragged towards zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+_LOSS_NAME = {"classification": "cross-entropy", "sft": "token cross-entropy", "embeddings": "training objective"}
+
+
+def plot_loss(curve: list[list[float]], epochs: list[dict[str, Any]], path: Path, *, task: str = "", title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display in a sandbox
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if curve:
-        ax.plot([s for s, _ in curve], [l for _, l in curve], label="train loss", linewidth=1)
-    points = [(e["step"], e["valid"]["eval_loss"]) for e in epochs if isinstance((e.get("valid") or {}).get("eval_loss"), float)]
+        steps, losses = [s for s, _ in curve], [l for _, l in curve]
+        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=1, label="train loss (each step)")
+        ax.plot(steps, smooth(losses), color="tab:blue", linewidth=2, label=f"train loss (smoothed, EMA {SMOOTHING})")
+    points = [(e["step"], e["valid"]["eval_loss"], e["epoch"]) for e in epochs if isinstance((e.get("valid") or {}).get("eval_loss"), float)]
     if points:
-        ax.plot(*zip(*points), "o-", label="validation loss")
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:orange", linewidth=2, markersize=7, label="validation loss (end of each epoch)")
+    for e in epochs:  # where each epoch ends, so a reader can tell steps from epochs
+        ax.axvline(e["step"], color="grey", alpha=0.3, linestyle=":", linewidth=1)
+        ax.annotate(f"epoch {e['epoch']}", (e["step"], 1.0), xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8, color="grey", rotation=90)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(f"loss ({_LOSS_NAME.get(task, 'lower is better')})")
+    ax.set_title(title or "Training and validation loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -58,12 +80,13 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, *, ti
     import matplotlib.pyplot as plt
 
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2), dpi=100)
+    im = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="rows")
     ax.set_xticks(range(n), labels, rotation=35, ha="right")
     ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
     ax.set_title(title)
     top = max((max(r) for r in matrix), default=0)
     for i, row in enumerate(matrix):
@@ -82,6 +105,28 @@ def _metric_keys(task: str) -> list[str]:
     }[task]
 
 
+_TASK_TITLE = {"classification": "Text classifier", "embeddings": "Embedding model", "sft": "Chat model"}
+
+
+def _comparison(metrics: dict[str, Any], keys: list[str]) -> list[str]:
+    """Base model vs fine-tuned on one split: what the run changed, the first thing to read."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return []
+    split, before = baseline["split"], baseline["metrics"]
+    after = metrics["final"].get(split) or {}
+    rows = [k for k in keys if isinstance(before.get(k), (int, float)) and isinstance(after.get(k), (int, float))]
+    if not rows:
+        return []
+    lines = ["", f"## Base model vs fine-tuned ({split} split, {after.get('n', before.get('n', '?'))} rows)", ""]
+    if metrics["task"] == "classification":
+        lines += ["The base model has no classifier head for these labels: it gets a new, untrained one, so its numbers are chance level.", ""]
+    lines += ["| metric | base model | fine-tuned | change |", "| --- | --- | --- | --- |"]
+    for k in rows:
+        lines.append(f"| {k} | {_fmt(float(before[k]))} | {_fmt(float(after[k]))} | {float(after[k]) - float(before[k]):+.4f} |")
+    return lines
+
+
 def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | None, confusion_png: str | None) -> str:
     task = metrics["task"]
     base = lineage["base_model"]
@@ -89,13 +134,15 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
     keys = _metric_keys(task)
     main = metrics["main_metric"]
     named = (metrics["final"].get("valid") or {}).get("main_score_name")  # embeddings: which metric main_score is
-    lines = [f"# {task} fine-tune: {Path(cfg['output_dir']).name}", ""]
+    lines = [f"# {_TASK_TITLE[task]} fine-tuned from `{base['repo_id']}`", ""]
     if base.get("random_init"):
         lines += [f"> **{RANDOM_INIT_BANNER}.** The base model has random weights (a demo stand-in, no real model "
                   "could be fetched here): the numbers below show the pipeline works, not how a real model performs.", ""]
     lines += [
+        f"- run folder: `{Path(cfg['output_dir']).name}`",
         f"- base model: `{base['repo_id']}` at commit `{base.get('commit') or 'n/a'}` ({base['source']})",
-        f"- base bundle: `{base.get('bundle') or 'n/a'}` sha256 `{base.get('bundle_sha256') or 'n/a'}`",
+        f"- base bundle: `{Path(base['bundle']).name if base.get('bundle') else 'n/a'}` sha256 `{base.get('bundle_sha256') or 'n/a'}`",
+        f"- license: {lineage.get('license') or 'unknown'} (inherited from the base model)" + (f"; {lineage['license_note']}" if lineage.get("license_note") else ""),
         f"- data: " + ", ".join(f"{split} {n} rows" for split, n in metrics["rows"].items()),
         f"- device: {metrics['device']}, precision {metrics['precision']}, wall time {metrics['wall_time_s']:.1f} s, "
         f"{metrics['steps']} optimizer steps",
@@ -114,6 +161,7 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
     for e in metrics["epochs"]:
         v = e.get("valid") or {}
         lines.append(f"| {e['epoch']} | {e['step']} | {_fmt(e.get('train_loss'))} | " + " | ".join(_fmt(v.get(k)) for k in keys) + " |")
+    lines += _comparison(metrics, keys)
     lines += ["", "## Final metrics (saved model)", ""]
     if metrics["final"]:
         lines += ["| split | " + " | ".join(keys) + " |", "|" + " --- |" * (1 + len(keys))]
@@ -140,13 +188,16 @@ def write(out_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) ->
     """Write report.md and its PNGs into `out_dir`."""
     loss_png = None
     if metrics["train_loss_curve"]:
-        plot_loss(metrics["train_loss_curve"], metrics["epochs"], out_dir / LOSS_PNG)
+        plot_loss(metrics["train_loss_curve"], metrics["epochs"], out_dir / LOSS_PNG, task=metrics["task"],
+                  title=f"{_TASK_TITLE[metrics['task']]} fine-tune: loss per optimizer step")
         loss_png = LOSS_PNG
     confusion_png = None
     if metrics["task"] == "classification" and metrics["final"]:
         split = "test" if "test" in metrics["final"] else next(iter(metrics["final"]))
         labels = list(metrics["final"][split]["per_class"])
-        plot_confusion(metrics["final"][split]["confusion_matrix"], labels, out_dir / CONFUSION_PNG, title=f"{split} split")
+        n = metrics["final"][split].get("n")
+        plot_confusion(metrics["final"][split]["confusion_matrix"], labels, out_dir / CONFUSION_PNG,
+                       title=f"Confusion matrix, {split} split" + (f" ({n} rows)" if n else ""))
         confusion_png = CONFUSION_PNG
     path = out_dir / "report.md"
     path.write_text(render(metrics, lineage, loss_png=loss_png, confusion_png=confusion_png), encoding="utf-8")

@@ -65,9 +65,23 @@ def test_help_shows_examples_for_every_command():
     top = _invoke("--help")
     assert top.exit_code == 0
     assert "trainer run configs/classifier.yaml --set epochs=1" in top.output
-    for cmd, example in (("run", "--resume"), ("check", "trainer check configs/classifier.yaml"), ("eval", "--split valid"), ("predict", "trainer predict models/classifier")):
+    for cmd, example in (("run", "--resume"), ("check", "trainer check configs/classifier.yaml"), ("eval", "--split valid"), ("predict", "trainer predict runs/classifier")):
         r = _invoke(cmd, "--help")
         assert r.exit_code == 0 and "Examples" in r.output and example in r.output
+
+
+def test_every_help_ends_with_the_shared_exit_code_table_and_uses_the_configs_run_paths():
+    from mirror import exitcodes
+
+    for args in ((), ("run",), ("check",), ("eval",), ("predict",)):
+        r = _invoke(*args, "--help")
+        assert r.exit_code == 0
+        lines = r.output.rstrip().splitlines()
+        assert lines[-1].split() == ["130", *exitcodes.TABLE[-1][1].split()]
+        assert "Exit codes:" in r.output and " 11  network blocked" in r.output
+        assert "models/classifier" not in r.output  # the configs write to runs/
+        assert "-q, --quiet" in r.output or not args  # every command has -q/-v
+        assert "-v, --verbose" in r.output or not args
 
 
 def test_python_dash_m_trainer_works():
@@ -167,7 +181,7 @@ def test_bare_ctrl_c_says_whether_a_checkpoint_exists(tmp_path, monkeypatch):
     assert r.stderr.splitlines()[-1] + "\n" == f"trainer: error: interrupted before a checkpoint was saved in {tmp_path / 'out'}; rerun the same command to start again\n"
     _interrupted_run(tmp_path / "out")
     r = _invoke("run", str(cfg), "--resume")
-    assert r.stderr.splitlines()[-1] + "\n" == f"trainer: error: interrupted: resumable checkpoint left in {tmp_path / 'out' / 'checkpoint'}, rerun with --resume\n"
+    assert r.stderr.splitlines()[-1] + "\n" == f"trainer: error: interrupted: resumable checkpoint left in {tmp_path / 'out' / 'checkpoint'}; continue with: trainer run {cfg} --resume\n"
 
 
 def test_an_os_error_is_one_line_too(tmp_path, monkeypatch):
@@ -226,7 +240,7 @@ def test_check_seed_classifier_with_its_model_from_a_bundle(seed_bundles, monkey
     r = _invoke("check", "configs/model2_classifier.yaml", "--bundles", str(seed_bundles))
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert "distilbert-base-uncased: verified and installed from bundle" in out
+    assert "distilbert-base-uncased: verified its bundle and installed it into the HF cache at" in out
     assert "tokens of the model's tokenizer" in out
     assert "test: 17 of 150 rows (11.3%) also occur in train (leakage)" in out
     assert "valid: 19 of 150 rows (12.7%) also occur in train (leakage)" in out

@@ -25,7 +25,7 @@ def test_unknown_key_and_wrong_type_reported_together():
         from_dict({**BASE, "lerning_rate": 1e-4, "batch_size": "many", "epochs": -1})
     e = info.value
     assert e.problems == [
-        "unknown key 'lerning_rate'",
+        "unknown key 'lerning_rate'; did you mean learning_rate?",
         "batch_size must be int, got 'many'",
         "epochs must be > 0, got -1.0",
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,11 +38,19 @@ def test_build_records_everything(tmp_path):
     cfg = _cfg(tmp_path, files)
     model = ResolvedModel(repo_id="acme/bert", path=tmp_path / "snap", commit="a" * 40, bundle_path=tmp_path / "b.tar", bundle_sha256="b" * 64, source="bundle")
     start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "README.md").write_text("---\nlicense: apache-2.0\n---\n# bert\n")
     rec = lineage.build(cfg, model, started=start, ended=start + timedelta(seconds=90), wall_time_s=89.5)
-    assert rec["base_model"] == {
-        "repo_id": "acme/bert", "commit": "a" * 40, "source": "bundle", "path": str(tmp_path / "snap"),
-        "bundle": str(tmp_path / "b.tar"), "bundle_sha256": "b" * 64, "random_init": False,
+    assert rec["base_model"] == {  # names, commits and digests: no path of this machine travels
+        "repo_id": "acme/bert", "commit": "a" * 40, "source": "bundle",
+        "bundle": "b.tar", "bundle_sha256": "b" * 64, "license": "apache-2.0", "random_init": False,
     }
+    assert (rec["license"], rec["license_note"]) == ("apache-2.0", None)  # inherited from the base
+    (tmp_path / "snap" / "README.md").write_text("# a card without front matter\n")
+    rec = lineage.build(cfg, model, started=start, ended=start + timedelta(seconds=90), wall_time_s=89.5)
+    assert rec["license"] == rec["base_model"]["license"] == "unknown" and "names no license" in rec["license_note"]  # flagged, not guessed
+    assert rec["cwd"] == os.path.relpath(os.getcwd(), tmp_path / "out") and not os.path.isabs(rec["cwd"])
+    assert str(tmp_path / "snap") not in json.dumps(rec)
     assert [(d["split"], d["path"]) for d in rec["data"]] == [("train", str(files["train"])), ("valid", str(files["valid"]))]
     for d in rec["data"]:
         content = Path(d["path"]).read_bytes()
@@ -63,6 +72,8 @@ def test_a_run_writes_lineage_last_and_complete(tmp_path, tiny_bert_dir):
     result = run(cfg, model=model)
     rec = json.loads((result.output_dir / "lineage.json").read_text())
     assert rec["base_model"]["commit"] == "c" * 40 and rec["base_model"]["random_init"] is True
+    assert rec["license"] == lineage.base_license(tiny_bert_dir) == "apache-2.0" and rec["license_note"] is None  # inherited
+    assert str(tiny_bert_dir) not in json.dumps(rec)
     assert {d["sha256"] for d in rec["data"]} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in files.values()}
     assert rec["config"]["labels"] == ["no", "yes"] and rec["device"] == "cpu"
     assert rec["precision"] == resolve_precision("auto", torch.device("cpu"))  # bf16 on CPUs that compute it natively
@@ -70,3 +81,12 @@ def test_a_run_writes_lineage_last_and_complete(tmp_path, tiny_bert_dir):
     # lineage.json is the completeness marker: nothing is newer than it
     newest = max(p.stat().st_mtime_ns for p in result.output_dir.iterdir())
     assert (result.output_dir / "lineage.json").stat().st_mtime_ns == newest
+
+
+def test_a_known_licence_gets_a_model_card_that_mirror_pack_reads():
+    from mirror.manifest import license_from_card
+
+    record = {"license": "apache-2.0", "task": "classification", "base_model": {"repo_id": "acme/bert", "commit": "a" * 40}}
+    card = lineage.model_card(record)
+    assert license_from_card(card) == "apache-2.0" and "base_model: acme/bert" in card
+    assert lineage.model_card({**record, "license": "unknown"}) is None  # never claim a licence

@@ -64,3 +64,30 @@ def test_sft_report_has_no_confusion_matrix(tmp_path: Path):
     text = report.write(tmp_path, metrics=metrics, lineage=LINEAGE).read_text()
     assert not (tmp_path / "confusion_matrix.png").exists() and (tmp_path / "loss_curve.png").exists()
     assert "| valid | 1.5000 | 4.4817 |" in text and "lower is better" in text
+
+
+def test_report_compares_base_and_fine_tuned_on_one_split_with_a_title_that_says_something(tmp_path: Path):
+    metrics = copy.deepcopy(METRICS)
+    metrics["baseline"] = {"split": "test", "metrics": {"n": 10, "eval_loss": 0.7, "accuracy": 0.5, "macro_f1": 0.3333}}
+    metrics["final"]["test"]["n"] = 10
+    lineage = {**LINEAGE, "license": "apache-2.0", "license_note": None}
+    text = report.write(tmp_path, metrics=metrics, lineage=lineage).read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# Text classifier fine-tuned from `acme/bert`"  # not "# classification fine-tune: clf"
+    assert "## Base model vs fine-tuned (test split, 10 rows)" in text
+    assert "| accuracy | 0.5000 | 0.9000 | +0.4000 |" in text
+    assert "| macro_f1 | 0.3333 | 0.8750 | +0.5417 |" in text
+    assert "| eval_loss | 0.7000 | 0.5500 | -0.1500 |" in text
+    assert "- license: apache-2.0 (inherited from the base model)" in text
+    assert "- base bundle: `acme.tar`" in text
+
+
+def test_no_baseline_no_comparison_section():
+    assert "Base model vs fine-tuned" not in report.render(METRICS, LINEAGE, loss_png=None, confusion_png=None)
+
+
+def test_smoothing_is_a_bias_corrected_moving_average():
+    assert report.smooth([1.0]) == [1.0]  # no drag towards zero at the start
+    out = report.smooth([1.0, 0.0], weight=0.5)
+    assert out == [1.0, (0.5 * 0.5 * 1.0 + 0.5 * 0.0) / (1 - 0.25)]
+    assert report.smooth([2.0] * 50) == [2.0] * 50 or max(abs(v - 2.0) for v in report.smooth([2.0] * 50)) < 1e-9

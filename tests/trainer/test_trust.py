@@ -131,7 +131,7 @@ def test_only_a_bundle_signed_by_a_trusted_key_is_installed(tmp_path, trainer_cl
     trusted = config_file(name="conf/trusted.yaml", model_id=REPO, public_keys=["../keys/release.pub"])  # against conf/
     r = trainer_cli("check", trusted, "--bundles", bundle.parent)
     assert r.exit_code == 0, r.output
-    assert "verified and installed from bundle" in r.stdout
+    assert "verified its bundle and installed it into the HF cache at" in r.stdout
     assert len(_snapshots(hf_isolated)) == 1
 
 
@@ -187,7 +187,7 @@ def test_hostile_bundles_do_not_stop_an_unrelated_model(tmp_path, trainer_cli, c
     assert r.exit_code == 0, r.output
     assert len(_snapshots(hf_isolated)) == 1
     if command == "check":
-        assert f"model   {REPO}: verified and installed from bundle" in r.stdout
+        assert f"model   {REPO}: verified its bundle and installed it into the HF cache at" in r.stdout
     else:
         assert fake_recipe["model"].bundle_path == bundle
 

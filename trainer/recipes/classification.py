@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trainer import data, dist, tokencache
+from trainer import data, dist, progress, tokencache
 from trainer.config import Config
 from trainer.evaluate import classification_metrics
 from trainer.recipes import RunResult, common
@@ -62,9 +62,23 @@ def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
             "label2id": {name: i for i, name in enumerate(cfg.labels)},
             "ignore_mismatched_sizes": True,  # a base that already has a head of another size gets a new one
         }
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), dtype=rt.param_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
-    )
+    if not new_head:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=rt.param_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
+        return model.to(rt.device), tokenizer
+    from transformers.utils import logging as hf_logging
+
+    # the head is new on purpose: transformers' "LOAD REPORT ... newly initialized ... Consider
+    # training" is noise here, so it is silenced and said in one line of our own
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=rt.param_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(before)
     return model.to(rt.device), tokenizer
 
 
@@ -103,6 +117,8 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     rt = common.setup_runtime(cfg)
     common.quiet_warnings()
     net, tokenizer = load(model.path, cfg, rt, new_head=True)
+    names = f" ({', '.join(cfg.labels)})" if len(cfg.labels) <= 8 else ""
+    common.log(f"classifier head: new, {len(cfg.labels)} labels{names}, randomly initialised: training learns it")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     splits = {s: encode_split(cfg, tokenizer, s, model_dir=model.path) for s in ("train", "valid", "test") if cfg.files(s)}
     train_ids, train_labels = splits["train"]
@@ -120,6 +136,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
 
     # --- train -----------------------------------------------------------------------------------
     accum = cfg.gradient_accumulation_steps
+    step_log = progress.Steps(total=steps, done=state.step, rows_per_step=global_batch * accum, enabled=rt.is_main)  # off a terminal
     for epoch in range(state.epoch, common.num_epochs(cfg, batches_per_epoch)):
         train_net.train()
         plan = common.length_grouped_batches(lengths, batch_size=global_batch, seed=cfg.seed, epoch=epoch)
@@ -142,6 +159,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
                     # a short last accumulation is scaled by 1/accum too; report its mean
                     span = (i % accum) + 1
                     state.loss_curve.append([state.step, float(dist.all_reduce_mean(running, rt.dist)) * accum / span])
+                    step_log.step(state.step, state.loss_curve[-1][1])
                     running.zero_()
                     if state.step >= steps:
                         break

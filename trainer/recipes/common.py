@@ -163,8 +163,17 @@ def progress(iterable: Any, *, total: int | None = None, desc: str = "") -> Any:
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
+_LOG = {"quiet": False}  # `trainer run -q`: results and errors only
+
+
+def set_quiet(quiet: bool) -> None:
+    _LOG["quiet"] = bool(quiet)
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress line or note on stderr; none under `-q`."""
+    if not _LOG["quiet"]:
+        print(msg, file=sys.stderr, flush=True)
 
 
 # --- batching --------------------------------------------------------------------------------------
@@ -456,9 +465,18 @@ def interrupted(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, 
     ckpt = Path(cfg.output_dir) / CHECKPOINT_DIR
     if rt is None or rt.is_main:  # one writer: every rank holds the same weights
         ckpt = save_checkpoint(model, opt, sched, state, cfg.output_dir)
-    err = Interrupted(f"interrupted at step {state.step}; the state is saved in {ckpt}: continue with 'trainer run CONFIG --resume'")
+    err = Interrupted(f"interrupted at step {state.step}; the state is saved in {ckpt}: continue with {RESUME_PLACEHOLDER}")
     err.checkpoint = ckpt  # type: ignore[attr-defined]
+    cause = sys.exc_info()[1]  # called inside `except KeyboardInterrupt`: which signal it was
+    if isinstance(cause, KeyboardInterrupt):
+        from mirror import signals
+
+        err.exit_code = signals.exit_code(cause)
     return err
+
+
+# `trainer.cli` replaces this with the exact command that continues the run (its --set included)
+RESUME_PLACEHOLDER = "'trainer run CONFIG --resume'"
 
 
 def start_state(cfg: Config, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, *, resume: bool, rt: Runtime | None = None) -> TrainState:
@@ -562,6 +580,20 @@ def epoch_line(record: dict[str, Any], keys: Sequence[str]) -> str:
     return "  ".join(parts)
 
 
+def base_metrics(cfg: Config, base_path: Path, *, final: dict[str, Any], rt: Runtime) -> dict[str, Any] | None:
+    """The untrained base model on the split the report compares on (test, else validation),
+    evaluated once at the end of a run, so that report.md shows what fine-tuning changed. None
+    without held-out data, and under torchrun (a second full copy of a sharded model may not fit)."""
+    split = "test" if "test" in final else "valid" if "valid" in final else None
+    if split is None or rt.dist.world_size > 1:
+        return None
+    from trainer.evaluate import _recipe
+
+    log(f"evaluating the base model on {split} for the report")
+    values = _recipe(cfg.task).evaluate_saved(cfg, Path(base_path), split=split, rt=rt, base=True)
+    return {"split": split, "metrics": values}
+
+
 def finish(
     cfg: Config,
     model: Any,
@@ -585,6 +617,7 @@ def finish(
     from trainer.recipes import RunResult
 
     random_init = is_random_init(model.path)
+    baseline = base_metrics(cfg, model.path, final=final, rt=rt)
     wall = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "task": cfg.task,
@@ -600,6 +633,7 @@ def finish(
         "precision": rt.precision,
         "distributed": {"mode": rt.dist.mode, "world_size": rt.dist.world_size},
         "wall_time_s": round(wall, 3),
+        "baseline": baseline,  # the base model, untrained, on the split the report compares on
         **(extra or {}),
     }
     if random_init:
@@ -608,6 +642,9 @@ def finish(
     try:
         write_json(stage / "metrics.json", metrics)
         report.write(stage, metrics=metrics, lineage=record)
+        card = lineage.model_card(record)
+        if card is not None and not (stage / "README.md").exists():
+            (stage / "README.md").write_text(card, encoding="utf-8")
         write_json(stage / "lineage.json", record)
         publish(stage, cfg.output_dir)
     except BaseException:

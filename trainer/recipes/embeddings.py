@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from trainer import data
+from trainer import data, progress
 from trainer.config import Config
 from trainer.errors import TrainerError
 from trainer.evaluate import pair_metrics, retrieval_metrics
@@ -168,6 +168,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
 
     # --- train -----------------------------------------------------------------------------------
     accum = cfg.gradient_accumulation_steps
+    step_log = progress.Steps(total=steps, done=state.step, rows_per_step=cfg.batch_size * accum)  # off a terminal
     for epoch in range(state.epoch, common.num_epochs(cfg, batches_per_epoch)):
         net.train()
         batches = epoch_batches(loss_name, train, cfg, epoch)
@@ -186,6 +187,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
                     state.step += 1
                     state.batches_done = i + 1
                     state.loss_curve.append([state.step, float(running) * accum / ((i % accum) + 1)])
+                    step_log.step(state.step, state.loss_curve[-1][1])
                     running.zero_()
                     if state.step >= steps:
                         break

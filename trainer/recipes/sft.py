@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from trainer import data, dist, memory, packing, tokencache
+from trainer import data, dist, memory, packing, progress, tokencache
 from trainer.config import Config
 from trainer.errors import TrainerError
 from trainer.evaluate import perplexity, read_lineage
@@ -247,6 +247,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     # [step, tokens, seconds] per optimizer step, what benchmarks read: tokens exclude padding and are
     # this rank's x world_size (length-grouped sharding gives every rank rows of about the same length)
     throughput: list[list[float]] = []
+    step_log = progress.Steps(total=steps, done=state.step, rows_per_step=global_batch * accum, enabled=main)  # off a terminal
     for epoch in range(state.epoch, common.num_epochs(cfg_steps, batches_per_epoch)):
         train_net.train()
         step_tokens, step_start = 0, time.perf_counter()
@@ -267,6 +268,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
                     state.step += 1
                     state.batches_done = i + 1
                     state.loss_curve.append([state.step, float(dist.all_reduce_mean(running, rt.dist)) * accum / ((i % accum) + 1)])
+                    step_log.step(state.step, state.loss_curve[-1][1])
                     running.zero_()
                     now = time.perf_counter()  # float() above waited for the GPU: the step is done
                     throughput.append([state.step, step_tokens * rt.dist.world_size, round(now - step_start, 6)])
