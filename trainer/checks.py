@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from mirror.errors import MirrorError
 from trainer import rundir
-from trainer.config import Config
+from trainer.config import Config, config_warnings
 from trainer.data import Row, classification_example, pair_example, scan_jsonl, sft_messages
 from trainer.errors import DataError, OutputDirRefused, TrainerError
 from trainer.resolve import ResolvedModel, resolve_model
@@ -73,6 +73,8 @@ class CheckReport:
     model: str  # one line on how the model resolved (or why it did not)
     exit_code: int  # 0 when there are no errors, else the first error's exit code
     unlisted: int = 0  # data errors counted but not listed (errors ends with "... and N more")
+    total: int | None = None  # every error found, a grouped line counting each of its rows
+
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,8 @@ class CheckReport:
     @property
     def error_count(self) -> int:
         """Every error found, listed or not."""
+        if self.total is not None:
+            return self.total
         return len(self.errors) - (1 if self.unlisted else 0) + self.unlisted
 
     def to_json(self) -> dict[str, Any]:
@@ -112,7 +116,8 @@ def check(
 ) -> CheckReport:
     """Preflight `cfg` without training. Never raises for bad data or a missing model: reports.
     `public_keys`: a bundle auto-installed for the model must be signed by one of them.
-    `max_listed`: data errors listed before the rest are only counted (None: all)."""
+    `max_listed`: data error lines listed before the rest are only counted; a kind of problem met in
+    more than GROUP_OVER rows of a file is one line with example rows (None: every row, ungrouped)."""
     errors: list[tuple[str, int]] = []
     warnings: list[str] = []
 
@@ -149,10 +154,13 @@ def check(
                     keyed[split].append(_keyed(cfg, row))
                 except DataError as e:
                     row_errors.append(e)
-    listed = row_errors if max_listed is None else row_errors[:max_listed]
-    for e in listed:
-        errors.append((str(e), e.exit_code))
-    unlisted = len(row_errors) - len(listed)
+    grouped = _grouped(row_errors) if max_listed is not None else [(str(e), e.exit_code, 1) for e in row_errors]
+    listed = grouped if max_listed is None else grouped[:max_listed]
+    for message, code, _ in listed:
+        errors.append((message, code))
+    unlisted = sum(n for _, _, n in grouped[len(listed):])
+    represented = sum(n for _, _, n in listed)  # data errors the listed lines stand for
+    warnings.extend(config_warnings(cfg))
     if "valid" not in keyed:
         warnings.append("no validation data (valid_file): no per-epoch evaluation and no best-model selection")
 
@@ -162,6 +170,7 @@ def check(
     errors.extend(_task_errors(cfg, keyed))
     if unlisted:  # last, so that the count is the last thing a reader of the list sees
         errors.append((f"... and {unlisted} more data errors not listed (-v lists them all)", 2))
+    total = len(errors) - (1 if unlisted else 0) - len(listed) + represented + unlisted
     return CheckReport(
         task=cfg.task,
         model_id=cfg.model_id,
@@ -171,7 +180,42 @@ def check(
         model=model_line,
         exit_code=errors[0][1] if errors else 0,
         unlisted=unlisted,
+        total=total,
     )
+
+
+GROUP_OVER = 3  # more rows than this with one kind of problem in one file: one line for them all
+EXAMPLES = 3  # rows named as examples in such a line
+
+
+def _grouped(row_errors: list[DataError]) -> list[tuple[str, int, int]]:
+    """(message, exit code, rows it stands for): a kind of problem found in more than GROUP_OVER
+    rows of a file becomes one line with a few example rows, in the order first met."""
+    by_kind: dict[tuple[str, str], list[DataError]] = {}
+    for e in row_errors:
+        kind = getattr(e, "kind", None)
+        key = (e.path, kind) if kind and e.line is not None else (e.path, f"\0{id(e)}")
+        by_kind.setdefault(key, []).append(e)
+    out: list[tuple[str, int, int]] = []
+    for (path, kind), items in by_kind.items():
+        if len(items) <= GROUP_OVER:
+            out.extend((str(e), e.exit_code, 1) for e in items)
+            continue
+        rows = ", ".join(str(e.line) for e in items[:EXAMPLES])
+        out.append((f"{path}: {kind} ({len(items)} rows, e.g. rows {rows}); first: {items[0].reason}", items[0].exit_code, len(items)))
+    return out
+
+
+def validate_data(cfg: Config) -> None:
+    """The row checks of `trainer check` (files, JSON, the task's fields, labels) for `trainer run`,
+    before any model is loaded; raises the first DataError (file:line and why)."""
+    for split in SPLITS:
+        for path in cfg.files(split):
+            rows, problems = scan_jsonl(path)
+            if problems:
+                raise problems[0]
+            for row in rows:
+                _keyed(cfg, row)
 
 
 def _describe_model(m: ResolvedModel) -> str:
@@ -182,6 +226,8 @@ def _describe_model(m: ResolvedModel) -> str:
         line += f" (commit {m.commit[:12]})"
     if m.bundle_path is not None:
         line += f"; bundle {m.bundle_path.name} sha256 {m.bundle_sha256}"
+    for skipped in m.skipped:
+        line += f"; {skipped}"
     if _is_random_init(m.path):
         line += "; RANDOM-INITIALISED demo model (its metrics say nothing about a real model)"
     return line

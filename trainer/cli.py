@@ -202,6 +202,12 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     cfg = _load(config, overrides)
     # every refusal that needs no model comes first: seconds, not a model load, to learn of it
     data.check_files(cfg)
+    from trainer.checks import validate_data
+    from trainer.config import config_warnings
+
+    validate_data(cfg)  # every row, as 'trainer check' reads them: file:line now, not after a model load
+    for warning in config_warnings(cfg):
+        _note(f"warning: {warning}", quiet=quiet)
     rundir.prepare(cfg.output_dir, resume=resume, overwrite=overwrite)
     keys = _keys(cfg, public_keys)
     ctx.meta["trainer.output_dir"] = cfg.output_dir
@@ -209,6 +215,8 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     tracker_env(cfg.report_to)
     model = resolve_model(cfg.model_id, bundles_dir=bundles_dir, trust_remote_code=cfg.trust_remote_code, public_keys=keys)
     _note(f"model: {_model_line(model)}", quiet=quiet)
+    for skipped in getattr(model, "skipped", ()):
+        _note(f"note: {skipped}", quiet=quiet)
     with network_guard(), _verbosity_set(quiet=quiet, verbose=verbose):
         from trainer.recipes import run as run_recipe
 

@@ -170,6 +170,9 @@ def _coerce(name: str, typ: str, value: Any, problems: list[str]) -> Any:
         if number is not None and math.isfinite(number):
             return number
     elif base == "tuple[str, ...]":
+        if isinstance(value, str) and name == "labels":  # "labels: eligible" is a typo, not one class
+            problems.append(f"labels must be a list of class names, got the string {shown(value)}")
+            return None
         if isinstance(value, str):
             return (value,)
         if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
@@ -253,7 +256,8 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     for req in ("model_id", "output_dir", "train_files"):
         if not values.get(req):
             problems.append(f"{req} is required" + (" (or train_file)" if req == "train_files" else ""))
-    task = values.get("task") or infer_task(values, first_row)
+    bad_labels = "labels" in given_as and values.get("labels") is None  # already a problem of its own
+    task = values.get("task") or ("classification" if bad_labels else infer_task(values, first_row))
     if task not in TASKS:
         problems.append(
             f"task {shown(task)} is not one of {TASKS}" if values.get("task") else
@@ -263,7 +267,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     _check_ranges(values, problems)
     if values.get("distributed") == "fsdp" and task in ("classification", "embeddings"):
         problems.append("distributed: fsdp shards models too large for one device and is for sft; use distributed: ddp (or auto)")
-    if task == "classification" and not values.get("labels"):
+    if task == "classification" and not values.get("labels") and not bad_labels:
         problems.append("classification needs 'labels': the list of classes")
     if problems:
         raise ConfigError(source, problems)
@@ -287,6 +291,14 @@ def _check_ranges(v: dict[str, Any], problems: list[str]) -> None:
     labels = v.get("labels") or ()
     if len(set(labels)) != len(labels):
         problems.append("labels has duplicates")
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What loads but is probably not meant: `trainer check` lists these, `trainer run` prints them."""
+    out: list[str] = []
+    if cfg.task == "classification" and len(cfg.labels) == 1:
+        out.append(f"labels has a single class {shown(cfg.labels[0])}: a classifier needs at least two to learn anything")
+    return out
 
 
 def infer_task(values: dict[str, Any], first_row: dict | None) -> str:

@@ -116,15 +116,30 @@ def read_split(cfg: Config, split: str) -> list[Row]:
 # --- classification ------------------------------------------------------------------------------
 
 
+def row_error(row: Row, reason: str, kind: str) -> DataError:
+    """A DataError for one row, with `kind`: the short name `trainer check` groups rows by."""
+    e = DataError(row.file, reason, line=row.line)
+    e.kind = kind  # type: ignore[attr-defined]
+    return e
+
+
+def _missing(row: Row, name: str) -> DataError:
+    return row_error(row, f"row {row.line} has no {name!r} field", f"missing {name!r} field")
+
+
 def classification_example(cfg: Config, row: Row) -> tuple[str, int]:
+    if cfg.text_field not in row.data:
+        raise _missing(row, cfg.text_field)
     text = row.data.get(cfg.text_field)
-    label = row.data.get(cfg.label_field)
     if not isinstance(text, str) or not text.strip():
-        raise DataError(row.file, f"field {cfg.text_field!r} must be a non-empty string", line=row.line)
+        raise row_error(row, f"field {cfg.text_field!r} must be a non-empty string", f"empty or non-string {cfg.text_field!r}")
+    if cfg.label_field not in row.data:
+        raise _missing(row, cfg.label_field)
+    label = row.data.get(cfg.label_field)
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(cfg.labels):
         return text, label
     if not isinstance(label, str) or label not in cfg.labels:
-        raise DataError(row.file, f"label {shown(label)} is not one of the config's labels {shown(list(cfg.labels))}", line=row.line)
+        raise row_error(row, f"label {shown(label)} is not one of the config's labels {shown(list(cfg.labels))}", "unknown label")
     return text, cfg.labels.index(label)
 
 
@@ -134,13 +149,15 @@ def classification_example(cfg: Config, row: Row) -> tuple[str, int]:
 def pair_example(cfg: Config, row: Row) -> tuple[str, str, float | None]:
     a, b = row.data.get(cfg.text_1_field), row.data.get(cfg.text_2_field)
     for name, v in ((cfg.text_1_field, a), (cfg.text_2_field, b)):
+        if name not in row.data:
+            raise _missing(row, name)
         if not isinstance(v, str) or not v.strip():
-            raise DataError(row.file, f"field {name!r} must be a non-empty string", line=row.line)
+            raise row_error(row, f"field {name!r} must be a non-empty string", f"empty or non-string {name!r}")
     label = row.data.get(cfg.label_field)
     if label is None:
         return a, b, None
     if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.0 <= float(label) <= 1.0:
-        raise DataError(row.file, f"label {shown(label)} must be 0/1 or a score in [0, 1]", line=row.line)
+        raise row_error(row, f"label {shown(label)} must be 0/1 or a score in [0, 1]", "label not 0/1 or a score in [0, 1]")
     return a, b, float(label)
 
 

@@ -14,6 +14,9 @@ when $MIRROR_TRUSTED_KEYS names keys); a snapshot already in the cache is used a
 
 The bundles folder is shared and may hold anything: the scan opens only regular files, and a
 bundle it cannot read is skipped, never fatal, unless it is the only one named for the model.
+Of several bundles of the repo the newest is installed; one that fails (truncated, corrupt,
+refused by the key policy) gives way to the next newest under the same keys, and the resolved
+model's `skipped` says which failed. Only when none installs is the newest one's error raised.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class ResolvedModel:
     bundle_path: Path | None  # the bundle it came from, when known
     bundle_sha256: str | None
     source: str  # "local" | "cache" | "bundle"
+    skipped: tuple[str, ...] = ()  # one line per bundle of the repo that failed to install before this one
 
 
 @dataclass(frozen=True)
@@ -116,16 +120,20 @@ def resolve_model(
     candidates, unreadable = _candidates(bundles, model_id)
     if not candidates:
         raise _not_available(model_id, bundles_dir=str(bundles_dir).rstrip("/"), unreadable=unreadable)
-    newest = max(candidates, key=lambda c: (c.created_at, c.path.name))
-    sha256 = None
-    for bundle in _install_order(newest, candidates, model_id, cache_dir):
+    # newest first; one that fails to install (truncated, corrupt) gives way to the next of the
+    # same repo. Each try is under the same key policy, so a signature refusal never falls back
+    # to an unsigned bundle: only to another that the same keys accept. Every skip is said.
+    order = sorted(candidates, key=lambda c: (c.created_at, c.path.name), reverse=True)
+    failures: list[TrainerError] = []
+    for newest in order:
         try:
-            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=list(public_keys))
-        except SignatureError as e:
-            raise BundleUntrusted(str(bundle.path), e) from e
-        except MirrorError as e:
-            raise BundleRejected(str(bundle.path), e) from e
-        sha256 = installed.bundle_sha256
+            installed, sha256 = _install_chain(newest, candidates, model_id, cache_dir, public_keys)
+        except (BundleRejected, BundleUntrusted) as e:
+            failures.append(e)
+            continue
+        break
+    else:
+        raise failures[0]
     snapshot = Path(installed.snapshot_dir)
     _refuse_remote_code(model_id, snapshot, trust_remote_code)
     return ResolvedModel(
@@ -135,7 +143,29 @@ def resolve_model(
         bundle_path=newest.path,
         bundle_sha256=sha256 or _bundle_sha256(newest.path),
         source="bundle",
+        skipped=tuple(_skip_line(e, newest) for e in failures),
     )
+
+
+def _skip_line(e: TrainerError, used: _Candidate) -> str:
+    what = "refused (signature)" if isinstance(e, BundleUntrusted) else "broken"
+    return f"skipped {what} bundle: {str(e).splitlines()[0]}; used {used.path.name} instead"
+
+
+def _install_chain(newest: _Candidate, candidates: list[_Candidate], model_id: str, cache_dir: str | Path | None, public_keys: Sequence[str | Path]):
+    from mirror import install
+
+    sha256 = None
+    installed = None
+    for bundle in _install_order(newest, candidates, model_id, cache_dir):
+        try:
+            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=list(public_keys))
+        except SignatureError as e:
+            raise BundleUntrusted(str(bundle.path), e) from e
+        except MirrorError as e:
+            raise BundleRejected(str(bundle.path), e) from e
+        sha256 = installed.bundle_sha256
+    return installed, sha256
 
 
 def _install_order(newest: _Candidate, candidates: list[_Candidate], repo_id: str, cache_dir: str | Path | None) -> list[_Candidate]:

@@ -76,7 +76,7 @@ def test_every_bad_row_is_listed_with_file_and_line(tmp_path):
     assert not r.ok and r.exit_code == 2
     assert [e.split(": ")[0] for e in r.errors] == [f"{train}:2", f"{train}:3", f"{train}:4", str(tmp_path / "none.jsonl")]
     assert "label 'maybe' is not one of the config's labels ['yes', 'no']" in r.errors[1]
-    assert "field 'text' must be a non-empty string" in r.errors[2]
+    assert "row 4 has no 'text' field" in r.errors[2]  # a missing field is named as missing
     assert "file not found" in r.errors[3]
     assert r.splits["train"].rows == 2  # the valid rows are still counted
     assert r.render().splitlines()[-1] == "result  FAILED: 4 error(s)"
