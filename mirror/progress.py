@@ -38,14 +38,15 @@ def quiet() -> bool:
     return _settings["quiet"]
 
 
-def log_interval() -> float:
-    """Seconds between plain lines: $MIRROR_PROGRESS_INTERVAL (tests set a small one), else 10."""
-    raw = os.environ.get(INTERVAL_ENV, "")
+def log_interval(env: str = INTERVAL_ENV, default: float = LOG_INTERVAL) -> float:
+    """Seconds between plain lines: $MIRROR_PROGRESS_INTERVAL (tests set a small one), else 10;
+    the trainer's step lines read their own variable through the same rule."""
+    raw = os.environ.get(env, "")
     try:
-        value = float(raw) if raw else LOG_INTERVAL
+        value = float(raw) if raw else default
     except ValueError:
-        return LOG_INTERVAL
-    return value if value > 0 else LOG_INTERVAL
+        return default
+    return value if value > 0 else default
 
 
 def size_text(n: float) -> str:

@@ -13,7 +13,6 @@ The check is one clock read per optimizer step (a step is milliseconds at the le
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import TextIO
@@ -34,12 +33,9 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
 
 def log_interval() -> float:
     """Seconds between step lines: $TRAINER_PROGRESS_INTERVAL (tests set a small one), else 30."""
-    raw = os.environ.get(INTERVAL_ENV, "")
-    try:
-        value = float(raw) if raw else LOG_INTERVAL
-    except ValueError:
-        return LOG_INTERVAL
-    return value if value > 0 else LOG_INTERVAL
+    from mirror.progress import log_interval as interval  # no Hugging Face import behind it
+
+    return interval(INTERVAL_ENV, LOG_INTERVAL)
 
 
 def step_line(*, step: int, total: int, loss: float | None, steps_per_s: float, rows_per_step: int | None) -> str:

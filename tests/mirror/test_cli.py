@@ -6,7 +6,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +14,6 @@ from mirror import hub
 from mirror.bundle import BundleInfo
 from mirror.tarformat import read_manifest
 from mirror.cli import cli
-from tests.mirror.test_bundle import make_repo
 
 
 def run(*args: str):
@@ -27,20 +25,6 @@ def assert_one_line_error(result, code: int, needle: str) -> None:
     assert result.stderr.startswith("mirror: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert needle in result.stderr
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    d = tmp_path / "model"
-    make_repo(d)
-    return d
-
-
-@pytest.fixture
-def packed(folder, tmp_path) -> Path:
-    r = run("pack", folder, "--repo-id", "acme/m", "--out", tmp_path / "out")
-    assert r.exit_code == 0, r.output
-    return Path(r.stdout.splitlines()[-1])
 
 
 def test_pack_prints_the_bundle_path_last(packed, tmp_path):

@@ -31,20 +31,6 @@ def no_traceback(result) -> None:
 
 
 @pytest.fixture
-def folder(tmp_path) -> Path:
-    d = tmp_path / "model"
-    make_repo(d)
-    return d
-
-
-@pytest.fixture
-def packed(folder, tmp_path) -> Path:
-    r = run("pack", folder, "--repo-id", "acme/m", "--out", tmp_path / "out")
-    assert r.exit_code == 0, r.output
-    return Path(r.stdout.splitlines()[-1])
-
-
-@pytest.fixture
 def corrupt(packed, tmp_path) -> Path:
     raw = bytearray(packed.read_bytes())
     raw[-10240 - 500] ^= 0x01  # inside model.safetensors, the last payload member
