@@ -41,3 +41,19 @@ def error_line(result: Result) -> str:
     assert "Traceback" not in result.output
     assert lines[0].startswith("trainer: error: ")
     return lines[0].removeprefix("trainer: error: ")
+
+
+def tiny_config(tmp_path, *, rows: str | None = None, name: str = "cfg.yaml", **over):
+    """(config path, train file): a classification config over a fake local model folder and a
+    two-row train file (or `rows`), with keys in `over` added or replaced."""
+    import json
+
+    model = tmp_path / "base-model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    train = tmp_path / f"{name}.train.jsonl"
+    train.write_text(rows if rows is not None else '{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    raw = {"model_id": str(model), "output_dir": str(tmp_path / f"out-{name}"), "train_file": str(train), "labels": ["pos", "neg"], **over}
+    path = tmp_path / name
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in raw.items()))
+    return path, train

@@ -18,6 +18,7 @@ from trainer.cli import cli, resume_command
 from trainer.errors import Interrupted, NetworkBlocked
 from trainer.offline import offline_env
 from trainer.recipes.common import RESUME_PLACEHOLDER
+from tests.trainer.clitools import tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +33,7 @@ def _invoke(*args: str):
 
 
 def _config(tmp_path: Path, name: str = "cfg.yaml", *, rows: str | None = None, **over) -> Path:
-    model = tmp_path / "base-model"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text('{"model_type": "bert"}')
-    train = tmp_path / f"{name}.train.jsonl"
-    train.write_text(rows if rows is not None else '{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
-    raw = {"model_id": str(model), "output_dir": str(tmp_path / f"out-{name}"), "train_file": str(train), "labels": ["pos", "neg"], **over}
-    path = tmp_path / name
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in raw.items()))
-    return path
+    return tiny_config(tmp_path, rows=rows, name=name, **over)[0]
 
 
 def _one_line(r) -> str:

@@ -16,6 +16,7 @@ from mirror.bundle import write_bundle
 from mirror.errors import SignatureError
 from trainer.cli import cli
 from trainer.offline import offline_env
+from tests.trainer.clitools import tiny_config
 
 REPO = "acme/tiny-encoder"
 FIX_DATA = "; fix the data file and run 'trainer check' again"
@@ -41,15 +42,7 @@ def _one_line(r) -> str:
 
 
 def _config(tmp_path: Path, *, rows: str | None = None, name: str = "cfg.yaml", **over) -> tuple[Path, Path]:
-    model = tmp_path / "base-model"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text('{"model_type": "bert"}')
-    train = tmp_path / f"{name}.train.jsonl"
-    train.write_text(rows if rows is not None else '{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
-    raw = {"model_id": str(model), "output_dir": str(tmp_path / f"out-{name}"), "train_file": str(train), "labels": ["pos", "neg"], **over}
-    path = tmp_path / name
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in raw.items()))
-    return path, train
+    return tiny_config(tmp_path, rows=rows, name=name, **over)
 
 
 # --- 1: counts and groups ---------------------------------------------------------------------------
