@@ -36,7 +36,7 @@ from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
 from mirror.ids import is_commit, is_sha256, ref_problem
 from mirror.manifest import FileEntry, Manifest
-from mirror.tarformat import BundleReader, name_collision
+from mirror.tarformat import BundleReader, name_collision, read_tail
 
 default_cache_dir = cache_root
 
@@ -333,9 +333,11 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def _signature_only(reader: BundleReader, keys) -> str | None:
-    """For an already installed commit: the required signature, checked over this manifest."""
-    ex = extract(reader, sink=None)  # reads the trailer; a writer-layout bundle hashes its files in parallel
-    return trust.require_signature(reader.manifest_bytes, ex.signature, keys=keys, bundle=reader.label).key_fingerprint
+    """For an already installed commit: the required signature, checked over the manifest bytes
+    this install read. Only the trailer is needed (nothing is extracted), so the member headers are
+    walked, seeking over the data; whatever file the trailer comes from, it must sign these bytes."""
+    signature = read_tail(reader.path).signature
+    return trust.require_signature(reader.manifest_bytes, signature, keys=keys, bundle=reader.label).key_fingerprint
 
 
 def _sha_only(reader: BundleReader, expected: str) -> str:

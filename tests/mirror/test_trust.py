@@ -242,6 +242,10 @@ def test_install_with_public_key_requires_a_valid_signature_over_what_it_install
     assert run("sign", b, "--key", keys / "good.pem").exit_code == 0
     r = run("install", b, "--cache-dir", cache, "--public-key", keys / "other.pub", "--public-key", keys / "good.pub")
     assert r.exit_code == 0 and "signed by key sha256:" in r.stderr, r.output
+    # already installed: the signature is still required, over this bundle's manifest
+    r = run("install", b, "--cache-dir", cache, "--public-key", keys / "good.pub")
+    assert r.exit_code == 0 and "already installed" in r.stderr and "signed by key sha256:" in r.stderr, r.output
+    assert_one_line_error(run("install", b, "--cache-dir", cache, "--public-key", keys / "other.pub"), 5, "signature required and not valid")
     # the site policy: the environment makes a signature mandatory, whatever the command line says
     unsigned = bundle(folder(tmp_path / "src2", {"a.json": b"{}"}), tmp_path / "out2", commit="a" * 40, repo_id="org/other")
     monkeypatch.setenv("MIRROR_TRUSTED_KEYS", str(keys / "good.pub"))
