@@ -11,6 +11,7 @@ import contextlib
 import signal
 from typing import Any, Iterator
 
+import pytest
 from click.testing import Result
 
 CLI_DEADLINE_S = 120  # a refused file takes milliseconds; only a hang gets near this
@@ -57,3 +58,23 @@ def tiny_config(tmp_path, *, rows: str | None = None, name: str = "cfg.yaml", **
     path = tmp_path / name
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in raw.items()))
     return path, train
+
+
+@pytest.fixture
+def cli_isolated(tmp_path, monkeypatch):
+    """The CLI switches the process offline; put the switches back so other tests are unaffected.
+    CLI test modules make it autouse with `pytestmark = pytest.mark.usefixtures("cli_isolated")`."""
+    from trainer.offline import offline_env
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with offline_env():
+        yield
+
+
+def invoke(*args: str):
+    """`trainer ARGS` in-process, exceptions not caught (a traceback fails the test)."""
+    from click.testing import CliRunner
+
+    from trainer.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)

@@ -10,31 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import trainer.evaluate
 import trainer.recipes
 from mirror.bundle import write_bundle
-from trainer.cli import cli
 from trainer.errors import Interrupted
-from trainer.offline import guard_active, offline_env
+from trainer.offline import guard_active
 from trainer.recipes import RunResult
+from tests.trainer.clitools import cli_isolated, invoke  # noqa: F401 (cli_isolated: a fixture)
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed-data"
 needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason="../shared/seed-data is not present")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """The CLI switches the process offline; put the switches back so other tests are unaffected."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    with offline_env():
-        yield
-
-
-def _invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+pytestmark = pytest.mark.usefixtures("cli_isolated")
+_invoke = invoke
 
 
 def _config(tmp_path: Path, **over) -> Path:

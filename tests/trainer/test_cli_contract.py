@@ -9,27 +9,18 @@ import signal
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import trainer.evaluate
 import trainer.recipes
 from mirror import exitcodes, signals
-from trainer.cli import cli, resume_command
+from trainer.cli import resume_command
 from trainer.errors import Interrupted, NetworkBlocked
-from trainer.offline import offline_env
 from trainer.recipes.common import RESUME_PLACEHOLDER
-from tests.trainer.clitools import tiny_config
+from tests.trainer.clitools import cli_isolated, invoke, tiny_config  # noqa: F401 (cli_isolated: a fixture)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    with offline_env():
-        yield
-
-
-def _invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+pytestmark = pytest.mark.usefixtures("cli_isolated")
+_invoke = invoke
 
 
 def _config(tmp_path: Path, name: str = "cfg.yaml", *, rows: str | None = None, **over) -> Path:
