@@ -143,7 +143,7 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
         f"- base model: `{base['repo_id']}` at commit `{base.get('commit') or 'n/a'}` ({base['source']})",
         f"- base bundle: `{Path(base['bundle']).name if base.get('bundle') else 'n/a'}` sha256 `{base.get('bundle_sha256') or 'n/a'}`",
         f"- license: {lineage.get('license') or 'unknown'} (inherited from the base model)" + (f"; {lineage['license_note']}" if lineage.get("license_note") else ""),
-        f"- data: " + ", ".join(f"{split} {n} rows" for split, n in metrics["rows"].items()),
+        "- data: " + ", ".join(f"{split} {n} rows" for split, n in metrics["rows"].items()),
         f"- device: {metrics['device']}, precision {metrics['precision']}, wall time {metrics['wall_time_s']:.1f} s, "
         f"{metrics['steps']} optimizer steps",
         f"- best epoch: {metrics['best_epoch']} by validation `{main}`{f' ({named})' if named else ''} "
