@@ -1,0 +1,5 @@
+"""Placeholder until the pages land: no path is a page yet."""
+
+
+def handle(request, catalogue):
+    return None
