@@ -8,7 +8,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast test-gpu-image bench bench-mirror bench-train bench-train-gpu clean
+.PHONY: setup demo test test-fast test-gpu-image bench bench-mirror bench-serve bench-oci bench-webui bench-trainer-serve bench-train bench-train-gpu clean
 
 # $(call make_venv,DIR,EXTRA PINS): torch first (the spec above), then this package and its deps
 define make_venv
@@ -48,6 +48,18 @@ bench: bench-mirror
 
 bench-mirror: setup
 	$(BIN)/python bench/mirror_bench.py
+
+bench-serve: setup  # mirror serve vs nginx (nginx-light, installed with apt-get when missing)
+	$(BIN)/python bench/serve_bench.py
+
+bench-oci: setup  # mirror push/pull vs skopeo copy against a loopback docker-registry
+	$(BIN)/python bench/oci_bench.py
+
+bench-webui: setup
+	$(BIN)/python bench/webui_bench.py
+
+bench-trainer-serve: setup  # trainer serve's batching vs per-request encode, real MiniLM
+	$(BIN)/python bench/trainer_serve_bench.py
 
 bench-train: setup
 	$(BIN)/python bench/train_cpu.py  # the seed config when ../shared/seed-data exists

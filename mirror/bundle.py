@@ -14,7 +14,7 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mirror import parts, progress
 from mirror.atomic import sweep, temp_path
@@ -105,6 +105,7 @@ def write_bundle(
     paths: list[str] | None = None,
     max_part_size: int | None = None,
     sources: Sources | None = None,
+    ready: Callable[[str], None] | None = None,
 ) -> BundleInfo:
     """Stream the files of `src_root` into `out_dir/<org>--<name>--<commit12>.tar` in two passes:
     the files are hashed first, in parallel across cores, so the manifest (member 0) is final
@@ -119,7 +120,12 @@ def write_bundle(
 
     Every file is opened once below `src_root` without following links (mirror.sources), and
     hashed and copied through that descriptor; `sources` passes files a caller already opened
-    and checked (pack, whose link policy resolves links inside the folder itself)."""
+    and checked (pack, whose link policy resolves links inside the folder itself).
+
+    `ready(path)` (pull, downloading while it writes) is called before a file is first opened and
+    returns once it is complete in `src_root`. A file whose digests are promised by `expected`
+    (an LFS file with the Hub's sha256) is then opened only when the writer reaches it: the
+    manifest follows from the listing, so the bundle is written while later files still arrive."""
     src_root, out_dir = Path(src_root), Path(out_dir)
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
@@ -135,15 +141,23 @@ def write_bundle(
         paths = sorted(set(paths))
         if not paths and not (extra or {}).get("delta"):  # a delta may only remove files
             raise UsageError(f"{src_root}: no files to bundle; check the folder and the include/exclude patterns")
+        later: dict[str, int] = {}  # promised files opened when the writer reaches them: path -> listed size
         for p in paths:
             if why := unsafe_path_reason(p):
                 raise UsageError(f"file name {p!r} {why}; it cannot be stored in a bundle")
-            if p not in sources:
-                sources.add(p)
+            if p in sources:
+                continue
+            want = (expected or {}).get(p)
+            if ready is not None and want is not None and want.lfs and want.sha256:
+                later[p] = want.size
+                continue
+            if ready is not None:
+                ready(p)
+            sources.add(p)
         return _write(
             sources, paths=paths, src_root=src_root, repo_id=repo_id, repo_type=repo_type, revision=revision, commit=commit,
             source=source, created_at=created_at, license=license, out_dir=out_dir, expected=expected, lfs=lfs,
-            extra=extra, max_part_size=max_part_size,
+            extra=extra, max_part_size=max_part_size, later=later, ready=ready,
         )
 
 
@@ -151,9 +165,12 @@ def _write(
     src: Sources, *, paths: list[str], src_root: Path, repo_id: str, repo_type: str, revision: str, commit: str | None,
     source: str, created_at: str, license: str | None, out_dir: Path, expected: dict[str, FileEntry] | None,
     lfs: dict[str, bool] | None, extra: dict[str, Any] | None, max_part_size: int | None,
+    later: dict[str, int] | None = None, ready: Callable[[str], None] | None = None,
 ) -> BundleInfo:
-    """write_bundle once its files are open and checked."""
-    sizes = {p: src[p].size for p in paths}
+    """write_bundle once its files are open and checked (`later`: promised files still arriving,
+    opened through `ready` when pass 2 reaches them, with the listed size until then)."""
+    later = later or {}
+    sizes = {p: later[p] if p in later else src[p].size for p in paths}
     for p in paths:
         want = (expected or {}).get(p)
         if expected is not None and want is None:
@@ -241,6 +258,10 @@ def _write(
             for draft, entry in zip(draft_files, files):
                 put(member_header(PAYLOAD_PREFIX + draft.path, draft.size))
                 check = None if promised[draft.path] is None else DualHasher(draft.size, lfs=True, lanes=lanes, lane_ids=(1, 1))
+                if draft.path in later:  # downloading while we write: wait for it, then open and check it once
+                    ready(draft.path)
+                    if (got_size := src.add(draft.path).size) != draft.size:
+                        raise HashMismatch(draft.path, algorithm="size", expected=str(draft.size), actual=str(got_size), where="in the download")
                 _copy(src[draft.path], put, check=check)
                 if check is not None and (got := check.digest().sha256) != entry.sha256:
                     raise HashMismatch(draft.path, algorithm="sha256", expected=entry.sha256, actual=got, where="against the Hub's hash")

@@ -22,6 +22,11 @@ from mirror.manifest import human_size
 DEFAULT_OUT = "bundles"  # the project's bundle folder; contents git-ignored
 
 
+# What an interrupted command leaves: nothing under a bundle's or a snapshot's name; a pull keeps
+# its hidden partial file so the same command resumes it.
+_INTERRUPTED = "nothing half-written is left under a name anyone trusts; run the same command again to finish"
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -76,7 +81,7 @@ class _Boundary(click.Group):
                 where = e.ctx.command_path if e.ctx is not None else "mirror"
                 click.echo(f"mirror: error: {_one_line(e.format_message()).rstrip('.')}; see '{where} --help'", err=True)
         except click.exceptions.Abort:  # Ctrl-C at a prompt
-            click.echo("mirror: error: interrupted; nothing partial was kept", err=True)
+            click.echo(f"mirror: error: interrupted; {_INTERRUPTED}", err=True)
             code = exitcodes.INTERRUPTED
         except click.ClickException as e:
             click.echo(f"mirror: error: {_one_line(e.format_message())}", err=True)
@@ -94,7 +99,7 @@ class _Boundary(click.Group):
             ctx.exit(code)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP made to unwind (mirror.signals)
             how = f" by {signal.Signals(e.signum).name}" if isinstance(e, signals.Terminated) else ""
-            click.echo(f"mirror: error: interrupted{how}; nothing partial was kept", err=True)
+            click.echo(f"mirror: error: interrupted{how}; {_INTERRUPTED}", err=True)
             ctx.exit(signals.exit_code(e))
 
 
@@ -202,6 +207,29 @@ _since_manifest_option = click.option(
 )
 
 
+def _oci_options(f):
+    """--plain-http, --ca-cert, --username, --password-stdin: for oci:// references (push, pull, install)."""
+    for opt in reversed((
+        click.option("--plain-http", is_flag=True, help="oci://: talk HTTP, not HTTPS, to the registry (only for a registry without TLS)."),
+        click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="oci://: trust the registry's TLS certificate if signed by this CA (PEM)."),
+        click.option("--username", default=None, help="oci://: registry user (default: ~/.docker/config.json, $DOCKER_CONFIG); the password comes from --password-stdin."),
+        click.option("--password-stdin", is_flag=True, help="oci://: read the registry password (or token) from standard input; never put it on the command line."),
+    )):
+        f = opt(f)
+    return f
+
+
+def _oci_credentials(registry: str, username: str | None, password_stdin: bool):
+    from mirror.oci import auth
+
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif username is not None:
+        raise UsageError("--username needs --password-stdin: pipe the password in (printf %s \"$PASS\" | mirror ... --password-stdin)")
+    return auth.resolve(registry, username=username, password=password)
+
+
 _allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True,
     help="Accept pickle files (*.bin, *.pt...) after scanning their imports against the allowlist (docs/security.md). Default: safetensors only.",
@@ -292,15 +320,26 @@ Examples:
 @_since_manifest_option
 @_allow_pickle_option
 @_sign_key_option
+@_oci_options
 @_output_options
-def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
+def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress, max_part_size, since, since_manifest, allow_pickle, sign_key,
+         plain_http, ca_cert, username, password_stdin) -> None:
     """Download REPO_ID at a pinned commit into one verified bundle.
 
     The revision is resolved to a commit first, every file is checked against the Hub's own
-    hashes, and the bundle path is printed as the last line.
+    hashes, and the bundle path is printed as the last line. An oci://REGISTRY/REPO:TAG instead
+    rebuilds the bundle pushed there with 'mirror push', byte for byte, and verifies it.
     """
     from mirror import hub
 
+    if any(str(r).startswith("oci://") for r in repo_ids):
+        hub_only = {"--include": include, "--exclude": exclude, "--endpoint": endpoint, "--token": token, "--config": config,
+                    "--max-part-size": max_part_size, "--since": since, "--since-manifest": since_manifest,
+                    "--revision": revision != "main", "--repo-type": repo_type != "model"}
+        given = [name for name, value in hub_only.items() if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to Hub pulls only; an oci:// pull rebuilds exactly the bundle that was pushed")
+        return _pull_oci(repo_ids, out_dir=out_dir, progress=progress, sign_key=sign_key, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
     ids = list(repo_ids) + (_config_model_ids(config) if config else [])
     if not ids:
         raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
@@ -328,6 +367,64 @@ def _report_written(info, sign_key) -> None:
             click.echo(f"  {f.size:>14,}  {f.path}", err=True)
     _sign_after_write(info.path, sign_key)
     click.echo(str(info.path))
+
+
+# --- push / pull oci:// (OCI registries, ModelPack artifacts; mirror.oci) ----------------------------
+
+
+def _pull_oci(refs, *, out_dir, progress, sign_key, plain_http, ca_cert, username, password_stdin) -> None:
+    from mirror.oci import reference
+    from mirror.oci.pull import pull_bundle
+
+    if not all(reference.is_oci(r) for r in refs) or len(refs) != 1:
+        raise UsageError("give one oci:// reference to pull from a registry (and no Hub repo ids with it)")
+    ref = reference.parse(refs[0])
+    creds = _oci_credentials(ref.registry, username, password_stdin)
+    show = sys.stderr.isatty() if progress is None else progress
+    r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show)
+    if r.resumed_bytes:
+        _note(f"resumed: {human_size(r.resumed_bytes)} were already here from an interrupted pull (re-hashed)")
+    _report_written(r, sign_key)
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror push bundles/X.tar oci://registry.internal/models/minilm:45ff9bd610d3
+  mirror push bundles/X.tar oci://127.0.0.1:5000/models/minilm --plain-http      # tag = commit[:12]
+  printf %s "$PASS" | mirror push bundles/X.tar oci://reg/models/x:v1 --username ci --password-stdin
+  mirror push bundles/X--delta-from-Y.tar oci://reg/models/x:v2 --since bundles/Y.tar""")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("target", metavar="oci://REGISTRY/REPO[:TAG]")
+@click.option("--since", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, metavar="BASE_BUNDLE",
+              help="For a delta BUNDLE: its base, for the files the delta does not carry and the registry does not have yet.")
+@click.option("--chunk-size", default="64M", show_default=True, metavar="SIZE", callback=_part_size,
+              help="Blobs above SIZE are uploaded in chunks of SIZE (PATCH); lower it for a registry behind a proxy with a request size limit.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@_json_option(help="Print {\"reference\", \"digest\", \"uploaded_bytes\", \"skipped_bytes\", ...} as one JSON object.")
+@_oci_options
+@_output_options
+def push(bundle, target, since, chunk_size, progress, as_json, plain_http, ca_cert, username, password_stdin) -> None:
+    """Store BUNDLE in an OCI registry as a CNCF ModelPack artifact, one layer per file.
+
+    Blobs the registry already has are not sent again, so pushing a new commit uploads only the
+    files that changed. 'mirror pull oci://...' rebuilds the identical bundle; 'mirror install
+    oci://...' installs it. Prints the reference pushed last.
+    """
+    from mirror.oci import reference
+    from mirror.oci.push import push_bundle
+
+    ref = reference.parse(target)
+    creds = _oci_credentials(ref.registry, username, password_stdin)
+    show = sys.stderr.isatty() if progress is None else progress
+    r = push_bundle(bundle, ref, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, since=since, chunk_size=chunk_size, show_progress=show)
+    _note(f"{r.manifest.repo_id}@{r.manifest.commit}: {r.layers} layers and a config; uploaded {r.uploaded_layers} blob(s), {human_size(r.uploaded_bytes)}; "
+          f"{human_size(r.skipped_bytes)} already in the registry; manifest {r.digest}")
+    if as_json:
+        _emit({"ok": True, "exit_code": 0, "bundle": str(bundle), "reference": r.reference, "digest": r.digest, "layers": r.layers,
+               "uploaded_layers": r.uploaded_layers, "uploaded_bytes": r.uploaded_bytes, "skipped_bytes": r.skipped_bytes,
+               "bundle_bytes": r.bundle_bytes, "upload_requests": r.requests})
+    else:
+        click.echo(r.reference)
 
 
 # --- pack -----------------------------------------------------------------------------------------
@@ -520,6 +617,17 @@ def _inspect_scale(bundle: Path, m) -> list[str]:
     return out
 
 
+def _install_oci(target: str, install, *, plain_http, ca_cert, username, password_stdin):
+    from mirror.oci import reference
+    from mirror.oci.pull import install_from_registry
+
+    ref = reference.parse(target)
+    creds = _oci_credentials(ref.registry, username, password_stdin)
+    pulled, result = install_from_registry(ref, install=install, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=sys.stderr.isatty())
+    _note(f"pulled {ref} ({pulled.digest}): bundle sha256 {pulled.sha256}")
+    return result
+
+
 # --- install / list -------------------------------------------------------------------------------
 
 _cache_option = click.option(
@@ -540,14 +648,16 @@ Examples:
               help="Require a valid signature by this key (PEM; repeatable: any one of them). $MIRROR_TRUSTED_KEYS makes this mandatory site-wide.")
 @click.option("--sha256", "expected_sha256", default=None, metavar="HEX", help="Require the bundle's own sha256 (from a transfer ticket or its .sha256 sidecar).")
 @_json_option()
+@_oci_options
 @_output_options
-def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_json) -> None:
+def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_json, plain_http, ca_cert, username, password_stdin) -> None:
     """Verify BUNDLE while installing it into the Hugging Face cache, atomically.
 
     An installed commit never changes: a bundle claiming it with other content is refused. Blobs
     already in the cache are re-hashed; a damaged one is replaced. A failed or interrupted install
     leaves the cache as it was; installing twice is a no-op. Prints the snapshot folder last.
-    Every BUNDLE is tried; the exit code is the worst one.
+    Every BUNDLE is tried; the exit code is the worst one. A BUNDLE may be oci://REGISTRY/REPO:TAG
+    (pushed with 'mirror push'): it is pulled into a temporary folder and installed from there.
     """
     from mirror.install import install_bundle
 
@@ -555,7 +665,13 @@ def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_j
     for b in bundles:
         try:
             # the files are verified either way; the bundle's own sha256 only when --sha256 asks for it
-            r = install_bundle(b, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False, public_keys=public_keys, expected_sha256=expected_sha256)
+            def one(path):
+                return install_bundle(path, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False, public_keys=public_keys, expected_sha256=expected_sha256)
+
+            if str(b).startswith("oci:/"):
+                r = _install_oci(str(b).replace("oci:/", "oci://", 1) if not str(b).startswith("oci://") else str(b), one, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
+            else:
+                r = one(b)
         except (MirrorError, OSError) as e:
             inputs.failed(str(b), e, bundle=str(b))
             continue
@@ -784,6 +900,39 @@ def _audit_why(r) -> str:
     from mirror.audit import _why
 
     return _why(r)
+
+
+# --- serve ------------------------------------------------------------------------------------------
+
+
+@cli.command(epilog="""\b
+Examples:
+  mirror serve bundles/ --host 0.0.0.0 --port 8080 --public-key keys/release.pub --token-file /etc/mirror/tokens
+  HF_ENDPOINT=http://mirror.internal:8080 python train.py      # unmodified code, no HF_HUB_OFFLINE""")
+@click.argument("bundles_dir", type=click.Path(path_type=Path), metavar="BUNDLES_DIR")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8080, show_default=True, help="TCP port (0 picks a free one, announced on stderr).")
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_keys_need_signing_stack,
+              help="Serve only bundles signed by this key (PEM; repeatable: any one of them). $MIRROR_TRUSTED_KEYS adds keys.")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None, help="Require 'Authorization: Bearer TOKEN' with one of this file's tokens (one a line); /health stays open.")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where verdicts are remembered across restarts (default: under $XDG_CACHE_HOME or ~/.cache/mirror, one per folder).")
+@click.option("--rescan-interval", type=float, default=10.0, show_default=True, help="Seconds between checks of the folder for new or changed bundles (0: never).")
+@click.option("--threads", type=int, default=16, show_default=True, help="Requests served at once (one worker process, this many threads).")
+@click.option("--graceful-timeout", type=int, default=30, show_default=True, help="Seconds in-flight downloads get to finish after SIGTERM.")
+def serve(bundles_dir, host, port, public_keys, token_file, state_file, rescan_interval, threads, graceful_timeout) -> None:
+    """Serve every bundle in BUNDLES_DIR that verifies as a read-only Hugging Face Hub endpoint.
+
+    Clients reach it with HF_ENDPOINT; bytes are sent from the bundle files at the members'
+    offsets (nothing is extracted). Verdicts are remembered by each bundle's identity, new bundles
+    are served without a restart, and one that stops verifying stops being served. SIGTERM
+    finishes in-flight downloads, then exits.
+    """
+    from mirror.serve.server import main_options, serve as run_server
+
+    opts = main_options(bundles_dir, host=host, port=port, public_keys=public_keys, token_file=token_file, state_file=state_file,
+                        rescan_interval=rescan_interval, threads=threads, graceful_timeout=graceful_timeout)
+    click.get_current_context().exit(run_server(opts))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -233,3 +233,52 @@ class BaseNotInstalled(BundleError, LookupError):
             f"this is a delta bundle on top of {needed}, which is not installed{': ' + detail if detail else ''}",
             fix="install that base bundle first ('mirror install BASE'), then this delta",
         )
+
+
+# --- OCI registries (mirror push / pull oci:// ; mirror.oci) ------------------------------------
+
+
+class RegistryError(MirrorError, ConnectionError):
+    """An OCI registry could not do what we asked (unreachable, TLS, an error answer). The message
+    carries the registry's own answer (its status and error code), never a credential."""
+
+    exit_code = exitcodes.UNAVAILABLE
+
+
+class RegistryNotFound(RegistryError, LookupError):
+    """The repository, tag or blob is not in the registry."""
+
+
+class RegistryAuthError(RegistryError, PermissionError):
+    """The registry (or its token service) refused the credentials, or none were given."""
+
+
+class LayerRefused(RegistryError):
+    """The registry refused a layer upload (too large, quota): names the file and its answer."""
+
+    exit_code = exitcodes.FAILED
+
+
+class NotModelPack(BundleError):
+    """What the registry holds at that reference is not a ModelPack artifact pushed by `mirror push`."""
+
+
+class ArtifactMismatch(BundleError):
+    """The artifact contradicts itself: its layers disagree with the bundle manifest inside it,
+    or a layer's bytes do not have the digest the OCI manifest names."""
+
+    exit_code = exitcodes.INTEGRITY
+
+
+class DeltaBaseNeeded(UsageError):
+    """Pushing a delta: a file it does not carry is neither in the registry nor in --since."""
+
+    exit_code = exitcodes.PREREQUISITE
+
+
+# --- mirror serve -------------------------------------------------------------------------------
+
+
+class ServeAddressError(UsageError):
+    """`mirror serve` cannot listen where it was told: the port is taken, needs privileges, or
+    the host is not this machine's."""

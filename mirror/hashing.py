@@ -215,6 +215,15 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+def cores() -> int:
+    """The cores this process may run on (`taskset`, cgroup cpusets), not the machine's count:
+    one hashing thread per usable core."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on every platform
+        return os.cpu_count() or 1
+
+
 def hash_files(items: Iterable, *, lfs: Container = frozenset(), workers: int | None = None) -> dict:
     """Hash many files in parallel (those in `lfs` as LFS files); returns {item: Digest}. hashlib
     releases the GIL on large updates, so threads scale across cores without processes.
@@ -226,7 +235,7 @@ def hash_files(items: Iterable, *, lfs: Container = frozenset(), workers: int | 
     If anything fails or the caller is interrupted, queued files are dropped and running ones
     stop at their next chunk, so a SIGTERM during a long pass does not wait for the whole pass."""
     items = list(items)
-    workers = workers or min(len(items), os.cpu_count() or 1) or 1
+    workers = workers or min(len(items), cores()) or 1
     stop = threading.Event()
 
     def one(item) -> Digest:

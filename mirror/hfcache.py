@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.constants import REPO_ID_SEPARATOR
 from huggingface_hub.utils import WeakFileLock
 
 from mirror import atomic, safejson
@@ -53,6 +53,13 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "huggingface" / "hub"
 
 
+def repo_folder_name(repo_id: str, repo_type: str = "model") -> str:
+    """huggingface_hub's `file_download.repo_folder_name` (`models--org--name`), the same rule on
+    its own separator constant: importing `file_download` (httpx and the whole download stack)
+    costs ~0.1 s of start-up, a sixth of a 1 GB install. A test keeps the two identical."""
+    return REPO_ID_SEPARATOR.join([f"{repo_type}s", *repo_id.split("/")])
+
+
 def link_target(path: str, etag: str) -> str:
     """What huggingface_hub writes at snapshots/<commit>/<path>: up to the repo folder, into blobs/."""
     return "../" * (path.count("/") + 2) + "blobs/" + etag
@@ -68,7 +75,7 @@ class RepoCache:
 
     @property
     def name(self) -> str:
-        return repo_folder_name(repo_id=self.repo_id, repo_type=self.repo_type)
+        return repo_folder_name(self.repo_id, self.repo_type)
 
     @property
     def folder(self) -> Path:
@@ -237,10 +244,68 @@ def read_record(rc: RepoCache, commit: str) -> dict[str, FileEntry] | None:
     return {f.path: f for f in files}
 
 
-def write_record(rc: RepoCache, commit: str, files: Iterable[FileEntry]) -> None:
+@dataclass(frozen=True)
+class BundleRecord:
+    """Which bundle installed a commit, as the install checked it: its file name (the index's for
+    a multi-part bundle), where it was, its size and its own sha256. `sha256` is recorded only
+    when the install checked it against the bytes it read (computed in its pass, or a multi-part
+    index whose every part matched); it is what lineage reads instead of re-hashing the bundle."""
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+    def problem(self) -> str | None:
+        if not (isinstance(self.name, str) and self.name and "/" not in self.name):
+            return "bundle name"
+        if not isinstance(self.path, str) or not isinstance(self.size, int) or self.size < 0:
+            return "bundle path or size"
+        if not (isinstance(self.sha256, str) and is_sha256(self.sha256)):
+            return "bundle sha256"
+        return None
+
+
+def write_record(rc: RepoCache, commit: str, files: Iterable[FileEntry], *, bundle: BundleRecord | None = None) -> None:
     make_dirs(rc.folder / RECORD_DIR)
-    body = {"commit": commit, "files": [asdict(f) for f in sorted(files, key=lambda f: f.path)]}
+    body: dict = {"commit": commit, "files": [asdict(f) for f in sorted(files, key=lambda f: f.path)]}
+    if bundle is not None:
+        body["bundle"] = asdict(bundle)
     atomic.write_atomic(rc.record_path(commit), json.dumps(body, sort_keys=True, indent=1) + "\n")
+
+
+def add_bundle_to_record(rc: RepoCache, commit: str, bundle: BundleRecord) -> bool:
+    """Under the repo lock: name the bundle in the record of an installed commit that names none
+    yet (installed by a pass that did not check the bundle's sha256). The first checked bundle
+    stays: it is the one whose bytes made the snapshot. Returns whether the record changed."""
+    files = read_record(rc, commit)
+    if files is None or read_bundle_record(rc, commit) is not None:
+        return False
+    write_record(rc, commit, files.values(), bundle=bundle)
+    return True
+
+
+def read_bundle_record(rc: RepoCache, commit: str) -> BundleRecord | None:
+    """The bundle recorded for an installed commit, or None (no record, a record written before
+    bundles were recorded, or one whose install did not check the bundle's sha256). Reads the
+    small record file only, never the bundle."""
+    p = rc.record_path(commit)
+    try:
+        d = safejson.loads(safejson.read_file(p, what="install record", max_bytes=MAX_RECORD, error=UnsafeCache),
+                           where=str(p), what="install record", max_bytes=MAX_RECORD, error=UnsafeCache)
+        raw = d.get("bundle") if isinstance(d, dict) and d.get("commit") == commit else None
+        if raw is None:
+            return None
+        b = BundleRecord(**raw)
+        if why := b.problem():
+            raise ValueError(why)
+    except FileNotFoundError:
+        return None
+    except UnsafeCache:
+        raise
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise UnsafeCache(str(p), f"the install record's bundle entry is unreadable ({e.__class__.__name__}: {e})", fix="delete that file and the snapshot folder of that commit, then install again") from None
+    return b
 
 
 # --- refs -----------------------------------------------------------------------------------------

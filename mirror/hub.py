@@ -15,6 +15,11 @@ interrupted-pull case), but every byte is hashed against the Hub's listing befor
 bundle, and a file that fails the check is deleted so the next run fetches it afresh. After a
 successful pull the staging folder is removed.
 
+The bundle does not wait for the whole download: the listing gives every LFS file's sha256 and
+size, so the manifest is final once the small files (hashed for their sha256) are in, and the
+writer then copies each shard as soon as it has arrived, checking it on the way, while the later
+ones still download (`_Fetcher`). Each file is read back once, from the page cache.
+
 The bundle's `created_at` is the commit's date (`lastModified` at that revision), not the time of
 the pull, so two people pulling the same commit produce byte-identical bundles.
 """
@@ -354,48 +359,97 @@ def _discard_staged(staging: Path, path: str) -> None:
     (staging / ".cache" / "huggingface" / "download" / (path + ".metadata")).unlink(missing_ok=True)
 
 
-def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool) -> None:
-    from huggingface_hub import hf_hub_download
+class _Fetcher:
+    """Downloads with `hf_hub_download`, several files at once, in the order given, while the
+    caller waits for one file at a time (`ready`): the bundle writer copies file k while files
+    k+1... are still arriving, instead of waiting for a staging copy of everything."""
 
-    bar = _Progress(total=sum(f.size for f in files), files=len(files), desc=f"pull {snap.repo_id}", enabled=progress)
+    def __init__(self, snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool):
+        from huggingface_hub import hf_hub_download
 
-    def fetch(f: RemoteFile) -> None:
-        file_bar, finish = bar.for_file(f.size)
-        with _hub_errors(repo_id=snap.repo_id, revision=snap.revision, endpoint=endpoint, token=token, what=f.path):
-            hf_hub_download(
-                snap.repo_id,
-                f.path,
-                repo_type=snap.repo_type,
-                revision=snap.commit,  # never the branch: it may move while we download
-                local_dir=staging,
-                endpoint=endpoint,
-                token=token,
-                library_name="mirror",
-                library_version=__version__,
-                tqdm_class=file_bar,
-            )
-        finish()
+        self._snap, self._files, self._staging, self._endpoint, self._token = snap, list(files), staging, endpoint, token
+        self._bar = _Progress(total=sum(f.size for f in files), files=len(files), desc=f"pull {snap.repo_id}", enabled=progress)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(files))), thread_name_prefix="mirror-pull")
-    try:
-        futures = [pool.submit(fetch, f) for f in files]
+        def fetch(f: RemoteFile) -> None:
+            file_bar, finish = self._bar.for_file(f.size)
+            with _hub_errors(repo_id=snap.repo_id, revision=snap.revision, endpoint=endpoint, token=token, what=f.path):
+                hf_hub_download(
+                    snap.repo_id,
+                    f.path,
+                    repo_type=snap.repo_type,
+                    revision=snap.commit,  # never the branch: it may move while we download
+                    local_dir=staging,
+                    endpoint=endpoint,
+                    token=token,
+                    library_name="mirror",
+                    library_version=__version__,
+                    tqdm_class=file_bar,
+                )
+            finish()
+
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(files))), thread_name_prefix="mirror-pull")
+        self._futures = {f.path: self._pool.submit(fetch, f) for f in files}
+        self._closed = False
+
+    def ready(self, path: str) -> None:
+        """Wait until `path` is downloaded (a file not fetched, e.g. a delta's unchanged one,
+        returns at once). A failed download raises, after every other file was tried, so a rerun
+        fetches only what is missing."""
+        fut = self._futures.get(path)
+        if fut is None:
+            return
+        wait([fut])
+        if fut.exception() is not None:
+            wait(list(self._futures.values()))
+            self._result(fut)
+
+    def wait_all(self) -> None:
         # Every file is tried even when one fails, so a rerun fetches only what is missing.
-        wait(futures)
-        for fut in futures:
-            fut.result()  # the first failure, in path order
+        wait(list(self._futures.values()))
+        for fut in self._futures.values():
+            self._result(fut)  # the first failure, in download order
+
+    def _result(self, fut) -> None:
+        try:
+            fut.result()
+        except MirrorError:
+            raise
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NotEnoughSpace(str(self._staging), needed=sum(f.size for f in self._files), free=shutil.disk_usage(self._staging).free) from e
+            # e.g. huggingface_hub's "Consistency check failed: file should be of size ..."
+            raise HubError(f"downloading {self._snap.repo_id} from {self._endpoint} failed: {_one_line(str(e), self._token)}; rerun to resume") from e
+
+    def close(self, *, interrupted: bool = False, cancel: bool = False) -> None:
+        """`interrupted` (Ctrl-C): start nothing new, wait for nothing. `cancel`: start nothing
+        new, wait for the running downloads (before their folder is removed). Otherwise every
+        download finishes, so a rerun after an error elsewhere resumes with all of them."""
+        self._pool.shutdown(wait=not interrupted, cancel_futures=interrupted or cancel)
+        if not self._closed:
+            self._closed = True
+            self._bar.close()
+
+
+def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool) -> None:
+    fetcher = _Fetcher(snap, files, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+    try:
+        fetcher.wait_all()
     except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: start nothing new, wait for nothing
+        fetcher.close(interrupted=True)
         raise
-    except MirrorError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise NotEnoughSpace(str(staging), needed=sum(f.size for f in files), free=shutil.disk_usage(staging).free) from e
-        # e.g. huggingface_hub's "Consistency check failed: file should be of size ..."
-        raise HubError(f"downloading {snap.repo_id} from {endpoint} failed: {_one_line(str(e), token)}; rerun to resume") from e
-    finally:
-        pool.shutdown(wait=False)
-        bar.close()
+    fetcher.close()
+
+
+def _download_order(files: Sequence[RemoteFile], *, allow_pickle: bool) -> list[RemoteFile]:
+    """What the manifest needs first (files hashed before it is written: those without a listed
+    sha256, i.e. the small non-LFS files; the model card for the licence; pickles to scan), then
+    the rest in the bundle's order, so the writer's next file is the next to arrive."""
+
+    return sorted(files, key=lambda f: (not _needed_first(f, allow_pickle=allow_pickle), f.path.encode("utf-8")))
+
+
+def _needed_first(f: RemoteFile, *, allow_pickle: bool) -> bool:
+    return not (f.lfs and f.sha256) or f.path == "README.md" or (allow_pickle and classify(f.path) == "pickle")
 
 
 def _license(staging: Path, selected: Sequence[RemoteFile]) -> str | None:
@@ -473,11 +527,49 @@ def pull(
     if free < needed:
         raise NotEnoughSpace(str(out_dir), needed=needed, free=free)
 
-    _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+    if base is not None:  # a delta reads its staged files to build the delta section: all of them first
+        _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+        fetcher = None
+    else:  # the bundle is written while the files arrive: the Hub's listing fixes its layout
+        fetcher = _Fetcher(snap, _download_order(fetch, allow_pickle=allow_pickle), staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+    try:
+        info = _write_pulled(
+            snap, files, fetch, chosen, staging=staging, fetcher=fetcher, base=base, unchanged=unchanged, where=where,
+            repo_id=repo_id, repo_type=repo_type, revision=revision, endpoint=endpoint, out_dir=out_dir,
+            max_part_size=max_part_size, allow_pickle=allow_pickle,
+        )
+    except KeyboardInterrupt:
+        if fetcher is not None:
+            fetcher.close(interrupted=True)
+        raise
+    except BaseException:
+        if fetcher is not None:
+            fetcher.close()
+        raise
+    if fetcher is not None:
+        fetcher.close()
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (out_dir / STAGING_DIR).rmdir()  # only when no other pull is staging there
+    except OSError:
+        pass
+    return info
+
+
+def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetcher: _Fetcher | None, base, unchanged, where: str,
+                  repo_id: str, repo_type: str, revision: str, endpoint: str, out_dir: Path, max_part_size: int | None, allow_pickle: bool) -> BundleInfo:
+    """The pickle policy over the downloaded files, then the bundle, as each file arrives."""
+    ready = fetcher.ready if fetcher is not None else None
+    if fetcher is not None:  # what the manifest needs: the files hashed before it is written, the card, pickles
+        for f in fetch:
+            if _needed_first(f, allow_pickle=allow_pickle):
+                fetcher.ready(f.path)
     fetched = {f.path for f in fetch}
     try:
         report = policy.check_files({p: staging / p if p in fetched else None for p in chosen}, allow_pickle=allow_pickle, where=where)
     except PolicyError:
+        if fetcher is not None:
+            fetcher.close(cancel=True)
         shutil.rmtree(staging, ignore_errors=True)  # a refused file is not kept for a resume
         raise
 
@@ -497,14 +589,12 @@ def pull(
             license=_license(staging, fetch) if base is None or "README.md" not in unchanged else base.license,
             out_dir=out_dir,
             max_part_size=max_part_size,
+            ready=ready,
             **args,
         )
     except HashMismatch as e:
+        if fetcher is not None:
+            fetcher.close()  # the others finish, so the rerun fetches only the discarded file
         _discard_staged(staging, e.path)
         raise
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (out_dir / STAGING_DIR).rmdir()  # only when no other pull is staging there
-    except OSError:
-        pass
     return info

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from mirror import atomic, hfcache, policy, trust
+from mirror import atomic, hfcache, parts, policy, trust
 from mirror.delta import delta_info
 from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
@@ -36,6 +36,7 @@ from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
 from mirror.ids import is_commit, is_sha256, ref_problem
 from mirror.manifest import FileEntry, Manifest
+from mirror.safeio import NotRegularFile, open_regular
 from mirror.tarformat import BundleReader, name_collision, read_tail
 
 default_cache_dir = cache_root
@@ -118,9 +119,12 @@ def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, info, target, labe
         # every file is there with its content checked: still, what was asked of the bundle holds
         signer = _signature_only(reader, keys) if keys else None
         sha = _sha_only(reader, expected_sha256) if expected_sha256 else None
+        bundle = _bundle_record(reader, sha)
         refs = _write_refs(rc, m)
         if plan.record is None and set(plan.existing) == {f.path for f in target}:
-            hfcache.write_record(rc, m.commit, target)
+            hfcache.write_record(rc, m.commit, target, bundle=bundle)
+        elif bundle is not None and plan.record is not None and set(plan.record) == {f.path for f in target}:
+            hfcache.add_bundle_to_record(rc, m.commit, bundle)
         return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer)
 
 
@@ -269,6 +273,7 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
         signer = trust.require_signature(reader.manifest_bytes, ex.signature, keys=keys, bundle=label).key_fingerprint if keys else None
         if expected_sha256 is not None and ex.sha256 != expected_sha256.lower():
             raise _not_the_ticketed(label, expected_sha256, ex.sha256)
+        bundle = _bundle_record(reader, ex.sha256)
         if allow_pickle:  # scan the verified bytes before anything is moved into the cache
             policy.check_files({f.path: sink.staged.get(f.etag, rc.blob(f.etag)) for f in plan.target}, allow_pickle=True, where=label)
         snap = rc.snapshot(m.commit)
@@ -284,7 +289,7 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
                 os.replace(tmp, rc.blob(etag))
         sink.staged.clear()
         if journal.new_record:
-            hfcache.write_record(rc, m.commit, plan.target)
+            hfcache.write_record(rc, m.commit, plan.target, bundle=bundle)
         # commit point 2: the snapshot (a new one appears whole, by one rename)
         if new_snapshot:
             staging = atomic.temp_path(snap, suffix="staging")
@@ -299,6 +304,8 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
                     os.symlink(link_target(f.path, f.etag), tmp)
                     os.replace(tmp, p)
         refs = _write_refs(rc, m)
+        if bundle is not None and not journal.new_record and plan.record is not None and set(plan.record) == {f.path for f in plan.target}:
+            hfcache.add_bundle_to_record(rc, m.commit, bundle)
     except BaseException as e:
         sink.cleanup()
         if staging is not None:
@@ -314,6 +321,46 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
             journal_path.unlink(missing_ok=True)
     repaired = tuple(sorted(plan.write[e].path for e in plan.damaged))
     return InstallResult(m.repo_id, m.commit, snap, False, ex.sha256, refs, repaired=repaired, recovered=recovered, signer=signer)
+
+
+def installed_bundle(repo_id: str, commit: str, *, cache_dir: str | os.PathLike | None = None, repo_type: str = "model") -> hfcache.BundleRecord | None:
+    """The bundle that installed `repo_id@commit`, with the sha256 its install checked, read from
+    the install record (a few hundred bytes; the bundle itself is not opened). None when the
+    commit was installed without checking its bundle's sha256 (`mirror install` without
+    `--sha256`), by an older mirror, or by someone else (snapshot_download)."""
+    return hfcache.read_bundle_record(RepoCache(cache_root(cache_dir), repo_id, repo_type), commit)
+
+
+def _bundle_record(reader: BundleReader, sha256: str | None) -> hfcache.BundleRecord | None:
+    """What the install record says about the bundle: only a sha256 this install checked (computed
+    over the bytes it read, or a multi-part index whose every part matched). A `.sha256` sidecar
+    next to the bundle must agree with it: one that does not is a stale or altered copy, and the
+    install is refused before anything is moved into the cache (HashMismatch, exit 4)."""
+    if sha256 is None:
+        return None
+    loc = parts.locate(reader.path)
+    if loc.multipart:
+        index = parts.read_index(loc.index)
+        where, size = loc.index, index.size
+    else:
+        where, size = loc.path, os.stat(loc.path).st_size
+        sidecar = loc.path.with_name(loc.path.name + ".sha256")
+        claimed = _sidecar_sha256(sidecar)
+        if claimed is not None and claimed != sha256:
+            raise HashMismatch(str(loc.path), algorithm="bundle sha256", expected=claimed, actual=sha256, where=f"against its sidecar {sidecar.name} (a stale or altered copy: fetch both again)")
+    return hfcache.BundleRecord(name=where.name, path=os.path.abspath(where), size=size, sha256=sha256)
+
+
+def _sidecar_sha256(sidecar: Path) -> str | None:
+    """The digest a `sha256sum`-format sidecar claims, or None when there is no usable one (the
+    sidecar is optional; one that is not a regular small file or not in that format is ignored)."""
+    try:
+        with open_regular(sidecar) as f:
+            text = f.read(4096).decode("ascii", "replace")
+    except (OSError, NotRegularFile):
+        return None
+    head = text.split(" ", 1)[0].strip().lower()
+    return head if is_sha256(head) else None
 
 
 def _link_all(staging: Path, files: tuple[FileEntry, ...]) -> None:

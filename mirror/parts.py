@@ -655,6 +655,20 @@ class Ranges:
             n -= len(got)
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def readinto(self, offset: int, view: memoryview) -> None:
+        """Fill `view` with the stream's bytes at `offset`, crossing part boundaries, into the
+        caller's (reused) buffer."""
+        if offset + len(view) > self.size:
+            raise PartError(self._where, f"a read at byte {offset} runs past the end of the stream ({self.size} bytes)", parts=(self._names[-1],))
+        got = 0
+        while got < len(view):
+            k, off = divmod(offset + got, self._span)
+            want = min(len(view) - got, self._span - off)
+            n = os.preadv(self._fds[k], [view[got : got + want]], off)
+            if not n:  # the file shrank after it was opened
+                raise PartError(self._where, f"{self._names[k]} ended early at byte {off}", parts=(self._names[k],))
+            got += n
+
     def close(self) -> None:
         for f in self._files:
             f.close()

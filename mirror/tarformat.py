@@ -397,11 +397,25 @@ class _FdRanges:
             n -= len(got)
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def readinto(self, offset: int, view: memoryview) -> None:
+        """Fill `view` with the bytes at `offset`, by position, into the caller's buffer (no
+        allocation per read: a reused buffer stays in the CPU cache for the hash and the write)."""
+        _readinto(self._fd, view, offset, self._label, self.size)
+
     def __enter__(self) -> "_FdRanges":
         return self
 
     def __exit__(self, *exc) -> None:
         pass  # the descriptor is the reader's
+
+
+def _readinto(fd: int, view: memoryview, offset: int, label: str, size: int) -> None:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            raise BundleError(label, f"the file shrank while it was read (at byte {offset + got} of {size})", fix="something is writing to the bundle: wait for it to finish, then retry")
+        got += n
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,8 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
 def _model_line(model: Any) -> str:
     if model.source == "bundle":
         return f"{model.repo_id}: verified bundle {model.bundle_path.name if model.bundle_path else ''} and installed it into the HF cache at {model.path}"
+    if model.source == "endpoint":
+        return f"{model.repo_id}@{model.commit}: downloaded from the site mirror {model.endpoint} into the HF cache at {model.path}, every file hashed against its listing"
     return f"{model.repo_id} ({'installed snapshot' if model.source == 'cache' else 'local folder'} {model.path})"
 
 
@@ -329,6 +331,11 @@ def check(configs: tuple[str, ...], bundles_dir: str, public_keys: tuple[str, ..
 def eval_(target: str, split: str | None, bundles_dir: str, quiet: bool, verbose: bool) -> None:
     """Evaluate a trained OUTPUT_DIR, or the base model of a CONFIG, on a data split.
 
+    For a chat (SFT) model it also generates an answer to every prompt of the split and scores
+    it with the compliance harness (forbidden phrases, required disclaimers, unrealistic
+    guarantees, legal advice without a referral); for a run, the results go into its
+    metrics.json, report.md and harness.jsonl.
+
     \b
     Examples:
       trainer eval runs/classifier --split valid
@@ -341,6 +348,9 @@ def eval_(target: str, split: str | None, bundles_dir: str, quiet: bool, verbose
         metrics = evaluate(target, split=split, bundles_dir=bundles_dir)
     if split is None:
         _note(f"evaluated on the {metrics['split']} split (the best one this run has; --split picks another)", quiet=quiet)
+    harness = metrics.get("harness")
+    if harness and Path(target).is_dir():
+        _note(f"harness: {harness['compliant']} of {harness['prompts']} generated answers compliant; recorded in {Path(target) / 'metrics.json'}, report.md and harness.jsonl", quiet=quiet)
     click.echo(_json_block(metrics))
 
 
@@ -371,6 +381,58 @@ def predict(output_dir: str, texts: tuple[str, ...], quiet: bool, verbose: bool)
         results = run_predict(output_dir, list(texts))
     for item in results:
         click.echo(json.dumps(item, ensure_ascii=False, default=str))
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  trainer serve runs/classifier runs/embeddings runs/sft --knowledge-base data/kb
+  trainer serve runs/embeddings --port 0                 # any free port; the log line names it
+  trainer serve acme/eligibility-classifier --bundles /media/usb/bundles   # HF cache, else a bundle
+  curl -s localhost:8000/health
+  OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=none python my_client.py
+""",
+)
+@click.argument("models", nargs=-1, required=True)
+@click.option("--knowledge-base", "knowledge_base", type=click.Path(file_okay=False), default=None, help="Folder of Markdown files for /retrieve, embedded at start-up with the served embedding model.")
+@click.option("--kb-cache", type=click.Path(file_okay=False), default=None, help="Where knowledge-base embeddings are cached by content.  [default: $XDG_CACHE_HOME/trainer/kb]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0: any free one).")
+@_bundles_option
+@_public_key_option
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 autocast where the hardware computes bf16 natively, else fp32.")
+@click.option("--max-body-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(min=1), help="Largest request body (413 above).")
+@click.option("--max-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one /embed or /v1/embeddings request (413 above).")
+@click.option("--max-tokens-per-text", default=512, show_default=True, type=click.IntRange(min=1), help="Most tokens in one text or chat prompt (413 above); a model's own limit is lower when it is.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1), help="Most tokens a chat request may ask for (422 above).")
+@click.option("--max-batch-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts one batched forward pass takes.")
+@click.option("--batch-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long a model's worker waits for more requests to join a forward pass.")
+@click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(min=1), help="Seconds a stop (SIGTERM, Ctrl-C) waits for requests in flight.")
+@_verbosity
+def serve(models: tuple[str, ...], knowledge_base: str | None, kb_cache: str | None, host: str, port: int, bundles_dir: str, public_keys: tuple[str, ...],
+          precision: str, max_body_bytes: int, max_texts: int, max_tokens_per_text: int, max_new_tokens: int, max_batch_texts: int, batch_wait_ms: float,
+          graceful_timeout: int, quiet: bool, verbose: bool) -> None:
+    """Serve trained MODELS over HTTP: the original service's API and the OpenAI-compatible one.
+
+    Each MODEL is a run folder (trainer run's output_dir), a model folder, or a repo id taken
+    from the HF cache or a verified bundle in --bundles; one per task (classifier, embedding
+    model, chat model). Offline: nothing is fetched, and the network guard blocks any
+    connection out. Routes: GET /health /metrics /v1/models; POST /classify /embed /retrieve
+    /chat /v1/embeddings /v1/chat/completions (docs/serving.md).
+    """
+    from trainer.offline import network_guard
+    from trainer.resolve import check_public_keys
+    from trainer.serve import Options
+    from trainer.serve import serve as run_server
+    from trainer.serve.app import Limits
+
+    limits = Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_tokens_per_text=max_tokens_per_text, max_new_tokens=max_new_tokens,
+                    default_new_tokens=min(256, max_new_tokens), max_batch_texts=max_batch_texts, batch_wait_ms=batch_wait_ms)
+    opts = Options(models=models, host=host, port=port, knowledge_base=knowledge_base, kb_cache=kb_cache, bundles_dir=bundles_dir,
+                   public_keys=check_public_keys(public_keys), precision=precision, limits=limits, graceful_timeout_s=graceful_timeout, access_log=not quiet)
+    with network_guard(), _verbosity_set(quiet=quiet, verbose=verbose):
+        stopped = run_server(opts, note=lambda line: _note(f"trainer serve: {line}", quiet=quiet), verbose=verbose)
+    _note(f"trainer serve: stopped{' by ' + stopped.signal if stopped.signal else ''} after answering {stopped.requests} requests", quiet=quiet)
 
 
 for _command in (cli, *cli.commands.values()):  # the exit-code table ends every --help

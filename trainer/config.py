@@ -82,6 +82,8 @@ class Config:
     num_threads: int | None = None  # None: all physical cores
     # --- trust
     public_keys: tuple[str, ...] = ()  # PEM public keys (paths relative to this file); a bundle auto-installed for the run must be signed by one of them
+    # --- evaluation harness (sft): rule lists replacing trainer/harness.py's defaults, see docs/serving.md
+    harness: dict[str, Any] | None = None
 
     def files(self, split: str) -> tuple[str, ...]:
         return {"train": self.train_files, "valid": self.valid_files, "test": self.test_files}[split]
@@ -177,6 +179,13 @@ def _coerce(name: str, typ: str, value: Any, problems: list[str]) -> Any:
             return (value,)
         if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
             return tuple(str(v) for v in value)
+    elif base == "dict[str, Any]" and name == "harness":
+        from trainer import harness
+
+        found: list[str] = []
+        block = harness.check_block(value, found)
+        problems.extend(found)
+        return block
     else:  # pragma: no cover - a new field type without a coercion rule is a programming error
         raise TypeError(f"no coercion for {name}: {typ}")
     problems.append(f"{name} must be {base.replace('tuple[str, ...]', 'a list of strings')}, got {shown(value)}")
@@ -267,6 +276,8 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", first_row: dict | 
     _check_ranges(values, problems)
     if values.get("distributed") == "fsdp" and task in ("classification", "embeddings"):
         problems.append("distributed: fsdp shards models too large for one device and is for sft; use distributed: ddp (or auto)")
+    if values.get("harness") is not None and task != "sft":
+        problems.append("harness: the evaluation harness scores generated answers, so it is for task sft only; remove the block")
     if task == "classification" and not values.get("labels") and not bad_labels:
         problems.append("classification needs 'labels': the list of classes")
     if problems:

@@ -164,3 +164,30 @@ class RemoteCodeRefused(TrainerError, PermissionError):
 
 class Interrupted(TrainerError):
     exit_code = exitcodes.INTERRUPTED  # SIGINT; the CLI uses 128 + the signal actually received
+
+
+class ServeError(TrainerError, ValueError):
+    """`trainer serve` cannot start as asked: a MODEL that is not a model, two models for one
+    task, a knowledge base without an embedding model or without Markdown files."""
+
+    exit_code = exitcodes.USAGE
+
+
+class ListenFailed(TrainerError, OSError):
+    """`trainer serve` cannot listen where it was told (the port is taken, the address is not this machine's)."""
+
+    exit_code = exitcodes.FAILED
+
+    def __init__(self, host: str, port: int, reason: str):
+        self.host, self.port = host, port
+        super().__init__(f"cannot listen on {host}:{port}: {reason}; pick another --port or --host")
+
+
+class TextTooLong(TrainerError, ValueError):
+    """A text in a request has more tokens than the server's per-text limit (HTTP 413)."""
+
+    exit_code = exitcodes.USAGE
+
+    def __init__(self, *, index: int, tokens: int, limit: int):
+        self.index, self.tokens, self.limit = index, tokens, limit
+        super().__init__(f"text {index} has {tokens} tokens, more than the limit of {limit} per text: shorten or split it (the server's --max-tokens-per-text)")

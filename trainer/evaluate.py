@@ -167,7 +167,39 @@ def evaluate(target: str | Path, *, split: str | None = None, bundles_dir: str =
     from trainer.recipes.common import setup_runtime
 
     rt = setup_runtime(cfg)
-    return {"split": split, **_recipe(cfg.task).evaluate_saved(cfg, model_dir, split=split, rt=rt, base=is_base)}
+    metrics = {"split": split, **_recipe(cfg.task).evaluate_saved(cfg, model_dir, split=split, rt=rt, base=is_base)}
+    if cfg.task == "sft" and (cfg.harness or {}).get("enabled", True):
+        metrics["harness"] = run_harness(cfg, model_dir, split=split, rt=rt, record=not is_base)
+    return metrics
+
+
+def run_harness(cfg: Config, model_dir: Path, *, split: str, rt: Any, record: bool) -> dict[str, Any]:
+    """The evaluation harness on an SFT model (trainer/harness.py). `record`: a run folder's
+    own model, so the results go into its metrics.json, report.md and harness.jsonl (each
+    replaced whole, atomically); a base model's are only returned."""
+    from trainer import harness
+    from trainer.recipes.common import is_random_init
+
+    summary, results = harness.evaluate_run(cfg, model_dir, split=split, rt=rt, random_init=is_random_init(model_dir))
+    if record:
+        write_harness(Path(model_dir), summary, results)
+    return summary
+
+
+def write_harness(run_dir: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    from mirror.atomic import write_atomic
+    from trainer import harness, report
+    from trainer.files import open_regular
+
+    try:
+        with open_regular(run_dir / "metrics.json") as f:
+            metrics = json.loads(f.read(64 * 1024 * 1024))
+    except (OSError, ValueError) as e:
+        raise TrainerError(f"{run_dir / 'metrics.json'} cannot be read ({shown(str(e))}): the run's record is damaged; train again") from e
+    metrics["harness"] = summary
+    write_atomic(run_dir / harness.RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    report.write(run_dir, metrics=metrics, lineage=read_lineage(run_dir))
 
 
 def predict(output_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:

@@ -136,6 +136,9 @@ def build(
         "wall_time_s": round(wall_time_s, 3),
         "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]) if sys.argv else None,
     }
+    if getattr(model, "endpoint", None):  # downloaded from a site mirror ($HF_ENDPOINT): where, and each file's sha256 as hashed on arrival
+        record["base_model"]["endpoint"] = model.endpoint
+        record["base_model"]["files"] = dict(model.fetched)
     if extra:
         record["task_info"] = extra
     return record

@@ -117,6 +117,10 @@ _PLUMBING = (
 _ORIGINAL: dict[str, Any] = {}
 _lock = threading.Lock()
 _depth = 0
+# A site mirror ($HF_ENDPOINT) the guard lets through while a model is fetched from it: exactly
+# these (host, port) pairs, and the addresses those host names resolved to, nothing else.
+_ALLOWED_NAMES: set[tuple[str, int]] = set()
+_ALLOWED_ADDRS: set[tuple[str, int]] = set()
 
 
 def _is_local_host(host: Any) -> bool:
@@ -164,11 +168,28 @@ def _target(address: Any) -> str:
     return repr(address)
 
 
+def _host_port(host: Any, port: Any) -> tuple[str, int] | None:
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    try:
+        return str(host).strip("[]").split("%", 1)[0].lower(), int(port)
+    except (TypeError, ValueError):
+        return None
+
+
+def _allowed(address: Any) -> bool:
+    """Whether `address` is the allowed site mirror (by name or by an address its name gave)."""
+    if not (isinstance(address, tuple) and len(address) >= 2):
+        return False
+    hp = _host_port(address[0], address[1])
+    return hp is not None and (hp in _ALLOWED_ADDRS or hp in _ALLOWED_NAMES)
+
+
 def _check_address(sock: socket.socket, address: Any) -> None:
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return  # AF_UNIX, netlink...: never leave the machine
     host = address[0] if isinstance(address, tuple) and address else address
-    if not _is_local_host(host):
+    if not _is_local_host(host) and not _allowed(address):
         raise NetworkBlocked(_target(address), caller=_caller())
 
 
@@ -191,13 +212,20 @@ def _guarded_sendto(self: socket.socket, data: Any, *args: Any) -> int:
 
 def _guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
     host = address[0] if isinstance(address, tuple) and address else address
-    if not _is_local_host(host):
+    if not _is_local_host(host) and not _allowed(address):
         raise NetworkBlocked(_target(address), caller=_caller())
     return _ORIGINAL["create_connection"](address, *args, **kwargs)
 
 
 def _guarded_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
     # A numeric address needs no DNS; a name does, and the DNS query itself leaves the machine.
+    hp = _host_port(host, port)
+    if hp is not None and hp in _ALLOWED_NAMES:  # the site mirror's name: the addresses it gives are allowed too
+        infos = _ORIGINAL["getaddrinfo"](host, port, *args, **kwargs)
+        for info in infos:
+            if (ahp := _host_port(info[4][0], info[4][1])) is not None:
+                _ALLOWED_ADDRS.add(ahp)
+        return infos
     if not (_is_local_host(host) or _is_numeric(host)):
         raise NetworkBlocked(_target((host, port)), caller=_caller())
     return _ORIGINAL["getaddrinfo"](host, port, *args, **kwargs)
@@ -260,3 +288,43 @@ def network_guard() -> Iterator[None]:
         yield
     finally:
         remove_network_guard()
+
+
+@contextlib.contextmanager
+def allow_endpoint(url: str) -> Iterator[None]:
+    """Inside `network_guard()`: also let through connections to exactly this http(s) URL's
+    host:port (a site mirror named by $HF_ENDPOINT), for the length of the block."""
+    from urllib.parse import urlsplit
+
+    split = urlsplit(url)
+    port = split.port or (443 if split.scheme == "https" else 80)
+    hp = _host_port(split.hostname or "", port)
+    with _lock:
+        fresh = hp not in _ALLOWED_NAMES
+        _ALLOWED_NAMES.add(hp)
+    try:
+        yield
+    finally:
+        with _lock:
+            if fresh:
+                _ALLOWED_NAMES.discard(hp)
+                _ALLOWED_ADDRS.clear()
+
+
+@contextlib.contextmanager
+def hub_online() -> Iterator[None]:
+    """huggingface_hub allowed to make requests for the length of the block (the trainer is
+    otherwise offline): used only together with `network_guard()` and `allow_endpoint()`."""
+    from huggingface_hub import constants
+
+    saved_env, saved = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "0"
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env

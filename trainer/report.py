@@ -127,6 +127,30 @@ def _comparison(metrics: dict[str, Any], keys: list[str]) -> list[str]:
     return lines
 
 
+def _harness(h: dict[str, Any] | None) -> list[str]:
+    """The evaluation harness's verdict on the generated answers (`trainer eval` of an SFT run)."""
+    if not h:
+        return []
+    g = h["generation"]
+    mode = f"sampling at temperature {g['temperature']:g}" if g.get("do_sample") else "greedy decoding"
+    lines = ["", f"## Compliance of generated answers ({h['split']} split, {h['prompts']} prompts)", ""]
+    if h.get("warning"):
+        lines += [f"> **{RANDOM_INIT_BANNER}.** These answers come from random weights: the rates below show the harness works, not how a real model behaves.", ""]
+    rate = h["compliance_rate"]
+    lines += [
+        f"Compliance rate: **{_fmt(float(rate))}** ({h['compliant']} of {h['prompts']} answers break no rule). "
+        f"Generated with {mode}, at most {g['max_new_tokens']} new tokens, the tokenizer's chat template; "
+        f"every answer and its violations are in `{g.get('prompts_file', 'harness.jsonl')}`.",
+        "",
+        "| rule | violations | prompts |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {rule} | {n} | {h['prompts_by_rule'].get(rule, 0)} |" for rule, n in h["violations_by_rule"].items()]
+    overridden = (h.get("rules") or {}).get("overridden") or []
+    lines += ["", "Rules: the credit-dispute defaults of trainer/harness.py" + (f", with {', '.join(overridden)} from the config's harness block." if overridden else ".")]
+    return lines
+
+
 def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | None, confusion_png: str | None) -> str:
     task = metrics["task"]
     base = lineage["base_model"]
@@ -173,6 +197,7 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
         for split, m in metrics["final"].items():
             lines += ["", f"### Per class ({split})", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
             lines += [f"| {c} | {_fmt(x['precision'])} | {_fmt(x['recall'])} | {_fmt(x['f1'])} | {x['support']} |" for c, x in m["per_class"].items()]
+    lines += _harness(metrics.get("harness"))
     if loss_png:
         lines += ["", "## Loss", "", f"![loss curve]({loss_png})"]
     if confusion_png:
@@ -199,6 +224,8 @@ def write(out_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) ->
         plot_confusion(metrics["final"][split]["confusion_matrix"], labels, out_dir / CONFUSION_PNG,
                        title=f"Confusion matrix, {split} split" + (f" ({n} rows)" if n else ""))
         confusion_png = CONFUSION_PNG
+    from mirror.atomic import write_atomic
+
     path = out_dir / "report.md"
-    path.write_text(render(metrics, lineage, loss_png=loss_png, confusion_png=confusion_png), encoding="utf-8")
+    write_atomic(path, render(metrics, lineage, loss_png=loss_png, confusion_png=confusion_png))
     return path

@@ -46,8 +46,10 @@ class ResolvedModel:
     commit: str | None  # the pinned commit (None for a plain local folder)
     bundle_path: Path | None  # the bundle it came from, when known
     bundle_sha256: str | None
-    source: str  # "local" | "cache" | "bundle"
+    source: str  # "local" | "cache" | "bundle" | "endpoint"
     skipped: tuple[str, ...] = ()  # one line per bundle of the repo that failed to install before this one
+    endpoint: str | None = None  # the site mirror ($HF_ENDPOINT) it was downloaded from
+    fetched: tuple[tuple[str, str], ...] = ()  # (path, sha256) of every file downloaded from the endpoint
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,12 @@ def resolve_model(
         snapshot = Path(snapshot)
         _refuse_remote_code(model_id, snapshot, trust_remote_code)
         commit = snapshot.name
+        # the bundle and sha256 its install checked, from the install record: no bundle byte is read
+        recorded = install.installed_bundle(model_id, commit, cache_dir=cache_dir)
+        if recorded is not None:
+            return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path), bundle_sha256=recorded.sha256, source="cache")
+        # installed without a checked sha256 (`mirror install` without --sha256, an older mirror):
+        # the bundle of that commit in the bundles folder, hashed (one pass per run, as before)
         origin = next((c for c in _candidates(bundles, model_id)[0] if c.commit == commit), None)
         return ResolvedModel(
             repo_id=model_id,
@@ -119,6 +127,9 @@ def resolve_model(
 
     candidates, unreadable = _candidates(bundles, model_id)
     if not candidates:
+        endpoint = site_endpoint()
+        if endpoint is not None:  # a site mirror (`mirror serve`): fetched into the cache, pinned to its commit
+            return _from_endpoint(model_id, endpoint, cache_dir=cache_dir, trust_remote_code=trust_remote_code, public_keys=public_keys)
         raise _not_available(model_id, bundles_dir=str(bundles_dir).rstrip("/"), unreadable=unreadable)
     # newest first; one that fails to install (truncated, corrupt) gives way to the next of the
     # same repo. Each try is under the same key policy, so a signature refusal never falls back
@@ -263,3 +274,85 @@ def _refuse_remote_code(model_id: str, snapshot: Path, trust_remote_code: bool) 
     reason = needs_remote_code(snapshot)
     if reason:
         raise RemoteCodeRefused(model_id, reason=reason)
+
+
+# --- a site mirror: $HF_ENDPOINT --------------------------------------------------------------------
+
+
+def site_endpoint() -> str | None:
+    """$HF_ENDPOINT when it names an http(s) site mirror other than the public Hub, else None."""
+    import os
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    split = urlsplit(url)
+    if split.scheme not in ("http", "https") or not split.hostname or split.hostname in ("huggingface.co", "hf.co"):
+        return None
+    return url
+
+
+class EndpointUnavailable(ModelNotAvailable):
+    """The model is not in the cache and the site mirror ($HF_ENDPOINT) could not provide it.
+    (Kept next to its one raiser; exit 3 like every model that is not available.)"""
+
+    def __init__(self, model_id: str, endpoint: str, reason: str, *, fix: str):
+        self.model_id = model_id
+        self.endpoint = endpoint
+        TrainerError.__init__(self, f"model {model_id} is not in the HF cache and the site mirror {endpoint} ($HF_ENDPOINT) cannot provide it: {reason}; {fix}")
+
+
+def _from_endpoint(model_id: str, endpoint: str, *, cache_dir: str | Path | None, trust_remote_code: bool, public_keys: Sequence[str | Path]) -> ResolvedModel:
+    """Download `model_id` from the site mirror with huggingface_hub, pinned to the commit `main`
+    resolves to there, into the HF cache. Only that host:port is reachable meanwhile (the
+    network guard); the trainer stays offline for everything else."""
+    from mirror import trust
+    from trainer.offline import allow_endpoint, hub_online, network_guard
+
+    if trust.trusted_keys(public_keys):
+        raise EndpointUnavailable(model_id, endpoint, "a signature is required (--public-key, public_keys or $MIRROR_TRUSTED_KEYS), and a download over HTTP carries none the trainer can check",
+                                  fix="run the server with 'mirror serve --public-key KEY' (it then serves only bundles signed by it) and drop the key here, or use --bundles DIR")
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        with network_guard(), allow_endpoint(endpoint), hub_online():
+            info = HfApi(endpoint=endpoint).model_info(model_id, files_metadata=True)
+            commit = info.sha
+            path = Path(snapshot_download(model_id, revision=commit, endpoint=endpoint, cache_dir=cache_dir))
+    except RepositoryNotFoundError:
+        raise EndpointUnavailable(model_id, endpoint, "the mirror serves no such model", fix=f"check the id, or ask the mirror's operators to add a bundle of it ('mirror pull {model_id}' on a connected host)") from None
+    except RevisionNotFoundError:
+        raise EndpointUnavailable(model_id, endpoint, "the mirror serves no 'main' revision of it", fix="ask the mirror's operators which revisions it serves") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise EndpointUnavailable(model_id, endpoint, " ".join(str(e).split())[:300], fix="check HF_ENDPOINT and that the mirror is up (GET /health)") from None
+    fetched = _check_fetched(model_id, endpoint, path, info.siblings or ())
+    _refuse_remote_code(model_id, path, trust_remote_code)
+    return ResolvedModel(repo_id=model_id, path=path, commit=commit, bundle_path=None, bundle_sha256=None, source="endpoint", endpoint=endpoint, fetched=fetched)
+
+
+def _check_fetched(model_id: str, endpoint: str, snapshot: Path, siblings) -> tuple[tuple[str, str], ...]:
+    """Hash every downloaded file once (in parallel) against the mirror's own listing: size, LFS
+    sha256, git blob sha1. A file that differs is removed from the cache (link and blob), so no
+    wrong bytes stay under the commit's name. Returns (path, sha256) of every file, as hashed."""
+    from types import SimpleNamespace
+
+    from mirror.hashing import first_difference, hash_files
+
+    want = {s.rfilename: SimpleNamespace(size=s.size, sha256=s.lfs.sha256 if s.lfs else "", git_sha1=s.blob_id or "") for s in siblings}
+    files = {name: snapshot / name for name in want}
+    missing = sorted(name for name, p in files.items() if not p.is_file())
+    if missing:
+        raise EndpointUnavailable(model_id, endpoint, f"{missing[0]} was listed but not downloaded", fix="run the command again; if it persists, check the mirror's logs")
+    lfs = {p for name, p in files.items() if want[name].sha256}
+    got = hash_files(list(files.values()), lfs=lfs)
+    for name, p in sorted(files.items()):
+        diff = first_difference(want[name], got[p], skip_empty=True)
+        if diff is not None:
+            algo, exp, act = diff
+            blob = p.resolve()
+            p.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            raise EndpointUnavailable(model_id, endpoint, f"{name} arrived with {algo} {act}, the mirror lists {exp}; the file was removed from the cache",
+                                      fix="run the command again; if it persists, the mirror's bundle or the network path is damaged")
+    return tuple(sorted((name, got[p].sha256) for name, p in files.items()))
+

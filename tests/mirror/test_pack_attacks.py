@@ -365,7 +365,7 @@ def test_a_signal_mid_write_exits_128_plus_it_and_leaves_nothing(big, tmp_path, 
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, (proc.returncode, stderr)
-    assert stderr == f"mirror: error: interrupted by {sig.name}; nothing partial was kept\n"
+    assert stderr == f"mirror: error: interrupted by {sig.name}; nothing half-written is left under a name anyone trusts; run the same command again to finish\n"
     assert stdout == "" and os.listdir(out) == []
 
 

@@ -69,9 +69,23 @@ def test_bundle_is_verified_installed_then_found_in_the_cache(tmp_path, cache):
     assert (second.bundle_path, second.bundle_sha256) == (info.path, info.sha256)
 
 
-def test_cache_hit_without_the_bundle_records_no_bundle(tmp_path, cache):
+def test_a_cache_hit_names_the_installed_bundle_from_the_install_record_not_the_bundle(tmp_path, cache):
     info = _bundle(tmp_path)
-    resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    resolve_model(REPO, bundles_dir=tmp_path / "bundles")  # installs it, checking its sha256
+    # other bytes under the bundle's name: hashing or even opening it would change the answer
+    info.path.write_bytes(b"not the bundle" * 1000)
+    m = resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    assert (m.source, m.bundle_path, m.bundle_sha256, m.commit) == ("cache", info.path, info.sha256, info.manifest.commit)
+    info.path.unlink()  # gone after install: the lineage still names the bundle that was installed
+    m = resolve_model(REPO, bundles_dir=tmp_path / "bundles")
+    assert (m.source, m.bundle_path.name, m.bundle_sha256) == ("cache", info.path.name, info.sha256)
+
+
+def test_a_cache_hit_without_a_checked_bundle_sha256_and_without_the_bundle_records_no_bundle(tmp_path, cache):
+    from mirror.install import install_bundle
+
+    info = _bundle(tmp_path)
+    install_bundle(info.path, bundle_sha256=False)  # as `mirror install` does: the sha256 not computed, not recorded
     info.path.unlink()
     m = resolve_model(REPO, bundles_dir=tmp_path / "bundles")
     assert (m.source, m.bundle_path, m.bundle_sha256, m.commit) == ("cache", None, None, info.manifest.commit)

@@ -1,0 +1,367 @@
+"""A small OCI distribution-spec client on `requests`: what push and pull need, no more.
+
+Blobs: HEAD (the dedup: a blob the registry has is never sent again), GET with `Range` (resumable
+pulls), uploads monolithic (one PUT) up to `chunk_size` and chunked (PATCH with Content-Range)
+above it, each request body streamed from the bundle with a Content-Length, so memory stays flat
+whatever the file size. The sha256 of what is sent is computed as it goes and must equal the
+digest before the upload is committed; the registry's `Docker-Content-Digest` is cross-checked.
+Manifests: GET with the OCI media types in Accept, PUT with the OCI manifest media type.
+
+Auth: a 401 is answered once per challenge (mirror.oci.auth): Basic, or a Bearer token from the
+realm for `repository:<name>:<actions>`. Credentials go only into the Authorization header of
+requests to the registry and its token realm; messages carry the registry's answer, never them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+from urllib.parse import urlencode, urljoin
+
+import requests
+
+from mirror.errors import (
+    HashMismatch,
+    LayerRefused,
+    RegistryAuthError,
+    RegistryError,
+    RegistryNotFound,
+)
+from mirror.oci.auth import Challenge, Credentials, parse_challenge
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"
+MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit on a manifest
+DEFAULT_CHUNK = 64 * 1024 * 1024  # a blob above this goes up in PATCH chunks of this size
+SEND_BLOCK = 1024 * 1024  # bytes handed to the socket at a time
+TIMEOUT = (15, 300)  # connect, read: a registry that stops answering mid-layer fails, not hangs
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one blob upload sent: bytes on the wire and the number of requests carrying them."""
+
+    sent: int
+    requests: int
+
+
+class _Body:
+    """A streamed request body with a known length (so requests sends Content-Length, not
+    chunked transfer encoding, which some registries refuse)."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int):
+        self._chunks, self._length = chunks, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+
+class Client:
+    """One repository of one registry. `actions` is what the token must allow: ("pull",) or
+    ("pull", "push")."""
+
+    def __init__(self, registry: str, repository: str, *, plain_http: bool = False, ca_cert: str | Path | None = None,
+                 credentials: Credentials | None = None, actions: tuple[str, ...] = ("pull",)):
+        self.registry = registry
+        self.repository = repository
+        self.credentials = credentials
+        self.actions = actions
+        self.root = f"{'http' if plain_http else 'https'}://{registry}"
+        self.base = f"{self.root}/v2/{repository}"
+        self.plain_http = plain_http
+        self.ca_cert = str(ca_cert) if ca_cert else None
+        self.session = requests.Session()
+        self.session.trust_env = False  # no ~/.netrc credentials slipped in; proxies are applied below
+        self.session.verify = self.ca_cert or True
+        self.session.proxies = requests.utils.get_environ_proxies(self.root)
+        self._auth: str | None = None
+        self._logged_in = False
+        self.bytes_sent = 0  # request body bytes, all requests (the dedup measurement)
+        self.bytes_received = 0
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, method: str, url: str, *, headers: dict | None = None, data=None, stream: bool = False) -> requests.Response:
+        h = dict(headers or {})
+        if self._auth:
+            h["Authorization"] = self._auth
+        try:
+            return self.session.request(method, url, headers=h, data=data, stream=stream, timeout=TIMEOUT)
+        except requests.exceptions.SSLError as e:
+            hint = "pass --ca-cert CA.pem with the certificate of the CA that signed it" if not self.ca_cert else f"the certificate is not signed by {self.ca_cert}"
+            if "WRONG_VERSION_NUMBER" in str(e) or "wrong version number" in str(e):
+                hint = "it does not speak TLS: if it is a plain-HTTP registry, pass --plain-http"
+            raise RegistryError(f"TLS with the registry {self.registry} failed ({reason(e)}); {hint}") from None
+        except requests.exceptions.ConnectionError as e:
+            raise RegistryError(f"cannot talk to the registry {self.root}: {reason(e)}; check the address and that it is running" + ("" if self.plain_http else " (use --plain-http only for a registry without TLS)")) from None
+        except requests.exceptions.Timeout:
+            raise RegistryError(f"the registry {self.root} did not answer within {TIMEOUT[1]} s; check it and retry") from None
+
+    def request(self, method: str, url: str, *, headers: dict | None = None, body: Callable[[], object] | None = None,
+                stream: bool = False, ok: tuple[int, ...] = (200,), what: str) -> requests.Response:
+        """One request, answering a 401 challenge once. `body` makes a fresh body (a retry after
+        authenticating replays it). Any status outside `ok` raises a typed error naming `what`."""
+        r = self._send(method, url, headers=headers, data=body() if body else None, stream=stream)
+        if r.status_code == 401 and self._authenticate(r):
+            r.close()
+            r = self._send(method, url, headers=headers, data=body() if body else None, stream=stream)
+        if r.status_code not in ok:
+            raise self._error(r, what)
+        return r
+
+    def login(self) -> None:
+        """Learn the registry's challenge from `GET /v2/` and authenticate before anything is
+        streamed (a streamed body cannot be replayed cheaply after a 401)."""
+        if self._logged_in:
+            return
+        r = self._send("GET", f"{self.root}/v2/")
+        if r.status_code == 401:
+            self._authenticate(r)
+            r.close()
+            r = self._send("GET", f"{self.root}/v2/")
+        if r.status_code == 404:
+            raise RegistryError(f"{self.root} is not an OCI registry (GET /v2/ answered 404); check the address")
+        if r.status_code not in (200, 401):
+            raise self._error(r, "the registry")
+        if r.status_code == 401:
+            raise self._error(r, f"repository {self.repository}")
+        r.close()
+        self._logged_in = True
+
+    def _authenticate(self, r: requests.Response) -> bool:
+        ch = parse_challenge(r.headers.get("WWW-Authenticate", ""))
+        if ch is None:
+            return False
+        if ch.scheme == "basic":
+            if self.credentials is None or self._auth == self.credentials.basic_header():
+                return False
+            self._auth = self.credentials.basic_header()
+            return True
+        if ch.scheme == "bearer":
+            token = self._token(ch)
+            if token is None or self._auth == f"Bearer {token}":
+                return False
+            self._auth = f"Bearer {token}"
+            return True
+        return False
+
+    def _token(self, ch: Challenge) -> str | None:
+        realm = ch.params.get("realm")
+        if not realm or not realm.startswith(("https://", "http://")):
+            return None
+        query = {"scope": f"repository:{self.repository}:{','.join(self.actions)}"}
+        if ch.params.get("service"):
+            query["service"] = ch.params["service"]
+        headers = {"Authorization": self.credentials.basic_header()} if self.credentials else {}
+        try:
+            r = self.session.get(realm + ("&" if "?" in realm else "?") + urlencode(query), headers=headers, timeout=TIMEOUT)
+        except requests.exceptions.RequestException as e:
+            raise RegistryError(f"cannot reach the token service {realm.split('?')[0]} the registry {self.registry} named: {reason(e)}") from None
+        if r.status_code in (401, 403):
+            who = f"user {self.credentials.username!r} (from {self.credentials.source})" if self.credentials else "anonymous access"
+            raise RegistryAuthError(f"the token service of {self.registry} refused {who} ({r.status_code}); check the user name and password, or pass --username and --password-stdin")
+        if r.status_code != 200:
+            raise RegistryError(f"the token service of {self.registry} answered {r.status_code}; check the registry's auth set-up")
+        try:
+            body = r.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"the token service of {self.registry} answered without a token; check the registry's auth set-up")
+        return token
+
+    def _error(self, r: requests.Response, what: str) -> RegistryError:
+        try:
+            detail = r.json().get("errors") or []
+            first = detail[0] if detail and isinstance(detail[0], dict) else {}
+            code, message = str(first.get("code", "")), str(first.get("message", ""))
+        except (ValueError, AttributeError):
+            code, message = "", ""
+        answer = f"{r.status_code} {r.reason or ''}".strip() + (f" {code}" if code else "") + (f": {message}" if message else "")
+        r.close()
+        if r.status_code in (401, 403):
+            who = f"user {self.credentials.username!r} (from {self.credentials.source})" if self.credentials else "anonymous access"
+            return RegistryAuthError(f"the registry {self.registry} refused {who} for {what} ({answer}); check the user name and password (--username, --password-stdin, or ~/.docker/config.json) and that the account may {'push to' if 'push' in self.actions else 'pull from'} {self.repository}")
+        if r.status_code == 404 or code in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"):
+            return RegistryNotFound(f"{what} is not in the registry {self.registry} ({answer}); check the repository and tag")
+        if r.status_code == 413:
+            return LayerRefused(f"the registry {self.registry} refused {what} as too large ({answer}); raise its upload limit (e.g. nginx client_max_body_size) or push with a smaller --chunk-size")
+        return RegistryError(f"the registry {self.registry} answered {answer} for {what}")
+
+    # --- blobs ----------------------------------------------------------------------------------
+
+    def blob_size(self, digest: str) -> int | None:
+        """The size of a blob the repository has, or None (HEAD: nothing is transferred)."""
+        r = self.request("HEAD", f"{self.base}/blobs/{digest}", ok=(200, 404), what=f"blob {digest}")
+        r.close()
+        if r.status_code == 404:
+            return None
+        try:
+            return int(r.headers.get("Content-Length", ""))
+        except ValueError:
+            return None
+
+    def open_blob(self, digest: str, *, start: int = 0, what: str) -> requests.Response:
+        """A streamed GET of a blob from byte `start` (206 expected when start > 0; a registry
+        that ignores Range answers 200 with the whole blob: check `status_code`)."""
+        headers = {"Range": f"bytes={start}-"} if start else None
+        return self.request("GET", f"{self.base}/blobs/{digest}", headers=headers, stream=True, ok=(200, 206), what=what)
+
+    def read_blob(self, digest: str, *, max_size: int, what: str) -> bytes:
+        """A small blob (config, bundle manifest, signature), checked against its digest."""
+        r = self.open_blob(digest, what=what)
+        data = bytearray()
+        try:
+            for chunk in r.iter_content(SEND_BLOCK):
+                data += chunk
+                if len(data) > max_size:
+                    raise RegistryError(f"{what} is larger than {max_size} bytes; the artifact is not one mirror push writes")
+        except requests.exceptions.RequestException as e:
+            raise RegistryError(f"the connection to {self.registry} broke while reading {what}: {reason(e)}; run the command again") from None
+        finally:
+            r.close()
+        self.bytes_received += len(data)
+        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        if got != digest:
+            raise HashMismatch(what, algorithm="sha256", expected=digest, actual=got, where=f"as served by {self.registry}")
+        return bytes(data)
+
+    def upload(self, digest: str, size: int, read: Callable[[int, int], bytes], *, chunk_size: int = DEFAULT_CHUNK,
+               what: str, on_bytes: Callable[[int], None] | None = None) -> Upload:
+        """Upload a blob whose bytes `read(offset, n)` returns. Monolithic up to `chunk_size`,
+        chunked above it. The bytes' sha256 must equal `digest` or the upload is cancelled
+        (nothing is committed) and HashMismatch names `what`."""
+        self.login()
+        r = self.request("POST", f"{self.base}/blobs/uploads/", ok=(202,), what=f"an upload of {what}")
+        location = self._location(r)
+        sha = hashlib.sha256()
+        offset, count = 0, 0
+
+        def chunks(start: int, n: int) -> Iterator[bytes]:
+            pos = start
+            while pos < start + n:
+                data = read(pos, min(SEND_BLOCK, start + n - pos))
+                if not data:
+                    raise RegistryError(f"{what} ended at byte {pos} of {size} while uploading it; the bundle changed: check it with mirror verify")
+                sha.update(data)
+                pos += len(data)
+                self.bytes_sent += len(data)
+                if on_bytes:
+                    on_bytes(len(data))
+                yield data
+
+        try:
+            if size > chunk_size:
+                while offset < size:
+                    n = min(chunk_size, size - offset)
+                    headers = {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + n - 1}", "Content-Length": str(n)}
+                    r = self._stream_once("PATCH", location, headers, _Body(chunks(offset, n), n), what=what, ok=(202,))
+                    location = self._location(r)
+                    offset += n
+                    count += 1
+                final_body: object = b""
+                final_len = 0
+            else:
+                final_body, final_len = _Body(chunks(0, size), size), size
+                offset = size
+            got = None
+            if final_len == 0:
+                got = "sha256:" + sha.hexdigest()
+                if got != digest:
+                    raise HashMismatch(what, algorithm="sha256", expected=digest, actual=got, where="in the bundle (the bytes about to be pushed)")
+            sep = "&" if "?" in location else "?"
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(final_len)}
+            r = self._stream_once("PUT", f"{location}{sep}digest={digest}", headers, final_body, what=what, ok=(201,), digest_check=(sha, digest))
+            count += 1
+            stored = r.headers.get("Docker-Content-Digest")
+            r.close()
+            if stored and stored != digest:
+                raise RegistryError(f"the registry {self.registry} stored {what} as {stored}, not {digest}; it is not a conforming registry")
+            location = None
+            return Upload(sent=size, requests=count)
+        finally:
+            if location is not None:  # an upload left open on error: cancel it (best effort)
+                try:
+                    self._send("DELETE", location).close()
+                except RegistryError:
+                    pass
+
+    def _stream_once(self, method: str, url: str, headers: dict, body, *, what: str, ok: tuple[int, ...], digest_check=None) -> requests.Response:
+        r = self._send(method, url, headers=headers, data=body)
+        if digest_check is not None and r.status_code == 400:
+            sha, digest = digest_check
+            got = "sha256:" + sha.hexdigest()
+            if got != digest:  # the registry refused because the bytes are not the digest: say so plainly
+                r.close()
+                raise HashMismatch(what, algorithm="sha256", expected=digest, actual=got, where="in the bundle (the bytes pushed); run mirror verify on it")
+        if r.status_code not in ok:
+            raise self._error(r, what)
+        return r
+
+    def _location(self, r: requests.Response) -> str:
+        loc = r.headers.get("Location")
+        r.close()
+        if not loc:
+            raise RegistryError(f"the registry {self.registry} started an upload without a Location header; it is not a conforming registry")
+        return urljoin(self.root + "/", loc)
+
+    # --- manifests ------------------------------------------------------------------------------
+
+    def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
+        """(raw bytes, media type, digest) of the manifest at a tag or digest."""
+        r = self.request("GET", f"{self.base}/manifests/{reference}", headers={"Accept": ACCEPT}, stream=True, what=f"{self.repository}:{reference}")
+        data = bytearray()
+        try:
+            for chunk in r.iter_content(65536):
+                data += chunk
+                if len(data) > MAX_MANIFEST:
+                    raise RegistryError(f"the manifest of {self.repository}:{reference} is over {MAX_MANIFEST} bytes; it is not one mirror push writes")
+        except requests.exceptions.RequestException as e:
+            raise RegistryError(f"the connection to {self.registry} broke while reading a manifest: {reason(e)}; run the command again") from None
+        finally:
+            r.close()
+        media = (r.headers.get("Content-Type") or "").split(";")[0].strip()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise HashMismatch(f"manifest {reference}", algorithm="sha256", expected=reference, actual=digest, where=f"as served by {self.registry}")
+        return bytes(data), media, digest
+
+    def put_manifest(self, tag: str, raw: bytes, *, media_type: str = OCI_MANIFEST) -> str:
+        self.login()
+        r = self.request("PUT", f"{self.base}/manifests/{tag}", headers={"Content-Type": media_type}, body=lambda: raw, ok=(201,), what=f"the manifest of {self.repository}:{tag}")
+        self.bytes_sent += len(raw)
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        stored = r.headers.get("Docker-Content-Digest")
+        r.close()
+        if stored and stored != digest:
+            raise RegistryError(f"the registry {self.registry} stored the manifest as {stored}, not {digest}; it is not a conforming registry")
+        return digest
+
+
+def reason(e: BaseException) -> str:
+    """A short reason from a requests/urllib3 exception (they nest; the innermost says it)."""
+    text = str(e)
+    for marker in ("Caused by ", "] "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[-1]
+    text = text.strip("()'\" ")
+    return " ".join(text.split())[:200] or type(e).__name__

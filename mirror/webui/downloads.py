@@ -1,0 +1,95 @@
+"""The audit documents a repo page offers as downloads: manifest, CycloneDX ML-BOM, signature.
+
+Each is produced by the module that owns it: the manifest's canonical JSON (mirror/manifest.py),
+the ML-BOM by `mirror audit`'s renderer (mirror/audit.py) over a row built from what the server
+already verified (no second verification pass per download), and the signature member from the
+bundle trailer (mirror/signing.py, through the format's only reader).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from mirror import parts
+from mirror.audit import AuditRow, render_cyclonedx
+from mirror.manifest import classify
+from mirror.signing import SignatureStatus, read_signature
+from mirror.webui import views
+
+KINDS = {  # URL segment -> (file suffix, content type)
+    "manifest": (".json", "application/json"),
+    "bom": (".cdx.json", "application/vnd.cyclonedx+json"),
+    "signature": (".sig", "application/json"),
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def url(kind: str, repo_type: str, repo_id: str, commit: str) -> str:
+    return f"/-/{kind}/{repo_type}/{quote(repo_id)}/{commit}{KINDS[kind][0]}"
+
+
+def filename(kind: str, repo_id: str, commit: str) -> str:
+    """A file name safe in a Content-Disposition header on every OS."""
+    return _UNSAFE.sub("_", f"{repo_id.replace('/', '--')}--{commit[:12]}") + KINDS[kind][0]
+
+
+def parse(path: str) -> tuple[str, str, str, str] | None:
+    """'/-/bom/model/org/name/<commit>.cdx.json' -> ("bom", "model", "org/name", commit)."""
+    segs = path.split("/")
+    if len(segs) < 6 or segs[1] != "-" or segs[2] not in KINDS or segs[3] not in ("model", "dataset"):
+        return None
+    kind, repo_type, last = segs[2], segs[3], segs[-1]
+    suffix = KINDS[kind][0]
+    if not last.endswith(suffix):
+        return None
+    return kind, repo_type, "/".join(segs[4:-1]), last[: -len(suffix)]
+
+
+def manifest_bytes(commit) -> bytes:
+    return commit.manifest.to_json()
+
+
+def signature_bytes(commit) -> bytes | None:
+    """The model-signing signature stored in the bundle, or None (unsigned, or multi-part)."""
+    if not views.signed(commit):
+        return None
+    return read_signature(commit.bundle)
+
+
+def bundle_size(commit) -> int:
+    location = parts.locate(commit.bundle)
+    return parts.read_index(location.index).size if location.multipart else location.path.stat().st_size
+
+
+def bom_bytes(commit) -> bytes:
+    m = commit.manifest
+    f = views.flags(commit)
+    policy = m.extra.get("policy") if isinstance(m.extra.get("policy"), dict) else {}
+    pickle = policy.get("pickle") if isinstance(policy.get("pickle"), dict) else {}
+    key, checked = views.fingerprint(commit)
+    signature = (
+        SignatureStatus(present=True, valid=True if checked else None, key_fingerprint=key, reason=views.signature_line(commit))
+        if views.signed(commit) else SignatureStatus(present=False, valid=False, key_fingerprint=None, reason="unsigned")
+    )
+    row = AuditRow(
+        bundle=str(commit.bundle),
+        size=bundle_size(commit),
+        repo_id=m.repo_id,
+        repo_type=m.repo_type,
+        revision=m.revision,
+        commit=m.commit,
+        license=m.license,
+        created_at=m.created_at,
+        source=m.source,
+        files=tuple((e.path, e.size, e.sha256, classify(e.path)) for e in commit.files),
+        pickle_files=f.pickle,
+        pickle_imports={p: tuple(v) for p, v in sorted(pickle.items()) if isinstance(v, list)},
+        remote_code=f.remote_code,
+        signature=signature,
+        verified=True,  # the server admitted it only after a full verification
+        verify_summary=f"verified by mirror serve at {commit.verified_at}",
+        bundle_sha256=commit.bundle_sha256,
+    )
+    return render_cyclonedx([row]).encode("utf-8")
+

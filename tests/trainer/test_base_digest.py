@@ -1,0 +1,89 @@
+"""`trainer check` / `trainer run` with an installed base model read no bundle byte: the bundle's
+sha256 that lineage names comes from the install record, written when the install checked it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror.bundle import write_bundle
+from tests.trainer.clitools import cli_isolated, invoke  # noqa: F401 (cli_isolated: a fixture)
+
+pytestmark = pytest.mark.usefixtures("cli_isolated")
+
+# Every file opened by this process while a test watches a folder (a Python audit hook sees
+# builtins.open, io.open and os.open alike). Hooks cannot be removed, so it is armed per test.
+_WATCH: list[str] = []
+_OPENED: list[str] = []
+
+
+def _hook(event: str, args: tuple) -> None:
+    if event == "open" and _WATCH and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(_WATCH[0]):
+            _OPENED.append(path)
+
+
+sys.addaudithook(_hook)
+
+
+def _base_bundle(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    (src / "model.safetensors").write_bytes(os.urandom(300_000))
+    return write_bundle(src_root=src, repo_id="acme/enc", revision="main", commit=None, source="local:src",
+                        created_at="2026-01-01T00:00:00Z", license=None, out_dir=tmp_path / "bundles")
+
+
+def _config(tmp_path: Path) -> Path:
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f'model_id: "acme/enc"\noutput_dir: "{tmp_path / "out"}"\ntrain_file: "{train}"\nlabels: ["pos", "neg"]\n')
+    return cfg
+
+
+def test_trainer_check_with_an_installed_base_opens_no_bundle_and_names_the_checked_sha256(tmp_path):
+    info = _base_bundle(tmp_path)
+    cfg = _config(tmp_path)
+    bundles = str(tmp_path / "bundles")
+    first = invoke("check", str(cfg), "--bundles", bundles)
+    assert "verified its bundle and installed it" in first.output and f"sha256 {info.sha256}" in first.output, first.output
+
+    # other bytes under the bundle's name: re-hashing it (the old way) would print another sha256
+    info.path.write_bytes(b"not the bundle any more" * 4096)
+    _WATCH[:] = [os.path.abspath(bundles)]
+    _OPENED.clear()
+    try:
+        second = invoke("check", str(cfg), "--bundles", bundles)
+    finally:
+        _WATCH.clear()
+    assert "installed snapshot" in second.output and f"bundle {info.path.name} sha256 {info.sha256}" in second.output, second.output
+    assert _OPENED == []  # not one file of the bundles folder was opened, not even a manifest head
+
+    info.path.unlink()  # gone since the install: the lineage still names what was installed
+    third = invoke("check", str(cfg), "--bundles", bundles)
+    assert f"bundle {info.path.name} sha256 {info.sha256}" in third.output, third.output
+
+
+def test_a_base_installed_without_a_checked_sha256_is_hashed_as_before(tmp_path):
+    """`mirror install` without --sha256 does not compute the bundle's sha256 (it would double the
+    hashing), so nothing is recorded and the bundle of that commit is hashed for the lineage."""
+    from mirror.install import install_bundle
+
+    info = _base_bundle(tmp_path)
+    install_bundle(info.path, bundle_sha256=False)
+    cfg = _config(tmp_path)
+    _WATCH[:] = [os.path.abspath(tmp_path / "bundles")]
+    _OPENED.clear()
+    try:
+        r = invoke("check", str(cfg), "--bundles", str(tmp_path / "bundles"))
+    finally:
+        _WATCH.clear()
+    assert f"bundle {info.path.name} sha256 {info.sha256}" in r.output, r.output
+    assert str(info.path) in _OPENED

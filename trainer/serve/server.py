@@ -1,0 +1,172 @@
+"""Start-up and shutdown of `trainer serve`.
+
+Everything that can fail for a reason the user can fix happens before the server listens: each
+MODEL is located and loaded, the knowledge base read and embedded, the socket bound. Those
+failures are typed errors, so the CLI prints one line and exits with their code; a client never
+sees a half-started server.
+
+The listening socket is bound here (loopback by default) and handed to uvicorn, so `--port 0`
+works (the line "listening on ..." names the port) and a taken port is one clear error. The
+trainer's network guard stays on: it blocks connecting out, not accepting connections.
+
+SIGTERM or Ctrl-C: uvicorn stops accepting, waits for the requests in flight (streams included)
+up to `--graceful-timeout`, then the model workers answer what they had queued and end. That is
+a normal stop: exit code 0, with one line saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from trainer.errors import ListenFailed, ServeError, TextTooLong, shown
+from trainer.serve.app import Limits
+
+log = logging.getLogger("trainer.serve")
+
+
+@dataclass(frozen=True)
+class Options:
+    models: tuple[str, ...]
+    host: str = "127.0.0.1"  # loopback: exposing the service is a decision, not a default
+    port: int = 8000
+    knowledge_base: str | None = None
+    kb_cache: str | None = None  # None: $XDG_CACHE_HOME/trainer/kb
+    bundles_dir: str = "bundles"
+    public_keys: tuple[str, ...] = ()
+    precision: str = "auto"
+    limits: Limits = field(default_factory=Limits)
+    graceful_timeout_s: float = 30.0  # how long a stop waits for requests in flight
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class Stopped:
+    signal: str | None  # "SIGTERM", "SIGINT" or None
+    requests: int
+
+
+def _logging(*, access: bool, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("trainer serve: %(message)s"))
+    for name, level in (("trainer.serve", logging.INFO), ("trainer.serve.access", logging.INFO if access else logging.WARNING),
+                        ("uvicorn", logging.INFO if verbose else logging.WARNING), ("uvicorn.error", logging.INFO if verbose else logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler] if name in ("trainer.serve", "uvicorn") else []
+        logger.setLevel(level)
+        logger.propagate = name not in ("trainer.serve", "uvicorn")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:
+        raise ServeError(f"--port {port} is not a TCP port: use 0-65535 (0: any free port)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except socket.gaierror as e:
+        raise ListenFailed(host, port, f"not an address of this machine ({e.strerror})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.set_inheritable(True)
+    except OSError as e:
+        sock.close()
+        raise ListenFailed(host, port, e.strerror or str(e)) from None
+    return sock
+
+
+def load(opts: Options, *, note: Callable[[str], None]) -> Any:
+    """Locate and load every model and the knowledge base: the Service, ready to run."""
+    from trainer.recipes.common import Runtime, resolve_precision, setup_runtime
+    from trainer.serve import kb as kb_mod
+    from trainer.serve import models as models_mod
+    from trainer.serve.app import Service
+
+    if not opts.models:
+        raise ServeError("no MODEL given: name run folders (trainer run's output_dir), model folders or repo ids to serve")
+    located = [models_mod.locate(arg, bundles_dir=opts.bundles_dir, public_keys=opts.public_keys) for arg in opts.models]
+    by_task: dict[str, Any] = {}
+    for m in located:
+        if m.task in by_task:
+            raise ServeError(f"{by_task[m.task].name} and {m.name} are both {models_mod.TASK_WORDS[m.task]}s: serve one model per task (start another server for the other)")
+        by_task[m.task] = m
+    if opts.knowledge_base and "embeddings" not in by_task:
+        raise ServeError("--knowledge-base needs an embedding model to embed it with: add a sentence-transformers run folder or model to the MODELs")
+    base = setup_runtime(located[0].cfg)  # seeds, threads and device, as every trainer command
+    rt = Runtime(device=base.device, precision=resolve_precision(opts.precision, base.device), dist=base.dist)
+    for m in located:
+        models_mod.load(m, rt=rt, max_tokens=opts.limits.max_tokens_per_text)
+        note(f"loaded {m.name}: {m.task} from {m.source} {m.path}" + (" (RANDOM-INITIALISED DEMO MODEL)" if m.random_init else ""))
+    knowledge = None
+    if opts.knowledge_base:
+        emb = by_task["embeddings"]
+
+        def embed(texts: list[str]) -> Any:
+            vectors = models_mod.embed(emb, [texts], chunk=opts.limits.max_batch_texts, rt=rt)[0]
+            if isinstance(vectors, TextTooLong):
+                raise ServeError(f"--knowledge-base: the paragraph {shown(texts[vectors.index][:60])}... has {vectors.tokens} tokens, more than the {vectors.limit} "
+                                 f"{emb.name} embeds whole: split it with a blank line")
+            return vectors
+
+        knowledge = kb_mod.build(opts.knowledge_base, embed=embed, model_dir=emb.path, cache_dir=opts.kb_cache or kb_mod.default_cache_dir())
+        info = knowledge.info()
+        note(f"knowledge base {opts.knowledge_base}: {info['paragraphs']} paragraphs from {info['files']} files ({info['from_cache']} from the cache, {info['embedded']} embedded now)")
+    return Service(located, rt=rt, limits=opts.limits, kb=knowledge)
+
+
+def serve(opts: Options, *, note: Callable[[str], None], verbose: bool = False) -> Stopped:
+    """Load, bind, serve until SIGTERM/Ctrl-C, shut down gracefully."""
+    import uvicorn
+
+    from trainer.serve.app import build_app
+
+    _logging(access=opts.access_log, verbose=verbose)
+    sock = bind(opts.host, opts.port)  # first: a taken port is learnt in milliseconds, not after the models load
+    try:
+        service = load(opts, note=note)
+        app = build_app(service)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=int(opts.graceful_timeout_s) or None,
+                                server_header=False, proxy_headers=False, ws="none")
+        server = _Server(config)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        note(f"listening on http://{shown}:{port} (GET /health; SIGTERM or Ctrl-C stops it)")
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    requests = int(sum(s.value for metric in service.m_requests.collect() for s in metric.samples if s.name.endswith("_total")))
+    return Stopped(signal=server.stopped_by, requests=requests)
+
+
+class _Server:
+    """uvicorn's Server, with a stop signal that ends the process normally: uvicorn re-raises the
+    signal after a graceful shutdown, which would make a planned stop look like a crash."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            stopped_by: str | None = None
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                handled = (signal.SIGINT, signal.SIGTERM)
+                original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+                try:
+                    yield
+                finally:
+                    for sig, handler in original.items():
+                        signal.signal(sig, handler)
+                    if self._captured_signals:
+                        self.stopped_by = signal.Signals(self._captured_signals[0]).name
+
+        return Server(config)
