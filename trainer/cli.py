@@ -400,7 +400,7 @@ Examples:
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0: any free one).")
 @_bundles_option
 @_public_key_option
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 autocast where the hardware computes bf16 natively, else fp32.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 autocast on a GPU with bf16, fp32 on a CPU (measured faster there for serving).")
 @click.option("--max-body-bytes", default=1024 * 1024, show_default=True, type=click.IntRange(min=1), help="Largest request body (413 above).")
 @click.option("--max-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts in one /embed or /v1/embeddings request (413 above).")
 @click.option("--max-tokens-per-text", default=512, show_default=True, type=click.IntRange(min=1), help="Most tokens in one text or chat prompt (413 above); a model's own limit is lower when it is.")
@@ -408,10 +408,11 @@ Examples:
 @click.option("--max-batch-texts", default=64, show_default=True, type=click.IntRange(min=1), help="Most texts one batched forward pass takes.")
 @click.option("--batch-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long a model's worker waits for more requests to join a forward pass.")
 @click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(min=1), help="Seconds a stop (SIGTERM, Ctrl-C) waits for requests in flight.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Worker threads per classifier or embedding model; torch threads are the cores divided by it.  [default: one per core on a CPU, 1 on a GPU]")
 @_verbosity
 def serve(models: tuple[str, ...], knowledge_base: str | None, kb_cache: str | None, host: str, port: int, bundles_dir: str, public_keys: tuple[str, ...],
           precision: str, max_body_bytes: int, max_texts: int, max_tokens_per_text: int, max_new_tokens: int, max_batch_texts: int, batch_wait_ms: float,
-          graceful_timeout: int, quiet: bool, verbose: bool) -> None:
+          graceful_timeout: int, workers: int | None, quiet: bool, verbose: bool) -> None:
     """Serve trained MODELS over HTTP: the original service's API and the OpenAI-compatible one.
 
     Each MODEL is a run folder (trainer run's output_dir), a model folder, or a repo id taken
@@ -429,9 +430,11 @@ def serve(models: tuple[str, ...], knowledge_base: str | None, kb_cache: str | N
     limits = Limits(max_body_bytes=max_body_bytes, max_texts=max_texts, max_tokens_per_text=max_tokens_per_text, max_new_tokens=max_new_tokens,
                     default_new_tokens=min(256, max_new_tokens), max_batch_texts=max_batch_texts, batch_wait_ms=batch_wait_ms)
     opts = Options(models=models, host=host, port=port, knowledge_base=knowledge_base, kb_cache=kb_cache, bundles_dir=bundles_dir,
-                   public_keys=check_public_keys(public_keys), precision=precision, limits=limits, graceful_timeout_s=graceful_timeout, access_log=not quiet)
+                   public_keys=check_public_keys(public_keys), precision=precision, limits=limits, graceful_timeout_s=graceful_timeout,
+                   workers=workers, access_log=not quiet)
     with network_guard(), _verbosity_set(quiet=quiet, verbose=verbose):
-        stopped = run_server(opts, note=lambda line: _note(f"trainer serve: {line}", quiet=quiet), verbose=verbose)
+        stopped = run_server(opts, note=lambda line: _note(f"trainer serve: {line}", quiet=quiet),
+                             listening=lambda line: click.echo(f"trainer serve: {line}", err=True), verbose=verbose)  # even with -q: it names the port
     _note(f"trainer serve: stopped{' by ' + stopped.signal if stopped.signal else ''} after answering {stopped.requests} requests", quiet=quiet)
 
 

@@ -8,8 +8,9 @@ definition keeps what the harness scores and what the service answers the same c
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,9 @@ def _harness(h: dict[str, Any] | None) -> list[str]:
         lines += [f"> **{RANDOM_INIT_BANNER}.** These answers come from random weights: the rates below show the harness works, not how a real model behaves.", ""]
     rate = h["compliance_rate"]
     lines += [
-        f"Compliance rate: **{_fmt(float(rate))}** ({h['compliant']} of {h['prompts']} answers break no rule). "
-        f"Generated with {mode}, at most {g['max_new_tokens']} new tokens, the tokenizer's chat template; "
-        f"every answer and its violations are in `{g.get('prompts_file', 'harness.jsonl')}`.",
+        (f"Compliance rate: **{_fmt(float(rate))}** ({h['compliant']} of {h['prompts']} answers break no rule). "
+         f"Generated with {mode}, at most {g['max_new_tokens']} new tokens, the tokenizer's chat template; "
+         f"every answer and its violations are in `{g.get('prompts_file', 'harness.jsonl')}`."),
         "",
         "| rule | violations | prompts |",
         "| --- | ---: | ---: |",

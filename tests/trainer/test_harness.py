@@ -197,3 +197,13 @@ def test_eval_of_a_config_with_a_bad_block_is_one_line(tmp_path, tiny_lm_dir, tr
     result = trainer_cli("eval", path)
     assert result.exit_code == 2
     assert "harness.forbidden_phrases" in error_line(result) and "valid regular expression" in error_line(result)
+
+
+def test_a_changed_harness_block_does_not_block_resume():
+    """The harness only scores answers at eval time; changing it between an interrupted run and its
+    --resume changes nothing that was trained, while a training key still does."""
+    from trainer.recipes.common import config_changes
+
+    old = {"epochs": 1, "harness": {"forbidden_phrases": ["a"]}}
+    assert config_changes(old, {**old, "harness": {"forbidden_phrases": ["b"]}}) == []
+    assert config_changes(old, {**old, "epochs": 2}) == ["epochs"]

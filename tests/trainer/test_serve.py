@@ -381,6 +381,16 @@ def test_serves_a_bundled_model_names_what_it_serves_and_stops_gracefully(runs, 
             assert r.status_code == 404 and "this server serves none; it serves acme/embedder (embeddings" in r.json()["detail"], r.text
         r = s.http.post("/retrieve", json={"query": "a"})
         assert r.status_code == 404 and "--knowledge-base" in r.json()["detail"]
+        # the default precision (bf16 weights on a CPU with native bf16): the same directions as fp32
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from trainer.serve.server import serving_precision
+
+        assert s.http.get("/health").json()["precision"] == serving_precision("auto", torch.device("cpu"))
+        got = torch.tensor(s.http.post("/embed", json={"texts": ["late payment", "bureau"]}).json()["embeddings"])
+        want = SentenceTransformer(str(runs["embeddings"]), device="cpu").encode(["late payment", "bureau"], convert_to_tensor=True, normalize_embeddings=True)
+        assert float((got * want).sum(-1).min()) > 0.99
 
         # SIGTERM with a request in flight (its batch waits 3 s for company): it is still answered
         answer: dict = {}

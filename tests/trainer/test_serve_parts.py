@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.clitools import error_line
-from trainer.serve.batching import Batcher
 from trainer.serve import kb
+from trainer.serve.batching import Batcher
 
 # --- batching ------------------------------------------------------------------------------------
 
@@ -215,3 +215,27 @@ def test_forward_passes_cut_by_row_count_and_padding():
         real, padded = sum(lengths[i] for i in c), len(c) * max(lengths[i] for i in c)
         assert len(c) <= 16 and (len(c) == 1 or padded <= (1 + MAX_PADDING) * real)
     assert _chunks([0, 1, 2], [5, 5, 5], limit=2) == [[0, 1], [2]]
+
+
+def test_several_workers_run_passes_side_by_side():
+    both = threading.Barrier(2, timeout=30)  # broken (BrokenBarrierError) unless two passes overlap
+
+    def fn(batch):
+        both.wait()
+        return batch
+
+    b = Batcher("t", fn, max_items=1, max_wait_s=0.0, workers=2).start()
+    futs = [b.submit(i) for i in range(2)]
+    assert [f.result(30) for f in futs] == [0, 1] and b.passes == 2
+    b.stop(timeout=30)
+
+
+def test_serving_precision_on_a_cpu():
+    import torch
+
+    from trainer.recipes.common import cpu_has_native_bf16
+    from trainer.serve.server import serving_precision
+
+    cpu = torch.device("cpu")
+    assert serving_precision("fp32", cpu) == "fp32" and serving_precision("bf16", cpu) == "bf16-pure"
+    assert serving_precision("auto", cpu) == ("bf16-pure" if cpu_has_native_bf16() else "fp32")

@@ -451,7 +451,7 @@ def load_checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
 
 
 # Settings that do not change what is computed, so a resumed run may differ in them.
-_RESUME_FREE = ("num_threads", "save_every_epoch", "public_keys")
+_RESUME_FREE = ("num_threads", "save_every_epoch", "public_keys", "harness")  # none changes what is trained (harness: only eval)
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -54,6 +54,9 @@ class Limits:
     batch_wait_ms: float = 5.0  # how long a worker waits for more requests to join a pass
 
 
+ROUTES = "GET /health, GET /metrics, GET /v1/models, POST /classify, POST /embed, POST /retrieve, POST /chat, POST /v1/embeddings, POST /v1/chat/completions"
+
+
 class ClientError(Exception):
     """A request the server refuses: status and one line for the client."""
 
@@ -130,7 +133,7 @@ class OAChatIn(_OpenAI):
 class Service:
     """The served models, their workers, the knowledge base and the metrics of one server."""
 
-    def __init__(self, models: list[Served], *, rt: Any, limits: Limits, kb: Any = None):
+    def __init__(self, models: list[Served], *, rt: Any, limits: Limits, kb: Any = None, workers: int = 1):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.models = {m.task: m for m in models}
@@ -154,10 +157,10 @@ class Service:
         chunk, wait = limits.max_batch_texts, limits.batch_wait_ms / 1000
         if "embeddings" in self.models:
             m = self.models["embeddings"]
-            self.workers["embeddings"] = Batcher("embeddings", lambda reqs, m=m: fwd.embed(m, reqs, chunk=chunk, rt=rt), max_items=chunk, max_wait_s=wait, on_batch=self._batched("embeddings"))
+            self.workers["embeddings"] = Batcher("embeddings", lambda reqs, m=m: fwd.embed(m, reqs, chunk=chunk, rt=rt), max_items=chunk, max_wait_s=wait, workers=workers, on_batch=self._batched("embeddings"))
         if "classification" in self.models:
             m = self.models["classification"]
-            self.workers["classification"] = Batcher("classification", lambda reqs, m=m: fwd.classify(m, reqs, chunk=chunk, rt=rt), max_items=chunk, max_wait_s=wait, on_batch=self._batched("classification"))
+            self.workers["classification"] = Batcher("classification", lambda reqs, m=m: fwd.classify(m, reqs, chunk=chunk, rt=rt), max_items=chunk, max_wait_s=wait, workers=workers, on_batch=self._batched("classification"))
         if "sft" in self.models:
             self.workers["sft"] = Batcher("sft", self._generate_batch, max_items=1, max_wait_s=0.0)
         self.m_pending = Gauge("trainer_serve_pending", "Requests a model's worker has accepted and not yet answered", ["model"], registry=self.registry)
@@ -219,7 +222,7 @@ class Service:
                                    ids=job["ids"], on_text=job.get("on_text"), cancel=job.get("cancel"))
                 self.m_tokens.inc(r.new_tokens)
                 out.append(r)
-            except Exception as e:  # noqa: BLE001 - this request fails, the worker goes on
+            except Exception as e:  # this request fails with its error; the worker goes on with the next
                 log.exception("generation failed")
                 out.append(e)
             finally:
@@ -235,9 +238,11 @@ class Service:
             raise ClientError(422, f"max_new_tokens {max_new_tokens} is over the limit of {self.limits.max_new_tokens}: ask for fewer (the server's --max-new-tokens)")
         new = max_new_tokens or min(self.limits.default_new_tokens, self.limits.max_new_tokens)
         tok = m.handles["tokenizer"]
+        from jinja2 import TemplateError
+
         try:
             ids = generate.prompt_ids(tok, messages)
-        except Exception as e:  # noqa: BLE001 - a template that refuses this conversation (e.g. roles out of order)
+        except (TemplateError, ValueError, TypeError, KeyError, IndexError) as e:  # a template that refuses this conversation (roles out of order)
             raise ClientError(422, f"the model's chat template cannot render these messages ({' '.join(str(e).split())[:160]}): check the roles and their order") from None
         if len(ids) > m.max_tokens:
             raise ClientError(413, f"the conversation has {len(ids)} tokens, more than the limit of {m.max_tokens}: shorten it (the server's --max-tokens-per-text)")
@@ -327,6 +332,7 @@ class _Edge:
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    status["code"] = 499  # the client went away before sending its body (nginx's code for it)
                     return
                 chunk = message.get("body", b"")
                 size += len(chunk)
@@ -381,7 +387,7 @@ def build_app(service: Service) -> Any:
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         detail = e.detail
         if e.status_code == 404:
-            detail = f"no route {request.method} {request.url.path[:100]}; routes: GET /health, GET /metrics, GET /v1/models, POST " + ", POST ".join(("/classify", "/embed", "/retrieve", "/chat", "/v1/embeddings", "/v1/chat/completions"))
+            detail = f"no route {request.method} {request.url.path[:100]}; routes: {ROUTES}"
         elif e.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path[:100]}"
         return JSONResponse({"detail": _one_line(detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))

@@ -1,8 +1,7 @@
 """Dynamic batching: one worker thread per model, draining a queue of requests.
 
-A forward pass over 100 short texts costs little more than one over 5 on a CPU, while the
-per-call overhead (Python, tokenizer, kernel launches, thread wake-ups) is paid per pass. So the
-worker takes the first waiting request, then whatever else arrives within `max_wait_s`, up to
+The per-call overhead of a forward pass (Python, tokenizer, kernel launches, thread wake-ups,
+small matrix shapes) is paid per pass, not per text. So a worker takes the first waiting request, then whatever else arrives within `max_wait_s`, up to
 `max_items` texts, and runs them as one pass; each request's future gets its own rows back.
 While a pass runs, new requests queue up and form the next batch, so under load batches grow by
 themselves and the wait rarely adds latency.
@@ -22,8 +21,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("trainer.serve")
 
@@ -45,23 +45,26 @@ class Batcher:
     fails every future of the batch (and is logged), and the worker carries on.
     """
 
-    def __init__(self, name: str, fn: Callable[[list[Any]], Sequence[Any]], *, max_items: int, max_wait_s: float, on_batch: Callable[[int, int, float], None] | None = None):
-        if max_items < 1 or max_wait_s < 0:
-            raise ValueError("max_items must be >= 1 and max_wait_s >= 0")
+    def __init__(self, name: str, fn: Callable[[list[Any]], Sequence[Any]], *, max_items: int, max_wait_s: float, workers: int = 1,
+                 on_batch: Callable[[int, int, float], None] | None = None):
+        if max_items < 1 or max_wait_s < 0 or workers < 1:
+            raise ValueError("max_items and workers must be >= 1, max_wait_s >= 0")
         self.name, self.fn = name, fn
         self.max_items, self.max_wait_s = max_items, max_wait_s
         self.on_batch = on_batch  # (requests, items, seconds) of each pass: metrics
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=f"batch-{name}", daemon=True)
+        # several workers drain one queue: on a CPU, passes side by side on one core each beat one
+        # pass split over every core (no thread barrier per operation)
+        self._threads = [threading.Thread(target=self._run, name=f"batch-{name}-{i}", daemon=True) for i in range(workers)]
         self._stopping = False
-        self._carry: _Job | None = None
-        self.passes = 0  # forward passes run so far
-        self.in_flight = 0  # payloads in the pass running now
-        self.pending = 0  # submitted and not yet answered (waiting, batching or running)
         self._count = threading.Lock()
+        self.passes = 0  # forward passes run so far
+        self.in_flight = 0  # payloads in the passes running now
+        self.pending = 0  # submitted and not yet answered (waiting, batching or running)
 
     def start(self) -> Batcher:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def submit(self, payload: Any, size: int = 1) -> concurrent.futures.Future:
@@ -85,12 +88,14 @@ class Batcher:
     def stop(self, *, timeout: float | None = None) -> None:
         """Answer everything already queued, then end the worker thread."""
         self._stopping = True
-        self._queue.put(_STOP)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        batch, n, stop = [first], first.size, False
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool, _Job | None]:
+        batch, n, stop, carry = [first], first.size, False, None
         deadline = time.monotonic() + self.max_wait_s
         while n < self.max_items:
             try:  # whatever is already waiting joins at once; then wait out the window
@@ -107,39 +112,44 @@ class Batcher:
                 stop = True
                 break
             if n + job.size > self.max_items:
-                self._carry = job  # would overflow this pass: it opens the next one
+                carry = job  # would overflow this pass: it opens this worker's next one
                 break
             batch.append(job)
             n += job.size
-        return batch, stop
+        return batch, stop, carry
 
     def _run(self) -> None:
+        carry: _Job | None = None
         while True:
-            first, self._carry = (self._carry or self._queue.get()), None
+            first, carry = (carry or self._queue.get()), None
             if first is _STOP:
                 return
-            batch, stop = self._collect(first)
+            batch, stop, carry = self._collect(first)
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
             if live:
                 self._pass(live)
-            if stop:
+            if stop:  # a sentinel, never with a carried job: everything queued before it is answered
                 return
 
     def _pass(self, jobs: list[_Job]) -> None:
-        self.in_flight = len(jobs)
+        if not jobs:
+            return
+        with self._count:
+            self.in_flight += len(jobs)
         t0 = time.perf_counter()
         try:
             results = list(self.fn([j.payload for j in jobs]))
             if len(results) != len(jobs):
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(jobs)} requests")
-        except BaseException as e:  # noqa: BLE001 - the worker must outlive one bad batch; each caller gets the error
+        except Exception as e:  # the worker must outlive one bad batch: each of its callers gets the error
             log.exception("%s: a batch of %d requests failed", self.name, len(jobs))
             for j in jobs:
-                j.future.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+                j.future.set_exception(e)
             return
         finally:
-            self.passes += 1
-            self.in_flight = 0
+            with self._count:
+                self.passes += 1
+                self.in_flight -= len(jobs)
         if self.on_batch is not None:
             self.on_batch(len(jobs), sum(j.size for j in jobs), time.perf_counter() - t0)
         for j, r in zip(jobs, results):

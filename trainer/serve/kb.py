@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainer.errors import ServeError
 
@@ -87,11 +88,12 @@ def read_folder(folder: str | Path) -> list[Paragraph]:
     return paragraphs
 
 
-def model_key(model_dir: str | Path) -> str:
-    """sha256 naming the embedding model by its weights: a retrained model gets a new cache."""
+def model_key(model_dir: str | Path, variant: str = "") -> str:
+    """sha256 naming the embedding model by its weights (and `variant`: the precision it runs
+    at, which changes the vectors a little): a retrained model gets a new cache."""
     from mirror.hashing import sha256_file
 
-    h = hashlib.sha256(CACHE_VERSION.encode())
+    h = hashlib.sha256(f"{CACHE_VERSION}:{variant}".encode())
     weights = sorted(Path(model_dir).rglob("*.safetensors"))
     for w in weights:
         h.update(f"{w.relative_to(model_dir).as_posix()}:{sha256_file(w)}\n".encode())
@@ -147,7 +149,7 @@ def _load_cache(path: Path) -> dict[str, Any]:
     return {h: vectors[i] for i, h in enumerate(hashes)}
 
 
-def build(folder: str | Path, *, embed: Callable[[list[str]], Any], model_dir: str | Path, cache_dir: str | Path) -> KnowledgeBase:
+def build(folder: str | Path, *, embed: Callable[[list[str]], Any], model_dir: str | Path, cache_dir: str | Path, variant: str = "") -> KnowledgeBase:
     """Read the folder and embed its paragraphs, reusing the cache for every unchanged one."""
     import torch
     from safetensors.torch import save
@@ -155,7 +157,7 @@ def build(folder: str | Path, *, embed: Callable[[list[str]], Any], model_dir: s
     from mirror.atomic import write_atomic
 
     paragraphs = read_folder(folder)
-    cache_file = Path(cache_dir) / f"{model_key(model_dir)[:32]}.safetensors"
+    cache_file = Path(cache_dir) / f"{model_key(model_dir, variant)[:32]}.safetensors"
     cached = _load_cache(cache_file)
     missing = list(dict.fromkeys(p.sha256 for p in paragraphs if p.sha256 not in cached))
     if missing:

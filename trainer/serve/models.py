@@ -143,7 +143,7 @@ def load(m: Served, *, rt: Any, max_tokens: int) -> None:
         m.handles.update(net=net.eval(), tokenizer=tok, labels=[net.config.id2label[i] for i in range(net.config.num_labels)])
         model_limit = _positions(net.config, max_tokens)
     elif m.task == "embeddings":
-        st = embeddings.load(m.path, m.cfg, rt).eval()
+        st = embeddings.load(m.path, m.cfg, rt).eval().to(rt.param_dtype)  # bf16-pure: bf16 weights, as the other loaders do
         m.handles.update(st=st, tokenizer=st.tokenizer)
         # the architecture's limit, not the training run's max_length: a longer text is still a valid input
         model_limit = _positions(getattr(st[0], "auto_model", st).config, max_tokens) if hasattr(st[0], "auto_model") else int(st.max_seq_length or max_tokens)
