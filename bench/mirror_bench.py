@@ -139,7 +139,9 @@ def compare(name: str, *, baseline: list[str], mirror: list[str], runs: int, res
         sides.append(("before", mirror, BEFORE_TREE))  # `python -m mirror` from its folder imports its code
     timings: dict[str, list[Run]] = {which: [] for which, _, _ in sides}
     for i in range(runs + 1):
-        for which, cmd, cwd in sides:
+        # the order rotates each round: no side always follows the same one (the previous
+        # command's dirty pages are still being written back when the next one starts)
+        for which, cmd, cwd in sides[i % len(sides):] + sides[: i % len(sides)]:
             reset()
             r = run(cmd, env=env, log=work / f"{name}-{which}.log", cwd=cwd)
             if i:  # the first pass only warms the page cache and the interpreter's .pyc files
@@ -474,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "method": (
             f"Each command is a subprocess (interpreter start-up included); one untimed warm-up run, then {args.runs} timed "
-            "runs alternating baseline and mirror; medians. The page cache is warm (dropping it needs root). Peak RSS is "
-            "the child's ru_maxrss from os.wait4."
+            "runs alternating baseline, mirror (and the code before the change, with --baseline-tree), the order rotated "
+            "each round; medians. The page cache is warm (dropping it needs root). Peak RSS and CPU seconds are the "
+            "child's own, from os.wait4."
         ),
         "goals_ratio": GOALS,
         "startup_s": startup_seconds(args.runs, work),

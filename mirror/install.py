@@ -30,7 +30,7 @@ from typing import BinaryIO, Sequence
 
 from mirror import atomic, hfcache, parts, policy, trust
 from mirror.delta import delta_info
-from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CommitConflict, NotEnoughSpace, UnsafeCache, UsageError
+from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CommitConflict, MirrorError, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
 from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
@@ -329,6 +329,35 @@ def installed_bundle(repo_id: str, commit: str, *, cache_dir: str | os.PathLike 
     commit was installed without checking its bundle's sha256 (`mirror install` without
     `--sha256`), by an older mirror, or by someone else (snapshot_download)."""
     return hfcache.read_bundle_record(RepoCache(cache_root(cache_dir), repo_id, repo_type), commit)
+
+
+def remember_bundle(repo_id: str, commit: str, bundle: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, repo_type: str = "model") -> hfcache.BundleRecord | None:
+    """For a commit installed without a checked bundle sha256 (`mirror install` without
+    `--sha256`): verify `bundle` in one pass (every file against its manifest, and the bundle's own
+    sha256) and, when it holds exactly the installed files, name it in the install record, so this
+    one read is the last. None when it does not verify or holds other files: then it is not the
+    bundle of that snapshot and nothing is recorded. A record that already names one is kept."""
+    from mirror.delta import full_files
+    from mirror.verify import verify_bundle
+
+    rc = RepoCache(cache_root(cache_dir), repo_id, repo_type)
+    installed = hfcache.read_record(rc, commit)
+    if installed is None:
+        return None
+    try:
+        report = verify_bundle(bundle, bundle_sha256=True)
+    except (MirrorError, OSError):
+        return None
+    if not report.ok or report.manifest is None or report.manifest.commit != commit or not report.bundle_sha256:
+        return None
+    if {f.path: (f.size, f.sha256) for f in full_files(report.manifest)} != {p: (f.size, f.sha256) for p, f in installed.items()}:
+        return None
+    loc = parts.locate(bundle)
+    where = loc.index if loc.multipart else loc.path
+    record = hfcache.BundleRecord(name=where.name, path=os.path.abspath(where), size=parts.read_index(loc.index).size if loc.multipart else os.stat(where).st_size, sha256=report.bundle_sha256)
+    with hfcache.repo_lock(rc):
+        hfcache.add_bundle_to_record(rc, commit, record)
+    return hfcache.read_bundle_record(rc, commit)
 
 
 def _bundle_record(reader: BundleReader, sha256: str | None) -> hfcache.BundleRecord | None:

@@ -123,7 +123,8 @@ def _number(field: bytes, *, bundle: str, what: str) -> int:
     try:
         return int(text or b"0", 8)
     except ValueError:
-        raise BundleError(bundle, f"corrupt tar header: {what} field {field!r} is not a number") from None
+        # never echo the field's bytes: a file that is not a bundle may be anything (a planted link to a secret)
+        raise BundleError(bundle, f"corrupt tar header: the {what} field is not an octal number") from None
 
 
 class BundleReader:

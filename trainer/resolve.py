@@ -114,16 +114,17 @@ def resolve_model(
         if recorded is not None:
             return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path), bundle_sha256=recorded.sha256, source="cache")
         # installed without a checked sha256 (`mirror install` without --sha256, an older mirror):
-        # the bundle of that commit in the bundles folder, hashed (one pass per run, as before)
+        # the bundle of that commit in the bundles folder, hashed once and remembered in the
+        # install record, so the next run reads no bundle byte either
+        # (verified in that pass: a bundle in a shared folder that merely claims the commit, with
+        # other or damaged files, is not named in the lineage)
         origin = next((c for c in _candidates(bundles, model_id)[0] if c.commit == commit), None)
-        return ResolvedModel(
-            repo_id=model_id,
-            path=snapshot,
-            commit=commit,
-            bundle_path=origin.path if origin else None,
-            bundle_sha256=_bundle_sha256(origin.path) if origin else None,
-            source="cache",
-        )
+        try:
+            recorded = install.remember_bundle(model_id, commit, origin.path, cache_dir=cache_dir) if origin else None
+        except OSError:  # a read-only cache: nothing remembered, nothing named
+            recorded = None
+        return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path) if recorded else None,
+                             bundle_sha256=recorded.sha256 if recorded else None, source="cache")
 
     candidates, unreadable = _candidates(bundles, model_id)
     if not candidates:

@@ -59,6 +59,7 @@ def _ident(p: Path, st: os.stat_result) -> tuple[str, int, int, int, int]:
 def identity(path: Path) -> Identity:
     """The identity of a single-file bundle, or of a multi-part one named by its index (the index
     and every part). BundleError for an entry that is not a regular file or a part that is gone."""
+    _inside(path, path.parent)
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise BundleError(str(path), "not a regular file (not opened)", fix="remove it from the bundles folder")
@@ -67,8 +68,19 @@ def identity(path: Path) -> Identity:
     if loc.multipart:
         index = parts.read_index(loc.index)
         parts.check_parts(index, loc.index.parent, where=str(loc.index))
+        for p in index.parts:
+            _inside(loc.index.parent / p.name, path.parent)
         ids += [_ident(loc.index.parent / p.name, os.stat(loc.index.parent / p.name)) for p in index.parts]
     return tuple(ids)
+
+
+def _inside(path: Path, folder: Path) -> None:
+    """A link in the bundles folder may point within it, never outside: the server reads with its
+    own rights, and a planted link to a file of someone else's (another user's bundle, a secret)
+    must not be served or even parsed on their behalf."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, top]) != top:
+        raise BundleError(str(path), "a link to a file outside the bundles folder (not opened)", fix="copy the bundle into the folder instead of linking to it")
 
 
 class StateFile:

@@ -167,3 +167,31 @@ def test_the_server_picks_up_new_bundles_and_drops_changed_ones_without_a_restar
     with serve_bundles(tmp_path / "bundles", tmp_path / "state.json") as srv:  # a restart: remembered, nothing re-verified
         assert "verifying" not in srv.log()
         assert _get(srv.url, "/acme/b/resolve/main/config.json") == (200, b'{"b": 1}')
+
+
+def test_a_link_out_of_the_folder_is_never_opened_and_nothing_of_its_target_is_echoed(tmp_path):
+    """A shared drop folder: someone plants `x.tar -> /some/secret` (or another user's bundle). The
+    server reads with its own rights, so it must not parse, serve or quote the target; a link to a
+    bundle inside the folder is fine."""
+    inside = pack(_model(tmp_path / "m", "{}"), "acme/m", tmp_path / "bundles")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:$y$j9T$SECRETHASH:19000:0:99999:7:::\n" * 20)
+    other = pack(_model(tmp_path / "o", '{"o": 1}'), "acme/other-users", tmp_path / "elsewhere")
+    (tmp_path / "bundles" / "planted.tar").symlink_to(secret)
+    (tmp_path / "bundles" / "borrowed.tar").symlink_to(other)
+    (tmp_path / "bundles" / "alias.tar").symlink_to(inside.name)
+    view = Catalogue(tmp_path / "bundles", state_file=tmp_path / "state.json").refresh()
+    assert [r.repo_id for r in view.repos] == ["acme/m"]
+    failed = {f.path.name: f.reason for f in view.failed}
+    assert set(failed) == {"planted.tar", "borrowed.tar"}
+    for reason in failed.values():
+        assert "a link to a file outside the bundles folder (not opened)" in reason
+        assert "SECRET" not in reason and "19000" not in reason
+
+
+def test_a_file_that_is_not_a_bundle_is_refused_without_quoting_its_bytes(tmp_path):
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "notes.tar").write_bytes(b"password=hunter2:19000:0:99999:7:::\n" * 30)
+    view = Catalogue(tmp_path / "bundles").refresh()
+    (reason,) = [f.reason for f in view.failed]
+    assert "not a mirror bundle" in reason and "hunter2" not in reason and "99999" not in reason

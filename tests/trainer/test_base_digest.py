@@ -71,9 +71,10 @@ def test_trainer_check_with_an_installed_base_opens_no_bundle_and_names_the_chec
     assert f"bundle {info.path.name} sha256 {info.sha256}" in third.output, third.output
 
 
-def test_a_base_installed_without_a_checked_sha256_is_hashed_as_before(tmp_path):
+def test_a_base_installed_without_a_checked_sha256_is_hashed_once_then_remembered(tmp_path):
     """`mirror install` without --sha256 does not compute the bundle's sha256 (it would double the
-    hashing), so nothing is recorded and the bundle of that commit is hashed for the lineage."""
+    hashing), so nothing is recorded: the first check hashes the bundle of that commit for the
+    lineage and records it; later ones read it back."""
     from mirror.install import install_bundle
 
     info = _base_bundle(tmp_path)
@@ -87,3 +88,35 @@ def test_a_base_installed_without_a_checked_sha256_is_hashed_as_before(tmp_path)
         _WATCH.clear()
     assert f"bundle {info.path.name} sha256 {info.sha256}" in r.output, r.output
     assert str(info.path) in _OPENED
+    # hashed once, remembered in the install record: the next check opens nothing in bundles/
+    _WATCH[:] = [os.path.abspath(tmp_path / "bundles")]
+    _OPENED.clear()
+    try:
+        again = invoke("check", str(cfg), "--bundles", str(tmp_path / "bundles"))
+    finally:
+        _WATCH.clear()
+    assert f"bundle {info.path.name} sha256 {info.sha256}" in again.output, again.output
+    assert _OPENED == []
+
+
+def test_a_bundle_that_only_claims_the_installed_commit_is_never_named(tmp_path):
+    """A shared bundles folder: the commit was installed without --sha256, and the bundle found
+    there under that commit now holds other weights. The one pass that would record it verifies it
+    first, so the lineage names no bundle rather than a wrong one, and nothing is remembered."""
+    from mirror.install import install_bundle, installed_bundle
+    from mirror.tarformat import BundleReader, read_manifest, writer_layout
+
+    info = _base_bundle(tmp_path)
+    install_bundle(info.path, bundle_sha256=False)
+    with BundleReader(info.path, hash_all=False) as rd, rd.ranges() as src:
+        layout = writer_layout(src, rd.manifest, rd.offset)
+    entry, off = next((f, o) for f, o in layout.files if f.path == "model.safetensors")
+    with open(info.path, "r+b") as fh:  # one weight byte changed in place: same size, same manifest
+        fh.seek(off + entry.size // 2)
+        b = fh.read(1)
+        fh.seek(off + entry.size // 2)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    r = invoke("check", str(_config(tmp_path)), "--bundles", str(tmp_path / "bundles"))
+    assert r.exit_code == 0, r.output
+    assert "installed snapshot" in r.output and info.path.name not in r.output, r.output
+    assert installed_bundle("acme/enc", read_manifest(info.path).commit) is None
