@@ -51,6 +51,19 @@ class AuditRow:
     error: str | None = None  # one line: why the bundle could not be read at all
     require_signature: bool = False  # a public key was given: a missing or bad signature fails
 
+    @classmethod
+    def of(cls, manifest: Manifest, files, *, bundle: str, size: int, **rest) -> "AuditRow":
+        """A row whose manifest-derived fields (ids, dates, the complete file list and the kinds,
+        recomputed from the paths) come from `manifest` and `files` (for a delta: its full set)."""
+        kinds: dict[str, int] = {}
+        for f in files:
+            kinds[classify(f.path)] = kinds.get(classify(f.path), 0) + 1
+        return cls(
+            bundle=bundle, size=size, repo_id=manifest.repo_id, repo_type=manifest.repo_type, revision=manifest.revision,
+            commit=manifest.commit, license=manifest.license, created_at=manifest.created_at, source=manifest.source,
+            files=tuple((f.path, f.size, f.sha256, classify(f.path)) for f in files), kinds=dict(sorted(kinds.items())), **rest,
+        )
+
     @property
     def ok(self) -> bool:
         if self.error or not self.verified or self.pickle_refused:
@@ -116,21 +129,11 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
         signature = SignatureStatus(present=False, valid=False, key_fingerprint=None, reason=f"cannot be read ({e.strerror or e})")
     policy = _scan_pickles(path, m) if report.ok else PolicyReport()
     snapshot = full_files(m)  # a delta stands for its complete target snapshot, not its payload
-    kinds: dict[str, int] = {}
-    for f in snapshot:
-        kinds[classify(f.path)] = kinds.get(classify(f.path), 0) + 1
-    return AuditRow(
+    return AuditRow.of(
+        m,
+        snapshot,
         bundle=str(path),
         size=size,
-        repo_id=m.repo_id,
-        repo_type=m.repo_type,
-        revision=m.revision,
-        commit=m.commit,
-        license=m.license,
-        created_at=m.created_at,
-        source=m.source,
-        files=tuple((f.path, f.size, f.sha256, classify(f.path)) for f in snapshot),
-        kinds=dict(sorted(kinds.items())),
         pickle_files=tuple(f.path for f in snapshot if classify(f.path) == "pickle"),
         pickle_imports={p: s.globals for p, s in sorted(policy.pickle.items())},
         pickle_refused=tuple(policy.refusals()),

@@ -19,9 +19,11 @@ the push recorded. Only then is it renamed to `NAME.tar`, with its sidecar.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -135,7 +137,16 @@ def pull_bundle(ref: Reference, *, out_dir: str | Path, plain_http: bool = False
         final = out_dir / bundle_filename(m.repo_id, m.commit, repo_type=m.repo_type)
         partial = out_dir / f".{final.name}.{digest[7:19]}.oci-partial"
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if e.errno == getattr(errno, "ELOOP", -1):
+                raise UsageError(f"{partial} is a symbolic link, not a pull's partial file; remove it and pull again") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted under the partial's name
+            os.close(fd)
+            raise UsageError(f"{partial} is not a regular file, not a pull's partial file; remove it and pull again")
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "r+b") as out:
             try:
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

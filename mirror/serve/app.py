@@ -262,8 +262,7 @@ class ServeApp:
         if what == "paths-info" and len(rest) == 2:
             self._only(method, "POST")
             commit = self._commit(repo, rest[1])
-            form = parse_qs(self._body(environ).decode("utf-8", "replace"))
-            return _json(hubapi.paths_info(commit, form.get("paths", [])), headers={"X-Repo-Commit": commit.commit})
+            return _json(hubapi.paths_info(commit, self._paths(environ)), headers={"X-Repo-Commit": commit.commit})
         if what == "refs" and len(rest) == 1:
             self._only(method, "GET", "HEAD")
             return _json(hubapi.refs(repo, include_prs=q.get("include_prs", ["0"])[-1] in ("1", "true")))
@@ -271,6 +270,21 @@ class ServeApp:
             self._only(method, "GET", "HEAD")
             return _json(hubapi.commits(repo, self._commit(repo, rest[1])))
         raise HTTPError(404, f"no such API endpoint for {repo.repo_id}: {'/'.join(rest)}")
+
+    def _paths(self, environ: dict) -> list[str]:
+        """paths-info's `paths`: form-encoded (what huggingface_hub sends) or a JSON object."""
+        body = self._body(environ)
+        if (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower() == "application/json":
+            try:
+                paths = json.loads(body or b"{}").get("paths", [])
+            except (ValueError, AttributeError):
+                raise HTTPError(400, 'paths-info takes a JSON object {"paths": [...]} or a form with paths=...') from None
+            if isinstance(paths, str):
+                paths = [paths]
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise HTTPError(400, "paths-info's paths must be a list of file paths")
+            return paths
+        return parse_qs(body.decode("utf-8", "replace")).get("paths", [])
 
     def _info(self, repo, commit, q: dict) -> dict:
         blobs = q.get("blobs", ["false"])[-1].lower() in ("1", "true")

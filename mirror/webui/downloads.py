@@ -13,7 +13,6 @@ from urllib.parse import quote
 
 from mirror import parts
 from mirror.audit import AuditRow, render_cyclonedx
-from mirror.manifest import classify
 from mirror.signing import SignatureStatus, read_signature
 from mirror.webui import views
 
@@ -72,17 +71,11 @@ def bom_bytes(commit) -> bytes:
         SignatureStatus(present=True, valid=True if checked else None, key_fingerprint=key, reason=views.signature_line(commit))
         if views.signed(commit) else SignatureStatus(present=False, valid=False, key_fingerprint=None, reason="unsigned")
     )
-    row = AuditRow(
+    row = AuditRow.of(
+        m,
+        commit.files,
         bundle=str(commit.bundle),
         size=bundle_size(commit),
-        repo_id=m.repo_id,
-        repo_type=m.repo_type,
-        revision=m.revision,
-        commit=m.commit,
-        license=m.license,
-        created_at=m.created_at,
-        source=m.source,
-        files=tuple((e.path, e.size, e.sha256, classify(e.path)) for e in commit.files),
         pickle_files=f.pickle,
         pickle_imports={p: tuple(v) for p, v in sorted(pickle.items()) if isinstance(v, list)},
         remote_code=f.remote_code,

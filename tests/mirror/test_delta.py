@@ -12,7 +12,7 @@ import pytest
 
 from mirror import delta, parts
 from mirror.tarformat import read_manifest
-from mirror.errors import BaseNotInstalled, HashMismatch, ManifestError, UsageError
+from mirror.errors import BaseNotInstalled, ManifestError, UsageError
 from mirror.install import install_bundle
 from mirror.manifest import FileEntry, parse
 from mirror.pack import pack_folder

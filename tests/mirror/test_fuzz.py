@@ -4,7 +4,6 @@ MirrorError or a result, never another exception, and `verify` and `install` agr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path

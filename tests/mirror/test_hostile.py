@@ -8,7 +8,6 @@ exactly as it was (a good snapshot is installed there first), and nothing appear
 from __future__ import annotations
 
 import hashlib
-import os
 import unicodedata
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,7 @@ from typing import Callable
 import pytest
 
 from mirror.errors import MirrorError, PolicyError
-from mirror.hashing import git_blob_sha1, hash_file, lfs_pointer_sha1
+from mirror.hashing import git_blob_sha1, lfs_pointer_sha1
 from mirror.install import install_bundle
 from mirror.manifest import FileEntry, Manifest, classify
 from mirror.pack import pack_folder

@@ -14,7 +14,6 @@ import pytest
 
 from mirror import extract as extract_mod
 from mirror import install as install_mod
-from mirror.bundle import write_bundle
 from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import DualHasher
 from tests.fixtures.cachetree import tree

@@ -130,6 +130,35 @@ def test_a_dropped_connection_mid_layer_resumes(registry, tmp_path):
     assert [p.name for p in (tmp_path / "b").iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_planted_partial_file_is_never_written_through(registry, tmp_path):
+    """The out folder may be shared: a link or FIFO planted under the name the pull's partial file
+    will have is refused with one line; the link's target is untouched and nothing is trusted."""
+    import subprocess
+
+    info = pack_folder(unique_model(tmp_path, size=200_000), repo_id="acme/plant", out_dir=tmp_path / "src")
+    ref = f"oci://{registry.host}/{unique_repo()}:v1"
+    assert run("push", str(info.path), ref, "--plain-http").exit_code == 0
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "docker://" + ref.removeprefix("oci://")], check=True, capture_output=True).stdout
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()  # the manifest's digest: the partial file is named by it
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = out / f".{info.path.name}.{digest[7:19]}.oci-partial"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    for plant in ("link", "fifo"):
+        if plant == "link":
+            partial.symlink_to(victim)
+        else:
+            os.mkfifo(partial)
+        r = run("pull", ref, "--plain-http", "--out", str(out))
+        line = one_line_error(r)
+        assert r.exit_code == 2 and ("is a symbolic link" in line if plant == "link" else "is not a regular file" in line), r.output
+        assert victim.read_bytes() == b"keep me" and trusted(out) == []
+        partial.unlink()
+    r = run("pull", ref, "--plain-http", "--out", str(out))  # the folder cleaned: the pull goes through
+    assert r.exit_code == 0 and sha(Path(r.stdout.splitlines()[-1])) == info.sha256
+
+
 def test_a_layer_too_large_for_the_registry_is_named(registry, tmp_path):
     host, proc = start_nginx(tmp_path / "nginx", registry.host, max_body="128k")
     try:

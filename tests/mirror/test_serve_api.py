@@ -171,6 +171,11 @@ def test_tree_and_paths_info_describe_the_verified_files(site):
     status, h, body = call(srv, "POST", "/api/models/acme/m/paths-info/main", {"Content-Type": "application/x-www-form-urlencoded"},
                            b"paths=config.json&paths=sub&paths=nope&paths=..%2Fetc")
     assert status == 200 and [(e["path"], e["type"]) for e in json.loads(body)] == [("config.json", "file"), ("sub", "directory")]
+    status, _, body = call(srv, "POST", "/api/models/acme/m/paths-info/main", {"Content-Type": "application/json"}, b'{"paths": ["config.json", "../etc"]}')
+    assert status == 200 and [e["path"] for e in json.loads(body)] == ["config.json"]  # JSON bodies too
+    for bad in (b"[1, 2]", b"{bad", b'{"paths": [1]}'):
+        status, h, _ = call(srv, "POST", "/api/models/acme/m/paths-info/main", {"Content-Type": "application/json"}, bad)
+        assert status == 400 and "paths" in h["x-error-message"]
 
 
 def test_metrics_and_the_access_log_count_every_request(site):

@@ -271,7 +271,7 @@ def test_seed_classifier_config_runs_unchanged_with_no_network(seed_bundles, tmp
     ]
     out = subprocess.run(cmd, cwd=SEED, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[0].startswith(f"trained classification model in ")
+    assert out.stdout.splitlines()[0].startswith("trained classification model in ")
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["final"]["test"]["n"] == 150
     lineage = json.loads((out_dir / "lineage.json").read_text())

@@ -85,7 +85,7 @@ def test_a_corrupt_entry_is_recomputed_and_replaced(tmp_path: Path, files, monke
 
 
 def test_classification_recipe_reads_its_tokens_from_the_cache(tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.trainer.test_classification import local, make_cfg, write_rows
+    from tests.trainer.test_classification import make_cfg, write_rows
     from trainer.recipes import classification, common
 
     monkeypatch.setenv(tokencache.ENV, str(tmp_path / "cache"))

@@ -189,7 +189,7 @@ class Service:
         if task in self.models:
             return self.models[task]
         served = ", ".join(f"{m.name} ({m.task}: {', '.join(TASK_ENDPOINTS[m.task])})" for m in self.models.values()) or "nothing"
-        raise ClientError(404, f"{route} needs a {TASK_WORDS[task]} and this server serves none; it serves {served}: start trainer serve with one to use {route}")
+        raise ClientError(404, f"{route} needs {TASK_WORDS[task]} and this server serves none; it serves {served}: start trainer serve with one to use {route}")
 
     def named(self, task: str, route: str, model: str) -> Served:
         m = self.need(task, route)

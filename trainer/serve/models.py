@@ -29,7 +29,7 @@ TASK_ENDPOINTS = {
     "embeddings": ("/embed", "/retrieve", "/v1/embeddings"),
     "sft": ("/chat", "/v1/chat/completions"),
 }
-TASK_WORDS = {"classification": "classifier", "embeddings": "embedding model", "sft": "chat model (causal LM)"}
+TASK_WORDS = {"classification": "a classifier", "embeddings": "an embedding model", "sft": "a chat model (causal LM)"}
 
 
 @dataclass

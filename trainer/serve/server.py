@@ -95,7 +95,7 @@ def load(opts: Options, *, note: Callable[[str], None]) -> Any:
     by_task: dict[str, Any] = {}
     for m in located:
         if m.task in by_task:
-            raise ServeError(f"{by_task[m.task].name} and {m.name} are both {models_mod.TASK_WORDS[m.task]}s: serve one model per task (start another server for the other)")
+            raise ServeError(f"{by_task[m.task].name} and {m.name} are both {m.task} models: serve one model per task (start another server for the other)")
         by_task[m.task] = m
     if opts.knowledge_base and "embeddings" not in by_task:
         raise ServeError("--knowledge-base needs an embedding model to embed it with: add a sentence-transformers run folder or model to the MODELs")
