@@ -31,7 +31,7 @@ from pathlib import Path
 
 import requests
 
-from mirror import parts, progress
+from mirror import atomic, parts, progress
 from mirror.bundle import bundle_filename
 from mirror.errors import (
     ArtifactMismatch,
@@ -281,6 +281,14 @@ def install_from_registry(ref: Reference, *, install, plain_http: bool = False, 
                           credentials: Credentials | None = None, show_progress: bool = True, tmp_dir: str | Path | None = None):
     """Pull into a private temporary folder, then `install(bundle_path)` (mirror.install's
     verified core, as for any bundle), then remove the folder, whatever happened."""
-    with tempfile.TemporaryDirectory(prefix="mirror-oci-", dir=tmp_dir) as tmp:
+    root = Path(tmp_dir or tempfile.gettempdir())
+    for name in os.listdir(root):  # what a SIGKILLed install left: its owner's pid is in the name
+        if name.startswith(".mirror-oci.") and atomic.is_stale(name):
+            shutil.rmtree(root / name, ignore_errors=True)
+    tmp = atomic.temp_path(root / "mirror-oci", suffix="staging")
+    tmp.mkdir(mode=0o700)
+    try:
         pulled = pull_bundle(ref, out_dir=tmp, plain_http=plain_http, ca_cert=ca_cert, credentials=credentials, show_progress=show_progress)
         return pulled, install(pulled.path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -171,9 +171,19 @@ def test_delta_bundle_pushes_the_full_file_set(registry, tmp_path):
         assert sha(Path(r.stdout.splitlines()[-1])) == v2_full.sha256
 
 
-def test_install_from_the_registry(registry, tmp_path):
+def test_install_from_the_registry(registry, tmp_path, monkeypatch):
+    import tempfile
+
     info = pack(tmp_path)
     ref = registry.ref()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    # what a SIGKILLed install left (its pid gone) is swept; a running one's folder is not
+    dead = tmp / ".mirror-oci.999999999-0123456789ab.staging"
+    live = tmp / f".mirror-oci.{os.getppid()}-0123456789ab.staging"
+    dead.mkdir()
+    live.mkdir()
     assert run("push", str(info.path), ref, "--plain-http").exit_code == 0
     cache = tmp_path / "cache"
     r = run("install", ref, "--plain-http", "--cache-dir", str(cache))
@@ -183,7 +193,7 @@ def test_install_from_the_registry(registry, tmp_path):
     files = make_repo(tmp_path / "again")
     for rel, data in files.items():
         assert (snap / rel).read_bytes() == data
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"mirror-oci-*{os.getpid()}*"))
+    assert sorted(p.name for p in tmp.iterdir()) == [live.name]  # its own folder removed, the dead one swept
     r = run("install", ref, "--plain-http", "--cache-dir", str(cache))
     assert r.exit_code == 0 and "already installed" in r.output
 
