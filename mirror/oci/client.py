@@ -226,19 +226,25 @@ class Client:
         headers = {"Range": f"bytes={start}-"} if start else None
         return self.request("GET", f"{self.base}/blobs/{digest}", headers=headers, stream=True, ok=(200, 206), what=what)
 
-    def read_blob(self, digest: str, *, max_size: int, what: str) -> bytes:
-        """A small blob (config, bundle manifest, signature), checked against its digest."""
-        r = self.open_blob(digest, what=what)
+    def _bounded(self, r, limit: int, *, what: str, too_big: str) -> bytearray:
+        """The whole body of a small answer, refused past `limit` bytes (a hostile registry could
+        stream forever); the response is closed either way."""
         data = bytearray()
         try:
-            for chunk in r.iter_content(SEND_BLOCK):
+            for chunk in r.iter_content(65536):
                 data += chunk
-                if len(data) > max_size:
-                    raise RegistryError(f"{what} is larger than {max_size} bytes; the artifact is not one mirror push writes")
+                if len(data) > limit:
+                    raise RegistryError(too_big)
         except requests.exceptions.RequestException as e:
             raise RegistryError(f"the connection to {self.registry} broke while reading {what}: {reason(e)}; run the command again") from None
         finally:
             r.close()
+        return data
+
+    def read_blob(self, digest: str, *, max_size: int, what: str) -> bytes:
+        """A small blob (config, bundle manifest, signature), checked against its digest."""
+        r = self.open_blob(digest, what=what)
+        data = self._bounded(r, max_size, what=what, too_big=f"{what} is larger than {max_size} bytes; the artifact is not one mirror push writes")
         self.bytes_received += len(data)
         got = "sha256:" + hashlib.sha256(data).hexdigest()
         if got != digest:
@@ -329,16 +335,7 @@ class Client:
     def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(raw bytes, media type, digest) of the manifest at a tag or digest."""
         r = self.request("GET", f"{self.base}/manifests/{reference}", headers={"Accept": ACCEPT}, stream=True, what=f"{self.repository}:{reference}")
-        data = bytearray()
-        try:
-            for chunk in r.iter_content(65536):
-                data += chunk
-                if len(data) > MAX_MANIFEST:
-                    raise RegistryError(f"the manifest of {self.repository}:{reference} is over {MAX_MANIFEST} bytes; it is not one mirror push writes")
-        except requests.exceptions.RequestException as e:
-            raise RegistryError(f"the connection to {self.registry} broke while reading a manifest: {reason(e)}; run the command again") from None
-        finally:
-            r.close()
+        data = self._bounded(r, MAX_MANIFEST, what="a manifest", too_big=f"the manifest of {self.repository}:{reference} is over {MAX_MANIFEST} bytes; it is not one mirror push writes")
         media = (r.headers.get("Content-Type") or "").split(";")[0].strip()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
