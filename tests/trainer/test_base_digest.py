@@ -3,6 +3,7 @@ sha256 that lineage names comes from the install record, written when the instal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +32,17 @@ def _hook(event: str, args: tuple) -> None:
 sys.addaudithook(_hook)
 
 
+@contextlib.contextmanager
+def opened_in(folder: Path):
+    """The files of `folder` this process opens inside the block (the list is reused by the next block)."""
+    _WATCH[:] = [os.path.abspath(folder)]
+    _OPENED.clear()
+    try:
+        yield _OPENED
+    finally:
+        _WATCH.clear()
+
+
 def _base_bundle(tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()
@@ -57,14 +69,10 @@ def test_trainer_check_with_an_installed_base_opens_no_bundle_and_names_the_chec
 
     # other bytes under the bundle's name: re-hashing it (the old way) would print another sha256
     info.path.write_bytes(b"not the bundle any more" * 4096)
-    _WATCH[:] = [os.path.abspath(bundles)]
-    _OPENED.clear()
-    try:
+    with opened_in(bundles) as opened:
         second = invoke("check", str(cfg), "--bundles", bundles)
-    finally:
-        _WATCH.clear()
     assert "installed snapshot" in second.output and f"bundle {info.path.name} sha256 {info.sha256}" in second.output, second.output
-    assert _OPENED == []  # not one file of the bundles folder was opened, not even a manifest head
+    assert opened == []  # not one file of the bundles folder was opened, not even a manifest head
 
     info.path.unlink()  # gone since the install: the lineage still names what was installed
     third = invoke("check", str(cfg), "--bundles", bundles)
@@ -80,23 +88,15 @@ def test_a_base_installed_without_a_checked_sha256_is_hashed_once_then_remembere
     info = _base_bundle(tmp_path)
     install_bundle(info.path, bundle_sha256=False)
     cfg = _config(tmp_path)
-    _WATCH[:] = [os.path.abspath(tmp_path / "bundles")]
-    _OPENED.clear()
-    try:
+    with opened_in(tmp_path / "bundles") as opened:
         r = invoke("check", str(cfg), "--bundles", str(tmp_path / "bundles"))
-    finally:
-        _WATCH.clear()
     assert f"bundle {info.path.name} sha256 {info.sha256}" in r.output, r.output
-    assert str(info.path) in _OPENED
+    assert str(info.path) in opened
     # hashed once, remembered in the install record: the next check opens nothing in bundles/
-    _WATCH[:] = [os.path.abspath(tmp_path / "bundles")]
-    _OPENED.clear()
-    try:
+    with opened_in(tmp_path / "bundles") as opened:
         again = invoke("check", str(cfg), "--bundles", str(tmp_path / "bundles"))
-    finally:
-        _WATCH.clear()
     assert f"bundle {info.path.name} sha256 {info.sha256}" in again.output, again.output
-    assert _OPENED == []
+    assert opened == []
 
 
 def test_a_bundle_that_only_claims_the_installed_commit_is_never_named(tmp_path):
