@@ -42,7 +42,7 @@ $(COMPAT)/bin/.installed: pyproject.toml
 	$(call make_venv,$(COMPAT),$(GPU_IMAGE_PINS))
 
 test-gpu-image: $(COMPAT)/bin/.installed  # the trainer, e2e and GPU-bench smoke tests (and mirror serve's Hub clients) on the GPU image's versions
-	$(COMPAT)/bin/python -m pytest -q tests/trainer tests/test_e2e.py tests/test_bench_gpu.py tests/mirror/test_pull.py tests/mirror/test_serve_clients.py tests/mirror/test_serve_trainer.py
+	$(COMPAT)/bin/python -m pytest -q tests/trainer tests/test_e2e.py tests/test_bench_gpu.py tests/mirror/test_pull.py tests/mirror/test_pull_inplace.py tests/mirror/test_serve_clients.py tests/mirror/test_serve_trainer.py
 
 bench: bench-mirror
 

@@ -14,9 +14,9 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from mirror import parts, progress
+from mirror import inplace, parts, progress
 from mirror.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
@@ -106,6 +106,8 @@ def write_bundle(
     max_part_size: int | None = None,
     sources: Sources | None = None,
     ready: Callable[[str], None] | None = None,
+    fill: "Filler | None" = None,
+    fill_dir: Path | None = None,
 ) -> BundleInfo:
     """Stream the files of `src_root` into `out_dir/<org>--<name>--<commit12>.tar` in two passes:
     the files are hashed first, in parallel across cores, so the manifest (member 0) is final
@@ -125,7 +127,12 @@ def write_bundle(
     `ready(path)` (pull, downloading while it writes) is called before a file is first opened and
     returns once it is complete in `src_root`. A file whose digests are promised by `expected`
     (an LFS file with the Hub's sha256) is then opened only when the writer reaches it: the
-    manifest follows from the listing, so the bundle is written while later files still arrive."""
+    manifest follows from the listing, so the bundle is written while later files still arrive.
+
+    `fill` (pull, into a single-file bundle): the files named in `fill.paths`, each with the
+    Hub's sha256 in `expected`, are never opened here; the bundle is written in place
+    (mirror.inplace) in `fill_dir`, where a rerun resumes it, and `fill(regions)` writes each
+    of those files into its region at its final offset (downloading it) and calls `finish()`."""
     src_root, out_dir = Path(src_root), Path(out_dir)
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
@@ -142,13 +149,20 @@ def write_bundle(
         if not paths and not (extra or {}).get("delta"):  # a delta may only remove files
             raise UsageError(f"{src_root}: no files to bundle; check the folder and the include/exclude patterns")
         later: dict[str, int] = {}  # promised files opened when the writer reaches them: path -> listed size
+        if fill is not None and (max_part_size or fill_dir is None):
+            raise ValueError("fill writes a single-file bundle in place, in fill_dir")
         for p in paths:
             if why := unsafe_path_reason(p):
                 raise UsageError(f"file name {p!r} {why}; it cannot be stored in a bundle")
             if p in sources:
                 continue
             want = (expected or {}).get(p)
-            if ready is not None and want is not None and want.lfs and want.sha256:
+            if fill is not None and p in fill.paths:
+                if want is None or not (want.lfs and want.sha256):
+                    raise ValueError(f"{p}: only a file with the Hub's sha256 can be filled in place")
+                later[p] = want.size
+                continue
+            if ready is not None and fill is None and want is not None and want.lfs and want.sha256:
                 later[p] = want.size
                 continue
             if ready is not None:
@@ -157,7 +171,7 @@ def write_bundle(
         return _write(
             sources, paths=paths, src_root=src_root, repo_id=repo_id, repo_type=repo_type, revision=revision, commit=commit,
             source=source, created_at=created_at, license=license, out_dir=out_dir, expected=expected, lfs=lfs,
-            extra=extra, max_part_size=max_part_size, later=later, ready=ready,
+            extra=extra, max_part_size=max_part_size, later=later, ready=ready, fill=fill, fill_dir=fill_dir,
         )
 
 
@@ -166,6 +180,7 @@ def _write(
     source: str, created_at: str, license: str | None, out_dir: Path, expected: dict[str, FileEntry] | None,
     lfs: dict[str, bool] | None, extra: dict[str, Any] | None, max_part_size: int | None,
     later: dict[str, int] | None = None, ready: Callable[[str], None] | None = None,
+    fill: "Filler | None" = None, fill_dir: Path | None = None,
 ) -> BundleInfo:
     """write_bundle once its files are open and checked (`later`: promised files still arriving,
     opened through `ready` when pass 2 reaches them, with the listed size until then)."""
@@ -205,7 +220,7 @@ def _write(
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep(out_dir)  # temporaries of a writer that was SIGKILLed (its pid is gone): before the space check
     free = shutil.disk_usage(out_dir).free
-    if free < total:
+    if free < total and fill is None:  # in place, what a resumed partial already holds is subtracted there
         raise NotEnoughSpace(str(out_dir), needed=total, free=free)
     # Pass 1: every file's digests, files hashed in parallel across cores. The manifest, which
     # comes first in the tar, is then final before the first byte is written, so pass 2 can hash
@@ -233,10 +248,15 @@ def _write(
     if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
         final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
 
+    if fill is not None:
+        return _write_in_place(
+            src, draft_files=draft_files, files=files, promised=promised, reserved=reserved, raw=raw, total=total,
+            final=final, manifest=manifest, fill=fill, fill_dir=fill_dir, out_dir=out_dir,
+        )
+
     # `.<final>.<pid>-<random>.partial` (mirror.atomic): never taken for a bundle, removed in the
     # `finally` below on any error, Ctrl-C or SIGTERM, and by `sweep` after a SIGKILL
     partial = temp_path(final)
-    sidecar_tmp: Path | None = None
     splitter = parts.PartWriter(out_dir, max_part_size=max_part_size) if max_part_size else None
     # a multi-part writer hashes its parts and the stream itself when it commits
     stream_sha = None if splitter is not None else hashlib.sha256()
@@ -262,7 +282,7 @@ def _write(
                     ready(draft.path)
                     if (got_size := src.add(draft.path).size) != draft.size:
                         raise HashMismatch(draft.path, algorithm="size", expected=str(draft.size), actual=str(got_size), where="in the download")
-                _copy(src[draft.path], put, check=check)
+                copy_source(src[draft.path], put, check=check)
                 if check is not None and (got := check.digest().sha256) != entry.sha256:
                     raise HashMismatch(draft.path, algorithm="sha256", expected=entry.sha256, actual=got, where="against the Hub's hash")
                 put(b"\0" * padding(draft.size))
@@ -272,22 +292,14 @@ def _write(
             index = splitter.commit(final)
             return BundleInfo(path=parts.index_path(final), sha256=index.sha256, size=index.size, manifest=manifest)
         sha = stream_sha.hexdigest()  # the lanes were closed: every chunk is in
-        sidecar = final.with_name(final.name + ".sha256")
-        sidecar_tmp = temp_path(sidecar)
-        sidecar_tmp.write_text(f"{sha}  {final.name}\n")
-        os.replace(partial, final)
-        os.replace(sidecar_tmp, sidecar)
-        parts.remove_parts(final)  # a multi-part bundle of the same name is superseded
+        _publish(final, sha, lambda: os.replace(partial, final))
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise NotEnoughSpace(str(out_dir), needed=total, free=shutil.disk_usage(out_dir).free) from e
+        _space_error(e, out_dir, total)
         raise
     finally:
         if splitter is not None:
             splitter.discard()
-        for leftover in (partial, sidecar_tmp):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     return BundleInfo(path=final, sha256=sha, size=total, manifest=manifest)
 
 
@@ -303,7 +315,68 @@ def _promised(draft: FileEntry, want: FileEntry | None) -> Digest | None:
     return Digest(size=draft.size, sha256=want.sha256, git_sha1=sha1)
 
 
-def _copy(src: SourceFile, put, *, check: DualHasher | None = None) -> None:
+def _write_in_place(
+    src: Sources, *, draft_files, files, promised, reserved: int, raw: bytes, total: int, final: Path, manifest: Manifest,
+    fill: "Filler", fill_dir: Path, out_dir: Path,
+) -> BundleInfo:
+    """Pass 2 of a pull into a single-file bundle: the layout is final, so every byte goes to its
+    offset (mirror.inplace): the small files from their checked descriptors, the files named in
+    `fill.paths` by `fill` as they download, while a lane hashes the finished front of the bundle
+    for the sidecar. Published (renamed, sidecar) only once all of it is in and matched."""
+    head = member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw))
+    members = [
+        # a promised file (the Hub's sha256, not hashed in pass 1) is checked as it is written
+        (d.path, member_header(PAYLOAD_PREFIX + d.path, d.size), d.size, src[d.path] if d.path in src else None,
+         promised[d.path].sha256 if promised[d.path] is not None else None)
+        for d in draft_files
+    ]
+    spans = len(head) + sum(len(h) + size + padding(size) for _, h, size, _, _ in members)
+    fixed, slots = inplace.layout(head, members, total=total, trailer=total - spans, slots=frozenset(fill.paths))
+    key = hashlib.sha256(head).hexdigest()  # the manifest names every file's digests: same key, same bytes
+    try:
+        with inplace.InPlaceWriter(fill_dir, key=key, total=total, fixed=fixed, slots=slots, where=str(out_dir)) as w:
+            regions = w.regions()
+            fill(regions)
+            if missing := [r.path for r in regions if not r.complete]:
+                raise RuntimeError(f"the in-place fill returned with {', '.join(missing)} unfinished")
+            sha = w.stream_sha256()
+            _publish(final, sha, lambda: w.publish(final))
+    except OSError as e:
+        _space_error(e, out_dir, total)
+        raise
+    return BundleInfo(path=final, sha256=sha, size=total, manifest=manifest)
+
+
+def _publish(final: Path, sha: str, move: Callable[[], None]) -> None:
+    """Give a finished bundle its name: the sidecar is written under a temporary name first,
+    `move()` renames the bundle onto `final`, then the sidecar lands; a multi-part bundle of the
+    same name is superseded."""
+    sidecar = final.with_name(final.name + ".sha256")
+    sidecar_tmp = temp_path(sidecar)
+    try:
+        sidecar_tmp.write_text(f"{sha}  {final.name}\n")
+        move()
+        os.replace(sidecar_tmp, sidecar)
+    finally:
+        sidecar_tmp.unlink(missing_ok=True)
+    parts.remove_parts(final)
+
+
+def _space_error(e: OSError, out_dir: Path, total: int) -> None:
+    """A full disk while writing a bundle: NotEnoughSpace with the figures (else returns)."""
+    if e.errno == errno.ENOSPC and not isinstance(e, NotEnoughSpace):
+        raise NotEnoughSpace(str(out_dir), needed=total, free=shutil.disk_usage(out_dir).free) from e
+
+
+class Filler(Protocol):
+    """What fills regions of a bundle written in place (mirror.hub's downloader)."""
+
+    paths: frozenset[str]
+
+    def __call__(self, regions: "list[inplace.Region]") -> None: ...
+
+
+def copy_source(src: SourceFile, put, *, check=None) -> None:
     """Stream `src` into `put` (and `check`) in chunks read by position from the descriptor that
     was checked (and hashed in pass 1), each a fresh `bytes` since a hash lane may still hold the
     previous one. Refuses (SourceChanged) a file that, once copied, is not the same inode with

@@ -29,17 +29,18 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import queue
 import re
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from mirror import __version__, delta, policy, progress
+from mirror import __version__, delta, inplace, policy, progress
 from mirror.bundle import BundleInfo, write_bundle
 from mirror.errors import (
     AuthRequired,
@@ -359,16 +360,60 @@ def _discard_staged(staging: Path, path: str) -> None:
     (staging / ".cache" / "huggingface" / "download" / (path + ".metadata")).unlink(missing_ok=True)
 
 
+class _DaemonPool:
+    """A thread pool (the part of ThreadPoolExecutor used here) whose threads are daemons: on
+    Ctrl-C or SIGTERM the process exits once its cleanup ran, instead of waiting at exit for a
+    download stuck in a stalled socket read (which ThreadPoolExecutor's joined workers do)."""
+
+    def __init__(self, workers: int, jobs: int):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"mirror-pull-{k}", daemon=True) for k in range(max(1, min(workers, jobs)))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._queue.put((fut, fn, args))
+        return fut
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # the caller reads it from the future
+                fut.set_exception(e)
+
+    def shutdown(self, *, wait: bool = True, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class _Fetcher:
     """Downloads with `hf_hub_download`, several files at once, in the order given, while the
     caller waits for one file at a time (`ready`): the bundle writer copies file k while files
     k+1... are still arriving, instead of waiting for a staging copy of everything."""
 
-    def __init__(self, snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool):
+    def __init__(self, snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool,
+                 bar: _Progress | None = None):
         from huggingface_hub import hf_hub_download
 
         self._snap, self._files, self._staging, self._endpoint, self._token = snap, list(files), staging, endpoint, token
-        self._bar = _Progress(total=sum(f.size for f in files), files=len(files), desc=f"pull {snap.repo_id}", enabled=progress)
+        self._own_bar = bar is None  # a bar handed in is shared with the in-place downloads; its owner closes it
+        self._bar = bar or _Progress(total=sum(f.size for f in files), files=len(files), desc=f"pull {snap.repo_id}", enabled=progress)
 
         def fetch(f: RemoteFile) -> None:
             file_bar, finish = self._bar.for_file(f.size)
@@ -387,7 +432,7 @@ class _Fetcher:
                 )
             finish()
 
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(files))), thread_name_prefix="mirror-pull")
+        self._pool = _DaemonPool(workers, len(files))
         self._futures = {f.path: self._pool.submit(fetch, f) for f in files}
         self._closed = False
 
@@ -410,15 +455,8 @@ class _Fetcher:
             self._result(fut)  # the first failure, in download order
 
     def _result(self, fut) -> None:
-        try:
-            fut.result()
-        except MirrorError:
-            raise
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise NotEnoughSpace(str(self._staging), needed=sum(f.size for f in self._files), free=shutil.disk_usage(self._staging).free) from e
-            # e.g. huggingface_hub's "Consistency check failed: file should be of size ..."
-            raise HubError(f"downloading {self._snap.repo_id} from {self._endpoint} failed: {_one_line(str(e), self._token)}; rerun to resume") from e
+        if (e := fut.exception()) is not None:
+            _raise_download_error(e, snap=self._snap, endpoint=self._endpoint, token=self._token, where=self._staging, needed=sum(f.size for f in self._files))
 
     def close(self, *, interrupted: bool = False, cancel: bool = False) -> None:
         """`interrupted` (Ctrl-C): start nothing new, wait for nothing. `cancel`: start nothing
@@ -427,7 +465,77 @@ class _Fetcher:
         self._pool.shutdown(wait=not interrupted, cancel_futures=interrupted or cancel)
         if not self._closed:
             self._closed = True
-            self._bar.close()
+            if self._own_bar:
+                self._bar.close()
+
+
+def _raise_download_error(e: BaseException, *, snap: Snapshot, endpoint: str, token: str | None, where: Path, needed: int) -> None:
+    """Raise what a failed download means: mirror's own errors as they are, a full disk as
+    NotEnoughSpace, any other OS error (e.g. huggingface_hub's "Consistency check failed") as
+    one HubError line that says a rerun resumes."""
+    if isinstance(e, MirrorError) or not isinstance(e, OSError):
+        raise e
+    if e.errno == errno.ENOSPC:
+        raise NotEnoughSpace(str(where), needed=needed, free=shutil.disk_usage(where).free) from e
+    raise HubError(f"downloading {snap.repo_id} from {endpoint} failed: {_one_line(str(e), token)}; rerun to resume") from e
+
+
+def _origin(url: str) -> tuple[str, str]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u.scheme.lower(), u.netloc.lower()
+
+
+class _Filler:
+    """Downloads LFS files straight into their regions of the bundle being written
+    (mirror.inplace: each byte at its final offset, no staging copy), several at once, with
+    huggingface_hub's own `get_hf_file_metadata` and `http_get` (auth, redirects to a CDN,
+    retries that resume with `Range`). A region the journal of an interrupted run has whole is
+    not fetched again; one it has in part resumes from there."""
+
+    def __init__(self, snap: Snapshot, files: Sequence[RemoteFile], *, endpoint: str, token: str | None, workers: int, bar: _Progress, where: Path):
+        self.paths = frozenset(f.path for f in files)
+        self._snap, self._endpoint, self._token, self._workers, self._bar, self._where = snap, endpoint, token, workers, bar, where
+
+    def __call__(self, regions) -> None:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        snap, endpoint, token = self._snap, self._endpoint, self._token
+        mine = [r for r in regions if r.path in self.paths]
+        for r in mine:
+            if r.complete:  # resumed whole: the bar counts it as done
+                self._bar.for_file(r.size)[1]()
+
+        def fetch(r) -> None:
+            file_bar, finish = self._bar.for_file(r.size)
+            with _hub_errors(repo_id=snap.repo_id, revision=snap.revision, endpoint=endpoint, token=token, what=r.path):
+                url = hf_hub_url(snap.repo_id, r.path, repo_type=snap.repo_type, revision=snap.commit, endpoint=endpoint)
+                meta = get_hf_file_metadata(url, token=token, library_name="mirror", library_version=__version__, endpoint=endpoint)
+                if meta.size is not None and meta.size != r.size:
+                    raise HashMismatch(r.path, algorithm="size", expected=str(r.size), actual=str(meta.size), where="in the Hub's answer")
+                headers = build_hf_headers(token=token, library_name="mirror", library_version=__version__)
+                source = url
+                if meta.xet_file_data is None and meta.location != url:  # as hf_hub_download: skip the redirect...
+                    source = meta.location
+                    if _origin(source) != _origin(url):  # ...and never send the token to a CDN host
+                        headers.pop("authorization", None)
+                http_get(source, r, resume_size=r.tell(), headers=headers, expected_size=r.size, displayed_filename=r.path, tqdm_class=file_bar)
+            r.finish()
+            finish()
+
+        todo = [r for r in mine if not r.complete]
+        pool = _DaemonPool(self._workers, len(todo))
+        futures = [pool.submit(fetch, r) for r in todo]
+        try:
+            wait(futures)  # every file is tried even when one fails, so a rerun fetches only what is missing
+        finally:  # Ctrl-C, SIGTERM: nothing new starts, and the writer stops the running ones at their next chunk
+            pool.shutdown(wait=False, cancel_futures=True)
+        for fut in futures:  # the first failure in bundle order
+            if (e := fut.exception()) is not None:
+                _raise_download_error(e, snap=snap, endpoint=endpoint, token=token, where=self._where, needed=sum(r.size for r in todo))
 
 
 def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool) -> None:
@@ -521,34 +629,48 @@ def pull(
 
     staging = out_dir / STAGING_DIR / staging_name(repo_id, snap.commit, repo_type=repo_type)
     staging.mkdir(parents=True, exist_ok=True)
+    # A single-file, full bundle is written in place: the LFS files the listing gives a sha256
+    # download straight into their regions of it (in `fill_dir`, where a rerun resumes); the rest
+    # (small files, the card, pickles to scan) is staged first, since the manifest needs them.
+    in_place = base is None and not max_part_size
+    direct = [f for f in fetch if in_place and not _needed_first(f, allow_pickle=allow_pickle)]
+    staged = [f for f in fetch if f not in direct]
+    fill_dir = staging.with_name(staging.name + ".inplace")
     total = sum(f.size for f in fetch)
-    needed = (total - _staged_size(staging, fetch)) + total  # the rest of the download, then the bundle
+    needed = (sum(f.size for f in staged) - _staged_size(staging, staged)) + total - (inplace.journaled(fill_dir) if in_place else 0)
     free = shutil.disk_usage(staging).free
     if free < needed:
         raise NotEnoughSpace(str(out_dir), needed=needed, free=free)
 
-    if base is not None:  # a delta reads its staged files to build the delta section: all of them first
-        _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
-        fetcher = None
-    else:  # the bundle is written while the files arrive: the Hub's listing fixes its layout
-        fetcher = _Fetcher(snap, _download_order(fetch, allow_pickle=allow_pickle), staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+    bar = _Progress(total=total, files=len(fetch), desc=f"pull {snap.repo_id}", enabled=progress)
+    filler = _Filler(snap, direct, endpoint=endpoint, token=token, workers=workers, bar=bar, where=out_dir) if in_place else None
     try:
-        info = _write_pulled(
-            snap, files, fetch, chosen, staging=staging, fetcher=fetcher, base=base, unchanged=unchanged, where=where,
-            repo_id=repo_id, repo_type=repo_type, revision=revision, endpoint=endpoint, out_dir=out_dir,
-            max_part_size=max_part_size, allow_pickle=allow_pickle,
-        )
-    except KeyboardInterrupt:
-        if fetcher is not None:
-            fetcher.close(interrupted=True)
-        raise
-    except BaseException:
+        if base is not None:  # a delta reads its staged files to build the delta section: all of them first
+            _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+            fetcher = None
+        else:  # the bundle is written while the files arrive: the Hub's listing fixes its layout
+            order = _download_order(staged, allow_pickle=allow_pickle)
+            fetcher = _Fetcher(snap, order, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress, bar=bar)
+        try:
+            info = _write_pulled(
+                snap, files, fetch, chosen, staging=staging, fetcher=fetcher, base=base, unchanged=unchanged, where=where,
+                repo_id=repo_id, repo_type=repo_type, revision=revision, endpoint=endpoint, out_dir=out_dir,
+                max_part_size=max_part_size, allow_pickle=allow_pickle, filler=filler, fill_dir=fill_dir,
+            )
+        except KeyboardInterrupt:
+            if fetcher is not None:
+                fetcher.close(interrupted=True)
+            raise
+        except BaseException:
+            if fetcher is not None:
+                fetcher.close()
+            raise
         if fetcher is not None:
             fetcher.close()
-        raise
-    if fetcher is not None:
-        fetcher.close()
+    finally:
+        bar.close()
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(fill_dir, ignore_errors=True)
     try:
         (out_dir / STAGING_DIR).rmdir()  # only when no other pull is staging there
     except OSError:
@@ -557,14 +679,15 @@ def pull(
 
 
 def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetcher: _Fetcher | None, base, unchanged, where: str,
-                  repo_id: str, repo_type: str, revision: str, endpoint: str, out_dir: Path, max_part_size: int | None, allow_pickle: bool) -> BundleInfo:
+                  repo_id: str, repo_type: str, revision: str, endpoint: str, out_dir: Path, max_part_size: int | None, allow_pickle: bool,
+                  filler: _Filler | None = None, fill_dir: Path | None = None) -> BundleInfo:
     """The pickle policy over the downloaded files, then the bundle, as each file arrives."""
     ready = fetcher.ready if fetcher is not None else None
     if fetcher is not None:  # what the manifest needs: the files hashed before it is written, the card, pickles
         for f in fetch:
             if _needed_first(f, allow_pickle=allow_pickle):
                 fetcher.ready(f.path)
-    fetched = {f.path for f in fetch}
+    fetched = {f.path for f in fetch} - (filler.paths if filler is not None else frozenset())  # what is in staging
     try:
         report = policy.check_files({p: staging / p if p in fetched else None for p in chosen}, allow_pickle=allow_pickle, where=where)
     except PolicyError:
@@ -590,6 +713,8 @@ def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetche
             out_dir=out_dir,
             max_part_size=max_part_size,
             ready=ready,
+            fill=filler,
+            fill_dir=fill_dir if filler is not None else None,
             **args,
         )
     except HashMismatch as e:

@@ -1,6 +1,7 @@
 """`mirror pull` writes the bundle while the files still arrive: the Hub's listing fixes the
-manifest, so the writer copies shard 1 while shard 2 is downloading, never waiting for a staging
-copy of everything. Resume and the byte-identical bundle are kept."""
+manifest, so every shard downloads straight into its place in the bundle (no staging copy), and
+shard 1 is in the bundle while shard 2 is still downloading. Resume and the byte-identical
+bundle are kept."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from mirror.errors import HashMismatch
 from mirror.hub import STAGING_DIR, pull
+from mirror.inplace import PARTIAL_NAME
 from tests.fixtures.fake_hub import FakeHub
 from tests.mirror.test_pull import hermetic, payload  # noqa: F401 (hermetic: an autouse fixture)
 
@@ -34,7 +36,8 @@ def hub():
 
 
 def _partial(out: Path) -> Path | None:
-    return next((p for p in out.glob(".*.partial")), None)
+    # a single-file pull is written in place, resumable, in the staging folder (mirror.inplace)
+    return next((p for p in out.glob(f"{STAGING_DIR}/*.inplace/{PARTIAL_NAME}")), None)
 
 
 def test_the_bundle_is_written_while_a_later_shard_is_still_downloading(hub, tmp_path):
