@@ -5,20 +5,28 @@ Why not a bare `snapshot_download`: it checks sizes, not hashes, and a branch ca
 download runs. Here the revision is resolved to a 40-hex commit first and everything after uses
 only that commit; the tree listing of the commit gives each file's expected hash (sha256 for LFS
 files, git blob sha1 for the rest), and the bundle writer checks them while it copies the bytes.
-The downloading itself (auth, CDN redirects, retries, in-file resume with `Range`, Xet storage) is
-left to huggingface_hub's `hf_hub_download`, file by file, into a hidden staging folder:
+The downloading itself (auth, CDN redirects, retries that resume with `Range`) is
+huggingface_hub's: `get_hf_file_metadata` and `http_get`, the pieces `hf_hub_download` is made
+of, writing each LFS file straight into its place in the bundle being written
+(`mirror.inplace`): the listing gives every LFS file's sha256 and size, so the manifest, and with
+it the whole tar layout, is final once the small files (which the manifest needs hashed) are in.
+Those small files (and the card, and pickles to scan) are fetched first with `hf_hub_download`
+into a hidden staging folder; the partial bundle and its journal sit beside it:
 
-    <out_dir>/.staging/<bundle stem with the full commit>/
+    <out_dir>/.staging/<bundle stem with the full commit>/           small files
+    <out_dir>/.staging/<bundle stem with the full commit>.inplace/   bundle.tar.partial, journal
 
-The staging folder is never trusted: a finished file is not fetched again on a rerun (the
-interrupted-pull case), but every byte is hashed against the Hub's listing before it reaches a
-bundle, and a file that fails the check is deleted so the next run fetches it afresh. After a
-successful pull the staging folder is removed.
+Neither is ever trusted: every byte is hashed against the Hub's listing before a bundle takes its
+name, a finished file is not fetched again on a rerun (the interrupted-pull case), an unfinished
+one resumes from its last journaled 32 MiB, and a file that fails its check is discarded so the
+next run fetches it afresh. After a successful pull both are removed. Each byte is written once
+and read back once, from the page cache, for the bundle's own sha256.
 
-The bundle does not wait for the whole download: the listing gives every LFS file's sha256 and
-size, so the manifest is final once the small files (hashed for their sha256) are in, and the
-writer then copies each shard as soon as it has arrived, checking it on the way, while the later
-ones still download (`_Fetcher`). Each file is read back once, from the page cache.
+Not used: Xet's chunk transport (`hf_xet`), which writes to a file of its own; a Xet-backed file
+is fetched over plain HTTP from its resolve URL, as huggingface_hub itself does without `hf_xet`.
+A multi-part pull (`--max-part-size`) and a delta (`--since`) stage every file and stream it into
+the writer as it arrives (`_Fetcher`, `ready`): parts are cut as the stream is written, and a
+delta compares staged files with its base.
 
 The bundle's `created_at` is the commit's date (`lastModified` at that revision), not the time of
 the pull, so two people pulling the same commit produce byte-identical bundles.

@@ -22,6 +22,7 @@ stream were hashed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from mirror import atomic
-from mirror.errors import HashMismatch, NotEnoughSpace
+from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hashing import Cancelled
 
 JOURNAL_FORMAT = 1
@@ -39,6 +40,8 @@ NOTE_EVERY = 32 * 1024 * 1024  # journal each region's progress this often (a re
 READ_CHUNK = 1024 * 1024  # read-back (stream lane, re-hash on resume) into one reused buffer
 PARTIAL_NAME = "bundle.tar.partial"
 JOURNAL_NAME = "bundle.journal.json"
+LOCK_NAME = "lock"
+MAX_JOURNAL = 16 * 1024 * 1024  # a path and a count per file: far more than any repo needs
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,32 @@ def journaled(staging: Path) -> int:
     return sum(j.get("done", {}).values()) if j else 0
 
 
-def _read_journal(path: Path) -> dict | None:
+def _open_own(path: Path) -> int:
+    """Open (creating) one of the writer's own files for reading and writing: never through a
+    link, never a FIFO or device planted under its name (O_NONBLOCK: such an open cannot hang)."""
     try:
-        raw = json.loads(path.read_bytes())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        if e.errno == getattr(errno, "ELOOP", -1):
+            raise UsageError(f"{path} is a symbolic link, not a pull's own file; remove it and pull again") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path} is not a regular file, not a pull's own file; remove it and pull again")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_journal(path: Path) -> dict | None:
+    try:  # never through a link, never a FIFO (it would block), never a huge file
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_JOURNAL:
+                return None
+            raw = json.loads(os.pread(fd, MAX_JOURNAL, 0))
+        finally:
+            os.close(fd)
     except (OSError, ValueError):
         return None  # none, unreadable or not JSON: start over, the partial is never trusted anyway
     done = raw.get("done") if isinstance(raw, dict) else None
@@ -187,6 +213,7 @@ class InPlaceWriter:
         self.journal = staging / JOURNAL_NAME
         self.key, self.total, self.fixed, self.slots, self.where = key, total, fixed, slots, where
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._lock = threading.Condition()
         self._users = 0  # positioned reads and writes in flight (close waits for them)
         self._cancelled = False
@@ -199,6 +226,23 @@ class InPlaceWriter:
     # --- open, fill, close ------------------------------------------------------------------------
 
     def __enter__(self) -> "InPlaceWriter":
+        # One writer at a time (a second pull of the same commit, even with other --include
+        # patterns, shares this folder): taken before anything here is read or replaced, and
+        # released by the kernel if this process dies.
+        self._lock_fd = _open_own(self.partial.parent / LOCK_NAME)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise UsageError(f"another mirror pull is writing this bundle in {self.partial.parent}; wait for it to finish, then rerun") from None
+        try:
+            return self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open(self) -> "InPlaceWriter":
         atomic.sweep(self.partial.parent)  # a journal temporary of a SIGKILLed run
         j = _read_journal(self.journal)
         resume = j is not None and j.get("key") == self.key and j.get("total") == self.total
@@ -206,11 +250,8 @@ class InPlaceWriter:
             # nothing of an older layout is kept. Unlinked, not truncated: ext4 flushes a file
             # truncated to zero when it is closed (auto_da_alloc), a synchronous write of it all.
             self.partial.unlink(missing_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        self._fd = os.open(self.partial, flags, 0o644)
+        self._fd = _open_own(self.partial)
         try:
-            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
-                raise OSError(errno.EINVAL, f"{self.partial} is not a regular file")
             self._done = {s.path: min(int((j or {}).get("done", {}).get(s.path, 0)) if resume else 0, s.size) for s in self.slots}
             needed = self.total - sum(self._done.values())  # what the regions still take, and the rest
             free = shutil.disk_usage(self.partial.parent).free
@@ -240,6 +281,12 @@ class InPlaceWriter:
         if self._lane is not None:
             self._lane.join()
         self._close_fd()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def regions(self) -> list[Region]:
         """Every slot's region, in bundle order; those not `complete` are to be filled, each

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mirror import inplace
-from mirror.errors import HashMismatch, NotEnoughSpace
+from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hub import STAGING_DIR, pull
 from tests.fixtures.fake_hub import FakeHub
 from tests.mirror.test_pull import hermetic, leftovers, payload  # noqa: F401 (hermetic: an autouse fixture)
@@ -229,3 +229,59 @@ def test_a_signal_mid_shard_exits_at_once_with_one_line_and_the_rerun_resumes(hu
     assert _gets(hub, BIG)[-1] == (206, f"bytes={40 * MiB}-")
     assert payload(info.path) == FILES
     _check_sidecar(info)
+
+
+def test_a_second_writer_of_the_same_bundle_is_refused_while_the_first_runs(tmp_path):
+    w, data, whole = _writer(tmp_path)
+    with w:
+        other, _, _ = _writer(tmp_path, key="other --include patterns, same commit")
+        with pytest.raises(UsageError, match="another mirror pull is writing this bundle"):
+            other.__enter__()
+        (r,) = w.regions()  # the first one's partial was not touched
+        r.write(data)
+        r.finish()
+        assert w.stream_sha256() == hashlib.sha256(whole).hexdigest()
+    again, _, _ = _writer(tmp_path)
+    with again:  # released when the first one ended
+        assert again.regions()[0].complete
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_link_or_fifo_planted_as_the_partial_is_refused_in_one_line(tmp_path, planted):
+    w, _, _ = _writer(tmp_path)
+    (tmp_path / "fill").mkdir(exist_ok=True)
+    target = tmp_path / "fill" / inplace.PARTIAL_NAME
+    # the journal matches, so nothing is unlinked first: the planted name itself is opened
+    w.journal.write_text(json.dumps({"format": inplace.JOURNAL_FORMAT, "key": w.key, "total": w.total, "done": {}}))
+    if planted == "symlink":
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"precious")
+        target.symlink_to(victim)
+    else:
+        os.mkfifo(target)
+    with pytest.raises(UsageError, match="pull's own file; remove it and pull again") as e:
+        w.__enter__()
+    assert "\n" not in str(e.value)
+    if planted == "symlink":
+        assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "garbage", "lies"])
+def test_a_hostile_journal_only_makes_the_writer_start_over(tmp_path, planted):
+    w, data, whole = _writer(tmp_path)
+    (tmp_path / "fill").mkdir(exist_ok=True)
+    if planted == "fifo":
+        os.mkfifo(w.journal)  # reading it must not block
+    elif planted == "symlink":
+        w.journal.symlink_to("/etc/passwd")
+    elif planted == "garbage":
+        w.journal.write_bytes(b"\xff{not json")
+    else:  # a count past the file's end, and a negative one
+        w.journal.write_text(json.dumps({"format": 1, "key": w.key, "total": w.total, "done": {"w.safetensors": 10**12, "x": -1}}))
+    with w:
+        (r,) = w.regions()
+        assert r.tell() == 0 and not r.complete
+        r.write(data)
+        r.finish()
+        assert w.stream_sha256() == hashlib.sha256(whole).hexdigest()
+    assert Path("/etc/passwd").exists()
