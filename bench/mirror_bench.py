@@ -172,7 +172,7 @@ def compare(name: str, *, baseline: list[str], mirror: list[str], runs: int, res
     return row
 
 
-def bench_size(size_gb: float, *, runs: int, work: Path, pull: bool, baseline_tree: Path | None = None) -> dict:
+def bench_size(size_gb: float, *, runs: int, work: Path, pull: bool, baseline_tree: Path | None = None, only: frozenset[str] = frozenset()) -> dict:
     total = int(size_gb * GB)
     base = work / f"{size_gb:g}GB"
     clear(base)
@@ -188,50 +188,52 @@ def bench_size(size_gb: float, *, runs: int, work: Path, pull: bool, baseline_tr
     tar_out = scratch / "plain.tar"
     part_size = max(1 << 20, (total // 4) & ~0xFFFFF)  # ~4 parts, like a DVD-sized split of a large model
 
-    ops["pack"] = compare(
-        "pack", baseline=["tar", "cf", str(tar_out), "-C", str(snap), "."],
-        mirror=[*MIRROR, "pack", str(snap), "--repo-id", repo, "--out", str(out)],
-        runs=runs, reset=lambda: clear(tar_out, out), env=env, work=base,
-    )  # fmt: skip
-    ops["pack_parts"] = compare(
-        "pack --parts", baseline=["tar", "cf", str(tar_out), "-C", str(snap), "."],
-        mirror=[*MIRROR, "pack", str(snap), "--repo-id", repo, "--out", str(out / "parts"), "--max-part-size", str(part_size)],
-        runs=runs, reset=lambda: clear(tar_out, out / "parts"), env=env, work=base,
-    )  # fmt: skip
+    def want(op: str) -> bool:
+        return not only or op in only
+
+    if want("pack"):
+        ops["pack"] = compare(
+            "pack", baseline=["tar", "cf", str(tar_out), "-C", str(snap), "."],
+            mirror=[*MIRROR, "pack", str(snap), "--repo-id", repo, "--out", str(out)],
+            runs=runs, reset=lambda: clear(tar_out, out), env=env, work=base,
+        )  # fmt: skip
+    if want("pack_parts"):
+        ops["pack_parts"] = compare(
+            "pack --parts", baseline=["tar", "cf", str(tar_out), "-C", str(snap), "."],
+            mirror=[*MIRROR, "pack", str(snap), "--repo-id", repo, "--out", str(out / "parts"), "--max-part-size", str(part_size)],
+            runs=runs, reset=lambda: clear(tar_out, out / "parts"), env=env, work=base,
+        )  # fmt: skip
     # keep one bundle of each kind for the reading operations
     run([*MIRROR, "pack", str(snap), "--repo-id", repo, "--out", str(out)], env=env, log=base / "keep-single.log")
     run([*MIRROR, "pack", str(snap), "--repo-id", repo, "--out", str(out / "parts"), "--max-part-size", str(part_size)], env=env, log=base / "keep-parts.log")
     bundle = next(out.glob("*.tar"))
     index = next((out / "parts").glob("*.parts.json"))
-    ops["verify"] = compare(
-        "verify", baseline=["openssl", "dgst", "-sha256", str(bundle)], mirror=[*MIRROR, "verify", str(bundle)],
-        runs=runs, reset=lambda: None, env=env, work=base,
-    )  # fmt: skip
-    ops["verify_sha256"] = compare(
-        "verify --sha256", baseline=["openssl", "dgst", "-sha256", str(bundle)], mirror=[*MIRROR, "verify", "--sha256", str(bundle)],
-        runs=runs, reset=lambda: None, env=env, work=base,
-    )  # fmt: skip
-    ops["verify_parts"] = compare(
-        "verify --parts", baseline=["openssl", "dgst", "-sha256", str(bundle)], mirror=[*MIRROR, "verify", str(index)],
-        runs=runs, reset=lambda: None, env=env, work=base,
-    )  # fmt: skip
+    for op, label, argv in (
+        ("verify", "verify", [str(bundle)]), ("verify_sha256", "verify --sha256", ["--sha256", str(bundle)]), ("verify_parts", "verify --parts", [str(index)]),
+    ):  # fmt: skip
+        if want(op):
+            ops[op] = compare(
+                label, baseline=["openssl", "dgst", "-sha256", str(bundle)], mirror=[*MIRROR, "verify", *argv],
+                runs=runs, reset=lambda: None, env=env, work=base,
+            )  # fmt: skip
     extract, cache = scratch / "extract", scratch / "cache"
 
     def fresh_install_dirs() -> None:
         clear(extract, cache)
         extract.mkdir()
 
-    ops["install"] = compare(
-        "install", baseline=["tar", "xf", str(bundle), "-C", str(extract)],
-        mirror=[*MIRROR, "install", str(bundle), "--cache-dir", str(cache)],
-        runs=runs, reset=fresh_install_dirs, env=env, work=base,
-    )  # fmt: skip
-    if pull and size_gb <= PULL_MAX_GB:
+    if want("install"):
+        ops["install"] = compare(
+            "install", baseline=["tar", "xf", str(bundle), "-C", str(extract)],
+            mirror=[*MIRROR, "install", str(bundle), "--cache-dir", str(cache)],
+            runs=runs, reset=fresh_install_dirs, env=env, work=base,
+        )  # fmt: skip
+    if pull and size_gb <= PULL_MAX_GB and want("pull"):
         ops["pull"] = bench_pull(snap, repo=repo, runs=runs, env=env, work=base)
     else:
         print(f"  pull          skipped above {PULL_MAX_GB:g} GB (the loopback server, not mirror, is the bottleneck there)")
     clear(extract, cache, out / "parts", tar_out)  # disk for the trainer's base bundle
-    if baseline_tree is not None:
+    if baseline_tree is not None and want("trainer_check"):
         ops["trainer_check"] = bench_trainer_check(snap, sizes, runs=runs, env=env, work=base, baseline_tree=baseline_tree)
     shards = sum(1 for p in sizes if p.endswith(".safetensors"))
     clear(base)
@@ -453,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="0.1,1,4", help="snapshot sizes in GB, comma-separated (default 0.1,1,4)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per command after one warm-up (median reported)")
     ap.add_argument("--no-pull", action="store_true", help="skip the pull comparison (no loopback Hub)")
+    ap.add_argument("--only", default="", help=f"comma-separated operations to run (of {', '.join(LABELS)}); default all. Use with --out elsewhere")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default bench/results/mirror.json)")
     ap.add_argument("--scale-note", action="store_true", help="only regenerate the README and docs/scale-out.md tables from --out")
     ap.add_argument("--work", type=Path, default=WORK, help="scratch folder, emptied before and after (default bench/work)")
@@ -466,6 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tables regenerated from {args.out}")
         return 0
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+    only = frozenset(o.strip() for o in args.only.split(",") if o.strip())
+    if unknown := only - set(LABELS):
+        print(f"--only: unknown operation(s) {', '.join(sorted(unknown))}; choose from {', '.join(LABELS)}", file=sys.stderr)
+        return 2
+    if only and args.out == RESULTS:
+        print("--only writes a partial result: pass --out elsewhere (bench/results/mirror.json holds the full run)", file=sys.stderr)
+        return 2
     work = args.work.resolve()
     clear(work)
     work.mkdir(parents=True)
@@ -488,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for s in sizes:
-            res["sizes"].append(bench_size(s, runs=args.runs, work=work, pull=not args.no_pull, baseline_tree=args.baseline_tree))
+            res["sizes"].append(bench_size(s, runs=args.runs, work=work, pull=not args.no_pull, baseline_tree=args.baseline_tree, only=only))
     finally:
         clear(work)
     res["goals"] = goals_report(res["sizes"])

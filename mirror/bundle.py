@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 from contextlib import ExitStack
@@ -149,6 +150,7 @@ def write_bundle(
         if not paths and not (extra or {}).get("delta"):  # a delta may only remove files
             raise UsageError(f"{src_root}: no files to bundle; check the folder and the include/exclude patterns")
         later: dict[str, int] = {}  # promised files opened when the writer reaches them: path -> listed size
+        deferred: list[str] = []  # in place: the files pass 1 waits for (`ready`) while the fill already runs
         if fill is not None and (max_part_size or fill_dir is None):
             raise ValueError("fill writes a single-file bundle in place, in fill_dir")
         for p in paths:
@@ -162,6 +164,10 @@ def write_bundle(
                     raise ValueError(f"{p}: only a file with the Hub's sha256 can be filled in place")
                 later[p] = want.size
                 continue
+            if fill is not None and want is not None:  # still arriving: opened in pass 1, while the fill runs
+                later[p] = want.size
+                deferred.append(p)
+                continue
             if ready is not None and fill is None and want is not None and want.lfs and want.sha256:
                 later[p] = want.size
                 continue
@@ -171,7 +177,7 @@ def write_bundle(
         return _write(
             sources, paths=paths, src_root=src_root, repo_id=repo_id, repo_type=repo_type, revision=revision, commit=commit,
             source=source, created_at=created_at, license=license, out_dir=out_dir, expected=expected, lfs=lfs,
-            extra=extra, max_part_size=max_part_size, later=later, ready=ready, fill=fill, fill_dir=fill_dir,
+            extra=extra, max_part_size=max_part_size, later=later, ready=ready, fill=fill, fill_dir=fill_dir, deferred=deferred,
         )
 
 
@@ -180,10 +186,11 @@ def _write(
     source: str, created_at: str, license: str | None, out_dir: Path, expected: dict[str, FileEntry] | None,
     lfs: dict[str, bool] | None, extra: dict[str, Any] | None, max_part_size: int | None,
     later: dict[str, int] | None = None, ready: Callable[[str], None] | None = None,
-    fill: "Filler | None" = None, fill_dir: Path | None = None,
+    fill: "Filler | None" = None, fill_dir: Path | None = None, deferred: list[str] | None = None,
 ) -> BundleInfo:
     """write_bundle once its files are open and checked (`later`: promised files still arriving,
-    opened through `ready` when pass 2 reaches them, with the listed size until then)."""
+    opened through `ready` when pass 2 reaches them, with the listed size until then; in place,
+    `deferred`: the files pass 1 opens through `ready` once the fill has started)."""
     later = later or {}
     sizes = {p: later[p] if p in later else src[p].size for p in paths}
     for p in paths:
@@ -228,31 +235,41 @@ def _write(
     # An LFS file whose sha256 is expected (the Hub's) is not hashed here: its digests follow from
     # that sha256, and pass 2 checks it on a second lane while copying, so it is read once.
     promised = {d.path: _promised(d, (expected or {}).get(d.path)) for d in draft_files}
-    todo = [src[d.path] for d in draft_files if promised[d.path] is None]
     verb = f"{'pack' if commit is None else 'bundle'} {repo_id}"
-    with progress.ReadMeter(f"{verb} (hashing)", sum(f.size for f in todo)):
-        digests = hash_files(todo, lfs={src[d.path] for d in draft_files if d.lfs and promised[d.path] is None})
-    entries: list[FileEntry] = []
-    for draft in draft_files:
-        digest = promised[draft.path] or digests[src[draft.path]]
-        want = (expected or {}).get(draft.path)
-        if want is not None and (diff := first_difference(want, digest, skip_empty=True)):
-            raise HashMismatch(draft.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where="against the Hub's hash")
-        entries.append(FileEntry(path=draft.path, size=draft.size, sha256=digest.sha256, git_sha1=digest.git_sha1, lfs=draft.lfs, kind=draft.kind))
-    files = tuple(entries)
-    manifest = build(files, commit or pack_commit(files))
-    raw = manifest.to_json()
-    if len(raw) > reserved:  # cannot happen unless the manifest format changes shape
-        raise RuntimeError(f"manifest grew from {reserved} to {len(raw)} bytes while writing")
-    final = out_dir / bundle_filename(repo_id, manifest.commit, repo_type=repo_type)
-    if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
-        final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
 
-    if fill is not None:
+    def finalize() -> tuple[Manifest, bytes, Path]:
+        """Pass 1 and the final manifest, its bytes and the bundle's name."""
+        for p in deferred or ():
+            ready(p)
+            if (got_size := src.add(p).size) != sizes[p]:
+                raise HashMismatch(p, algorithm="size", expected=str(sizes[p]), actual=str(got_size), where="in the download")
+        todo = [src[d.path] for d in draft_files if promised[d.path] is None]
+        with progress.ReadMeter(f"{verb} (hashing)", sum(f.size for f in todo)):
+            digests = hash_files(todo, lfs={src[d.path] for d in draft_files if d.lfs and promised[d.path] is None})
+        entries: list[FileEntry] = []
+        for draft in draft_files:
+            digest = promised[draft.path] or digests[src[draft.path]]
+            want = (expected or {}).get(draft.path)
+            if want is not None and (diff := first_difference(want, digest, skip_empty=True)):
+                raise HashMismatch(draft.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where="against the Hub's hash")
+            entries.append(FileEntry(path=draft.path, size=draft.size, sha256=digest.sha256, git_sha1=digest.git_sha1, lfs=draft.lfs, kind=draft.kind))
+        files = tuple(entries)
+        manifest = build(files, commit or pack_commit(files))
+        raw = manifest.to_json()
+        if len(raw) > reserved:  # cannot happen unless the manifest format changes shape
+            raise RuntimeError(f"manifest grew from {reserved} to {len(raw)} bytes while writing")
+        final = out_dir / bundle_filename(repo_id, manifest.commit, repo_type=repo_type)
+        if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
+            final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
+        return manifest, raw, final
+
+    if fill is not None:  # the layout is known now: the downloads start before pass 1
         return _write_in_place(
-            src, draft_files=draft_files, files=files, promised=promised, reserved=reserved, raw=raw, total=total,
-            final=final, manifest=manifest, fill=fill, fill_dir=fill_dir, out_dir=out_dir,
+            src, draft_files=draft_files, promised=promised, reserved=reserved, total=total, finalize=finalize,
+            fill=fill, fill_dir=fill_dir, out_dir=out_dir, identity=f"{repo_type}:{repo_id}@{commit}",
         )
+    manifest, raw, final = finalize()
+    files = manifest.files
 
     # `.<final>.<pid>-<random>.partial` (mirror.atomic): never taken for a bundle, removed in the
     # `finally` below on any error, Ctrl-C or SIGTERM, and by `sweep` after a SIGKILL
@@ -316,27 +333,44 @@ def _promised(draft: FileEntry, want: FileEntry | None) -> Digest | None:
 
 
 def _write_in_place(
-    src: Sources, *, draft_files, files, promised, reserved: int, raw: bytes, total: int, final: Path, manifest: Manifest,
-    fill: "Filler", fill_dir: Path, out_dir: Path,
+    src: Sources, *, draft_files, promised, reserved: int, total: int, finalize: Callable[[], tuple[Manifest, bytes, Path]],
+    fill: "Filler", fill_dir: Path, out_dir: Path, identity: str,
 ) -> BundleInfo:
-    """Pass 2 of a pull into a single-file bundle: the layout is final, so every byte goes to its
-    offset (mirror.inplace): the small files from their checked descriptors, the files named in
-    `fill.paths` by `fill` as they download, while a lane hashes the finished front of the bundle
-    for the sidecar. Published (renamed, sidecar) only once all of it is in and matched."""
-    head = member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw))
-    members = [
+    """Write a pull's single-file bundle in place (mirror.inplace). Every offset follows from the
+    draft (digests have fixed lengths), so the files named in `fill.paths` start downloading into
+    their regions at once; pass 1 then hashes the small files as they arrive (`finalize`), the
+    manifest and every other byte are written, and a lane hashes the bundle front to back for
+    the sidecar. Published (renamed, sidecar) only once all of it is in and matched."""
+    head_size = len(member_header(MANIFEST_NAME, reserved)) + reserved
+
+    def members() -> list:
         # a promised file (the Hub's sha256, not hashed in pass 1) is checked as it is written
-        (d.path, member_header(PAYLOAD_PREFIX + d.path, d.size), d.size, src[d.path] if d.path in src else None,
-         promised[d.path].sha256 if promised[d.path] is not None else None)
-        for d in draft_files
-    ]
-    spans = len(head) + sum(len(h) + size + padding(size) for _, h, size, _, _ in members)
-    fixed, slots = inplace.layout(head, members, total=total, trailer=total - spans, slots=frozenset(fill.paths))
-    key = hashlib.sha256(head).hexdigest()  # the manifest names every file's digests: same key, same bytes
+        return [
+            (d.path, member_header(PAYLOAD_PREFIX + d.path, d.size), d.size, src[d.path] if d.path in src else None,
+             promised[d.path].sha256 if promised[d.path] is not None else None)
+            for d in draft_files
+        ]  # fmt: skip
+
+    spans = head_size + sum(len(h) + size + padding(size) for _, h, size, _, _ in members())
+    _, slots = inplace.layout(b"\0" * head_size, members(), total=total, trailer=total - spans, slots=frozenset(fill.paths))
+    # what the regions hold follows from this: same key, same bytes (a journal of another layout is void)
+    key = hashlib.sha256(json.dumps([identity, reserved, total, [(s.path, s.offset, s.size, s.sha256) for s in slots]]).encode()).hexdigest()
     try:
-        with inplace.InPlaceWriter(fill_dir, key=key, total=total, fixed=fixed, slots=slots, where=str(out_dir)) as w:
+        with inplace.InPlaceWriter(fill_dir, key=key, total=total, slots=slots, where=str(out_dir)) as w:
             regions = w.regions()
-            fill(regions)
+            run = fill.start(regions)
+            try:
+                try:
+                    manifest, raw, final = finalize()  # the small files, as they arrive
+                except Exception:
+                    run.wait(quiet=True)  # the downloads finish, so a rerun fetches only what failed
+                    raise
+                head = member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw))
+                fixed, _ = inplace.layout(head, members(), total=total, trailer=total - spans, slots=frozenset(fill.paths))
+                w.write_fixed(fixed)
+                run.wait()
+            finally:
+                run.stop()  # nothing new starts; after an interrupt, running downloads stop at their next chunk
             if missing := [r.path for r in regions if not r.complete]:
                 raise RuntimeError(f"the in-place fill returned with {', '.join(missing)} unfinished")
             sha = w.stream_sha256()
@@ -345,6 +379,20 @@ def _write_in_place(
         _space_error(e, out_dir, total)
         raise
     return BundleInfo(path=final, sha256=sha, size=total, manifest=manifest)
+
+
+class FillRun(Protocol):
+    def wait(self, *, quiet: bool = False) -> None: ...  # every file tried; the first failure raised unless quiet
+
+    def stop(self) -> None: ...
+
+
+class Filler(Protocol):
+    """What fills regions of a bundle written in place (mirror.hub's downloader)."""
+
+    paths: frozenset[str]
+
+    def start(self, regions: "list[inplace.Region]") -> FillRun: ...
 
 
 def _publish(final: Path, sha: str, move: Callable[[], None]) -> None:

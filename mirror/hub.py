@@ -506,7 +506,7 @@ class _Filler:
         self.paths = frozenset(f.path for f in files)
         self._snap, self._endpoint, self._token, self._workers, self._bar, self._where = snap, endpoint, token, workers, bar, where
 
-    def __call__(self, regions) -> None:
+    def start(self, regions) -> "_FillRun":
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         from huggingface_hub.file_download import http_get
         from huggingface_hub.utils import build_hf_headers
@@ -537,13 +537,32 @@ class _Filler:
         todo = [r for r in mine if not r.complete]
         pool = _DaemonPool(self._workers, len(todo))
         futures = [pool.submit(fetch, r) for r in todo]
-        try:
-            wait(futures)  # every file is tried even when one fails, so a rerun fetches only what is missing
-        finally:  # Ctrl-C, SIGTERM: nothing new starts, and the writer stops the running ones at their next chunk
-            pool.shutdown(wait=False, cancel_futures=True)
-        for fut in futures:  # the first failure in bundle order
+
+        def failed(e: BaseException) -> None:
+            _raise_download_error(e, snap=snap, endpoint=endpoint, token=token, where=self._where, needed=sum(r.size for r in todo))
+
+        return _FillRun(pool, futures, failed)
+
+
+class _FillRun:
+    """The downloads of one in-place fill, running."""
+
+    def __init__(self, pool: "_DaemonPool", futures: list[Future], failed):
+        self._pool, self._futures, self._failed = pool, futures, failed
+
+    def wait(self, *, quiet: bool = False) -> None:
+        """Until every download ended (every file is tried even when one fails, so a rerun
+        fetches only what is missing); then the first failure in bundle order, unless `quiet`."""
+        wait(self._futures)
+        if quiet:
+            return
+        for fut in self._futures:
             if (e := fut.exception()) is not None:
-                _raise_download_error(e, snap=snap, endpoint=endpoint, token=token, where=self._where, needed=sum(r.size for r in todo))
+                self._failed(e)
+
+    def stop(self) -> None:
+        """Start nothing new (Ctrl-C, SIGTERM: the writer stops the running ones at their next chunk)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool) -> None:
@@ -691,9 +710,9 @@ def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetche
                   filler: _Filler | None = None, fill_dir: Path | None = None) -> BundleInfo:
     """The pickle policy over the downloaded files, then the bundle, as each file arrives."""
     ready = fetcher.ready if fetcher is not None else None
-    if fetcher is not None:  # what the manifest needs: the files hashed before it is written, the card, pickles
-        for f in fetch:
-            if _needed_first(f, allow_pickle=allow_pickle):
+    if fetcher is not None:  # what the manifest needs before anything is written: the card (licence), pickles to scan;
+        for f in fetch:      # and, streaming into parts, the files hashed before the manifest (in place: in pass 1)
+            if f.path == "README.md" or (allow_pickle and classify(f.path) == "pickle") or (filler is None and _needed_first(f, allow_pickle=allow_pickle)):
                 fetcher.ready(f.path)
     fetched = {f.path for f in fetch} - (filler.paths if filler is not None else frozenset())  # what is in staging
     try:

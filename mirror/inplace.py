@@ -201,17 +201,19 @@ class Region:
 
 
 class InPlaceWriter:
-    """The partial bundle `staging/bundle.tar.partial`, `total` bytes, laid out as `fixed`
-    pieces (written here) and `slots` (filled by the caller through `regions()`). `key`
+    """The partial bundle `staging/bundle.tar.partial`, `total` bytes: `slots` (filled by the
+    caller through `regions()`, from the moment it is entered) and the `Fixed` pieces around them
+    (`write_fixed`, once the manifest is final). `key`
     identifies the layout and content (the manifest member's sha256): a journal with another
     key is ignored and the partial starts over. Use as a context manager; `stream_sha256()`
     (after every region finished) is the bundle's sha256 for the sidecar."""
 
-    def __init__(self, staging: Path, *, key: str, total: int, fixed: list[Fixed], slots: list[Slot], where: str):
+    def __init__(self, staging: Path, *, key: str, total: int, slots: list[Slot], where: str):
         staging.mkdir(parents=True, exist_ok=True)
         self.partial = staging / PARTIAL_NAME
         self.journal = staging / JOURNAL_NAME
-        self.key, self.total, self.fixed, self.slots, self.where = key, total, fixed, slots, where
+        self.key, self.total, self.slots, self.where = key, total, slots, where
+        self._fixed_ready = False  # the bytes around the regions are written (`write_fixed`)
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._lock = threading.Condition()
@@ -259,8 +261,6 @@ class InPlaceWriter:
                 raise NotEnoughSpace(self.where, needed=needed, free=free)
             os.ftruncate(self._fd, self.total)
             self._write_journal()
-            for piece in self.fixed:
-                self._put_fixed(piece)
             self._regions = [Region(self, s, self._done[s.path]) for s in self.slots]
             for r in self._regions:  # resumed whole: re-hashed above, matched here, not fetched again
                 if r.tell() == r.size:
@@ -287,6 +287,15 @@ class InPlaceWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+    def write_fixed(self, fixed: list[Fixed]) -> None:
+        """Write everything around the regions (the manifest member, headers, the small files,
+        padding, the trailer: rewritten on every run); the stream lane starts hashing then."""
+        for piece in fixed:
+            self._put_fixed(piece)
+        with self._lock:
+            self._fixed_ready = True
+            self._lock.notify_all()
 
     def regions(self) -> list[Region]:
         """Every slot's region, in bundle order; those not `complete` are to be filled, each
@@ -346,17 +355,18 @@ class InPlaceWriter:
         finally:
             self._leave()
 
-    def _read_into(self, h, offset: int, size: int) -> None:
-        """Feed `size` bytes of the partial from `offset` to the hash `h`."""
+    def _read_into(self, h, offset: int, size: int, view: memoryview | None = None) -> None:
+        """Feed `size` bytes of the partial from `offset` to the hash `h`, read by position into
+        `view` (the stream lane's own buffer) or a fresh one."""
         if not size:
             return
-        buf = bytearray(min(READ_CHUNK, size))
-        view = memoryview(buf)
+        if view is None:
+            view = memoryview(bytearray(min(READ_CHUNK, size)))
         end = offset + size
         while offset < end:
             fd = self._enter()
             try:
-                n = os.preadv(fd, [view[: min(len(buf), end - offset)]], offset)
+                n = os.preadv(fd, [view[: min(len(view), end - offset)]], offset)
             finally:
                 self._leave()
             if not n:
@@ -413,10 +423,14 @@ class InPlaceWriter:
             self._restart = False
             for r in self._regions:
                 r._lane_at = 0
+        with self._lock:
+            while not (self._fixed_ready or self._cancelled):
+                self._lock.wait(0.1)
         h = hashlib.sha256()
+        view = memoryview(bytearray(READ_CHUNK))  # one buffer for the whole pass
         at = 0
         for r in self._regions:
-            self._read_into(h, at, r.slot.offset - at)
+            self._read_into(h, at, r.slot.offset - at, view)
             pos = 0
             while True:
                 with self._lock:
@@ -429,10 +443,10 @@ class InPlaceWriter:
                     if pos == r.size:
                         break
                     upto = r._lane_at = r._pos
-                self._read_into(h, r.slot.offset + pos, upto - pos)
+                self._read_into(h, r.slot.offset + pos, upto - pos, view)
                 pos = upto
             at = r.slot.offset + r.size
-        self._read_into(h, at, self.total - at)
+        self._read_into(h, at, self.total - at, view)
         with self._lock:
             if self._restart:
                 raise _Restart()

@@ -126,8 +126,18 @@ def _writer(tmp_path: Path, *, key: str = "k1") -> tuple[inplace.InPlaceWriter, 
     head, tail = b"H" * 512, b"T" * 512
     fixed = [inplace.Fixed(offset=0, data=head, size=512), inplace.Fixed(offset=512 + len(data), data=tail, size=512)]
     slots = [inplace.Slot(path="w.safetensors", offset=512, size=len(data), sha256=hashlib.sha256(data).hexdigest())]
-    w = inplace.InPlaceWriter(tmp_path / "fill", key=key, total=1024 + len(data), fixed=fixed, slots=slots, where=str(tmp_path))
+    w = _Writer(tmp_path / "fill", key=key, total=1024 + len(data), slots=slots, where=str(tmp_path))
+    w.toy_fixed = fixed
     return w, data, head + data + tail
+
+
+class _Writer(inplace.InPlaceWriter):
+    """The writer as the bundle writer drives it: the bytes around the regions once it is open."""
+
+    def __enter__(self):
+        super().__enter__()
+        self.write_fixed(self.toy_fixed)
+        return self
 
 
 def test_a_region_is_never_written_past_its_end(tmp_path):
