@@ -100,8 +100,7 @@ def _read_journal(path: Path) -> dict | None:
             os.close(fd)
     except (OSError, ValueError):
         return None  # none, unreadable or not JSON: start over, the partial is never trusted anyway
-    done = raw.get("done") if isinstance(raw, dict) else None
-    if raw.get("format") != JOURNAL_FORMAT or not isinstance(done, dict):
+    if not isinstance(raw, dict) or raw.get("format") != JOURNAL_FORMAT or not isinstance(done := raw.get("done"), dict):
         return None
     if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in done.items()):
         return None

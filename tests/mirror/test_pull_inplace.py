@@ -276,7 +276,7 @@ def test_a_link_or_fifo_planted_as_the_partial_is_refused_in_one_line(tmp_path, 
         assert victim.read_bytes() == b"precious"
 
 
-@pytest.mark.parametrize("planted", ["fifo", "symlink", "garbage", "lies"])
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "garbage", "a list", "negative", "past the end"])
 def test_a_hostile_journal_only_makes_the_writer_start_over(tmp_path, planted):
     w, data, whole = _writer(tmp_path)
     (tmp_path / "fill").mkdir(exist_ok=True)
@@ -286,8 +286,12 @@ def test_a_hostile_journal_only_makes_the_writer_start_over(tmp_path, planted):
         w.journal.symlink_to("/etc/passwd")
     elif planted == "garbage":
         w.journal.write_bytes(b"\xff{not json")
-    else:  # a count past the file's end, and a negative one
-        w.journal.write_text(json.dumps({"format": 1, "key": w.key, "total": w.total, "done": {"w.safetensors": 10**12, "x": -1}}))
+    elif planted == "a list":
+        w.journal.write_text("[1, 2]")
+    elif planted == "negative":
+        w.journal.write_text(json.dumps({"format": 1, "key": w.key, "total": w.total, "done": {"w.safetensors": -1}}))
+    else:  # claims the whole file (and more): re-hashed from the partial, which holds none of it
+        w.journal.write_text(json.dumps({"format": 1, "key": w.key, "total": w.total, "done": {"w.safetensors": 10**12}}))
     with w:
         (r,) = w.regions()
         assert r.tell() == 0 and not r.complete
