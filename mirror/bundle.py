@@ -132,8 +132,10 @@ def write_bundle(
 
     `fill` (pull, into a single-file bundle): the files named in `fill.paths`, each with the
     Hub's sha256 in `expected`, are never opened here; the bundle is written in place
-    (mirror.inplace) in `fill_dir`, where a rerun resumes it, and `fill(regions)` writes each
-    of those files into its region at its final offset (downloading it) and calls `finish()`."""
+    (mirror.inplace) in `fill_dir`, where a rerun resumes it. `fill.start(regions)` starts
+    writing each of those files into its region at its final offset (downloading it, ending each
+    with `finish()`) as soon as the layout is known; the other files are opened through `ready`
+    in pass 1, while those downloads run."""
     src_root, out_dir = Path(src_root), Path(out_dir)
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
