@@ -30,6 +30,7 @@ import mirror.pack
 import mirror.sources
 from mirror.cli import cli
 from mirror.tarformat import read_manifest
+from tests.fixtures.procs import default_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"ROOT-ONLY SECRET " + random.Random(7).randbytes(4000)  # in no file of the folder
@@ -342,7 +343,7 @@ def big(tmp_path) -> Path:
 def start_pack(folder: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mirror", "pack", str(folder), "--repo-id", "acme/big", "--out", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals,
     )
 
 

@@ -21,6 +21,7 @@ from mirror import inplace
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hub import STAGING_DIR, pull
 from tests.fixtures.fake_hub import FakeHub
+from tests.fixtures.procs import default_signals
 from tests.mirror.test_pull import hermetic, leftovers, payload  # noqa: F401 (hermetic: an autouse fixture)
 
 MiB = 1024 * 1024
@@ -63,7 +64,7 @@ def test_killed_mid_shard_the_rerun_resumes_from_the_journal_with_a_range(hub, t
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mirror", "pull", "org/sharded", "--endpoint", hub.url, "--out", str(out), "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_signals,
     )
     try:
         deadline = time.monotonic() + 60  # a bounded wait for a state, not a timing assertion
@@ -219,7 +220,7 @@ def test_a_signal_mid_shard_exits_at_once_with_one_line_and_the_rerun_resumes(hu
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DOWNLOAD_TIMEOUT": "300"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mirror", "pull", "org/sharded", "--endpoint", hub.url, "--out", str(out), "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_signals,
     )
     try:
         deadline = time.monotonic() + 60

@@ -19,6 +19,7 @@ from mirror.bundle import is_lfs, write_bundle
 from mirror.hashing import hash_file
 from mirror.manifest import FileEntry, classify
 from tests.fixtures.cachetree import tree
+from tests.fixtures.procs import default_signals
 from tests.mirror.test_cli import assert_one_line_error, run
 
 C = "c" * 40
@@ -268,7 +269,7 @@ def test_install_sha256_pins_the_bundle_from_a_transfer_ticket(tmp_path):
 
 
 def _mirror(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mirror", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen([sys.executable, "-m", "mirror", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_signals, **kw)
 
 
 def test_concurrent_installs_of_one_repo_are_safe_and_refs_main_follows_the_rule(tmp_path):
