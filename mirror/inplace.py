@@ -202,9 +202,9 @@ class Region:
 class InPlaceWriter:
     """The partial bundle `staging/bundle.tar.partial`, `total` bytes: `slots` (filled by the
     caller through `regions()`, from the moment it is entered) and the `Fixed` pieces around them
-    (`write_fixed`, once the manifest is final). `key`
-    identifies the layout and content (the manifest member's sha256): a journal with another
-    key is ignored and the partial starts over. Use as a context manager; `stream_sha256()`
+    (`write_fixed`, once the manifest is final). `key` identifies what the regions hold (the
+    layout and every region's expected sha256): a journal with another key is ignored and the
+    partial starts over. Use as a context manager; `stream_sha256()`
     (after every region finished) is the bundle's sha256 for the sidecar."""
 
     def __init__(self, staging: Path, *, key: str, total: int, slots: list[Slot], where: str):
