@@ -1,12 +1,15 @@
 """Writing a bundle in place: every file's bytes at their final offset, as they arrive (pull).
 
-The Hub's listing gives each LFS file's size and sha256, so once the small files are in, the
-manifest is final, and with it the whole tar layout (the writer is deterministic,
-docs/bundle-format.md 1.3-1.4): each shard has a known region of the bundle. `mirror pull`
-downloads every shard straight into its region, several at once, hashing each on the way
-(`Region`, the file object huggingface_hub's `http_get` writes to), while one lane follows the
-bundle front to back and hashes it for the sidecar, region by region as each one is complete and
-matched. No staging copy is written and read back: each byte is written once and read once.
+The Hub's listing gives each file's size and each LFS file's sha256, and digests have fixed
+lengths, so the whole tar layout is known before any file is downloaded (the writer is
+deterministic, docs/bundle-format.md 1.3-1.4; only the card's licence and any pickle scans go
+into the manifest's size): each shard has a known region of the bundle. `mirror pull` downloads
+every shard straight into its region, several at once, hashing each on the way (`Region`, the
+file object huggingface_hub's `http_get` writes to), while the small files arrive and are
+hashed for the manifest; the bytes around the regions are written once it is final
+(`write_fixed`), and one lane follows the bundle front to back and hashes it for the sidecar,
+each region as it is written, passing it once it is complete and matched. No staging copy is
+written and read back: each byte is written once and read once.
 
 Resume: the partial bundle and a journal (bytes written per region, updated every
 `NOTE_EVERY` bytes and at the end of each file) live in the pull's staging folder, which is never
