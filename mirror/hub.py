@@ -565,8 +565,9 @@ class _FillRun:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool) -> None:
-    fetcher = _Fetcher(snap, files, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+def _download(snap: Snapshot, files: Sequence[RemoteFile], *, staging: Path, endpoint: str, token: str | None, workers: int, progress: bool,
+              bar: _Progress | None = None) -> None:
+    fetcher = _Fetcher(snap, files, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress, bar=bar)
     try:
         fetcher.wait_all()
     except KeyboardInterrupt:
@@ -673,7 +674,7 @@ def pull(
     filler = _Filler(snap, direct, endpoint=endpoint, token=token, workers=workers, bar=bar, where=out_dir) if in_place else None
     try:
         if base is not None:  # a delta reads its staged files to build the delta section: all of them first
-            _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress)
+            _download(snap, fetch, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress, bar=bar)
             fetcher = None
         else:  # the bundle is written while the files arrive: the Hub's listing fixes its layout
             order = _download_order(staged, allow_pickle=allow_pickle)
