@@ -353,8 +353,7 @@ def _write_in_place(
             for d in draft_files
         ]  # fmt: skip
 
-    spans = head_size + sum(len(h) + size + padding(size) for _, h, size, _, _ in members())
-    _, slots = inplace.layout(b"\0" * head_size, members(), total=total, trailer=total - spans, slots=frozenset(fill.paths))
+    _, slots = inplace.layout(b"\0" * head_size, members(), total=total, slots=frozenset(fill.paths))
     # what the regions hold follows from this: same key, same bytes (a journal of another layout is void)
     key = hashlib.sha256(json.dumps([identity, reserved, total, [(s.path, s.offset, s.size, s.sha256) for s in slots]]).encode()).hexdigest()
     try:
@@ -368,7 +367,7 @@ def _write_in_place(
                     run.wait(quiet=True)  # the downloads finish, so a rerun fetches only what failed
                     raise
                 head = member_header(MANIFEST_NAME, reserved) + raw + b" " * (reserved - len(raw))
-                fixed, _ = inplace.layout(head, members(), total=total, trailer=total - spans, slots=frozenset(fill.paths))
+                fixed, _ = inplace.layout(head, members(), total=total, slots=frozenset(fill.paths))
                 w.write_fixed(fixed)
                 run.wait()
             finally:

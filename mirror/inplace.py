@@ -37,6 +37,7 @@ from pathlib import Path
 from mirror import atomic
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hashing import Cancelled
+from mirror.tarformat import archive_size
 
 JOURNAL_FORMAT = 1
 NOTE_EVERY = 32 * 1024 * 1024  # journal each region's progress this often (a rerun resumes from there; ~30 small writes per GB)
@@ -121,7 +122,6 @@ class Region:
         self.slot = slot
         self.path, self.size = slot.path, slot.size
         self.done = threading.Event()  # complete and matched: the stream lane may hash it
-        self.failed = False
         self._noted = 0
         self._pos = 0
         self._lane_at = 0  # how far into this region the stream lane has read (or is reading)
@@ -182,7 +182,6 @@ class Region:
         """The file is in: check its size and sha256 against the listing. A mismatch resets its
         journal entry (a rerun fetches it afresh) and raises HashMismatch naming it."""
         if self._pos != self.size or (got := self._sha.hexdigest()) != self.slot.sha256:
-            self.failed = True
             self._owner._note(self, 0)
             if self._pos != self.size:
                 raise HashMismatch(self.path, algorithm="size", expected=str(self.size), actual=str(self._pos), where="in the download")
@@ -269,7 +268,6 @@ class InPlaceWriter:
                     try:
                         r.finish()
                     except HashMismatch:
-                        r.failed = False
                         r._rehash(0)
         except BaseException:
             self._close_fd()
@@ -460,12 +458,13 @@ class _Restart(Exception):
 
 
 def layout(
-    manifest_member: bytes, members: list[tuple[str, bytes, int, object, str | None]], *, total: int, trailer: int, slots: frozenset[str]
+    manifest_member: bytes, members: list[tuple[str, bytes, int, object, str | None]], *, total: int, slots: frozenset[str]
 ) -> tuple[list[Fixed], list[Slot]]:
     """Offsets of everything in the tar: `members` are (path, header bytes, size, source, the
     Hub's sha256 when it is promised) in bundle order; a path in `slots` is filled by the caller
     (its sha256 must be promised), any other is copied from `source`, checked against a promised
-    sha256 on the way. `trailer`: the zero bytes after the last member."""
+    sha256 on the way. The zero bytes after the last member fill it up to `total`, which must be
+    the tar's size for these members (`tarformat.archive_size`)."""
     fixed = [Fixed(offset=0, data=manifest_member, size=len(manifest_member))]
     out: list[Slot] = []
     at = len(manifest_member)
@@ -482,7 +481,7 @@ def layout(
         if pad := -size % 512:
             fixed.append(Fixed(offset=at, data=b"\0" * pad, size=pad))
             at += pad
-    fixed.append(Fixed(offset=at, data=b"\0" * trailer, size=trailer))
-    if at + trailer != total:
-        raise RuntimeError(f"in-place layout ends at {at + trailer}, not at {total}")
+    if archive_size(at) != total:
+        raise RuntimeError(f"in-place layout of {at} bytes of members is not a tar of {total} bytes")
+    fixed.append(Fixed(offset=at, data=b"\0" * (total - at), size=total - at))
     return fixed, out
