@@ -226,12 +226,17 @@ def etags_in_use(rc: RepoCache) -> set[str]:
 # --- the record of a commit mirror installed ------------------------------------------------------------
 
 
+def _load_record(p: Path):
+    """The parsed record file at `p`, within the readers' limits (UnsafeCache past them)."""
+    return safejson.loads(safejson.read_file(p, what="install record", max_bytes=MAX_RECORD, error=UnsafeCache),
+                          where=str(p), what="install record", max_bytes=MAX_RECORD, error=UnsafeCache)
+
+
 def read_record(rc: RepoCache, commit: str) -> dict[str, FileEntry] | None:
     """The file list mirror installed for `commit`, or None if mirror never completed it."""
     p = rc.record_path(commit)
     try:
-        d = safejson.loads(safejson.read_file(p, what="install record", max_bytes=MAX_RECORD, error=UnsafeCache),
-                           where=str(p), what="install record", max_bytes=MAX_RECORD, error=UnsafeCache)
+        d = _load_record(p)
         files = [FileEntry(**f) for f in d["files"]]
         if d.get("commit") != commit:
             raise ValueError("commit differs")
@@ -291,8 +296,7 @@ def read_bundle_record(rc: RepoCache, commit: str) -> BundleRecord | None:
     small record file only, never the bundle."""
     p = rc.record_path(commit)
     try:
-        d = safejson.loads(safejson.read_file(p, what="install record", max_bytes=MAX_RECORD, error=UnsafeCache),
-                           where=str(p), what="install record", max_bytes=MAX_RECORD, error=UnsafeCache)
+        d = _load_record(p)
         raw = d.get("bundle") if isinstance(d, dict) and d.get("commit") == commit else None
         if raw is None:
             return None
