@@ -21,7 +21,7 @@ from mirror import inplace, parts, progress
 from mirror.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
-from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, first_difference
+from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, first_difference, sha256sum_line
 from mirror.sources import SourceFile, Sources, walk
 from mirror.manifest import (
     MANIFEST_NAME,
@@ -403,7 +403,7 @@ def _publish(final: Path, sha: str, move: Callable[[], None]) -> None:
     sidecar = final.with_name(final.name + ".sha256")
     sidecar_tmp = temp_path(sidecar)
     try:
-        sidecar_tmp.write_text(f"{sha}  {final.name}\n")
+        sidecar_tmp.write_text(sha256sum_line(sha, final.name))
         move()
         os.replace(sidecar_tmp, sidecar)
     finally:

@@ -215,6 +215,11 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+def sha256sum_line(sha256: str, name: str) -> str:
+    """One line in `sha256sum` format (what `sha256sum -c` checks): the sidecars and parts sums."""
+    return f"{sha256}  {name}\n"
+
+
 def cores() -> int:
     """The cores this process may run on (`taskset`, cgroup cpusets), not the machine's count:
     one hashing thread per usable core."""

@@ -33,7 +33,7 @@ from typing import BinaryIO
 from mirror import safejson
 from mirror import atomic
 from mirror.errors import BundleError, PartError, UsageError
-from mirror.hashing import CHUNK, HashLanes
+from mirror.hashing import CHUNK, HashLanes, sha256sum_line
 from mirror.ids import is_sha256
 from mirror.safeio import NotRegularFile, describe, open_regular
 
@@ -516,7 +516,7 @@ class PartWriter(io.RawIOBase):
         idx_tmp, sums_tmp = atomic.temp_path(idx_final), atomic.temp_path(sums_final)
         try:
             idx_tmp.write_bytes(index.to_json())
-            sums = "".join(f"{p.sha256}  {p.name}\n" for p in index.parts).encode()
+            sums = "".join(sha256sum_line(p.sha256, p.name) for p in index.parts).encode()
             sums_tmp.write_bytes(sums)
             idx_final.unlink(missing_ok=True)  # from here until the new index lands, no index exists
             for i, p in enumerate(index.parts):

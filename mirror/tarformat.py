@@ -20,7 +20,7 @@ from typing import Iterator
 from mirror import parts
 from mirror.atomic import write_atomic
 from mirror.errors import BundleError, ManifestError, UsageError
-from mirror.hashing import CHUNK, HashLanes, sha256_file
+from mirror.hashing import CHUNK, HashLanes, sha256_file, sha256sum_line
 from mirror.safeio import NotRegularFile, open_regular
 from mirror.manifest import MANIFEST_NAME, PAYLOAD_PREFIX, FileEntry, Manifest, parse, unsafe_path_reason
 
@@ -519,7 +519,7 @@ def append_trailer(path: str | os.PathLike, name: str, data: bytes) -> str:
 
 def write_sidecar(bundle: Path, sha256: str) -> None:
     """`<bundle>.sha256` in sha256sum format, written atomically."""
-    write_atomic(bundle.with_name(bundle.name + ".sha256"), f"{sha256}  {bundle.name}\n")
+    write_atomic(bundle.with_name(bundle.name + ".sha256"), sha256sum_line(sha256, bundle.name))
 
 
 @dataclass(frozen=True)
