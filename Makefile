@@ -8,7 +8,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast test-gpu-image bench bench-mirror bench-serve bench-oci bench-webui bench-trainer-serve bench-train bench-train-gpu clean
+.PHONY: setup services demo test test-fast test-gpu-image bench bench-mirror bench-serve bench-oci bench-webui bench-trainer-serve bench-train bench-train-gpu clean
 
 # $(call make_venv,DIR,EXTRA PINS): torch first (the spec above), then this package and its deps
 define make_venv
@@ -24,10 +24,17 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The system tools the tests start (a registry, skopeo, Chromium and its driver, nginx, curl):
+# installed with apt-get when missing and this user may, else one line with the command to run;
+# the tests that need a missing one then say so (skipped here, failed in CI). The table is
+# tests/fixtures/requires.py.
+services: setup
+	$(BIN)/python -m tests.fixtures.requires
+
 demo: setup
 	$(BIN)/python -m trainer.demo
 
-test: setup
+test: setup services
 	$(BIN)/python -m pytest -q
 
 test-fast: setup  # the quick loop: everything but the slow end-to-end runs, stop at the first failure

@@ -12,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.requires import require
+
 _DROP = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "SOURCE_DATE_EPOCH", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(*what): system tools (tests/fixtures/requires.py TOOLS) or 'seed-data' the test needs")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.requires(...)`: skip with the fix on a user's machine, fail in CI (tests/fixtures/requires.py)."""
+    for mark in item.iter_markers("requires"):
+        require(*mark.args)
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from mirror.tarformat import read_manifest
 from mirror.hashing import sha256_file
 from mirror.pack import pack_folder
 from trainer import tiny
+from tests.fixtures.requires import require
 
 pytestmark = pytest.mark.slow
 
@@ -231,8 +232,7 @@ SEED_RUNS = [
 @pytest.fixture()
 def seed_copy(tmp_path) -> Path:
     """The seed folder copied, so the configs' relative output_dir lands in tmp, not in ../shared."""
-    if not SEED.is_dir():
-        pytest.fail(f"{SEED} is missing: the seed-data compatibility tests need ../shared/seed-data beside the repository")
+    require("seed-data")
     dst = tmp_path / "seed-data"
     shutil.copytree(SEED, dst)
     for p in dst.rglob("*"):

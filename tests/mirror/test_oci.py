@@ -14,6 +14,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
+from tests.fixtures.requires import require
 from click.testing import CliRunner
 
 from mirror.cli import cli
@@ -62,6 +64,7 @@ def pack(tmp_path: Path, name: str = "model", *, change: bytes | None = None, **
 
 
 def registry_manifest(reg, ref: str) -> dict:
+    require("skopeo")
     out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "docker://" + ref.removeprefix("oci://")], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -199,6 +202,7 @@ def test_install_from_the_registry(registry, tmp_path, monkeypatch):
 
 
 def test_skopeo_copy_then_pull_from_the_second_registry_and_oras_reads_files(registry, registry2, tmp_path):
+    require("skopeo")
     info = pack(tmp_path)
     repo = unique_repo()
     assert run("push", str(info.path), f"oci://{registry.host}/{repo}:v1", "--plain-http").exit_code == 0

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tests.fixtures import registry as fixtures
+from tests.fixtures.requires import require
 from tests.fixtures.registry import PASSWORD, USER, unique_repo
 from tests.mirror.test_oci import _hermetic, pack, run, sha  # noqa: F401 (autouse fixture)
 
@@ -99,6 +100,7 @@ def test_plain_registry_without_plain_http_says_so(basic_registry, tmp_path):
 
 
 def test_password_never_in_argv_output_or_artifact(token_registry, tmp_path):
+    require("skopeo")
     info = pack(tmp_path)
     repo = unique_repo()
     ref = f"oci://{token_registry.host}/{repo}:v1"

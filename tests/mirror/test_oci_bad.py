@@ -12,6 +12,7 @@ from mirror.oci import modelpack
 from mirror.oci.client import OCI_MANIFEST, Client
 from mirror.pack import pack_folder
 from tests.fixtures import registry as fixtures
+from tests.fixtures.requires import require
 from tests.fixtures.registry import DroppingProxy, start_nginx, unique_repo
 from tests.mirror.test_oci import _hermetic, pack, registry_manifest, run, sha  # noqa: F401 (autouse fixture)
 
@@ -133,6 +134,7 @@ def test_a_dropped_connection_mid_layer_resumes(registry, tmp_path):
 def test_a_planted_partial_file_is_never_written_through(registry, tmp_path):
     """The out folder may be shared: a link or FIFO planted under the name the pull's partial file
     will have is refused with one line; the link's target is untouched and nothing is trusted."""
+    require("skopeo")
     import subprocess
 
     info = pack_folder(unique_model(tmp_path, size=200_000), repo_id="acme/plant", out_dir=tmp_path / "src")

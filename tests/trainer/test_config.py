@@ -105,7 +105,7 @@ SEED_TASKS = {
 }
 
 
-@pytest.mark.skipif(not SEED.is_dir(), reason="../shared/seed-data is not present")
+@pytest.mark.requires("seed-data")
 @pytest.mark.parametrize("name", sorted(SEED_TASKS))
 def test_every_seed_config_loads_unchanged_with_its_task(name, monkeypatch):
     monkeypatch.chdir(SEED)  # the seed's paths are relative to its folder, as its scripts ran
