@@ -282,3 +282,8 @@ class DeltaBaseNeeded(UsageError):
 class ServeAddressError(UsageError):
     """`mirror serve` cannot listen where it was told: the port is taken, needs privileges, or
     the host is not this machine's."""
+
+
+class TLSConfigError(UsageError):
+    """`--tls-cert` / `--tls-key` (either server) cannot be used: one missing, unreadable, not
+    PEM, expired, encrypted, or a key that is not the certificate's."""
