@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from mirror.manifest import Manifest, classify, human_size
 from mirror.policy import PolicyReport, scan_bundle
 from mirror.safeio import describe
 from mirror.signing import SignatureStatus, verify_signature
+from mirror.suggest import did_you_mean
 from mirror.delta import full_files
 from mirror.verify import verify_bundle
 
@@ -78,20 +80,23 @@ class AuditRow:
         return d
 
 
+def bundles_at(path: str | os.PathLike) -> list[Path]:
+    """What one command-line PATH names: itself when it is a bundle (a file, a multi-part index
+    or part, or the NAME.tar of a multi-part bundle), or every `*.tar` and multi-part index
+    (`*.tar.parts.json`) directly inside it when it is a folder (possibly none). Nothing is
+    opened here. UsageError, with a "did you mean", when nothing is there at all."""
+    p = Path(path)
+    if p.is_dir():
+        found = [*p.glob("*.tar"), *p.glob("*.tar" + parts.INDEX_SUFFIX)]
+        return sorted(q for q in found if not q.name.startswith("."))
+    if os.path.lexists(p) or parts.index_path(p).is_file():
+        return [p]
+    raise UsageError(f"{p}: no such bundle" + (did_you_mean(p) or "; check the path"))
+
+
 def find_bundles(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Bundles named directly (a file, a multi-part index or part, or the NAME.tar of a multi-part
-    bundle), plus every `*.tar` and multi-part index (`*.tar.parts.json`) directly inside a named
-    folder. Nothing is opened here: `audit_bundle` judges each one."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = [*p.glob("*.tar"), *p.glob("*.tar" + parts.INDEX_SUFFIX)]
-            out += sorted(q for q in found if not q.name.startswith("."))
-        elif os.path.lexists(p) or parts.index_path(p).is_file():
-            out.append(p)
-        else:
-            raise UsageError(f"{p} does not exist; pass bundle files or folders of bundles")
-    return list(dict.fromkeys(out))
+    """`bundles_at` of every path, each bundle once. `audit_bundle` judges each one."""
+    return list(dict.fromkeys(b for p in paths for b in bundles_at(p)))
 
 
 def audit(paths: Iterable[str | os.PathLike], *, public_key: str | os.PathLike | None = None) -> list[AuditRow]:
@@ -160,28 +165,50 @@ def _scan_pickles(path: Path, m: Manifest) -> PolicyReport:
 
 
 
+TABLE_WIDTH = 100  # columns the table fits in; the full values (paths, digests, kinds) are in --json
+FINGERPRINT_CHARS = 8  # of a key's sha256: enough to tell keys apart by eye
+_LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{28,}\b")  # a 40-hex commit or a 64-hex digest
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut in the middle ("sentence-tr…MiniLM-L6-v2"):
+    an org and a model name both stay readable."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def short_digests(text: str) -> str:
+    """Commits and sha256s in a message cut to 12 hex digits (the table's problem lines)."""
+    return _LONG_HEX.sub(r"\1…", text)
+
+
+def _signature_cell(sig: SignatureStatus | None) -> str:
+    if sig is None or not sig.present:
+        return "unsigned"
+    state = {True: "valid", False: "INVALID", None: "unchecked"}[sig.valid]
+    return f"{state} {sig.key_fingerprint[:FINGERPRINT_CHARS] if sig.key_fingerprint else '?'}"
+
+
 def render_table(rows: list[AuditRow]) -> str:
-    head = ("BUNDLE", "REPO", "COMMIT", "LICENSE", "SIZE", "KINDS", "PICKLE", "CODE", "SIGNATURE", "VERIFY")
-    table = [head]
+    """One row per bundle in TABLE_WIDTH columns (repo ids cut in the middle when they must be),
+    then one line per failing bundle naming its file and why. --json has everything in full."""
+    head = ("REPO", "COMMIT", "LICENSE", "SIZE", "PICKLE", "CODE", "SIGNATURE", "VERIFY")
+    body = []
     for r in rows:
         if r.error:
-            table.append((shown_name(r.bundle), "-", "-", "-", human_size(r.size), "-", "-", "-", "-", "UNREADABLE"))
+            body.append((shown_name(r.bundle), "-", "-", human_size(r.size), "-", "-", "-", "UNREADABLE"))
             continue
-        sig = r.signature
-        if sig is None or not sig.present:
-            sig_txt = "unsigned"
-        else:
-            state = {True: "valid", False: "INVALID", None: "unchecked"}[sig.valid]
-            sig_txt = f"{state} {sig.key_fingerprint[:16] if sig.key_fingerprint else '?'}"
-        pickle_txt = "no" if not r.pickle_files else ("REFUSED" if r.pickle_refused else f"{len(r.pickle_files)} (allowlisted)" if r.pickle_imports else str(len(r.pickle_files)))
-        table.append((
-            shown_name(r.bundle), r.repo_id or "-", (r.commit or "-")[:12], r.license or "-", human_size(r.size),
-            ",".join(f"{k}:{v}" for k, v in r.kinds.items()), pickle_txt, str(len(r.remote_code)) if r.remote_code else "no",
-            sig_txt, "ok" if r.verified else "FAILED",
+        pickle_txt = "no" if not r.pickle_files else ("REFUSED" if r.pickle_refused else f"{len(r.pickle_files)} ok" if r.pickle_imports else str(len(r.pickle_files)))
+        body.append((
+            r.repo_id or "-", (r.commit or "-")[:8], _cut(r.license or "-", 16), human_size(r.size), pickle_txt,
+            str(len(r.remote_code)) if r.remote_code else "no", _signature_cell(r.signature), "ok" if r.verified else "FAILED",
         ))
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    problems = [f"{shown_name(r.bundle)}: {_why(r)}" for r in rows if not r.ok]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    widths[0] = min(widths[0], max(len(head[0]), TABLE_WIDTH - sum(widths[1:]) - 2 * (len(head) - 1)))
+    lines = ["  ".join(_cut(c, w).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    problems = [f"{shown_name(r.bundle)}: {short_digests(_why(r))}" for r in rows if not r.ok]
     return "\n".join(lines + ([""] + problems if problems else []))
 
 

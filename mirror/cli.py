@@ -48,12 +48,19 @@ def _exit_table(formatter: click.HelpFormatter) -> None:
         formatter.write_text(exitcodes.help_epilog())
 
 
+def _exit_pointer(formatter: click.HelpFormatter) -> None:
+    """One line where the table would be: it is in `mirror --help` and the README, once."""
+    formatter.write_paragraph()
+    with formatter.indentation():
+        formatter.write_text(exitcodes.help_pointer("mirror"))
+
+
 class _Command(click.Command):
-    """Every command's --help ends with the exit-code table."""
+    """Every command's --help ends by saying where the exit-code table is (`mirror --help`)."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
-        _exit_table(formatter)
+        _exit_pointer(formatter)
 
 
 class _Boundary(click.Group):
@@ -258,6 +265,23 @@ def _keys_need_signing_stack(ctx: click.Context, param: click.Parameter, value: 
     return value
 
 
+def _public_key_checked(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A --public-key is read as one before anything else happens: a private key, a certificate
+    or a typo fails in a millisecond, not after a whole bundle was hashed."""
+    if value is not None:
+        from mirror.signing import key_fingerprint
+
+        _key_needs_signing_stack(ctx, param, value)
+        key_fingerprint(value)
+    return value
+
+
+def _public_keys_checked(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    for v in value:
+        _public_key_checked(ctx, param, v)
+    return value
+
+
 def _sign_after_write(path: Path, key: Path | None) -> None:
     if key is not None:
         from mirror.signing import sign_bundle
@@ -280,7 +304,7 @@ class _PullCommand(_Command):
         if DEFAULT_EXCLUDES is not None:
             with formatter.section("Skipped by default when the repo has safetensors (--exclude adds to these; an --include that matches wins)"):
                 formatter.write_text(" ".join(DEFAULT_EXCLUDES))
-        _exit_table(formatter)
+        _exit_pointer(formatter)
 
 
 def _config_model_ids(path: Path) -> list[str]:
@@ -470,12 +494,13 @@ def pack(folder, repo_id, revision, repo_type, out_dir, include, exclude, max_pa
 @cli.command(epilog="""\b
 Examples:
   mirror verify bundles/sentence-transformers--all-MiniLM-L6-v2--c9745ed1d9f2.tar
+  mirror verify bundles/                                       # every bundle in the folder
   mirror verify bundles/*.tar --json
   mirror verify bundles/X.tar --public-key keys/release.pub   # also require a valid signature
   mirror verify bundles/X.tar --sha256                         # also print the bundle's own sha256""")
-@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE|DIR...")
 @_json_option()
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
 @click.option(
     "--sha256/--no-sha256", "bundle_sha256", default=False, show_default=True,
     help="Also compute the bundle's own sha256, to compare with a published value: one serial pass "
@@ -488,13 +513,28 @@ def verify(bundles, as_json, public_key, bundle_sha256) -> None:
 
     Reports missing, extra and mismatched files (expected vs actual) and any member that is
     not a plain file or has an unsafe name. The .sha256 sidecar is not needed. With --public-key
-    the verdict is printed once, after the signature is checked too. Every BUNDLE is checked;
+    the verdict is printed once, after the signature is checked too. A DIR stands for every
+    bundle in it (as for 'list' and 'audit'): one verdict line each. Every BUNDLE is checked;
     the exit code is the worst one (4 damaged, 5 signature, 10 not a bundle).
     """
+    from mirror.audit import bundles_at
     from mirror.verify import verify_bundle
 
-    inputs = _Inputs(len(bundles), as_json=as_json, noun="bundle")
-    for b in bundles:
+    targets: list[tuple[Path, UsageError | None]] = []  # each bundle, or an input that names none
+    for given in bundles:
+        try:
+            found = bundles_at(given)
+        except UsageError as e:
+            targets.append((given, e))
+            continue
+        if not found:
+            targets.append((given, UsageError(f"{given} holds no bundles (*.tar or *.tar.parts.json); 'mirror list {given}' shows what it holds")))
+        targets += [(b, None) for b in found]
+    inputs = _Inputs(len(targets), as_json=as_json, noun="bundle")
+    for b, problem in targets:
+        if problem is not None:
+            inputs.failed(str(b), problem, bundle=str(b))
+            continue
         try:
             report = verify_bundle(b, bundle_sha256=bundle_sha256)
         except (MirrorError, OSError) as e:
@@ -540,7 +580,7 @@ Examples:
   mirror inspect bundles/X.tar --json | jq '.files[].path'""")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @_json_option(help="Print the manifest itself (canonical JSON); an unreadable bundle gives {\"ok\": false, \"error\", \"exit_code\"}.")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check the signature over the manifest with this key (PEM).")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked, help="Check the signature over the manifest with this key (PEM).")
 @_output_options
 def inspect(bundle, as_json, public_key) -> None:
     """Show what BUNDLE holds, reading only its manifest and signature (instant on any size).
@@ -644,7 +684,7 @@ Examples:
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
 @_cache_option
 @_allow_pickle_option
-@click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_keys_need_signing_stack,
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_public_keys_checked,
               help="Require a valid signature by this key (PEM; repeatable: any one of them). $MIRROR_TRUSTED_KEYS makes this mandatory site-wide.")
 @click.option("--sha256", "expected_sha256", default=None, metavar="HEX", help="Require the bundle's own sha256 (from a transfer ticket or its .sha256 sidecar).")
 @_json_option()
@@ -705,7 +745,10 @@ Examples:
 @_json_option(help="One JSON object per bundle (or snapshot) on stdout, unreadable ones included (\"ok\": false, \"error\").")
 @_output_options
 def list_(directory, installed, cache_dir, as_json) -> None:
-    """List the bundles in DIRECTORY (default bundles/): repo, commit, size, files.
+    """List the bundles in DIRECTORY (default bundles/): repo, commit, size, files, signer.
+
+    SIGNED BY is the key fingerprint a bundle's signature claims, read and not checked ('mirror
+    verify --public-key' checks it), or "unsigned".
 
     A bundle that cannot be read (damaged, hostile, not a regular file) is one row with its
     reason, and the others are still listed. Exit 10 if any bundle could not be read, 2 if
@@ -742,15 +785,16 @@ def list_(directory, installed, cache_dir, as_json) -> None:
                 _emit({"bundle": str(b.path), "ok": False, "error": b.problem, "exit_code": BundleError.exit_code, "size": b.size})
             else:
                 _emit({"bundle": str(b.path), "ok": True, "repo_id": b.repo_id, "repo_type": b.repo_type, "revision": b.revision, "commit": b.commit,
-                       "size": b.size, "files": b.files, "payload_bytes": b.payload_bytes, "created_at": b.created_at})
+                       "size": b.size, "files": b.files, "payload_bytes": b.payload_bytes, "created_at": b.created_at,
+                       "signed": b.signed, "signer_key_sha256": b.signer})
     else:
         if rows and not _quiet():
-            click.echo(f"{'REPO':<45} {'COMMIT':<12}  {'REVISION':<12} {'SIZE':>10}  {'FILES':>11}  BUNDLE")
+            click.echo(f"{'REPO':<45} {'COMMIT':<12}  {'REVISION':<12} {'SIZE':>10}  {'FILES':>11}  {'SIGNED BY':<16}  BUNDLE")
         for b in rows:
             if b.problem:
                 click.echo(f"{shown_name(b.path):<60} unreadable: {b.problem}")
             else:
-                click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {shown_name(b.path)}")
+                click.echo(f"{b.repo_id:<45} {b.commit[:12]}  {b.revision:<12} {human_size(b.size):>10}  {b.files:>5} files  {_signed_by(b):<16}  {shown_name(b.path)}")
     if not rows:
         _note(f"no bundles in {directory or DEFAULT_OUT}")
     bad = [b for b in rows if b.problem]
@@ -759,18 +803,33 @@ def list_(directory, installed, cache_dir, as_json) -> None:
         click.get_current_context().exit(BundleError.exit_code)
 
 
+def _signed_by(b) -> str:
+    """The SIGNED BY cell of `mirror list`: the key the signature claims (unchecked), or why none."""
+    if b.signed is None:
+        return "? (unreadable)"
+    if not b.signed:
+        return "unsigned"
+    return f"sha256:{b.signer[:8]}" if b.signer else "signed, key ?"
+
+
 # --- security: keys, signatures, audit (docs/security.md) ----------------------------------------
 
 
 @cli.command(epilog="""\b
 Examples:
-  mirror keygen keys/release        # keys/release.pem (private, 0600) + keys/release.pub""")
+  mirror keygen keys/release        # keys/release.pem (private, 0600) + keys/release.pub
+  mirror keygen ~/.config/mirror/release   # keep private keys out of any work tree""")
 @click.argument("out_prefix", type=click.Path(path_type=Path))
-@_json_option(help="Print {\"private\", \"public\", \"key_sha256\"} as one JSON object.")
+@_json_option(help="Print {\"private\", \"public\", \"key_sha256\", \"gitignore\"} as one JSON object.")
 @_output_options
 def keygen(out_prefix, as_json) -> None:
     """Create an EC P-256 key pair: OUT_PREFIX.pem (private) and OUT_PREFIX.pub (public).
-    The folder of OUT_PREFIX is created if missing."""
+    The folder of OUT_PREFIX is created if missing.
+
+    Inside a git work tree, the private key is kept out of 'git add .': unless git already
+    ignores it, its name is added to the .gitignore beside it (said on stderr). Only the .pub
+    is meant to be shared or committed.
+    """
     from mirror.signing import key_fingerprint
     from mirror.signing import keygen as make_keys
 
@@ -781,13 +840,17 @@ def keygen(out_prefix, as_json) -> None:
         require_signing_stack("creating a key pair")  # no empty folder left behind for a key never made
         folder.mkdir(parents=True)
         _note(f"created {folder}/")
-    private, public = make_keys(out_prefix)
-    fingerprint = key_fingerprint(public)
+    keys = make_keys(out_prefix)
+    fingerprint = key_fingerprint(keys.public)
+    if keys.gitignore is not None:
+        click.echo(f"note: {keys.private} is inside a git work tree: added it to {keys.gitignore} so 'git add .' leaves it out; "
+                   "keep private keys outside work trees where you can", err=True)
     if as_json:
-        _emit({"ok": True, "private": str(private), "public": str(public), "key_sha256": fingerprint})
+        _emit({"ok": True, "private": str(keys.private), "public": str(keys.public), "key_sha256": fingerprint,
+               "gitignore": str(keys.gitignore) if keys.gitignore else None})
         return
     _note(f"key sha256:{fingerprint}")
-    click.echo(f"{private}\n{public}")
+    click.echo(f"{keys.private}\n{keys.public}")
 
 
 @cli.command(epilog="""\b
@@ -854,11 +917,15 @@ Examples:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "cyclonedx"]), default="table", show_default=True,
               help="json: one object per bundle per line (as --json); cyclonedx: one CycloneDX 1.6 document.")
 @_json_option(help="Same as --format json: one JSON object per bundle, failed ones included (\"ok\": false, \"error\", \"exit_code\").")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_key_needs_signing_stack, help="Check signatures with this key; unsigned or invalid then fails.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked, help="Check signatures with this key; unsigned or invalid then fails.")
 @_output_options
 def audit(paths, fmt, as_json, public_key) -> None:
     """One row per bundle in PATH (files or folders): repo, commit, license, kinds, pickle and
     remote-code flags, signature and signer key, verification.
+
+    The table fits 100 columns: commits and key fingerprints are shortened, long repo ids cut
+    in the middle, and bundle files named only for the ones that fail; --json has every value
+    in full (paths, digests, file kinds, pickle imports).
 
     A bundle that cannot be read (damaged, hostile, not a regular file) is one UNREADABLE row
     with its reason, and the others are still audited. The exit code is the worst of the rows

@@ -1,8 +1,9 @@
 """One exit-code table for both command lines (`mirror` and `trainer`), for scripts and CI.
 
 Every typed error carries one of these as its `exit_code`; both CLIs print the table at the end
-of `--help`, and the README holds the same table. A script can tell "fix your arguments" (2)
-from "the file is damaged" (4) from "not a bundle at all" (10) without parsing messages.
+of their top-level `--help` (each command's own `--help` points there), and the README holds the
+same table. A script can tell "fix your arguments" (2) from "the file is damaged" (4) from "not a
+bundle at all" (10) without parsing messages.
 """
 
 from __future__ import annotations
@@ -39,5 +40,10 @@ TABLE = (
 
 
 def help_epilog() -> str:
-    """The table as the last block of every `--help` (click keeps `\\b` blocks unwrapped)."""
+    """The table as the last block of the top-level `--help` (click keeps `\\b` blocks unwrapped)."""
     return "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in TABLE)
+
+
+def help_pointer(prog: str) -> str:
+    """What a command's own `--help` says instead of repeating the whole table."""
+    return f"Exit codes: see '{prog} --help' or the README."

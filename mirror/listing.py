@@ -35,6 +35,8 @@ class BundleSummary:
     payload_bytes: int = 0
     created_at: str | None = None
     problem: str | None = None  # one line: why the manifest could not be read; the fields above are then None
+    signed: bool | None = None  # None: the signature member could not be read
+    signer: str | None = None  # the key fingerprint the signature claims (read, not checked: 'verify --public-key' checks)
 
 
 def list_bundles(directory: str | os.PathLike) -> list[BundleSummary]:
@@ -64,9 +66,17 @@ def summarize(path: Path) -> BundleSummary:
         return BundleSummary(path=path, size=size, problem=one_line(getattr(e, "reason", None) or str(e)))
     except OSError as e:  # permission denied, an I/O error on a failing stick
         return BundleSummary(path=path, size=size, problem=f"cannot be read ({e.strerror or e})")
+    try:  # the signature is the last member: a header walk, still instant on any size
+        from mirror.signing import verify_signature
+
+        sig = verify_signature(path)
+        signed, signer = sig.present, sig.key_fingerprint
+    except (MirrorError, OSError):
+        signed, signer = None, None
     return BundleSummary(
         path=path, size=size, repo_id=m.repo_id, repo_type=m.repo_type, revision=m.revision,
         commit=m.commit, files=len(m.files), payload_bytes=m.total_size, created_at=m.created_at,
+        signed=signed, signer=signer,
     )
 
 

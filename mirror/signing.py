@@ -22,6 +22,7 @@ import base64
 import hashlib
 import importlib.util
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +52,7 @@ class SignatureStatus:
     valid: bool | None  # None: present but not checked, because no public key was given
     key_fingerprint: str | None  # the checked key, or the one the signature claims when unchecked
     reason: str
+    signed_by: str | None = None  # the key the signature claims, when it is not the checked one (a wrong .pub)
 
     def summary(self) -> str:
         if not self.present:
@@ -75,8 +77,29 @@ def require_signing_stack(what: str) -> None:
 # --- keys -----------------------------------------------------------------------------------------
 
 
-def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
-    """Write `<prefix>.pem` (EC P-256 private key, mode 0600) and `<prefix>.pub` (public key)."""
+class KeyPair(tuple):
+    """(private, public) key paths, as callers have always unpacked `keygen`'s result, plus the
+    .gitignore keygen wrote or extended to keep the private key out of git (None: not needed)."""
+
+    def __new__(cls, private: Path, public: Path, gitignore: Path | None = None) -> "KeyPair":
+        pair = super().__new__(cls, (private, public))
+        pair.gitignore = gitignore
+        return pair
+
+    @property
+    def private(self) -> Path:
+        return self[0]
+
+    @property
+    def public(self) -> Path:
+        return self[1]
+
+
+def keygen(out_prefix: str | os.PathLike) -> KeyPair:
+    """Write `<prefix>.pem` (EC P-256 private key, mode 0600) and `<prefix>.pub` (public key).
+
+    Inside a git work tree the private key is kept out of `git add .` before it exists: unless
+    git already ignores it, its name goes into the `.gitignore` beside it (`keep_out_of_git`)."""
     prefix = Path(out_prefix)
     private_path, public_path = Path(f"{prefix}.pem"), Path(f"{prefix}.pub")
     for p in (private_path, public_path):
@@ -85,6 +108,7 @@ def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
     if not prefix.parent.is_dir():
         raise UsageError(f"{prefix.parent} is not a directory; create it first")
     require_signing_stack("creating a key pair")
+    gitignore = keep_out_of_git(private_path)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -97,7 +121,47 @@ def keygen(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
     )
     _write_atomic(private_path, private_pem, mode=0o600)
     _write_atomic(public_path, public_pem, mode=0o644)
-    return private_path, public_path
+    return KeyPair(private=private_path, public=public_path, gitignore=gitignore)
+
+
+def git_work_tree(path: str | os.PathLike) -> Path | None:
+    """The git work tree `path` would be in (the nearest folder above it holding `.git`), or None."""
+    folder = Path(path).absolute().parent
+    for d in (folder, *folder.parents):
+        if (d / ".git").exists():
+            return d
+    return None
+
+
+def _git_ignores(path: Path, tree: Path) -> bool:
+    """Whether git already ignores `path` (`git check-ignore`). Without git, or when git cannot
+    tell, False: the caller then adds a line that costs nothing if it was not needed."""
+    try:
+        done = subprocess.run(["git", "-C", str(tree), "check-ignore", "-q", "--", str(path.absolute())],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def keep_out_of_git(private_path: str | os.PathLike) -> Path | None:
+    """Make sure `git add .` never takes a private key: when `private_path` lies in a git work
+    tree and git does not ignore it yet, append `/<name>` to the `.gitignore` in its folder
+    (created if missing). Returns that `.gitignore`, or None when nothing was needed (outside a
+    work tree, or already ignored). The public key is left alone: it is meant to be shared."""
+    private_path = Path(private_path)
+    tree = git_work_tree(private_path)
+    if tree is None or _git_ignores(private_path, tree):
+        return None
+    gitignore = private_path.parent / ".gitignore"
+    try:
+        before = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{gitignore} cannot be read ({e}); the private key would be committed by 'git add .': "
+                         "choose a prefix outside the git work tree") from e
+    sep = "" if not before or before.endswith("\n") else "\n"
+    _write_atomic(gitignore, f"{before}{sep}# private signing key (mirror keygen): never commit it\n/{private_path.name}\n", mode=0o644)
+    return gitignore
 
 
 def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -108,7 +172,9 @@ def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 def key_fingerprint(public_key_path: str | os.PathLike) -> str:
-    """The fingerprint of a PEM public key file (as `mirror inspect` and `audit` show it)."""
+    """The fingerprint of a PEM public key file (as `mirror inspect` and `audit` show it).
+    Raises UsageError for anything else (a private key, a certificate, garbage): the commands
+    call it before any bundle is read, so a wrong file costs nothing."""
     return fingerprint(_load_public_key(Path(public_key_path)))
 
 
@@ -136,9 +202,14 @@ def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
+        raw = Path(path).read_bytes()
     except FileNotFoundError as e:
         raise UsageError(f"public key {path} does not exist; ask the signer for their .pub file") from e
+    if b"PRIVATE KEY-----" in raw:
+        raise UsageError(f"{path} is a private key, not a public one; pass the .pub beside it ('mirror keygen' wrote both), "
+                         "and keep the .pem on the signing host")
+    try:
+        key = serialization.load_pem_public_key(raw)
     except (ValueError, UnsupportedAlgorithm) as e:
         raise UsageError(f"{path} is not a PEM public key ({e}); pass the .pub file written by 'mirror keygen'") from e
     if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -243,11 +314,11 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
 
     key_fp = fingerprint(_load_public_key(Path(public_key_path)))
 
-    def invalid(reason: str) -> SignatureStatus:
-        return SignatureStatus(present=True, valid=False, key_fingerprint=key_fp, reason=reason)
+    def invalid(reason: str, signed_by: str | None = None) -> SignatureStatus:
+        return SignatureStatus(present=True, valid=False, key_fingerprint=key_fp, reason=reason, signed_by=signed_by)
 
     if claimed and claimed != key_fp:  # the common case of a wrong key, said plainly
-        return invalid(f"signed by key sha256:{claimed}, not by the given key sha256:{key_fp}")
+        return invalid(f"signed by key sha256:{claimed}, not by the given key sha256:{key_fp}", signed_by=claimed)
 
     try:
         verifier = sign_ec_key.Verifier(Path(public_key_path))
@@ -273,10 +344,22 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes | None, *, public_ke
 
 
 def require_valid(status: SignatureStatus, *, bundle: str) -> SignatureStatus:
+    """`status` if valid, else SignatureError with the advice that fits the receiver: who checks
+    a signature must never be told to sign the bundle itself (it cannot vouch for bytes it did
+    not make), and a signature by another key is far likelier a wrong .pub than a forgery."""
     if status.valid:
         return status
-    fix = "sign it with 'mirror sign BUNDLE --key KEY.pem'" if not status.present else "do not trust it: get a freshly signed copy from the publisher"
-    raise SignatureError(bundle, f"signature check failed: {status.reason}", fix=fix)
+    raise SignatureError(bundle, f"signature check failed: {status.reason}", fix=signature_advice(status))
+
+
+def signature_advice(status: SignatureStatus) -> str:
+    """What a receiver should do about a signature that did not check out."""
+    if not status.present:
+        return "ask the sender for a signed bundle (they sign it with 'mirror sign'); do not sign it yourself: you cannot vouch for bytes you did not produce"
+    if status.signed_by:
+        return ("check that --public-key is the publisher's .pub, the one with the signing key's fingerprint above "
+                "('openssl pkey -pubin -in KEY.pub -outform DER | sha256sum' prints a .pub's)")
+    return "check that --public-key is the publisher's .pub; if it is, do not trust this bundle: get a freshly signed copy from the publisher"
 
 
 # --- the bundle member ----------------------------------------------------------------------------
@@ -337,14 +420,18 @@ def verify_snapshot(snapshot_dir: str | os.PathLike, *, signature_path: str | os
 
 __all__ = [
     "SIGNATURE_MEMBER",
+    "KeyPair",
     "SignatureStatus",
     "check_signature",
     "fingerprint",
+    "git_work_tree",
+    "keep_out_of_git",
     "key_fingerprint",
     "keygen",
     "read_signature",
     "require_signing_stack",
     "require_valid",
+    "signature_advice",
     "sign_bundle",
     "sign_manifest",
     "signing_stack_available",

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -115,9 +116,9 @@ def test_table_and_json(estate):
     rows = audit([estate["dir"]], public_key=estate["keys"][1])
     table = render_table(rows)
     header, *lines = table.splitlines()
-    assert header.split()[:4] == ["BUNDLE", "REPO", "COMMIT", "LICENSE"]
+    assert header.split()[:4] == ["REPO", "COMMIT", "LICENSE", "SIZE"]
     clean_line = next(line for line in lines if "org/clean" in line)
-    assert "valid " + _pub_fingerprint(estate["keys"][1])[:16] in clean_line and clean_line.rstrip().endswith("ok")
+    assert "valid " + _pub_fingerprint(estate["keys"][1])[:8] in clean_line and clean_line.rstrip().endswith("ok")
     assert "REFUSED" in next(line for line in lines if "org/evil" in line)
     assert any(line.startswith(estate["corrupt"].name + ": FAILED") for line in lines)
     doc = json.loads(render_json(rows))
@@ -125,6 +126,29 @@ def test_table_and_json(estate):
     by_repo = {b["repo_id"]: b for b in doc["bundles"]}
     assert by_repo["org/clean"]["ok"] is True
     assert {f["path"]: f["sha256"] for f in by_repo["org/clean"]["files"]}["model.safetensors"] == hashlib.sha256(b"\x00" * 2048).hexdigest()
+
+
+def test_the_table_fits_100_columns_and_json_keeps_the_detail(estate, tmp_path):
+    """Issue 22: the table was ~230 columns (bundle names, 16-hex keys, full digests in the
+    problem lines). Now: 100 columns, a long repo id cut in the middle, digests shortened."""
+    long_id = "sentence-transformers/paraphrase-multilingual-mpnet-base-v2-with-a-much-longer-name"
+    folder = tmp_path / "long"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\x07" * 1024)
+    (folder / "README.md").write_text("---\nlicense: a-licence-name-longer-than-sixteen\n---\n")
+    pack_folder(folder, repo_id=long_id, out_dir=estate["dir"])
+    rows = audit([estate["dir"]], public_key=estate["keys"][1])
+    table = render_table(rows)
+    lines = table.splitlines()
+    width = max(len(line) for line in lines[: len(rows) + 1])  # the header and one row per bundle
+    assert width <= 100, "\n" + table
+    long_line = next(line for line in lines if line.startswith("sentence-tr"))
+    assert "…" in long_line.split()[0] and long_line.split()[0].endswith("much-longer-name"[-6:])
+    corrupt = next(line for line in lines if line.startswith(estate["corrupt"].name + ": FAILED"))
+    assert not re.search(r"[0-9a-f]{40}", corrupt) and "model.safetensors" in corrupt  # digests cut to 12 hex
+    full = {r["repo_id"]: r for r in json.loads(render_json(rows))["bundles"]}
+    assert full[long_id]["license"] == "a-licence-name-longer-than-sixteen"  # --json: every value in full
+    assert re.search(r"[0-9a-f]{64}", full["org/corrupt"]["verify_summary"])
 
 
 def test_cyclonedx_ml_bom_validates_against_the_1_6_schema(estate):
@@ -166,7 +190,7 @@ def test_unreadable_bundle_is_a_failed_row(tmp_path):
 def test_nothing_to_audit_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no bundles found"):
         audit([tmp_path])
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(UsageError, match="missing.tar: no such bundle"):
         audit([tmp_path / "missing.tar"])
 
 
@@ -190,7 +214,7 @@ def test_cli_audit_exit_codes_and_formats(estate, tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["components"][0]["type"] == "machine-learning-model"
 
     r = runner.invoke(cli, ["audit", str(tmp_path / "nowhere")])
-    assert r.exit_code == 2 and "does not exist" in r.stderr
+    assert r.exit_code == 2 and "nowhere: no such bundle" in r.stderr
 
 
 def test_multi_part_bundles_are_audited_once_by_their_index(tmp_path):
