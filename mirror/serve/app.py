@@ -1,4 +1,4 @@
-"""The WSGI application of `mirror serve`: the Hub's read-only HTTP API over a Catalogue.
+"""The handler of `mirror serve`: the Hub's read-only HTTP API over a Catalogue.
 
 Routes (what `huggingface_hub`'s `file_download.py`, `hf_api.py` and `hf_file_system.py` call):
 
@@ -17,142 +17,98 @@ into its typed exceptions.
 Paths are looked up in the served commit's file list, nothing else: a request cannot name a file
 outside a manifest, whatever its encoding (the path is split on `/` before each segment is
 decoded once, and an unsafe path is refused before any lookup).
+
+`ServeApp.respond(request) -> Reply` runs in a worker thread of `httpd.Front`, which has read
+the whole request (head and capped body) before it gets here and sends the reply. Every input a
+client controls is bounded before Python's parsers see it: a Range's numbers by their digits, a
+JSON body by `safejson` (depth, number length), an error header by `httpd.header_value`.
+Credentials are checked through `auth.TokenSet` and `auth.FailureThrottle`: the request records
+which token's name made it (for the access log), and a client that keeps sending refused tokens
+gets 429 with Retry-After.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
-import time
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from mirror import safejson
+from mirror.errors import UsageError
 from mirror.ids import unsafe_path_reason
 from mirror.serve import hubapi, spans
+from mirror.serve.auth import FailureThrottle, TokenSet
+from mirror.serve.httpd import HTTPError, Reply, Request, error_reply
 from mirror.serve.metrics import Metrics
 
 MAX_BODY = 1024 * 1024  # a paths-info form or a login: far below this
 MAX_CARD = 1024 * 1024  # README.md read for cardData
 _TYPES = {"models": "model", "datasets": "dataset"}
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")  # 19 digits: any file size; more is refused before int() sees it
+MAX_JSON_DEPTH = 4  # {"paths": [...]}
 COOKIE = "mirror_token"  # the same name as mirror.webui.COOKIE
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None):
-        self.status = status
-        self.message = " ".join(message.split())
-        self.code = code
-        self.headers = headers or {}
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: Any = b""  # bytes, spans.Segment or spans.MultiSegment
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
     return Reply(status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(obj).encode())
 
 
-def check_token_against(tokens: tuple[bytes, ...]) -> Callable[[str], bool]:
-    def check(token: str) -> bool:
-        given = token.encode("utf-8", "surrogateescape")
-        ok = False
-        for t in tokens:  # every token compared, each in constant time
-            ok |= hmac.compare_digest(given, t)
-        return ok
-
-    return check
-
-
 class ServeApp:
-    """`ServeApp(catalogue, tokens=None)` is a WSGI callable. `tokens`: the bearer tokens a
+    """`ServeApp(catalogue, tokens=None).respond(request) -> Reply`. `tokens`: the bearer tokens a
     request must carry one of (None: open)."""
 
-    def __init__(self, catalogue, *, tokens: tuple[str, ...] | None = None, metrics: Metrics | None = None):
+    def __init__(self, catalogue, *, tokens: TokenSet | None = None, metrics: Metrics | None = None, throttle: FailureThrottle | None = None):
         self.catalogue = catalogue
-        self.tokens = None if tokens is None else tuple(t.encode("utf-8") for t in tokens)
-        self.check_token = check_token_against(self.tokens or ())
+        self.tokens = tokens
+        self.throttle = throttle or FailureThrottle()
         self.metrics = metrics or Metrics(catalogue)
         self._cards: dict[tuple[str, str], dict | None] = {}
 
-    # --- WSGI ---------------------------------------------------------------------------------
-
-    def __call__(self, environ: dict, start_response):
-        environ["mirror.start"] = time.monotonic()
-        method = environ.get("REQUEST_METHOD", "GET")
+    def respond(self, request: Request) -> Reply:
         try:
-            reply = self.route(environ, method)
+            return self.route(request)
         except HTTPError as e:
-            reply = self._error(e)
+            return error_reply(e)
         except spans.BundleChanged as e:
             self.catalogue.wake()
-            reply = self._error(HTTPError(503, str(e), headers={"Retry-After": "5"}))
-        environ["mirror.error_code"] = reply.headers.get("X-Error-Code")
-        body = reply.body
-        if isinstance(body, bytes):
-            reply.headers.setdefault("Content-Length", str(len(body)))
-        # repo files share the origin of the pages' cookie: a browser must never sniff one into HTML
-        reply.headers.setdefault("X-Content-Type-Options", "nosniff")
-        start_response(f"{reply.status} {HTTPStatus(reply.status).phrase}", list(reply.headers.items()))
-        if method == "HEAD":
-            if not isinstance(body, bytes):
-                body.close()
-            return []
-        if isinstance(body, bytes):
-            return [body]
-        environ["mirror.body"] = body
-        if isinstance(body, spans.Segment) and "wsgi.file_wrapper" in environ:
-            return environ["wsgi.file_wrapper"](body, spans.CHUNK)
-        return _Chunks(body)
-
-    def _error(self, e: HTTPError) -> Reply:
-        headers = {**e.headers, "X-Error-Message": e.message}
-        if e.code:
-            headers["X-Error-Code"] = e.code
-        return _json({"error": e.message}, e.status, headers)
+            return error_reply(HTTPError(503, str(e), headers={"Retry-After": "5"}))
 
     # --- routing --------------------------------------------------------------------------------
 
-    def route(self, environ: dict, method: str) -> Reply:
-        raw = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
-        split = urlsplit(raw)
-        raw_path, query = split.path or "/", split.query or environ.get("QUERY_STRING", "")
+    def route(self, request: Request) -> Reply:
+        method = request.method
+        split = urlsplit(request.target)
+        raw_path, query = split.path or "/", split.query
         segs = [unquote(s, errors="surrogateescape") for s in raw_path.split("/")[1:]]
         path = unquote(raw_path, errors="surrogateescape")
         if method not in ("GET", "HEAD", "POST"):
             raise HTTPError(405, f"{method} is not allowed: mirror serve is read-only", headers={"Allow": "GET, HEAD"})
         if path == "/health":
             return self._health(method)
-        authorized = self._authorized(environ)
+        authorized = self._authorize(request)
         api = len(segs) >= 3 and segs[0] == "api" and segs[1] in _TYPES
         resolve = self._resolve_shape(segs)
         if path == "/metrics" or api or resolve is not None or (segs and segs[0] == "api"):
             if not authorized:
-                raise self._unauthorized(environ)
+                raise self._unauthorized(request)
             if path == "/metrics":
                 self._only(method, "GET", "HEAD")
                 return Reply(200, {"Content-Type": self.metrics.content_type}, self.metrics.render())
             if api:
-                return self._api(_TYPES[segs[1]], segs[2:], query, method, environ)
+                return self._api(_TYPES[segs[1]], segs[2:], query, request)
             if resolve is not None:
                 self._only(method, "GET", "HEAD")
-                return self._resolve(*resolve, environ, method)
+                return self._resolve(*resolve, request)
             raise HTTPError(404, f"no such API endpoint: {path}")
         if method == "POST" and path != "/-/login":
             raise HTTPError(405, "POST is allowed only for paths-info and the login form: mirror serve is read-only", headers={"Allow": "GET, HEAD"})
-        page = self._page(environ, method, path, query, authorized)
+        page = self._page(request, path, query, authorized)
         if page is not None:
             return page
         if not authorized and not (path == "/-/login" or path.startswith("/-/static/")):
-            raise self._unauthorized(environ)
+            raise self._unauthorized(request)
         if method == "POST":
             raise HTTPError(405, "POST is not allowed here: mirror serve is read-only", headers={"Allow": "GET, HEAD"})
         raise HTTPError(404, f"{path} is not a repo, file or page of this mirror", code="RepoNotFound")
@@ -169,56 +125,63 @@ class ServeApp:
 
     # --- auth -----------------------------------------------------------------------------------
 
-    def _given_tokens(self, environ: dict) -> list[str]:
+    @staticmethod
+    def _given_tokens(request: Request) -> list[str]:
         out = []
-        auth = environ.get("HTTP_AUTHORIZATION", "")
+        auth = request.headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
             out.append(auth[7:].strip())
-        if environ.get("HTTP_COOKIE"):
+        if request.headers.get("cookie"):
             try:
-                morsel = SimpleCookie(environ["HTTP_COOKIE"]).get(COOKIE)
+                morsel = SimpleCookie(request.headers["cookie"]).get(COOKIE)
             except CookieError:
                 morsel = None
             if morsel is not None and morsel.value:
                 out.append(unquote(morsel.value))
         return out
 
-    def _authorized(self, environ: dict) -> bool:
+    def _authorize(self, request: Request) -> bool:
+        """Whether the request carries an accepted token; its name goes on the request (the
+        access log). A client throttled for refused tokens gets 429 for any token it sends."""
         if self.tokens is None:
             return True
-        return any(self.check_token(t) for t in self._given_tokens(environ))
+        given = self._given_tokens(request)
+        if not given:
+            return False
+        return any(self._check(request, t) for t in given)
 
-    def _unauthorized(self, environ: dict) -> HTTPError:
-        if self._given_tokens(environ):
-            return HTTPError(401, "Invalid credentials in Authorization header", headers={"WWW-Authenticate": 'Bearer realm="mirror"'})
-        return HTTPError(401, "this mirror needs a token: send 'Authorization: Bearer TOKEN' (set HF_TOKEN for Hugging Face clients)",
-                         headers={"WWW-Authenticate": 'Bearer realm="mirror"'})
+    def _check(self, request: Request, token: str) -> bool:
+        """One token, under the throttle: the bearer header, the cookie, the login form's field."""
+        if self.tokens is None:
+            return False
+        if wait := self.throttle.retry_after(request.client):
+            raise HTTPError(429, f"too many refused tokens from {request.client}; retry in {wait}s", headers={"Retry-After": str(wait)})
+        name = self.tokens.check(token)
+        if name is None:
+            self.throttle.failed(request.client, token)
+            return False
+        request.token_name = name
+        return True
+
+    @staticmethod
+    def _unauthorized(request: Request) -> HTTPError:
+        headers = {"WWW-Authenticate": 'Bearer realm="mirror"'}
+        if ServeApp._given_tokens(request):
+            return HTTPError(401, "Invalid credentials in Authorization header", headers=headers)
+        return HTTPError(401, "this mirror needs a token: send 'Authorization: Bearer TOKEN' (set HF_TOKEN for Hugging Face clients)", headers=headers)
 
     # --- pages --------------------------------------------------------------------------------
 
-    def _page(self, environ: dict, method: str, path: str, query: str, authorized: bool) -> Reply | None:
+    def _page(self, request: Request, path: str, query: str, authorized: bool) -> Reply | None:
         from mirror import webui
 
-        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-        if environ.get("CONTENT_TYPE"):
-            headers["content-type"] = environ["CONTENT_TYPE"]
-        host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '127.0.0.1')}:{environ.get('SERVER_PORT', '80')}"
-        request = webui.PageRequest(method=method, path=path, query=query, headers=headers, body=self._body(environ) if method == "POST" else b"",
-                                    authorized=authorized, check_token=self.check_token, base_url=f"{environ.get('wsgi.url_scheme', 'http')}://{host}")
-        page = webui.handle(request, self.catalogue)
+        host = request.headers.get("host") or request.server
+        page_request = webui.PageRequest(method=request.method, path=path, query=query, headers=request.headers, body=request.body if request.method == "POST" else b"",
+                                         authorized=authorized, check_token=lambda token: self._check(request, token), base_url=f"{request.scheme}://{host}")
+        page = webui.handle(page_request, self.catalogue)
         if page is None:
             return None
         return Reply(page.status, dict(page.headers), page.body)
-
-    @staticmethod
-    def _body(environ: dict) -> bytes:
-        try:
-            n = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise HTTPError(400, "Content-Length is not a number") from None
-        if n > MAX_BODY:
-            raise HTTPError(413, f"request body of {n} bytes is over the {MAX_BODY}-byte limit")
-        return environ["wsgi.input"].read(n) if n > 0 else b""
 
     # --- the API -------------------------------------------------------------------------------
 
@@ -240,7 +203,8 @@ class ServeApp:
             raise HTTPError(404, f"revision {revision!r} of {repo.repo_id} is not served (revisions: {names}; or a 40-hex commit of a served bundle)", code="RevisionNotFound")
         return commit
 
-    def _api(self, repo_type: str, segs: list[str], query: str, method: str, environ: dict) -> Reply:
+    def _api(self, repo_type: str, segs: list[str], query: str, request: Request) -> Reply:
+        method = request.method
         q = parse_qs(query)
         repo, rest = self._find(repo_type, _trim(segs), None)
         if not rest:
@@ -262,7 +226,7 @@ class ServeApp:
         if what == "paths-info" and len(rest) == 2:
             self._only(method, "POST")
             commit = self._commit(repo, rest[1])
-            return _json(hubapi.paths_info(commit, self._paths(environ)), headers={"X-Repo-Commit": commit.commit})
+            return _json(hubapi.paths_info(commit, self._paths(request)), headers={"X-Repo-Commit": commit.commit})
         if what == "refs" and len(rest) == 1:
             self._only(method, "GET", "HEAD")
             return _json(hubapi.refs(repo, include_prs=q.get("include_prs", ["0"])[-1] in ("1", "true")))
@@ -271,20 +235,22 @@ class ServeApp:
             return _json(hubapi.commits(repo, self._commit(repo, rest[1])))
         raise HTTPError(404, f"no such API endpoint for {repo.repo_id}: {'/'.join(rest)}")
 
-    def _paths(self, environ: dict) -> list[str]:
+    @staticmethod
+    def _paths(request: Request) -> list[str]:
         """paths-info's `paths`: form-encoded (what huggingface_hub sends) or a JSON object."""
-        body = self._body(environ)
-        if (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower() == "application/json":
+        body = request.body
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
             try:
-                paths = json.loads(body or b"{}").get("paths", [])
-            except (ValueError, AttributeError):
-                raise HTTPError(400, 'paths-info takes a JSON object {"paths": [...]} or a form with paths=...') from None
+                doc = safejson.loads(body or b"{}", where="paths-info", what="the request body", max_bytes=MAX_BODY, error=UsageError, max_depth=MAX_JSON_DEPTH)
+            except UsageError as e:
+                raise HTTPError(400, f'paths-info takes a JSON object {{"paths": [...]}} or a form with paths=...: {e}') from None
+            paths = doc.get("paths", []) if isinstance(doc, dict) else None
             if isinstance(paths, str):
                 paths = [paths]
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 raise HTTPError(400, "paths-info's paths must be a list of file paths")
             return paths
-        return parse_qs(body.decode("utf-8", "replace")).get("paths", [])
+        return parse_qs(body.decode("utf-8", "replace"), max_num_fields=10_000).get("paths", [])
 
     def _info(self, repo, commit, q: dict) -> dict:
         blobs = q.get("blobs", ["false"])[-1].lower() in ("1", "true")
@@ -317,7 +283,7 @@ class ServeApp:
             return "model", segs
         return None
 
-    def _resolve(self, repo_type: str, segs: list[str], environ: dict, method: str) -> Reply:
+    def _resolve(self, repo_type: str, segs: list[str], request: Request) -> Reply:
         repo, rest = self._find(repo_type, segs, "resolve")
         if len(rest) < 2:
             raise HTTPError(404, "give a revision and a file: /{repo}/resolve/{revision}/{path}", code="EntryNotFound")
@@ -332,16 +298,16 @@ class ServeApp:
         f = src.entry
         etag = f'"{f.etag}"'
         headers = {**base, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(f.size), "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream", "Cache-Control": "public, max-age=31536000, immutable" if rest[0] == commit.commit else "no-cache"}
-        environ["mirror.file_type"] = repo_type
+                   "Content-Type": "application/octet-stream", "Cache-Control": self.catalogue.cache_control(commit, path, rest[0])}
+        request.file_type = repo_type
         start, end, status = 0, f.size, 200
-        rng = environ.get("HTTP_RANGE")
-        if rng and (environ.get("HTTP_IF_RANGE") in (None, etag)):
+        rng = request.headers.get("range")
+        if rng and (request.headers.get("if-range") in (None, etag)):
             start, end = parse_range(rng, f.size)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
         headers["Content-Length"] = str(end - start)
-        if method == "HEAD":
+        if request.method == "HEAD":
             return Reply(status, headers, b"")
         return Reply(status, headers, spans.open_range(src, start, end))
 
@@ -372,15 +338,3 @@ def parse_range(header: str, size: int) -> tuple[int, int]:
         raise HTTPError(416, bad, headers={"Content-Range": f"bytes */{size}"})
     return start, end
 
-
-class _Chunks:
-    """A body read in bounded chunks; closes its files when the server is done with it."""
-
-    def __init__(self, body):
-        self.body = body
-
-    def __iter__(self) -> Iterable[bytes]:
-        return iter(self.body.chunks())
-
-    def close(self) -> None:
-        self.body.close()

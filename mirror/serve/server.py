@@ -1,17 +1,15 @@
-"""`mirror serve` on a production HTTP stack: gunicorn, one gthread worker, N threads.
+"""`mirror serve`: check everything, bind, then serve on the asyncio front until SIGTERM.
 
-Why this shape: gunicorn is what people run in front of real traffic; its gthread worker sends
-file bodies with `os.sendfile` (zero-copy from the bundle at the member's offset), handles SIGTERM
-by refusing new connections and letting in-flight downloads finish within `--graceful-timeout`,
-and restarts a worker that dies. One worker process keeps `/metrics` one set of counters and the
-catalogue one copy; downloads are I/O-bound (the kernel does the copying), so threads, not
-processes, carry the concurrency. Run several replicas behind a load balancer to scale out: the
-server is stateless and read-only (README, "mirror serve").
+The HTTP stack is `httpd.Front` (one event loop owns every socket; handlers run in a pool of
+`--threads`; file bodies go out with `os.sendfile`); its docstring says why it replaced
+gunicorn. One process: `/metrics` is one set of counters and the catalogue one copy. Run several
+replicas behind a load balancer to scale out: the server is stateless and read-only (README,
+"mirror serve").
 
-The listening socket is bound here, before gunicorn starts, so "port in use" is one clear line
-(and `--port 0` picks a free port, announced on stderr), and handed to gunicorn as `fd://N`.
-The catalogue is verified in the master before the worker forks (`preload_app`); the rescan
-thread runs in the worker.
+Everything that can fail on bad input (the folder, keys, the token file, the TLS pair) fails
+before the socket is bound, with one line. The listening socket is bound here, so "port in use"
+is one clear line, and `--port 0` picks a free port, announced on stderr. One log format for
+every line the server writes: `TIME mirror serve: MESSAGE`, access lines included.
 """
 
 from __future__ import annotations
@@ -19,22 +17,24 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mirror import safejson
+from mirror import tlsconfig
 from mirror.errors import ServeAddressError, UsageError
 from mirror.serve.app import ServeApp
+from mirror.serve.auth import read_tokens
 from mirror.serve.catalogue import Catalogue
+from mirror.serve.httpd import Front, Limits
 from mirror.serve.metrics import Metrics
 from mirror.serve.state import default_state_file
 
 log = logging.getLogger("mirror.serve")
-MIN_TOKEN_CHARS = 16  # shorter is guessable: `openssl rand -hex 32` makes a good one
-MAX_TOKEN_FILE = 1024 * 1024
+NOFILE_SPARE = 64  # descriptors beyond the connections: bundles being sent, the state file, logs
 
 
 @dataclass(frozen=True)
@@ -46,38 +46,12 @@ class ServeOptions:
     token_file: Path | None = None
     state_file: Path | None = None  # None: default_state_file(bundles_dir)
     rescan_interval: float = 10.0  # seconds between stat scans of the folder; 0 disables watching
-    threads: int = 16  # concurrent requests; each download holds one while it lasts
+    threads: int = 16  # handlers at once (routing, listings, opening files); bodies are sent by the event loop
     graceful_timeout: int = 30  # seconds in-flight downloads get after SIGTERM
-    keepalive: int = 5
-
-
-def read_tokens(path: Path) -> tuple[str, ...]:
-    """One bearer token per line (blank lines and `#` comments ignored)."""
-    try:
-        raw = safejson.read_file(path, what="token file", max_bytes=MAX_TOKEN_FILE, error=UsageError)
-    except FileNotFoundError:
-        raise UsageError(f"--token-file {path}: no such file; write one token per line (e.g. 'openssl rand -hex 32 > {path}')") from None
-    except PermissionError:
-        raise UsageError(f"--token-file {path}: cannot be read (permission denied); run as a user that can read it") from None
-    except IsADirectoryError:
-        raise UsageError(f"--token-file {path} is a directory; pass a file with one token per line") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"--token-file {path} is not UTF-8 text; write one token per line") from None
-    tokens = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        t = line.strip()
-        if not t or t.startswith("#"):
-            continue
-        if any(c.isspace() or not c.isprintable() for c in t) or not t.isascii():
-            raise UsageError(f"--token-file {path}:{n}: a token must be printable ASCII without spaces")
-        if len(t) < MIN_TOKEN_CHARS:
-            raise UsageError(f"--token-file {path}:{n}: the token is {len(t)} characters, under {MIN_TOKEN_CHARS}; use a random one ('openssl rand -hex 32')")
-        tokens.append(t)
-    if not tokens:
-        raise UsageError(f"--token-file {path} holds no token; write one token per line")
-    return tuple(dict.fromkeys(tokens))
+    max_connections: int = Limits.max_connections
+    max_per_client: int = Limits.max_per_client
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -101,12 +75,11 @@ def bind(host: str, port: int) -> socket.socket:
         if e.errno == errno.EADDRNOTAVAIL:
             raise ServeAddressError(f"--host {host} is not an address of this machine; use one of its addresses, 127.0.0.1 or 0.0.0.0") from None
         raise
-    sock.set_inheritable(True)
     return sock
 
 
 def configure_logging() -> None:
-    """Our lines on stderr next to gunicorn's: `mirror serve: ...` and one access line per request."""
+    """Every line on stderr in one format: `TIME mirror serve: MESSAGE` (access lines too)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s mirror serve: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger("mirror.serve")
@@ -114,93 +87,82 @@ def configure_logging() -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
+    logging.getLogger("asyncio").addHandler(handler)  # its rare complaints in the same format, not Python's default
 
 
-def prepare(opts: ServeOptions) -> tuple[ServeApp, Catalogue, tuple[str, ...] | None]:
-    """Everything that can fail on bad input, before any socket: folder, keys, tokens, first scan."""
+def raise_nofile(wanted: int) -> int:
+    """Raise the soft descriptor limit towards `wanted` (at most the hard limit); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft if soft != resource.RLIM_INFINITY else wanted
+
+
+@dataclass(frozen=True)
+class Prepared:
+    app: ServeApp
+    catalogue: Catalogue
+    tls: tlsconfig.TLSFiles | None
+
+
+def prepare(opts: ServeOptions) -> Prepared:
+    """Everything that can fail on bad input, before any socket: TLS pair, tokens, folder, keys, first scan."""
+    tls = tlsconfig.load(opts.tls_cert, opts.tls_key)
     tokens = read_tokens(opts.token_file) if opts.token_file is not None else None
     state = opts.state_file if opts.state_file is not None else default_state_file(opts.bundles_dir)
     catalogue = Catalogue(opts.bundles_dir, public_keys=opts.public_keys, state_file=state)
     catalogue.refresh()
-    return ServeApp(catalogue, tokens=tokens, metrics=Metrics(catalogue)), catalogue, tokens
+    return Prepared(ServeApp(catalogue, tokens=tokens, metrics=Metrics(catalogue)), catalogue, tls)
 
 
 def serve(opts: ServeOptions) -> int:
-    """Verify the folder, bind, and serve until SIGTERM/SIGINT; returns gunicorn's exit status."""
-    from gunicorn.app.base import BaseApplication
-    from gunicorn.glogging import Logger
-
+    """Verify the folder, bind, and serve until SIGTERM/SIGINT; 0 after a graceful stop."""
     configure_logging()
-    app, catalogue, tokens = prepare(opts)
+    ready = prepare(opts)
+    ssl_context = tlsconfig.server_context(ready.tls) if ready.tls else None
+    limit = raise_nofile(opts.max_connections + NOFILE_SPARE)
+    max_connections = min(opts.max_connections, limit - NOFILE_SPARE)
+    if max_connections < opts.max_connections:
+        log.warning("--max-connections %d lowered to %d: the descriptor limit is %d ('ulimit -n' or the service's LimitNOFILE)", opts.max_connections, max_connections, limit)
     sock = bind(opts.host, opts.port)
     host, port = sock.getsockname()[:2]
-    view = catalogue.view()
+    view = ready.catalogue.view()
     shown = f"[{host}]" if ":" in host else host
-    log.info("listening on http://%s:%d: %d repo(s), %d commit(s) from %s%s%s", shown, port, len(view.repos), sum(len(r.commits) for r in view.repos),
-             opts.bundles_dir, f"; {len(view.failed)} bundle(s) not served" if view.failed else "", "; bearer token required" if tokens else "")
-
-    class AccessLogger(Logger):
-        """gunicorn's logger, with its access line replaced by ours (bytes sent counted for
-        sendfile bodies too) feeding /metrics."""
-
-        def access(self, resp, req, environ, request_time):
-            body = environ.get("mirror.body")
-            sent = body.sent if body is not None and hasattr(body, "sent") else (getattr(resp, "sent", 0) or 0)
-            path = (environ.get("RAW_URI") or req.path or "").split("?", 1)[0]
-            app.metrics.observe(method=req.method, path=path[:2048], status=resp.status_code or 0, sent=sent,
-                                seconds=request_time.total_seconds(), error_code=environ.get("mirror.error_code"),
-                                remote=environ.get("REMOTE_ADDR", "-"), file_type=environ.get("mirror.file_type"))
-
-    def post_worker_init(worker):
-        configure_logging()
-        if opts.rescan_interval > 0:
-            catalogue.watch(opts.rescan_interval)
-
-    settings = {
-        "bind": [f"fd://{sock.fileno()}"],  # gunicorn takes the descriptor over (and closes it)
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": opts.threads,
-        "graceful_timeout": opts.graceful_timeout,
-        "timeout": 60,
-        "keepalive": opts.keepalive,
-        "preload_app": True,
-        "sendfile": True,
-        "errorlog": "-",
-        "loglevel": "info",
-        "logger_class": AccessLogger,
-        "proc_name": "mirror-serve",
-        "control_socket_disable": True,
-        "post_worker_init": post_worker_init,
-    }
-
-    class Server(BaseApplication):
-        def load_config(self):
-            for k, v in settings.items():
-                self.cfg.set(k, v)
-
-        def load(self):
-            return app
-
-    server = Server()
-    sock.detach()
+    scheme = "https" if ssl_context else "http"
+    for warning in ready.tls.warnings if ready.tls else ():
+        log.warning("%s", warning)
+    log.info("listening on %s://%s:%d: %d repo(s), %d commit(s) from %s%s%s%s", scheme, shown, port, len(view.repos), sum(len(r.commits) for r in view.repos),
+             opts.bundles_dir, f"; {len(view.failed)} bundle(s) not served" if view.failed else "",
+             f"; bearer token required ({len(ready.app.tokens.names)} token(s))" if ready.app.tokens else "",
+             f"; TLS certificate {ready.tls.subject}, valid until {ready.tls.not_after:%Y-%m-%d}" if ready.tls else "")
+    limits = Limits(max_connections=max_connections, max_per_client=opts.max_per_client, graceful_timeout=opts.graceful_timeout)
+    metrics = ready.app.metrics
+    front = Front(sock, ready.app.respond, limits=limits, threads=opts.threads, ssl_context=ssl_context, observe=metrics.observe,
+                  on_connection=metrics.connection)
+    if opts.rescan_interval > 0:
+        ready.catalogue.watch(opts.rescan_interval)
     try:
-        server.run()
-    except SystemExit as e:  # gunicorn's way out, in the master and in a worker alike
-        return int(e.code or 0) if not isinstance(e.code, str) else 1
+        front.run()
     finally:
-        catalogue.stop()
+        ready.catalogue.stop()
+    log.info("stopped")
     return 0
 
 
 def main_options(bundles_dir: str | os.PathLike, *, host: str, port: int, public_keys: Sequence[str | os.PathLike], token_file, state_file,
-                 rescan_interval: float, threads: int, graceful_timeout: int) -> ServeOptions:
+                 rescan_interval: float, threads: int, graceful_timeout: int, max_connections: int = Limits.max_connections,
+                 max_per_client: int = Limits.max_per_client, tls_cert=None, tls_key=None) -> ServeOptions:
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a TCP port (0-65535; 0 picks a free one)")
     if threads < 1:
         raise UsageError(f"--threads {threads} must be at least 1")
     if rescan_interval < 0:
         raise UsageError(f"--rescan-interval {rescan_interval} must be 0 (no watching) or more seconds")
+    if max_connections < 1 or max_per_client < 1:
+        raise UsageError(f"--max-connections ({max_connections}) and --max-connections-per-client ({max_per_client}) must be at least 1")
     return ServeOptions(bundles_dir=Path(bundles_dir), host=host, port=port, public_keys=tuple(Path(k) for k in public_keys),
                         token_file=Path(token_file) if token_file else None, state_file=Path(state_file) if state_file else None,
-                        rescan_interval=rescan_interval, threads=threads, graceful_timeout=graceful_timeout)
+                        rescan_interval=rescan_interval, threads=threads, graceful_timeout=graceful_timeout, max_connections=max_connections,
+                        max_per_client=max_per_client, tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None)
