@@ -14,13 +14,19 @@ the trainer can insist on `trust_remote_code: true`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import lzma
 import os
 import pickletools
+import re
+import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 from mirror.errors import PolicyError
 from mirror.manifest import classify
@@ -62,11 +68,16 @@ ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
 # _rebuild_from_type_v2 (they set arbitrary attributes or call a type from the stream),
 # builtins.* (getattr, eval, exec, __import__), and any module a model's own code defines.
 
+MAX_VALUE = 256 * 1024 * 1024  # one string, bytes value or line in a pickle; over it is refused, never read into memory
+MAX_NESTING = 3  # zips in zips, pickles carried in pickles: deeper is refused, not followed
+_CHUNK = 1024 * 1024
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a pre-1.6 torch.save file
 _TORCH_LEGACY_PICKLES = 5  # magic, protocol version, sys info, the object, storage keys; raw bytes follow
 _STRING_OPS = frozenset(
     {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
 )
+_DATA_OPS = _STRING_OPS | {"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
+_PICKLE_OPCODES = frozenset(op.code.encode("latin-1") for op in pickletools.opcodes)
 _MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
@@ -115,20 +126,112 @@ class PolicyReport:
 _MARK = object()
 _UNKNOWN = object()
 
+# Opcodes that make the loader import something: a stream that breaks inside one is refused (the
+# real unpickler may decode it differently than pickletools does), never waved through as data.
+_IMPORT_CODES = frozenset({b"c", b"i", b"\x93", b"\x82", b"\x83", b"\x84"})  # GLOBAL INST STACK_GLOBAL EXT1/2/4
+_PROTO_HEADS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # every pickle of protocol 2+ starts so
+_HEX = re.compile(rb"[0-9a-fA-F]{4,}")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/_-]{8,}={0,2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 
 def _fmt(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
+def _shown(text: str) -> str:
+    """Member names and library messages come from the file: never let one break the one-line error."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _TooBig(ValueError):
+    """A single value over MAX_VALUE: the loader would read it and go on, so what follows is unchecked."""
+
+
+class _Reader:
+    """The byte source pickletools.genops reads: it knows where it is and where the stream ends, so
+    a length field pointing past the end fails without reading, and a single value over MAX_VALUE
+    is refused instead of read into memory (the scan's memory is bounded by that, not the file).
+    genops asks `tell()` right before reading each opcode, which is how we know the opcode a
+    broken stream breaks in."""
+
+    def __init__(self, raw: BinaryIO, size: int | None):
+        self.raw = raw
+        self.size = size
+        self.pos = 0
+        self.back = b""  # at most one byte, pushed back by at_end()
+        self.op_start = -1
+        self.op_code = b""
+        self.op_lines: list[bytes] = []  # the lines the current opcode read (GLOBAL and INST read two)
+
+    def tell(self) -> int:
+        self.op_start = self.pos
+        self.op_lines = []
+        return self.pos
+
+    def broke_in_import(self) -> bool:
+        """Whether the opcode the stream broke in could have imported something. GLOBAL and INST
+        lines that are cut short or not UTF-8 stop the real loader too (it decodes them as strict
+        UTF-8), so those are inert; lines pickletools merely fails to read as ASCII are not."""
+        if self.op_code in (b"c", b"i"):
+            return all(line.endswith(b"\n") and _utf8(line) for line in self.op_lines)
+        return self.op_code in _IMPORT_CODES
+
+    def _take(self, data: bytes) -> bytes:
+        if self.pos == self.op_start and data:
+            self.op_code = data[:1]
+        self.pos += len(data)
+        return data
+
+    def read(self, n: int) -> bytes:
+        if self.size is not None and self.pos + n > self.size:
+            raise ValueError(f"a value of {n} bytes in the opcode at byte {self.op_start} runs past the end of the stream")
+        if n > MAX_VALUE:
+            raise _TooBig(f"a value of {n} bytes in the opcode at byte {self.op_start} is over the scanner's limit of {MAX_VALUE}")
+        data, self.back = self.back[:n], self.back[n:]
+        if len(data) < n:
+            data += self.raw.read(n - len(data))
+        return self._take(data)
+
+    def readline(self) -> bytes:
+        line, self.back = self.back, b""
+        if not line.endswith(b"\n"):
+            line += self.raw.readline(MAX_VALUE + 1 - len(line))
+        if len(line) > MAX_VALUE:
+            raise _TooBig(f"a line of over {MAX_VALUE} bytes in the opcode at byte {self.op_start}")
+        self.op_lines.append(line)
+        return self._take(line)
+
+    def at_end(self) -> bool:
+        if not self.back:
+            self.back = self.raw.read(1)
+        return not self.back
+
+
 class _Walker:
     """Walks pickle opcodes with a symbolic stack that only knows strings, so STACK_GLOBAL's
-    operands resolve even when they come from the memo. Everything else is `_UNKNOWN`."""
+    operands resolve even when they come from the memo. Everything else is `_UNKNOWN`. Every
+    string or bytes value is also checked for a pickle carried inside it (raw, hex or base64): a
+    loader that calls `pickle.loads` on it later runs code this walk would otherwise never see."""
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 0) -> None:
+        self.depth = depth
         self.imports: list[tuple[str, str]] = []
         self.refused: list[str] = []
 
-    def walk(self, stream: BinaryIO) -> bool:
+    def seen(self) -> int:
+        """How many imports and refusals so far: a break after one of them is not inert data."""
+        return len(self.imports) + len(self.refused)
+
+    def walk(self, stream: _Reader) -> bool:
         """Walk one pickle (up to STOP). Returns whether it was torch's legacy magic number."""
         stack: list = []
         memo: dict[int, object] = {}
@@ -163,13 +266,22 @@ class _Walker:
             elif name.startswith("EXT"):
                 # copyreg's extension registry maps a code to a global only the loading process knows
                 self.refused.append(f"<extension code {arg} at byte {pos}>")
+            elif name in _DATA_OPS:
+                self._carried(arg, pos)
             self._apply_stack_effect(op, arg, stack, pos)
         return magic
 
     def _import(self, module: str, attr: str) -> None:
         self.imports.append((module, attr))
         if (module, attr) not in ALLOWED_GLOBALS:
-            self.refused.append(_fmt(module, attr))
+            self.refused.append(_shown(_fmt(module, attr)))
+
+    def _carried(self, value: str | bytes | bytearray, pos: int) -> None:
+        found = _carried_pickle(value, depth=self.depth)
+        if found is not None:
+            how, inner = found
+            what = f", importing {', '.join(inner.globals)}" if inner.globals else ""
+            self.refused.append(f"<a pickle carried as {how} data at byte {pos}{_shown(what)}>")
 
     @staticmethod
     def _apply_stack_effect(op: pickletools.OpcodeInfo, arg, stack: list, pos: int) -> None:
@@ -194,49 +306,144 @@ class _Walker:
             stack.append(arg if op.name in _STRING_OPS and isinstance(arg, str) else _UNKNOWN)
 
 
-def scan_pickle(source: bytes | BinaryIO, *, legacy_torch_ok: bool = True) -> PickleScan:
-    """Statically list the globals a pickle stream imports (several pickles may follow each other,
-    as in torch's legacy format). Never unpickles."""
-    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    walker = _Walker()
+def _decodings(value: str | bytes | bytearray) -> Iterator[tuple[str, bytes]]:
+    """The byte strings a loader could turn `value` into with one obvious decode."""
+    if isinstance(value, str):
+        try:
+            raw = value.encode("latin-1")  # also how protocol-2 numpy pickles carry bytes
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "surrogatepass")
+    else:
+        raw = bytes(value)
+    yield "raw", raw
+    text = raw.strip()
+    if len(text) % 2 == 0 and _HEX.fullmatch(text):
+        yield "hex", bytes.fromhex(text.decode("ascii"))
+    elif _BASE64.fullmatch(text):
+        try:
+            yield "base64", base64.b64decode(text, altchars=b"-_" if b"-" in text or b"_" in text else None, validate=True)
+        except binascii.Error:
+            pass
+
+
+def _carried_pickle(value: str | bytes | bytearray, *, depth: int) -> tuple[str, PickleScan] | None:
+    """Whether `value` is itself a pickle. One with a protocol header counts as soon as it parses
+    to its STOP or imports something before it breaks; a header-less (protocol 0/1) one only when
+    it parses to STOP *and* imports, since short text can parse as a harmless protocol-0 pickle."""
+    for how, blob in _decodings(value):
+        headed = blob[:2] in _PROTO_HEADS
+        if not headed and (len(blob) < 4 or blob[:1] not in _PICKLE_OPCODES):
+            continue
+        if depth >= MAX_NESTING:
+            if headed:
+                return how, PickleScan(globals=(), error=f"nested more than {MAX_NESTING} deep")
+            continue
+        inner, complete = _walk_stream(_Reader(io.BytesIO(blob), len(blob)), legacy_torch_ok=False, depth=depth + 1)
+        if headed and (complete or inner.globals or inner.refused or inner.error):
+            return how, inner
+        if not headed and complete and (inner.globals or inner.refused):
+            return how, inner
+    return None
+
+
+def _walk_stream(reader: _Reader, *, legacy_torch_ok: bool, depth: int = 0) -> tuple[PickleScan, bool]:
+    """Every pickle in `reader`, one after another (torch's legacy format writes five), and whether
+    at least one parsed to its STOP. A stream that breaks before importing anything is inert: the
+    loader stops at the same byte having called nothing, so it is data (a PNG named `.pt`, raw
+    tensor bytes), not code. One that breaks in or after an import is refused."""
+    walker = _Walker(depth)
     error = None
     count = 0
     limit = None
-    while limit is None or count < limit:
-        start = stream.tell() if stream.seekable() else None
-        if start is not None and not stream.read(1):
-            break  # clean end of stream
-        if start is not None:
-            stream.seek(start)
+    while (limit is None or count < limit) and not reader.at_end():
+        seen = walker.seen()
         try:
-            magic = walker.walk(stream)
+            magic = walker.walk(reader)
+        except _TooBig as e:
+            error = f"{e}; refusing what cannot be checked"
+            break
         except ValueError as e:  # genops raises ValueError for truncated or unknown opcodes
-            if count == 0:
-                error = f"not a readable pickle ({e}); refusing what cannot be checked"
-            # after the first pickle, trailing bytes are data (numpy/torch payloads), not code
+            if walker.seen() > seen or reader.broke_in_import():
+                error = f"not a readable pickle ({_shown(str(e))}); refusing what cannot be checked"
             break
         count += 1
         if count == 1 and legacy_torch_ok and magic:
             limit = _TORCH_LEGACY_PICKLES
-        if start is None:
-            break  # a pipe: read exactly one pickle, as pickle.load would
-    if count == 0 and error is None and stream.seekable() and stream.tell() > 0:
-        error = "not a readable pickle; refusing what cannot be checked"
-    return PickleScan(
-        globals=tuple(sorted({_fmt(m, a) for m, a in walker.imports})),
+    scan = PickleScan(
+        globals=tuple(sorted({_shown(_fmt(m, a)) for m, a in walker.imports})),
         refused=tuple(dict.fromkeys(walker.refused)),
         error=error,
     )
+    return scan, count > 0
 
 
-# --- files ----------------------------------------------------------------------------------------
+def scan_pickle(source: bytes | BinaryIO, *, legacy_torch_ok: bool = True) -> PickleScan:
+    """Statically list the globals a pickle stream imports (several pickles may follow each other,
+    as in torch's legacy format). Never unpickles."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    return _walk_stream(_Reader(source, _remaining(source)), legacy_torch_ok=legacy_torch_ok)[0]
+
+
+def _remaining(f: BinaryIO) -> int | None:
+    try:
+        here = f.tell()
+        end = f.seek(0, os.SEEK_END)
+        f.seek(here)
+        return end - here
+    except (OSError, AttributeError, ValueError):
+        return None  # a pipe: lengths are checked by the reads themselves
+
+
+# --- files and the containers that carry pickles ---------------------------------------------------
+
+# Formats a loader could unpack to a pickle that this scanner does not open. Where a weight file is
+# expected, each is refused as unreadable rather than passed as opaque bytes. joblib writes the
+# compressed ones; torch.load still reads its pre-1.0 tar format.
+_CLOSED_ARCHIVES = (
+    (b"\x1f\x8b", "a gzip stream"),
+    (b"BZh", "a bzip2 stream"),
+    (b"\xfd7zXZ\x00", "an xz stream"),
+    (b"\x5d\x00\x00", "an lzma stream"),
+    (b"\x28\xb5\x2f\xfd", "a zstd stream"),
+    (b"\x04\x22\x4d\x18", "an lz4 frame"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"Rar!\x1a\x07", "a rar archive"),
+)
+_HEAD = 512  # one tar header block: enough for every magic above
+
+
+def _sniff(head: bytes) -> str:
+    """What a stream is, from its first bytes: never from its name."""
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+        return "zip"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    for magic, what in _CLOSED_ARCHIVES:
+        if head.startswith(magic):
+            return what
+    if head[:1] == b"\x78" and len(head) > 1 and (head[0] * 256 + head[1]) % 31 == 0:
+        return "a zlib stream"
+    if len(head) >= 512 and _is_tar_header(head[:512]):
+        return "a tar archive (torch's pre-1.0 checkpoint format)"
+    return "pickle"
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """tarfile's own test (a valid header checksum); `ustar` alone would miss old v7 archives."""
+    try:
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def scan_file(path) -> PickleScan:
-    """Scan one pickle-kind file: a torch zip checkpoint (every `.pkl`/`.npy` member), a numpy
-    `.npy`/`.npz` (only object arrays carry a pickle), or a plain/legacy pickle stream. `path` may
-    also be a checked source (mirror.sources.SourceFile): scanned through its descriptor, the
-    bytes pack then bundles, never reopened by name."""
+    """Scan one pickle-kind file by what it holds, whatever its name: a zip (a torch checkpoint, an
+    `.npz`, or any other: every member that holds a pickle), a numpy `.npy` (only object arrays
+    carry a pickle), or a plain/legacy pickle stream; an encrypted, broken or unopenable archive
+    is refused. `path` may also be a checked source (mirror.sources.SourceFile): scanned through
+    its descriptor, the bytes pack then bundles, never reopened by name."""
     if hasattr(path, "descriptor"):
         with path.descriptor() as fd:
             with os.fdopen(os.dup(fd), "rb") as f:
@@ -246,16 +453,17 @@ def scan_file(path) -> PickleScan:
         return _scan_open(f)
 
 
-def _scan_open(f: BinaryIO) -> PickleScan:
-    head = f.read(6)
+def _scan_open(f: BinaryIO, *, size: int | None = None, depth: int = 0) -> PickleScan:
+    head = f.read(_HEAD)
     f.seek(0)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _scan_zip(f)
-    if head.startswith(b"\x93NUMPY"):
+    kind = _sniff(head)
+    if kind == "zip":
+        return _scan_zip(f, depth=depth)
+    if kind == "npy":
         return _scan_npy(f)
-    if not head:
-        return PickleScan(globals=())  # empty: nothing to load, nothing to run
-    return scan_pickle(f)
+    if kind != "pickle":
+        return PickleScan(globals=(), error=f"{kind}, which the scanner does not open; refusing what cannot be checked")
+    return _walk_stream(_Reader(f, size if size is not None else _remaining(f)), legacy_torch_ok=True, depth=depth)[0]
 
 
 def _scan_npy(f: BinaryIO) -> PickleScan:
@@ -270,30 +478,51 @@ def _scan_npy(f: BinaryIO) -> PickleScan:
         else:
             return PickleScan(globals=(), error=f".npy format version {version} is not supported by the scanner")
     except (ValueError, OSError, SyntaxError) as e:
-        return PickleScan(globals=(), error=f"not a readable .npy file ({e})")
+        return PickleScan(globals=(), error=_shown(f"not a readable .npy file ({e})"))
     if not dtype.hasobject:
         return PickleScan(globals=())  # raw array bytes follow the header: no pickle at all
-    return scan_pickle(f, legacy_torch_ok=False)
+    return _walk_stream(_Reader(f, None), legacy_torch_ok=False)[0]
 
 
-def _scan_zip(f: BinaryIO) -> PickleScan:
+def _holds_pickle(name: str, head: bytes) -> bool:
+    """A zip member is scanned when its content says pickle (a protocol 2+ header) or another
+    container, or its name says pickle (protocol 0/1 pickles have no header). Torch's raw storages
+    and text members are neither; one that starts like a pickle by chance is walked and passes as
+    inert data when it breaks before importing anything."""
+    return head[:2] in _PROTO_HEADS or _sniff(head) != "pickle" or name.lower().endswith((".pkl", ".pickle"))
+
+
+def _scan_zip(f: BinaryIO, *, depth: int) -> PickleScan:
+    if depth >= MAX_NESTING:
+        return PickleScan(globals=(), error=f"archives nested more than {MAX_NESTING} deep; refusing what cannot be checked")
     globs: set[str] = set()
     refused: list[str] = []
     errors: list[str] = []
     try:
         with zipfile.ZipFile(f) as z:
-            for info in z.infolist():
-                lower = info.filename.lower()
-                if not lower.endswith((".pkl", ".npy")):
+            infos = z.infolist()
+            locked = [i.filename for i in infos if i.flag_bits & 0x1]
+            if locked:
+                return PickleScan(globals=(), error=_shown(f"encrypted zip member {locked[0]!r}: its content cannot be checked"))
+            for info in infos:
+                if info.is_dir():
+                    continue
+                with z.open(info) as member:
+                    head = member.read(_HEAD)
+                if not _holds_pickle(info.filename, head):
                     continue
                 with z.open(info) as member:  # streamed: only the opcodes / the .npy header are read
-                    scan = _scan_npy(member) if lower.endswith(".npy") else scan_pickle(member)
+                    scan = _scan_open(member, size=info.file_size, depth=depth + 1)
+                    if _sniff(head) == "pickle":
+                        while member.read(_CHUNK):  # to its end, so the zip's CRC of it is checked
+                            pass
                 globs.update(scan.globals)
                 refused.extend(scan.refused)
                 if scan.error:
-                    errors.append(f"{info.filename}: {scan.error}")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as e:
-        return PickleScan(globals=(), error=f"not a readable zip checkpoint ({e})")
+                    errors.append(_shown(f"{info.filename}: {scan.error}"))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError, ValueError, zlib.error, lzma.LZMAError) as e:
+        # RuntimeError: zipfile's "password required"; the others: broken headers, CRCs, methods
+        return PickleScan(globals=(), error=_shown(f"not a readable zip archive ({e}); refusing what cannot be checked"))
     return PickleScan(globals=tuple(sorted(globs)), refused=tuple(dict.fromkeys(refused)), error="; ".join(errors) or None)
 
 

@@ -210,9 +210,43 @@ def test_allowed_function_next_to_a_hostile_one_still_refuses():
     assert scan.refused == (f"{os.system.__module__}.system",)
 
 
-def test_garbage_is_refused_not_ignored():
-    scan = scan_pickle(b"\x80\x04\xff\xfe not a pickle")
+@pytest.mark.parametrize("data", [
+    b"\x80\x04\xff\xfe not a pickle",  # an unknown opcode: the loader stops at byte 2
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",  # a PNG named .pt (picklescan's bad_pytorch.pt)
+    b"c\xf8\xff\xfe\nname\n",  # a GLOBAL whose module line is not UTF-8: the loader fails to decode it
+    b"cos\nsys",  # a GLOBAL cut short: the loader finds no newline
+], ids=["unknown-opcode", "png", "global-not-utf8", "global-cut-short"])
+def test_bytes_that_break_before_any_import_are_data(data):
+    # pickle.load raises at the same byte having imported and called nothing: inert, not refused
+    with pytest.raises(Exception):
+        imports_at_load(data)
+    scan = scan_pickle(data)
+    assert scan.ok and scan.globals == (), scan
+
+
+def test_a_stream_that_breaks_after_an_import_is_refused():
+    # picklescan's broken_model.pkl: builtins.exec is imported, then a length runs past the end
+    data = glob("builtins", "exec") + b"(X" + struct.pack("<I", 10**6) + b"f = open('x', 'a')"
+    scan = scan_pickle(data)
+    assert scan.refused == ("builtins.exec",)
+    assert "runs past the end" in scan.error
+
+
+def test_a_global_that_pickletools_cannot_read_but_the_loader_can_is_refused():
+    # the C unpickler decodes GLOBAL lines as UTF-8, pickletools as ASCII: never read that gap as data
+    data = glob("m\u00f6dule", "run") + b")R."
+    assert imports_at_load(data) == ["m\u00f6dule.run"]
+    scan = scan_pickle(data)
     assert not scan.ok and "not a readable pickle" in scan.error
+
+
+def test_a_value_over_the_limit_is_refused_without_reading_it(monkeypatch):
+    import mirror.policy as policy
+
+    monkeypatch.setattr(policy, "MAX_VALUE", 1024)
+    data = P4 + b"B" + struct.pack("<I", 4096) + b"\0" * 4096 + b"0" + su("posix") + su("system") + STACK_GLOBAL + EMPTY_TUPLE + REDUCE + STOP
+    scan = scan_pickle(data)
+    assert not scan.ok and "4096 bytes in the opcode at byte 2 is over the scanner's limit of 1024" in scan.error
 
 
 def test_torch_zip_with_hostile_data_pkl(tmp_path):
