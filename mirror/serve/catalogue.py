@@ -4,8 +4,11 @@ The bundle stays the single source of truth: nothing is extracted or copied. Adm
 means verifying every byte of it once (`mirror.verify`, bundles in parallel), remembering the
 verdict by the bundle's identity (`mirror.serve.state`), and learning where each file's data
 starts in the tar stream (`tarformat.writer_layout`, else one header walk). A request is then
-answered from those offsets (`mirror.serve.spans`), after checking that the file on disk is
-still the one that was verified.
+answered from those offsets (`mirror.serve.spans`), after checking on the open file that it is
+still the one that was verified (its identity, ctime included: a write with the mtime put back
+still shows), and for a small file after hashing the very bytes to be sent. A file found changed
+at request time is answered 503 and wakes the watcher, which stops serving the bundle and
+verifies it again.
 
 A rescan (`watch`) is a cheap stat of the folder: new bundles are verified and served without a
 restart; a bundle whose file changed stops being served at once and is verified again; one that
@@ -167,6 +170,17 @@ class Catalogue:
         sha = repo.refs.get(revision) or (revision if is_commit(revision) else None)
         return next((c for c in repo.commits if c.commit == sha), None)
 
+    @staticmethod
+    def cache_control(commit: ServedCommit, path: str, revision: str) -> str:
+        """The Cache-Control of a file's bytes. A year and `immutable` only where it is true: the
+        URL names the commit itself (a revision name moves) and the bytes behind it are still the
+        verified ones (every served commit was verified, and under --public-key signed, when it
+        was admitted). Anything else is `no-cache`: a cache asks again each time."""
+        src = commit.sources.get(path)
+        if revision == commit.commit and src is not None and src.stream.unchanged():
+            return "public, max-age=31536000, immutable"
+        return "no-cache"
+
     # --- scanning -------------------------------------------------------------------------------
 
     def refresh(self) -> CatalogueView:
@@ -288,7 +302,7 @@ class Catalogue:
             from mirror.signing import check_signature
 
             signature = check_signature(manifest_bytes, sig, public_key_path=None).summary()
-        return _Loaded(path=path, identity=ident, verdict=verdict, manifest=m, stream=spans.stream_of(path, ident),
+        return _Loaded(path=path, identity=ident, verdict=verdict, manifest=m, stream=spans.stream_of(path, ident, on_change=self._changed),
                        offsets=MappingProxyType(offsets), signature=signature, signer=signer)
 
     # --- building the view ------------------------------------------------------------------------
@@ -336,6 +350,11 @@ class Catalogue:
     def wake(self) -> None:
         """Rescan now (a served file was found changed)."""
         self._wake.set()
+
+    def _changed(self, path: Path) -> None:
+        """A request found `path` changed since it was verified (spans refuses to send from it):
+        the rescan drops the bundle and verifies it again."""
+        self.wake()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,30 +1,44 @@
 """Bytes of one served file, read from the bundle at the member's offset: never extracted, never copied.
 
-A single-file bundle's member is one contiguous range of one file, so the response body is that
-file's descriptor positioned at the member's data (`Segment`): gunicorn hands it to
-`os.sendfile` for exactly Content-Length bytes, and the kernel copies from the page cache to the
-socket without the bytes passing through Python. A member of a multi-part bundle that lies in
-one part is the same; one that spans parts is read part by part in bounded chunks
-(`MultiSegment`).
+Only bytes that were verified ever leave the server. The bundle was verified whole when it was
+admitted (`mirror.serve.catalogue`); what a request then sends is guarded two ways:
 
-Every open checks that the file is still the one that was verified (device, inode, size,
-modification time): a bundle replaced or rewritten since is never served from, and the request
-is answered 503 until the rescan has verified it again.
+- A small file (up to SMALL_FILE: configs, tokenizers, cards) is read whole, hashed, and sent
+  from memory only if its sha256 is the manifest's (`Verified`). A change is refused whatever
+  the timestamps say, and before a byte of it is sent.
+- A larger file is sent from the bundle's descriptor positioned at the member's data
+  (`Segment`): gunicorn hands it to `os.sendfile` for exactly Content-Length bytes, and the
+  kernel copies from the page cache to the socket without the bytes passing through Python. A
+  member of a multi-part bundle that lies in one part is the same; one that spans parts is read
+  part by part in bounded chunks (`MultiSegment`).
+
+Every open checks on the open descriptor (`fstat`) that the file is still the one that was
+verified: device, inode, size, mtime and ctime (`state.stat_key`; a write, even one followed by
+putting the mtime back, sets ctime). A bundle replaced or rewritten since is never served from:
+the request is answered 503 (`BundleChanged`) and the bundle's `Stream.on_change` asks the
+catalogue to verify it again. Bytes that pass through Python are checked again after each read;
+bytes sent by `sendfile` are checked once more when the response is closed, which can only report
+a write that raced the send (docs/security.md, "mirror serve: served bytes").
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from mirror import parts
 from mirror.errors import MirrorError
 from mirror.manifest import FileEntry
 from mirror.safeio import NotRegularFile, open_regular
+from mirror.serve.state import FileIdentity, Identity, stat_key
 
 CHUNK = 1024 * 1024  # per read when the bytes must pass through Python: memory stays bounded
+SMALL_FILE = 16 * 1024 * 1024  # hashed before sending: every config and nearly every tokenizer.json; at most threads x this in memory
+log = logging.getLogger("mirror.serve")
 
 
 @dataclass(frozen=True)
@@ -32,9 +46,29 @@ class Stream:
     """Where a bundle's byte stream lives: one file, or the parts of a multi-part bundle."""
 
     files: tuple[Path, ...]
-    idents: tuple[tuple[str, int, int, int, int], ...]  # per file: (name, st_dev, st_ino, st_size, st_mtime_ns)
+    idents: tuple[FileIdentity, ...]  # per file, as verified: (name, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
     span: int  # bytes in every part but the last (the file's size for a single file)
     size: int
+    on_change: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)  # told when a file is found changed
+
+    def changed(self, path: Path) -> "BundleChanged":
+        """The error for a file of this stream found changed, after telling `on_change`."""
+        if self.on_change is not None:
+            self.on_change(path)
+        return BundleChanged(path)
+
+    def check(self, k: int, fd: int) -> None:
+        """BundleChanged unless the open file `k` is still the one that was verified."""
+        if stat_key(os.fstat(fd)) != tuple(self.idents[k][1:]):
+            raise self.changed(self.files[k])
+
+    def unchanged(self) -> bool:
+        """Whether every file still has its verified identity, by path (no open): for answers
+        that send no bytes, such as HEAD."""
+        try:
+            return all(stat_key(os.stat(p)) == tuple(i[1:]) for p, i in zip(self.files, self.idents))
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -54,15 +88,15 @@ class BundleChanged(MirrorError, OSError):
         super().__init__(f"{path.name} changed since it was verified; it is being verified again, retry in a few seconds")
 
 
-def stream_of(path: Path, ident) -> Stream:
+def stream_of(path: Path, ident: Identity, *, on_change: Callable[[Path], None] | None = None) -> Stream:
     """The Stream of a bundle whose identity (`state.identity`) is `ident`."""
     loc = parts.locate(path)
     if loc.multipart:
         index = parts.read_index(loc.index)
         files = tuple(loc.index.parent / p.name for p in index.parts)
-        return Stream(files=files, idents=tuple(ident[1:]), span=index.max_part_size, size=index.size)
+        return Stream(files=files, idents=tuple(ident[1:]), span=index.max_part_size, size=index.size, on_change=on_change)
     size = ident[0][3]
-    return Stream(files=(path,), idents=(ident[0],), span=max(1, size), size=size)
+    return Stream(files=(path,), idents=(ident[0],), span=max(1, size), size=size, on_change=on_change)
 
 
 def _open(stream: Stream, k: int) -> BinaryIO:
@@ -70,25 +104,62 @@ def _open(stream: Stream, k: int) -> BinaryIO:
     try:
         f = open_regular(path, buffering=0)
     except (FileNotFoundError, NotRegularFile):
-        raise BundleChanged(path) from None
-    st = os.fstat(f.fileno())
-    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != tuple(stream.idents[k][1:]):
+        raise stream.changed(path) from None
+    try:
+        stream.check(k, f.fileno())
+    except BaseException:
         f.close()
-        raise BundleChanged(path)
+        raise
     return f
 
 
-def open_range(src: FileSource, start: int, end: int) -> "Segment | MultiSegment":
+def open_range(src: FileSource, start: int, end: int) -> "Verified | Segment | MultiSegment":
     """The body for bytes [start, end) of the file `src` (0 <= start <= end <= size)."""
+    if src.entry.size <= SMALL_FILE:
+        return Verified(src, start, end)
+    return _open_span(src, start, end)
+
+
+def _open_span(src: FileSource, start: int, end: int) -> "Segment | MultiSegment":
     stream = src.stream
     at, n = src.offset + start, end - start
     if len(stream.files) == 1:
-        return Segment(_open(stream, 0), at, n)
+        return Segment(_open(stream, 0), at, n, stream=stream, k=0)
     k = min(at // stream.span, len(stream.files) - 1)
     off = at - k * stream.span
     if off + n <= stream.span:
-        return Segment(_open(stream, k), off, n)
+        return Segment(_open(stream, k), off, n, stream=stream, k=k)
     return MultiSegment(stream, at, n)
+
+
+class Verified:
+    """Bytes [start, end) of a small file, held in memory after the whole file was read and its
+    sha256 found equal to the manifest's: whatever happened to the bundle, these are the bytes
+    that were verified (and, under --public-key, signed). BundleChanged, before anything is sent,
+    when they are not."""
+
+    def __init__(self, src: FileSource, start: int, end: int):
+        with _open_span(src, 0, src.entry.size) as whole:
+            data = b"".join(whole.chunks())
+        if len(data) != src.entry.size or hashlib.sha256(data).hexdigest() != src.entry.sha256:
+            raise src.stream.changed(src.stream.files[min(src.offset // src.stream.span, len(src.stream.files) - 1)])
+        self._data = memoryview(data)[start:end]
+        self.sent = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        for i in range(0, len(self._data), CHUNK):
+            piece = bytes(self._data[i : i + CHUNK])
+            self.sent += len(piece)
+            yield piece
+
+    def close(self) -> None:
+        self._data = memoryview(b"")
+
+    def __enter__(self) -> "Verified":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Segment:
@@ -96,11 +167,12 @@ class Segment:
     `fileno()` positioned at the data, `read()` stopping at the end, and `seek()` (which
     `socket.sendfile` calls with where it stopped) recording what was sent."""
 
-    def __init__(self, f: BinaryIO, start: int, length: int):
+    def __init__(self, f: BinaryIO, start: int, length: int, *, stream: Stream, k: int):
         self._f = f
         self.start = start
         self.length = length
         self.pos = start
+        self._stream, self._k = stream, k
         os.lseek(f.fileno(), start, os.SEEK_SET)
 
     @property
@@ -123,8 +195,9 @@ class Segment:
         if n <= 0:
             return b""
         data = os.pread(self._f.fileno(), n, self.pos)
+        self.check()  # a write sets ctime before it changes a byte: unchanged now means these bytes are the verified ones
         if not data:  # the file shrank under us: the identity check makes this a race, not a state
-            raise BundleChanged(Path(getattr(self._f, "name", "bundle")))
+            raise self._stream.changed(self._stream.files[self._k])
         self.pos += len(data)
         return data
 
@@ -132,8 +205,26 @@ class Segment:
         while data := self.read(CHUNK):
             yield data
 
+    def check(self) -> None:
+        """BundleChanged unless the file is still the one that was verified. A sender that copies
+        with sendfile calls it after each slice: a write sets ctime before it changes a byte, so a
+        check that passes after a slice went out means every byte of it was a verified one, and one
+        that fails means: cut the connection, so the client never holds a complete response."""
+        self._stream.check(self._k, self._f.fileno())
+
     def close(self) -> None:
-        self._f.close()
+        """Closes the file, after one more identity check: sendfile copies in the kernel, so a
+        write that raced it is seen here at the latest. What went out cannot be recalled; it is
+        logged, and the bundle is not served again until it verifies."""
+        if self._f.closed:
+            return
+        try:
+            self.check()
+        except BundleChanged:
+            log.error("%s changed while a response was being sent from it: that response may hold unverified bytes; "
+                      "the bundle is not served until it verifies again", self._stream.files[self._k].name)
+        finally:
+            self._f.close()
 
     def __enter__(self) -> "Segment":
         return self
@@ -165,8 +256,9 @@ class MultiSegment:
                 self._open, self._k = _open(self.stream, k), k
             n = min(CHUNK, left, self.stream.span - off)
             data = os.pread(self._open.fileno(), n, off)
+            self.stream.check(k, self._open.fileno())
             if not data:
-                raise BundleChanged(self.stream.files[k])
+                raise self.stream.changed(self.stream.files[k])
             pos += len(data)
             left -= len(data)
             self.sent += len(data)

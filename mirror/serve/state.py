@@ -2,10 +2,12 @@
 
 Verifying reads every byte, so a restart over a terabyte of bundles must not do it again for a
 file that has not changed. A bundle's identity is what the kernel says about the file(s) that
-hold it: device, inode, size and modification time in nanoseconds, of the file or of the parts
-index and every part. Same identity, same bytes (short of someone writing into the file and
-resetting its mtime, which needs write access to the bundles folder, which is the trust root
-anyway); any change re-verifies.
+hold it: device, inode, size, modification and change time in nanoseconds, of the file or of the
+parts index and every part. The change time (ctime) is what makes it an identity: anyone who can
+write the file can put its mtime back (`touch -d`, `os.utime`), but every write, rename, chmod or
+utime sets ctime to the kernel's clock, and no call sets it back. So a bundle rewritten in place
+with its mtime backdated has another identity, and is verified again, also after a restart. Any
+change of metadata re-verifies too: that costs a read, never trust.
 
 The state file lives outside the bundles folder (that one may be read-only, or shared by several
 replicas), by default under the user's cache folder, one per bundles folder. It is only ever a
@@ -22,15 +24,16 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror import atomic, parts, safejson
+from mirror import atomic, cachedirs, parts, safejson
 from mirror.errors import BundleError, MirrorError
 from mirror.ids import is_sha256
 
-STATE_FORMAT = "mirror-serve-state/1"
+STATE_FORMAT = "mirror-serve-state/2"  # /1 had no ctime in identities: such a file is ignored (verify again)
 MAX_STATE_BYTES = 64 * 1024 * 1024  # ~300 bytes a bundle: far more bundles than any folder holds
 log = logging.getLogger("mirror.serve")
 
-Identity = tuple[tuple[str, int, int, int, int], ...]  # (name, st_dev, st_ino, st_size, st_mtime_ns) per file
+FileIdentity = tuple[str, int, int, int, int, int]  # (name, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
+Identity = tuple[FileIdentity, ...]  # per file: the bundle, or the parts index then every part
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,21 @@ class Verdict:
 
 
 def default_state_file(bundles_dir: Path) -> Path:
-    """`$XDG_CACHE_HOME/mirror/serve-<hash of the folder's absolute path>.json` (else ~/.cache)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """`<user cache>/mirror/serve-<hash of the folder's absolute path>.json`: $XDG_CACHE_HOME, else
+    ~/.cache (`cachedirs.user_cache_home`, the one rule for where mirror keeps its own state)."""
+    root = cachedirs.user_cache_home()
     key = hashlib.sha256(os.fsencode(bundles_dir.resolve())).hexdigest()[:16]
     return root / "mirror" / f"serve-{key}.json"
 
 
-def _ident(p: Path, st: os.stat_result) -> tuple[str, int, int, int, int]:
-    return (p.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What of a stat says "the same bytes": a FileIdentity without the name. Compared on the open
+    descriptor (`os.fstat`) before and after bytes are sent (`mirror.serve.spans`)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _ident(p: Path, st: os.stat_result) -> FileIdentity:
+    return (p.name, *stat_key(st))
 
 
 def identity(path: Path) -> Identity:
@@ -144,7 +154,7 @@ def _verdict(d: object) -> Verdict | None:
         return None
     rows = []
     for row in ident:
-        if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str) and all(isinstance(x, int) and not isinstance(x, bool) for x in row[1:])):
+        if not (isinstance(row, list) and len(row) == 6 and isinstance(row[0], str) and all(isinstance(x, int) and not isinstance(x, bool) for x in row[1:])):
             return None
         rows.append(tuple(row))
     ok = d["ok"]
