@@ -73,7 +73,7 @@ class ServeApp:
             return error_reply(e)
         except spans.BundleChanged as e:
             self.catalogue.wake()
-            return error_reply(HTTPError(503, str(e), headers={"Retry-After": "5"}))
+            return error_reply(HTTPError(503, str(e), headers={"Retry-After": "5", "Cache-Control": "no-store"}))
 
     # --- routing --------------------------------------------------------------------------------
 
