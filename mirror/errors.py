@@ -170,6 +170,21 @@ class CacheNotFound(MirrorError, FileNotFoundError):
         )
 
 
+class CacheNotWritable(MirrorError, PermissionError):
+    """An install needs to write the HF cache and cannot (a shared cache mounted read-only, a
+    folder of another user). Checking an already installed bundle never gets here: it writes nothing."""
+
+    exit_code = exitcodes.NOT_WRITABLE
+
+    def __init__(self, path: str, *, reason: str, needs: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"the HF cache {path} cannot be written ({reason}) and {needs}; nothing was written: "
+            "install into a writable cache (--cache-dir DIR or $HF_HUB_CACHE), or where this one is mounted read-write"
+        )
+
+
 class UnsafeCache(MirrorError, PermissionError):
     """Something in the HF cache that mirror must not follow or trust: a planted symbolic link,
     a blob that is not a regular file, an unreadable install record."""

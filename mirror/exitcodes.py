@@ -20,6 +20,7 @@ PREREQUISITE = 8  # something needed first: a delta's base snapshot, a missing p
 UNSAFE_CACHE = 9  # the HF cache holds something mirror will not follow (a planted link)
 NOT_A_BUNDLE = 10  # not a bundle, or a bundle/manifest/index whose format is unreadable or hostile
 NETWORK_BLOCKED = 11  # the trainer's offline guard stopped a connection
+NOT_WRITABLE = 12  # the HF cache cannot be written (a read-only mount, no permission)
 INTERRUPTED = 130  # 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
 
 TABLE = (
@@ -35,6 +36,7 @@ TABLE = (
     (UNSAFE_CACHE, "unsafe HF cache (a planted link)"),
     (NOT_A_BUNDLE, "not a bundle, or an unreadable bundle format"),
     (NETWORK_BLOCKED, "network blocked (trainer's offline guard)"),
+    (NOT_WRITABLE, "the HF cache is read-only or not writable"),
     (INTERRUPTED, "interrupted: 128 + signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)"),
 )
 

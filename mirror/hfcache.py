@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 from huggingface_hub.constants import REPO_ID_SEPARATOR
 from huggingface_hub.utils import WeakFileLock
 
-from mirror import atomic, safejson
+from mirror import atomic, cachedirs, safejson
 from mirror.errors import UnsafeCache
 from mirror.ids import is_commit, is_sha256, ref_problem, unsafe_path_reason
 from mirror.manifest import FileEntry
@@ -42,15 +42,11 @@ JOURNAL_SUFFIX = ".journal"  # `.install.<pid>-<rand>.journal` in the repo's loc
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where huggingface_hub looks: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
-    (read at call time, not at import, so one process can address several caches)."""
+    """The HF cache every command reads and writes: `cache_dir` when given, else where
+    huggingface_hub (and so transformers) looks for this environment (`mirror.cachedirs`)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
+    return cachedirs.hub_cache()
 
 
 def repo_folder_name(repo_id: str, repo_type: str = "model") -> str:
@@ -108,6 +104,28 @@ class RepoCache:
 
 
 # --- locks ----------------------------------------------------------------------------------------
+
+
+def unwritable(rc: RepoCache) -> str | None:
+    """Why this process cannot write the cache folders an install of `rc` writes (its repo folder
+    and its lock folder), or None. Judged on the nearest folder that exists (the one a `mkdir`
+    would write into) with `access(2)`, which reports a read-only mount even to root; decided
+    before any lock is taken, so an install into a read-only cache tries no write at all."""
+    for target in (rc.locks, rc.folder):
+        d = target
+        while not d.exists() and d != d.parent:
+            d = d.parent
+        if not os.access(d, os.W_OK):
+            why = "a read-only file system" if _read_only_mount(d) else "no write permission for this user"
+            return why if d == rc.root else f"{d}: {why}"
+    return None
+
+
+def _read_only_mount(d: Path) -> bool:
+    try:
+        return bool(os.statvfs(d).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -495,7 +513,7 @@ def list_installed(cache_dir: str | os.PathLike | None = None) -> list[Installed
         if not sep or kind not in ("model", "dataset", "space") or not (repo_dir / "snapshots").is_dir():
             continue
         rc = RepoCache(cache, rest.replace("--", "/", 1), kind)
-        if needs_recovery(rc):  # a killed install: finish or undo it before anyone reads the repo
+        if needs_recovery(rc) and unwritable(rc) is None:  # a killed install: finish or undo it before anyone reads the repo
             with repo_lock(rc):
                 recover(rc)
         for snap in sorted(rc.snapshots.iterdir()):

@@ -15,7 +15,10 @@ silently. How each part is kept:
   their base snapshot holds under the same path and content;
 - per-repo lock, huggingface_hub's blob locks, a journal: concurrent installs are safe, a failed
   one removes only what it created and no snapshot uses, and one killed even with SIGKILL is
-  finished or undone by the next install into that repo (`hfcache.recover`).
+  finished or undone by the next install into that repo (`hfcache.recover`);
+- a cache this process cannot write (a shared cache mounted read-only) is only read: installing a
+  bundle that is there already succeeds with no write tried, not even a lock file; one that would
+  need a write is `CacheNotWritable` (exit 12), one line.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import BinaryIO, Sequence
 
 from mirror import atomic, hfcache, parts, policy, trust
 from mirror.delta import delta_info
-from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CommitConflict, MirrorError, NotEnoughSpace, UnsafeCache, UsageError
+from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CacheNotWritable, CommitConflict, MirrorError, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
 from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
@@ -86,7 +89,8 @@ def install_bundle(
     bundle's own sha256 (a transfer ticket's). `bundle_sha256=False` skips computing the bundle's
     sha256 when nothing requires it (the files are checked either way).
     Raises CommitConflict, HashMismatch, BundleError, SignatureError, PolicyError, UnsafeCache,
-    BaseNotInstalled or NotEnoughSpace; the cache is then as it was."""
+    BaseNotInstalled, NotEnoughSpace or CacheNotWritable; the cache is then as it was. A cache this
+    process cannot write is only read: a bundle already installed there passes (`_read_only`)."""
     keys = trust.trusted_keys(public_keys)
     if expected_sha256 is not None and not is_sha256(expected_sha256.lower()):
         raise UsageError(f"--sha256 {expected_sha256!r} is not 64 hex characters; copy the bundle's sha256 from its .sha256 sidecar or transfer ticket")
@@ -101,13 +105,29 @@ def install_bundle(
         if m.revision and (why := ref_problem(m.revision)):
             raise BundleError(label, f"revision {m.revision!r} {why}")
         rc = RepoCache(cache_root(cache_dir), m.repo_id, m.repo_type)
-        made = hfcache.make_dirs(rc.locks)
+        if (why := hfcache.unwritable(rc)) is not None:
+            return _read_only(reader, rc, m, info, target, label, why=why, keys=keys, expected_sha256=expected_sha256)
+        made: list[Path] = []
         try:
+            made = hfcache.make_dirs(rc.locks)
             return _locked(reader, rc, m, info, target, label, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle)
-        except BaseException:
+        except BaseException as e:
             if made:  # a failed install into a fresh cache leaves no lock folder behind either
                 hfcache.remove_locks(rc, made)
+            if _write_refused(e, rc.root):  # a folder access(2) called writable refused a write anyway
+                # (blobs/ on another, read-only disk; an ACL): the install was rolled back
+                raise CacheNotWritable(str(rc.root), reason=f"{e.filename}: {e.strerror}", needs=f"installing {m.repo_id}@{m.commit[:12]} writes there") from e
             raise
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _write_refused(e: BaseException, root: Path) -> bool:
+    """Whether `e` is the OS refusing a write inside the cache (not a bundle we may not read)."""
+    if not isinstance(e, OSError) or isinstance(e, MirrorError) or e.errno not in _NOT_WRITABLE:
+        return False
+    return isinstance(e.filename, (str, os.PathLike)) and Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(root))
 
 
 def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, info, target, label: str, *, keys, expected_sha256, want_sha: bool, allow_pickle: bool) -> InstallResult:
@@ -116,16 +136,42 @@ def _locked(reader: BundleReader, rc: RepoCache, m: Manifest, info, target, labe
         plan = _plan(rc, m, info, target, label)
         if not plan.complete:
             return _install(reader, plan, m, keys=keys, expected_sha256=expected_sha256, want_sha=want_sha, allow_pickle=allow_pickle, recovered=recovered)
-        # every file is there with its content checked: still, what was asked of the bundle holds
-        signer = _signature_only(reader, keys) if keys else None
-        sha = _sha_only(reader, expected_sha256) if expected_sha256 else None
-        bundle = _bundle_record(reader, sha)
-        refs = _write_refs(rc, m)
-        if plan.record is None and set(plan.existing) == {f.path for f in target}:
-            hfcache.write_record(rc, m.commit, target, bundle=bundle)
-        elif bundle is not None and plan.record is not None and set(plan.record) == {f.path for f in target}:
-            hfcache.add_bundle_to_record(rc, m.commit, bundle)
-        return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer)
+        return _already(reader, plan, m, keys=keys, expected_sha256=expected_sha256, write=True, recovered=recovered)
+
+
+def _read_only(reader: BundleReader, rc: RepoCache, m: Manifest, info, target, label: str, *, why: str, keys, expected_sha256) -> InstallResult:
+    """An install into a cache this process cannot write (a shared cache mounted read-only in a
+    pod): without a lock, a recovery or a record, and with no write tried at all. It succeeds when
+    the commit is there already, complete and with its refs, checked as a writable install checks
+    it (links, blob hashes, signature, --sha256); anything it would have to add is CacheNotWritable.
+    No lock is needed to read: a writer elsewhere makes blobs and snapshots appear by rename."""
+    plan = _plan(rc, m, info, target, label)
+    what = f"{m.repo_id}@{m.commit[:12]}"
+    if not plan.complete:
+        missing = len(plan.write) or sum(plan.existing.get(f.path) != f.etag for f in plan.target)
+        raise CacheNotWritable(str(rc.root), reason=why, needs=f"{what} is not installed there ({missing} file(s) to write)")
+    moved = [n for n in _ref_names(rc, m) if hfcache.read_ref(rc, n) != m.commit]
+    if moved:
+        raise CacheNotWritable(str(rc.root), reason=why, needs=f"{what} is installed there but refs/{moved[0]} would have to point at it")
+    return _already(reader, plan, m, keys=keys, expected_sha256=expected_sha256, write=False, recovered=())
+
+
+def _already(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_sha256, write: bool, recovered) -> InstallResult:
+    """Every file is there with its content checked: still, what was asked of the bundle holds.
+    With `write`, the refs are set and the install record written or completed (bookkeeping a
+    read-only cache goes without: the snapshot is what loads)."""
+    rc, target = plan.rc, plan.target
+    signer = _signature_only(reader, keys) if keys else None
+    sha = _sha_only(reader, expected_sha256) if expected_sha256 else None
+    bundle = _bundle_record(reader, sha)
+    if not write:
+        return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, hfcache.refs_to(rc, m.commit), signer=signer)
+    refs = _write_refs(rc, m)
+    if plan.record is None and set(plan.existing) == {f.path for f in target}:
+        hfcache.write_record(rc, m.commit, target, bundle=bundle)
+    elif bundle is not None and plan.record is not None and set(plan.record) == {f.path for f in target}:
+        hfcache.add_bundle_to_record(rc, m.commit, bundle)
+    return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer)
 
 
 def _target_files(m: Manifest, info, label: str) -> tuple[FileEntry, ...]:
@@ -336,13 +382,14 @@ def remember_bundle(repo_id: str, commit: str, bundle: str | os.PathLike, *, cac
     `--sha256`): verify `bundle` in one pass (every file against its manifest, and the bundle's own
     sha256) and, when it holds exactly the installed files, name it in the install record, so this
     one read is the last. None when it does not verify or holds other files: then it is not the
-    bundle of that snapshot and nothing is recorded. A record that already names one is kept."""
+    bundle of that snapshot and nothing is recorded. A record that already names one is kept, and
+    a cache this process cannot write is left alone (None) before the bundle is read."""
     from mirror.delta import full_files
     from mirror.verify import verify_bundle
 
     rc = RepoCache(cache_root(cache_dir), repo_id, repo_type)
     installed = hfcache.read_record(rc, commit)
-    if installed is None:
+    if installed is None or hfcache.unwritable(rc) is not None:  # nothing to name, or nowhere to: no bundle read
         return None
     try:
         report = verify_bundle(bundle, bundle_sha256=True)

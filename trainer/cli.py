@@ -178,7 +178,8 @@ Examples:
   trainer run configs/classifier.yaml
   trainer run configs/sft.yaml --bundles /media/usb/bundles --set lora_r=8
   trainer run configs/sft.yaml --resume      # continue after Ctrl-C
-  trainer run configs/sft.yaml --overwrite   # discard that checkpoint and start again
+  trainer run configs/sft.yaml --overwrite   # discard that checkpoint, or a finished run, and start again
+  trainer run configs/classifier.yaml --set epochs=1 --set output_dir=runs/try1   # keep the finished run
   trainer run configs/sft.yaml --public-key release.pub   # install only bundles signed by it
 """,
 )
@@ -187,13 +188,14 @@ Examples:
 @_public_key_option
 @_set_option
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left in output_dir.")
-@click.option("--overwrite", is_flag=True, help="Discard the checkpoint an interrupted run left in output_dir and start again.")
+@click.option("--overwrite", is_flag=True, help="Replace the finished run in output_dir, or discard the checkpoint an interrupted run left there, and start again.")
 @_verbosity
 @click.pass_context
 def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[str, ...], overrides: tuple[str, ...], resume: bool, overwrite: bool, quiet: bool, verbose: bool) -> None:
     """Train the model CONFIG describes; writes weights, metrics, report and lineage to output_dir.
 
-    output_dir must be new, empty, or an earlier run of this trainer (see trainer/rundir.py).
+    output_dir must be new, empty, or an earlier run of this trainer (see trainer/rundir.py); a
+    finished run there is kept unless --overwrite is given.
     """
     from trainer import data, rundir
     from trainer.offline import network_guard, tracker_env
@@ -209,6 +211,8 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     for warning in config_warnings(cfg):
         _note(f"warning: {warning}", quiet=quiet)
     rundir.prepare(cfg.output_dir, resume=resume, overwrite=overwrite)
+    if overwrite and rundir.is_finished(cfg.output_dir):
+        _note(f"note: --overwrite: the finished run in {cfg.output_dir} is replaced when this one starts training", quiet=quiet)
     keys = _keys(cfg, public_keys)
     ctx.meta["trainer.output_dir"] = cfg.output_dir
     ctx.meta["trainer.resume_command"] = resume_command(config, bundles_dir=bundles_dir, public_keys=public_keys, overrides=overrides)

@@ -6,7 +6,10 @@
 2. `mirror verify`s each bundle, then `trainer check` and `trainer run` for every shipped config,
    as subprocesses of the real command lines, so the demo exercises exactly what users run.
    They see `HF_HUB_OFFLINE=1` and a demo-local `HF_HOME`: the models reach the cache only by
-   `trainer`'s automatic install from `bundles/`, and `~/.cache` is never touched.
+   `trainer`'s automatic install from `bundles/`, and `~/.cache` is never touched. Each config
+   trains into its own output_dir (runs/classifier, ...) with `--overwrite`, so `make demo` can be
+   run again; the run it replaces is named in its output. Keep a run of your own elsewhere
+   (`trainer run CONFIG --set output_dir=...`).
 3. Packs the trained classifier with `mirror pack`, showing a fine-tuned model leaving the
    sandbox as a bundle whose manifest carries its lineage.
 4. Prints a summary table and writes it to runs/demo/summary.md.
@@ -309,9 +312,10 @@ def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
         name = Path(config).stem
         step(f"check-{name}", "trainer", "check", config, "--bundles", str(paths.bundles), *sets, paths=paths)
         if name == "embeddings":  # the pretrained encoder is already good: show where it starts
-            output, _ = step("eval-embeddings-base", "trainer", "eval", config, "--split", "valid", "--bundles", str(paths.bundles), paths=paths)
+            output, _ = step("eval-embeddings-base", "trainer", "eval", config, "--split", "valid", "--json", "--bundles", str(paths.bundles), paths=paths)
             baseline = json_block(output)
-        _, seconds = step(f"run-{name}", "trainer", "run", config, "--bundles", str(paths.bundles), *sets, paths=paths)
+        # --overwrite: a second `make demo` retrains into the same output_dir, and trainer run says so
+        _, seconds = step(f"run-{name}", "trainer", "run", config, "--bundles", str(paths.bundles), "--overwrite", *sets, paths=paths)
         cfg, metrics = read_metrics(config, overrides)
         random_init = "warning" in metrics or cfg.model_id == TINY_ID
         legs.append(Leg(cfg.task, config, cfg.model_id, random_init, dict(metrics.get("rows") or {}), seconds, metrics))

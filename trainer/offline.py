@@ -23,6 +23,7 @@ import sys
 import threading
 from typing import Any, Iterator
 
+from mirror.cachedirs import hub_constants  # no Hugging Face import at its top
 from trainer.errors import NetworkBlocked
 
 # Every variable the libraries we load consult before reaching for the network or a tracker.
@@ -84,17 +85,10 @@ def offline_env() -> Iterator[None]:
                 setattr(constants, k, v)
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _hub_constants_from_env() -> dict[str, bool]:
-    """What huggingface_hub.constants would hold if imported now (its own rules)."""
-    return {
-        "HF_HUB_OFFLINE": _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"),
-        "HF_HUB_DISABLE_TELEMETRY": _truthy("HF_HUB_DISABLE_TELEMETRY") or _truthy("DISABLE_TELEMETRY") or _truthy("DO_NOT_TRACK"),
-        "HF_HUB_DISABLE_IMPLICIT_TOKEN": _truthy("HF_HUB_DISABLE_IMPLICIT_TOKEN"),
-    }
+    """What huggingface_hub.constants would hold if imported now: its own module, run again."""
+    fresh = hub_constants()
+    return {k: getattr(fresh, k) for k in _HUB_CONSTANTS if hasattr(fresh, k)}
 
 
 def tracker_env(report_to: tuple[str, ...]) -> None:

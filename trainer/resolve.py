@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mirror.errors import MirrorError, SignatureError
+from mirror.errors import CacheNotWritable, MirrorError, SignatureError
 from trainer.errors import (
     BundleRejected,
     BundleUntrusted,
@@ -172,6 +172,8 @@ def _install_chain(newest: _Candidate, candidates: list[_Candidate], model_id: s
     for bundle in _install_order(newest, candidates, model_id, cache_dir):
         try:
             installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=list(public_keys))
+        except CacheNotWritable:
+            raise  # the cache's fault, not the bundle's: no other bundle would fare better
         except SignatureError as e:
             raise BundleUntrusted(str(bundle.path), e) from e
         except MirrorError as e:
@@ -307,6 +309,7 @@ def _from_endpoint(model_id: str, endpoint: str, *, cache_dir: str | Path | None
     resolves to there, into the HF cache. Only that host:port is reachable meanwhile (the
     network guard); the trainer stays offline for everything else."""
     from mirror import trust
+    from mirror.hfcache import cache_root  # where every other step looks, not huggingface_hub's import-time constant
     from trainer.offline import allow_endpoint, hub_online, network_guard
 
     if trust.trusted_keys(public_keys):
@@ -319,7 +322,7 @@ def _from_endpoint(model_id: str, endpoint: str, *, cache_dir: str | Path | None
         with network_guard(), allow_endpoint(endpoint), hub_online():
             info = HfApi(endpoint=endpoint).model_info(model_id, files_metadata=True)
             commit = info.sha
-            path = Path(snapshot_download(model_id, revision=commit, endpoint=endpoint, cache_dir=cache_dir))
+            path = Path(snapshot_download(model_id, revision=commit, endpoint=endpoint, cache_dir=cache_root(cache_dir)))
     except RepositoryNotFoundError:
         raise EndpointUnavailable(model_id, endpoint, "the mirror serves no such model", fix=f"check the id, or ask the mirror's operators to add a bundle of it ('mirror pull {model_id}' on a connected host)") from None
     except RevisionNotFoundError:

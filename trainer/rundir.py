@@ -11,9 +11,16 @@ A folder is **a trainer run** when it holds
 
 It holds **a resumable checkpoint** when `checkpoint/state.pt` exists (an interrupted run).
 
+It is **a finished run** when it holds that lineage record and no marker: a run that published
+its outputs. (A marked folder is a run in progress or one that died before it finished: an
+`--overwrite` of a finished run that was killed midway has already half replaced it.)
+
 `trainer run` calls `prepare()` before any model is loaded, and it allows:
 - a missing or empty output_dir;
-- a trainer run without a resumable checkpoint: its outputs are replaced;
+- a finished run only with `--overwrite`: its model and metrics are what the user ran it for
+  (`make demo`'s 3-epoch classifier was replaced by a 1-epoch try without a word); the refusal
+  says where it is and how to write elsewhere (`--set output_dir=...`);
+- a run that did not finish and left no resumable checkpoint: its outputs are replaced;
 - a trainer run with a resumable checkpoint only with `--resume` (continue it) or `--overwrite`
   (discard it and start again); `--resume` needs that checkpoint.
 Anything else is refused; a non-empty folder that is not a trainer run is refused even with
@@ -51,6 +58,12 @@ def is_run(folder: str | Path) -> bool:
     return isinstance(record, dict) and "lineage_version" in record
 
 
+def is_finished(folder: str | Path) -> bool:
+    """True when `folder` holds a finished run: its lineage record, and no marker of a later start."""
+    folder = Path(folder)
+    return not (folder / MARKER).is_file() and is_run(folder)
+
+
 def checkpoint_state(folder: str | Path) -> Path:
     return Path(folder) / CHECKPOINT_DIR / STATE_FILE
 
@@ -82,6 +95,12 @@ def prepare(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
         )
     if resume and not has_checkpoint(out):
         raise _nothing_to_resume(out)
+    if is_finished(out) and not overwrite:
+        raise OutputDirRefused(
+            str(out),
+            f"holds a finished run (its {LINEAGE_FILE}): trainer run keeps it unless told otherwise",
+            fix="write the new run elsewhere with --set output_dir=NEW_FOLDER, or replace this one with --overwrite",
+        )
     if has_checkpoint(out) and not resume and not overwrite:
         raise OutputDirRefused(
             str(out),

@@ -62,6 +62,8 @@ def test_installing_twice_is_a_no_op(small, tmp_path):
 
 
 def test_default_cache_dir_follows_huggingface_hub(monkeypatch, tmp_path):
+    """The precedence in short; every variable, against huggingface_hub itself: test_cache_location."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "a"

@@ -71,15 +71,39 @@ def test_other_refusals_come_before_the_model_too(tmp_path, trainer_cli, config_
     assert (r.exit_code, error_line(r)) == (2, f"output_dir {out} " + message.format(ckpt=out / "checkpoint" / "state.pt"))
 
 
-@pytest.mark.parametrize("kind", ["finished-before-the-marker-existed", "marked"])
-def test_a_run_folder_is_accepted(tmp_path, trainer_cli, config_file, kind):
-    out = tmp_path / "out"
+def _refused_finished(out: Path) -> str:
+    return (
+        f"output_dir {out} holds a finished run (its lineage.json): trainer run keeps it unless told otherwise; "
+        "write the new run elsewhere with --set output_dir=NEW_FOLDER, or replace this one with --overwrite"
+    )
+
+
+def _finished(out: Path) -> None:
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"weights")
-    if kind == "marked":
-        rundir.mark(out)
-    else:
-        (out / "lineage.json").write_text(json.dumps({"lineage_version": 1, "task": "classification"}))
+    (out / "lineage.json").write_text(json.dumps({"lineage_version": 1, "task": "classification"}))
+
+
+def test_a_finished_run_is_kept_unless_overwrite_is_given(tmp_path, trainer_cli, config_file):
+    out = tmp_path / "out"
+    _finished(out)
+    before = _tree(out)
+    r = trainer_cli("run", config_file(), "--set", "epochs=1")
+    # refused before the model is looked for (it resolves nowhere: that would be exit 3)
+    assert (r.exit_code, error_line(r)) == (2, _refused_finished(out))
+    assert _tree(out) == before
+    r = trainer_cli("run", config_file(), "--overwrite")  # said: the guard lets it pass, then the model is looked for
+    assert r.exit_code == 3 and f"note: --overwrite: the finished run in {out} is replaced when this one starts training" in r.stderr
+    assert _tree(out) == before  # nothing is replaced before training starts
+    r = trainer_cli("run", config_file(), "--set", f"output_dir={tmp_path / 'elsewhere'}")  # the way the message names
+    assert r.exit_code == 3 and error_line(r).startswith("model acme/not-here is not available offline")
+
+
+def test_a_run_that_did_not_finish_is_replaced_without_a_flag(tmp_path, trainer_cli, config_file):
+    out = tmp_path / "out"
+    _finished(out)
+    rundir.mark(out)  # an --overwrite of it started (and died before its first checkpoint): it is no longer finished
+    assert not rundir.is_finished(out) and rundir.is_run(out)
     r = trainer_cli("run", config_file())
     assert r.exit_code == 3 and error_line(r).startswith("model acme/not-here is not available offline")
 
@@ -135,12 +159,19 @@ def test_a_run_marks_its_folder_and_resume_or_overwrite_decide_the_checkpoint(tm
     assert not (out / rundir.MARKER).exists()  # finished: lineage.json says it is a run, packs hold only the model
     assert json.loads((out / "metrics.json").read_text())["steps"] == 8
 
-    r = trainer_cli("run", cfg)  # a finished run with no checkpoint: replaced without a flag
+    finished = _tree(out)
+    r = trainer_cli("run", cfg, "--set", "epochs=1")  # a finished run is kept: one line, nothing touched
+    assert (r.exit_code, error_line(r)) == (2, _refused_finished(out))
+    assert _tree(out) == finished
+    r = trainer_cli("run", cfg, "--set", "epochs=1", "--set", f"output_dir={tmp_path / 'try1'}")  # elsewhere, as it says
     assert r.exit_code == 0, r.output
-    assert "resuming from" not in r.stderr
+    assert _tree(out) == finished and json.loads((tmp_path / "try1" / "metrics.json").read_text())["steps"] == 4
+    r = trainer_cli("run", cfg, "--overwrite")  # replaced when asked, and said
+    assert r.exit_code == 0, r.output
+    assert "resuming from" not in r.stderr and f"the finished run in {out} is replaced" in r.stderr
 
     _interrupt_at(monkeypatch, 5)
-    assert trainer_cli("run", cfg).exit_code == 130
+    assert trainer_cli("run", cfg, "--overwrite").exit_code == 130  # it is no longer finished: marked, a checkpoint
     monkeypatch.undo()
     r = trainer_cli("run", cfg, "--overwrite")
     assert r.exit_code == 0, r.output
