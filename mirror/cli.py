@@ -991,10 +991,11 @@ Examples:
 @click.option("--graceful-timeout", type=int, default=30, show_default=True, help="Seconds in-flight downloads get to finish after SIGTERM.")
 @click.option("--max-connections", type=int, default=1024, show_default=True, help="Open connections in all; at the cap the oldest one without a request is closed.")
 @click.option("--max-connections-per-client", "max_per_client", type=int, default=64, show_default=True, help="Open connections per client address.")
+@click.option("--client-timeout", type=float, default=10.0, show_default=True, help="Seconds a client has to send a request's head, and then its body (else 408).")
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="The certificate's PEM private key (not encrypted; protect it by its permissions).")
 def serve(bundles_dir, host, port, public_keys, token_file, state_file, rescan_interval, threads, graceful_timeout, max_connections, max_per_client,
-          tls_cert, tls_key) -> None:
+          client_timeout, tls_cert, tls_key) -> None:
     """Serve every bundle in BUNDLES_DIR that verifies as a read-only Hugging Face Hub endpoint.
 
     Clients reach it with HF_ENDPOINT; bytes are sent from the bundle files at the members'
@@ -1007,7 +1008,7 @@ def serve(bundles_dir, host, port, public_keys, token_file, state_file, rescan_i
 
     opts = main_options(bundles_dir, host=host, port=port, public_keys=public_keys, token_file=token_file, state_file=state_file,
                         rescan_interval=rescan_interval, threads=threads, graceful_timeout=graceful_timeout, max_connections=max_connections,
-                        max_per_client=max_per_client, tls_cert=tls_cert, tls_key=tls_key)
+                        max_per_client=max_per_client, client_timeout=client_timeout, tls_cert=tls_cert, tls_key=tls_key)
     click.get_current_context().exit(run_server(opts))
 
 

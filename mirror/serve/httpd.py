@@ -57,6 +57,8 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes; a field value 
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 _ENCODE = re.compile(rb'[\x80-\xff"\\]')  # percent-encoded in the target: decoding gives the same path, and a log line stays one quoted field
 _HEADER_UNSAFE = re.compile(r"[^\t\x20-\x7e]")
+MAX_REFUSING = 256  # refused connections answered at once (beyond the caps); more are closed at once
+REFUSAL_LINGER_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class Front:
         self._conns: set[_Conn] = set()
         self._waiting: OrderedDict[_Conn, None] = OrderedDict()  # oldest first: who makes room at a cap
         self._per_client: dict[str, list[_Conn]] = {}
+        self._refusing: set[asyncio.Task] = set()
         self._stopping: asyncio.Event | None = None
         self._date = (0, "")
 
@@ -216,13 +219,34 @@ class Front:
             client = addr[0] if isinstance(addr, tuple) else "local"
             if not self._make_room(client):
                 self.on_connection("refused")
-                _refuse(sock, plain=self.ssl is None)
+                if self.ssl is None and len(self._refusing) < MAX_REFUSING:
+                    task = asyncio.create_task(self._refuse(sock))
+                    self._refusing.add(task)
+                    task.add_done_callback(self._refusing.discard)
+                else:
+                    sock.close()
                 continue
             conn = _Conn(client)
             self._conns.add(conn)
             self._per_client.setdefault(client, []).append(conn)
             self._waiting[conn] = None
             conn.task = asyncio.create_task(self._connection(conn, sock))
+
+    async def _refuse(self, sock: socket.socket) -> None:
+        """A connection over a cap while every other one is busy: 503, then a short linger so
+        that the reply is read rather than reset (under TLS, or too many at once: just closed)."""
+        loop = asyncio.get_running_loop()
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_sendall(sock, _REFUSAL_REPLY), REFUSAL_LINGER_S)
+            sock.shutdown(socket.SHUT_WR)
+            end = loop.time() + REFUSAL_LINGER_S
+            while await asyncio.wait_for(loop.sock_recv(sock, 65536), max(0.0, end - loop.time())):
+                pass
+        except (asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            sock.close()
 
     def _make_room(self, client: str) -> bool:
         """Whether `client` may open one more connection, after closing the oldest one that has
@@ -523,15 +547,6 @@ class Front:
         return sent
 
 
-def _refuse(sock: socket.socket, *, plain: bool) -> None:
-    """A connection over a cap while every other one is busy: 503 if it fits the socket buffer now."""
-    try:
-        if plain:
-            sock.setblocking(False)
-            msg = b"too many connections: every connection is serving a request; retry shortly"
-            sock.send(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-                      b"X-Error-Message: " + msg + b"\r\nContent-Length: " + str(len(msg)).encode() + b"\r\n\r\n" + msg)
-    except OSError:
-        pass
-    finally:
-        sock.close()
+_REFUSAL = (b"too many connections: every connection is serving a request; retry shortly")
+_REFUSAL_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                  b"X-Error-Message: " + _REFUSAL + b"\r\nContent-Length: %d\r\n\r\n" % len(_REFUSAL) + _REFUSAL)

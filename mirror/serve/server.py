@@ -50,6 +50,7 @@ class ServeOptions:
     graceful_timeout: int = 30  # seconds in-flight downloads get after SIGTERM
     max_connections: int = Limits.max_connections
     max_per_client: int = Limits.max_per_client
+    client_timeout: float = Limits.head_timeout  # to send a request head, then again for its body
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
@@ -137,7 +138,8 @@ def serve(opts: ServeOptions) -> int:
              opts.bundles_dir, f"; {len(view.failed)} bundle(s) not served" if view.failed else "",
              f"; bearer token required ({len(ready.app.tokens.names)} token(s))" if ready.app.tokens else "",
              f"; TLS certificate {ready.tls.subject}, valid until {ready.tls.not_after:%Y-%m-%d}" if ready.tls else "")
-    limits = Limits(max_connections=max_connections, max_per_client=opts.max_per_client, graceful_timeout=opts.graceful_timeout)
+    limits = Limits(max_connections=max_connections, max_per_client=opts.max_per_client, graceful_timeout=opts.graceful_timeout,
+                    head_timeout=opts.client_timeout, body_timeout=opts.client_timeout)
     metrics = ready.app.metrics
     front = Front(sock, ready.app.respond, limits=limits, threads=opts.threads, ssl_context=ssl_context, observe=metrics.observe,
                   on_connection=metrics.connection)
@@ -153,7 +155,7 @@ def serve(opts: ServeOptions) -> int:
 
 def main_options(bundles_dir: str | os.PathLike, *, host: str, port: int, public_keys: Sequence[str | os.PathLike], token_file, state_file,
                  rescan_interval: float, threads: int, graceful_timeout: int, max_connections: int = Limits.max_connections,
-                 max_per_client: int = Limits.max_per_client, tls_cert=None, tls_key=None) -> ServeOptions:
+                 max_per_client: int = Limits.max_per_client, client_timeout: float = Limits.head_timeout, tls_cert=None, tls_key=None) -> ServeOptions:
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a TCP port (0-65535; 0 picks a free one)")
     if threads < 1:
@@ -162,7 +164,9 @@ def main_options(bundles_dir: str | os.PathLike, *, host: str, port: int, public
         raise UsageError(f"--rescan-interval {rescan_interval} must be 0 (no watching) or more seconds")
     if max_connections < 1 or max_per_client < 1:
         raise UsageError(f"--max-connections ({max_connections}) and --max-connections-per-client ({max_per_client}) must be at least 1")
+    if not 0 < client_timeout <= 3600:
+        raise UsageError(f"--client-timeout {client_timeout} must be more than 0 and at most 3600 seconds")
     return ServeOptions(bundles_dir=Path(bundles_dir), host=host, port=port, public_keys=tuple(Path(k) for k in public_keys),
                         token_file=Path(token_file) if token_file else None, state_file=Path(state_file) if state_file else None,
                         rescan_interval=rescan_interval, threads=threads, graceful_timeout=graceful_timeout, max_connections=max_connections,
-                        max_per_client=max_per_client, tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None)
+                        max_per_client=max_per_client, client_timeout=client_timeout, tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None)
