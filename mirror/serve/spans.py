@@ -7,7 +7,7 @@ admitted (`mirror.serve.catalogue`); what a request then sends is guarded two wa
   from memory only if its sha256 is the manifest's (`Verified`). A change is refused whatever
   the timestamps say, and before a byte of it is sent.
 - A larger file is sent from the bundle's descriptor positioned at the member's data
-  (`Segment`): gunicorn hands it to `os.sendfile` for exactly Content-Length bytes, and the
+  (`Segment`): the HTTP front hands it to `os.sendfile` for exactly Content-Length bytes, and the
   kernel copies from the page cache to the socket without the bytes passing through Python. A
   member of a multi-part bundle that lies in one part is the same; one that spans parts is read
   part by part in bounded chunks (`MultiSegment`).
@@ -144,13 +144,11 @@ class Verified:
         if len(data) != src.entry.size or hashlib.sha256(data).hexdigest() != src.entry.sha256:
             raise src.stream.changed(src.stream.files[min(src.offset // src.stream.span, len(src.stream.files) - 1)])
         self._data = memoryview(data)[start:end]
-        self.sent = 0
+        self.length = end - start
 
     def chunks(self) -> Iterator[bytes]:
         for i in range(0, len(self._data), CHUNK):
-            piece = bytes(self._data[i : i + CHUNK])
-            self.sent += len(piece)
-            yield piece
+            yield bytes(self._data[i : i + CHUNK])
 
     def close(self) -> None:
         self._data = memoryview(b"")
@@ -163,9 +161,8 @@ class Verified:
 
 
 class Segment:
-    """`length` bytes of one open file from `start`, as a file-like gunicorn can `sendfile`:
-    `fileno()` positioned at the data, `read()` stopping at the end, and `seek()` (which
-    `socket.sendfile` calls with where it stopped) recording what was sent."""
+    """`length` bytes of one open file from `start`: what the HTTP front (`httpd`) sends with
+    `os.sendfile` from `fileno()` at explicit offsets, or reads through `chunks()`."""
 
     def __init__(self, f: BinaryIO, start: int, length: int, *, stream: Stream, k: int):
         self._f = f
@@ -173,21 +170,9 @@ class Segment:
         self.length = length
         self.pos = start
         self._stream, self._k = stream, k
-        os.lseek(f.fileno(), start, os.SEEK_SET)
-
-    @property
-    def sent(self) -> int:
-        return max(0, min(self.pos - self.start, self.length))
 
     def fileno(self) -> int:
         return self._f.fileno()
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        self.pos = os.lseek(self._f.fileno(), pos, whence)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
 
     def read(self, n: int = -1) -> bytes:
         left = self.start + self.length - self.pos
@@ -241,7 +226,6 @@ class MultiSegment:
         self.stream = stream
         self.at = at
         self.length = length
-        self.sent = 0
         self._open: BinaryIO | None = None
         first = at // stream.span
         self._open = _open(stream, first)  # the first part checked now: a changed bundle is a 503, not a cut body
@@ -261,7 +245,6 @@ class MultiSegment:
                 raise self.stream.changed(self.stream.files[k])
             pos += len(data)
             left -= len(data)
-            self.sent += len(data)
             yield data
 
     def close(self) -> None:
