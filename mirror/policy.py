@@ -589,10 +589,14 @@ def enforce(report: PolicyReport, *, allow_pickle: bool, where: str) -> None:
         )
     problems = report.refusals()
     if problems:
+        unreadable = any(scan.error for scan in report.pickle.values())
         raise PolicyError(
             where,
-            "pickle import outside the allowlist: " + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""),
-            fix="do not load this model; if the import is a genuine tensor rebuild, extend mirror.policy.ALLOWED_GLOBALS after review",
+            ("pickle file(s) the scan cannot check or refuses: " if unreadable else "pickle import outside the allowlist: ")
+            + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""),
+            fix="do not load this model; "
+            + ("get its weights as safetensors, or the file unencrypted and whole from its source" if unreadable else
+               "if the import is a genuine tensor rebuild, extend mirror.policy.ALLOWED_GLOBALS after review"),
         )
 
 

@@ -385,3 +385,148 @@ def test_pack_and_install_follow_the_same_policy(tmp_path):
     assert r.exit_code == 0, r.output
     installed = Path(r.stdout.strip().splitlines()[-1])
     assert torch.equal(torch.load(installed / "pytorch_model.bin", weights_only=True)["weight"], _state_dict()["weight"])
+
+
+# --- content, not names (issue 23) -------------------------------------------------------------------
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _encrypted(data: bytes) -> bytes:
+    b = bytearray(data)
+    for at in (b.find(b"PK\x03\x04") + 6, b.find(b"PK\x01\x02") + 8):
+        b[at] |= 0x1
+    return bytes(b)
+
+
+@pytest.mark.parametrize("member", ["data.txt", "weights", "archive/data/0", "README"])
+def test_a_zip_member_is_scanned_by_what_it_holds_not_its_name(tmp_path, member):
+    path = tmp_path / "model.bin"
+    path.write_bytes(_zip({"version": b"3\n", member: pickle.dumps(_Evil(), protocol=4)}))
+    assert scan_file(path).refused == (f"{os.system.__module__}.system",)
+
+
+def test_archives_inside_archives_are_opened_to_a_limit(tmp_path):
+    evil = pickle.dumps(_Evil(), protocol=2)
+    (tmp_path / "two.bin").write_bytes(_zip({"inner.zip": _zip({"x": evil})}))
+    assert scan_file(tmp_path / "two.bin").refused == (f"{os.system.__module__}.system",)
+    deep = _zip({"x": evil})
+    for _ in range(3):
+        deep = _zip({"inner": deep})
+    (tmp_path / "deep.bin").write_bytes(deep)
+    assert "nested more than 3 deep" in scan_file(tmp_path / "deep.bin").error
+
+
+def test_a_torch_storage_that_starts_like_a_pickle_is_still_data(tmp_path):
+    # raw tensor bytes beginning with PROTO 2 are walked, break before importing anything, and pass
+    t = torch.tensor([0x80, 0x02, 0xFF, 0x00, 0x01], dtype=torch.uint8)
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"t": t}, path)
+    with zipfile.ZipFile(path) as z:
+        assert any(z.read(n).startswith(b"\x80\x02\xff") for n in z.namelist() if "/data/" in n)
+    scan = scan_file(path)
+    assert scan.ok, scan
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (b"\x1f\x8b\x08\x00" + bytes(20), "a gzip stream"),
+    (b"7z\xbc\xaf\x27\x1c" + bytes(20), "a 7z archive"),
+    (b"\x78\x9c" + bytes(20), "a zlib stream"),
+], ids=["gzip", "7z", "zlib"])
+def test_archives_the_scanner_does_not_open_are_refused(tmp_path, data, why):
+    (tmp_path / "model.joblib").write_bytes(data)
+    scan = scan_file(tmp_path / "model.joblib")
+    assert not scan.ok and scan.error.startswith(why)
+
+
+def test_torch_tar_checkpoint_is_refused(tmp_path):
+    import io
+    import tarfile
+
+    path = tmp_path / "old.pt"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("pickle")
+        payload = pickle.dumps(_Evil(), protocol=2)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    assert "a tar archive" in scan_file(path).error
+
+
+def test_an_encrypted_zip_is_refused_naming_the_member(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(_encrypted(_zip({"archive/data.pkl": pickle.dumps({"a": 1})})))
+    scan = scan_file(path)
+    assert scan.error == "encrypted zip member 'archive/data.pkl': its content cannot be checked"
+
+
+@pytest.mark.parametrize("how", ["raw", "hex", "base64", "latin-1 str", "protocol-0 base64"])
+def test_a_pickle_carried_as_data_is_refused_next_to_allowed_imports(how):
+    import base64
+
+    inner = pickle.dumps({"harmless": True}, protocol=4)
+    carried = {
+        "raw": inner,
+        "hex": inner.hex(),
+        "base64": base64.b64encode(inner).decode(),
+        "latin-1 str": inner.decode("latin-1"),
+        "protocol-0 base64": base64.b64encode(b"cos\nsystem\n(S'ls'\ntR.").decode(),
+    }[how]
+    outer = pickle.dumps(collections.OrderedDict(blob=carried), protocol=2)
+    scan = scan_pickle(outer)
+    assert "collections.OrderedDict" in scan.globals
+    assert len(scan.refused) == 1 and scan.refused[0].startswith("<a pickle carried as ")
+    if how == "protocol-0 base64":
+        assert scan.refused[0].endswith("importing os.system>")
+
+
+@pytest.mark.parametrize("value", [
+    "deadbeef" * 8, "80 is not a pickle", "gASV", "a sentence that ends with a dot.", "cat\ndog\n", "I1\n.",
+    b"\x80\x02\xff\xfe", b"\x1f\x8b\x08\x00 fake gzip", "eyJoaWRkZW5fc2l6ZSI6IDc2OH0=",
+], ids=["hex", "text-80", "b64-head", "sentence", "global-like-text", "headerless-no-import", "proto-then-junk", "gzip-bytes", "b64-json"])
+def test_strings_that_are_not_pickles_are_not_mistaken_for_one(value):
+    scan = scan_pickle(pickle.dumps({"v": value}, protocol=4))
+    assert scan.ok, scan
+
+
+def test_a_carried_pickle_is_refused_through_pack_and_audit(tmp_path):
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}\n")
+    sd = _state_dict()
+    sd["_metadata"] = pickle.dumps(_Evil(), protocol=4)  # a state_dict of allowlisted imports, plus bytes
+    torch.save(sd, folder / "pytorch_model.bin")
+    r = CliRunner().invoke(cli, ["pack", str(folder), "--repo-id", "org/m", "--out", str(tmp_path / "b"), "--allow-pickle"])
+    assert r.exit_code == 6, r.output
+    line = r.stderr.strip()
+    assert "\n" not in line and "pytorch_model.bin imports <a pickle carried as raw data" in line
+    assert f"importing {os.system.__module__}.system" in line
+
+
+@pytest.mark.parametrize("damage", ["encrypted", "truncated", "7z"])
+def test_an_unreadable_weight_archive_is_one_line_exit_6(tmp_path, damage):
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    good = _torch_bytes()
+    data = {"encrypted": _encrypted(good), "truncated": good[: len(good) // 2], "7z": b"7z\xbc\xaf\x27\x1c" + good}[damage]
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}\n")
+    (folder / "pytorch_model.bin").write_bytes(data)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["pack", str(folder), "--repo-id", "org/m", "--out", str(tmp_path / "b"), "--allow-pickle"])
+    assert r.exit_code == 6, r.output
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.output and "pytorch_model.bin" in r.stderr
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.tar"))
