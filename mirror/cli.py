@@ -672,7 +672,7 @@ def _install_oci(target: str, install, *, plain_http, ca_cert, username, passwor
 
 _cache_option = click.option(
     "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="HF cache (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).",
+    help="HF cache (default: where huggingface_hub looks: $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub).",
 )
 
 
@@ -759,7 +759,7 @@ def list_(directory, installed, cache_dir, as_json) -> None:
 
         cache = default_cache_dir(cache_dir)
         if not cache.is_dir():
-            raise CacheNotFound(str(cache), source="--cache-dir" if cache_dir is not None else "$HF_HUB_CACHE, $HF_HOME or the default")
+            raise CacheNotFound(str(cache), source="--cache-dir" if cache_dir is not None else "where huggingface_hub looks: $HF_HUB_CACHE, $HUGGINGFACE_HUB_CACHE, $HF_HOME, $XDG_CACHE_HOME or ~/.cache")
         rows = list_installed(cache)
         if as_json:
             for s in rows:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mirror.cachedirs import user_cache_home
 from trainer.errors import ServeError
 
 log = logging.getLogger("trainer.serve")
@@ -103,8 +103,7 @@ def model_key(model_dir: str | Path, variant: str = "") -> str:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "trainer" / "kb"
+    return user_cache_home() / "trainer" / "kb"  # $XDG_CACHE_HOME or ~/.cache: mirror's one rule
 
 
 @dataclass
