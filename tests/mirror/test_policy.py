@@ -390,20 +390,15 @@ def test_pack_and_install_follow_the_same_policy(tmp_path):
 # --- content, not names (issue 23) -------------------------------------------------------------------
 
 def _zip(members: dict[str, bytes]) -> bytes:
-    import io
+    from tests.mirror.test_policy_corpora import zipped
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
+    return zipped(members)
 
 
 def _encrypted(data: bytes) -> bytes:
-    b = bytearray(data)
-    for at in (b.find(b"PK\x03\x04") + 6, b.find(b"PK\x01\x02") + 8):
-        b[at] |= 0x1
-    return bytes(b)
+    from tests.mirror.test_policy_corpora import patched_zip
+
+    return patched_zip(data, flags=0x1)
 
 
 @pytest.mark.parametrize("member", ["data.txt", "weights", "archive/data/0", "README"])
