@@ -13,7 +13,9 @@ relative links into `blobs/`, `refs/<name>` holding a commit), and so is the loc
   lets the next command finish or undo an install killed with SIGKILL;
 - checks that refuse a link planted inside a repo folder (`refs/`, `snapshots/`, a commit folder
   or a folder inside one) instead of following it. A symlinked `blobs/` folder is allowed (moving
-  blobs to another disk is common), a symlinked blob is not.
+  blobs to another disk is common), a symlinked blob is not;
+- `unwritable`, asked before any lock is taken: a cache this process cannot write (a shared cache
+  mounted read-only) is only read, never locked, recovered or recorded into.
 """
 
 from __future__ import annotations
@@ -503,7 +505,8 @@ class InstalledSnapshot:
 
 def list_installed(cache_dir: str | os.PathLike | None = None) -> list[InstalledSnapshot]:
     """Every snapshot in a cache (commit folders only: staging folders are not snapshots), with
-    the refs pointing at it, its file count and size."""
+    the refs pointing at it, its file count and size. What a killed install left is finished or
+    undone first, unless the cache cannot be written: then it is listed as it is."""
     cache = cache_root(cache_dir)
     out: list[InstalledSnapshot] = []
     if not cache.is_dir():
