@@ -197,8 +197,7 @@ def render_table(rows: list[AuditRow]) -> str:
     head = ("REPO", "COMMIT", "LICENSE", "SIZE", "PICKLE", "CODE", "SIGNATURE", "VERIFY")
     body = []
     for r in rows:
-        if r.error:
-            body.append((shown_name(r.bundle), "-", "-", human_size(r.size), "-", "-", "-", "UNREADABLE"))
+        if r.error:  # no repo to show: the file's name (whole, where it fits), then the verdict
             continue
         pickle_txt = "no" if not r.pickle_files else ("REFUSED" if r.pickle_refused else f"{len(r.pickle_files)} ok" if r.pickle_imports else str(len(r.pickle_files)))
         body.append((
@@ -208,6 +207,8 @@ def render_table(rows: list[AuditRow]) -> str:
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     widths[0] = min(widths[0], max(len(head[0]), TABLE_WIDTH - sum(widths[1:]) - 2 * (len(head) - 1)))
     lines = ["  ".join(_cut(c, w).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    unreadable = "UNREADABLE"  # why: in the lines below the table
+    lines += [f"{_cut(shown_name(r.bundle), TABLE_WIDTH - len(unreadable) - 2)}  {unreadable}" for r in rows if r.error]
     problems = [f"{shown_name(r.bundle)}: {short_digests(_why(r))}" for r in rows if not r.ok]
     return "\n".join(lines + ([""] + problems if problems else []))
 

@@ -332,18 +332,20 @@ def check(configs: tuple[str, ...], bundles_dir: str, public_keys: tuple[str, ..
 @click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]), help="Which data split to evaluate on.  [default: test if the run has one, else valid]")
 @_bundles_option
 @_verbosity
-def eval_(target: str, split: str | None, bundles_dir: str, quiet: bool, verbose: bool) -> None:
+def eval_(target: str, split: str | None, bundles_dir: str, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Evaluate a trained OUTPUT_DIR, or the base model of a CONFIG, on a data split.
 
-    For a chat (SFT) model it also generates an answer to every prompt of the split and scores
-    it with the compliance harness (forbidden phrases, required disclaimers, unrealistic
-    guarantees, legal advice without a referral); for a run, the results go into its
-    metrics.json, report.md and harness.jsonl.
+    Prints a table (metrics to four decimals; a classifier's per-class scores and confusion
+    matrix); --json prints every value in full for scripts. For a chat (SFT) model it also
+    generates an answer to every prompt of the split and scores it with the compliance harness
+    (forbidden phrases, required disclaimers, unrealistic guarantees, legal advice without a
+    referral); for a run, the results go into its metrics.json, report.md and harness.jsonl.
 
     \b
     Examples:
       trainer eval runs/classifier --split valid
       trainer eval configs/classifier.yaml        # the untrained base model, as a baseline
+      trainer eval runs/classifier --json | jq .macro_f1
     """
     from trainer.evaluate import evaluate
     from trainer.offline import network_guard
@@ -355,7 +357,13 @@ def eval_(target: str, split: str | None, bundles_dir: str, quiet: bool, verbose
     harness = metrics.get("harness")
     if harness and Path(target).is_dir():
         _note(f"harness: {harness['compliant']} of {harness['prompts']} generated answers compliant; recorded in {Path(target) / 'metrics.json'}, report.md and harness.jsonl", quiet=quiet)
-    click.echo(_json_block(metrics))
+    if as_json:
+        click.echo(_json_block(metrics))
+        return
+    from trainer.report import eval_table
+
+    for line in eval_table(metrics):
+        click.echo(line)
 
 
 def _json_block(d: dict[str, Any]) -> str:
@@ -442,8 +450,10 @@ def serve(models: tuple[str, ...], knowledge_base: str | None, kb_cache: str | N
     _note(f"trainer serve: stopped{' by ' + stopped.signal if stopped.signal else ''} after answering {stopped.requests} requests", quiet=quiet)
 
 
-for _command in (cli, *cli.commands.values()):  # the exit-code table ends every --help
-    _command.epilog = f"{_command.epilog}\n\n{exitcodes.help_epilog()}" if _command.epilog else exitcodes.help_epilog()
+# the exit-code table ends `trainer --help`; each command's --help points there instead of repeating it
+cli.epilog = f"{cli.epilog}\n\n{exitcodes.help_epilog()}"
+for _command in cli.commands.values():
+    _command.epilog = f"{_command.epilog}\n\n{exitcodes.help_pointer('trainer')}" if _command.epilog else exitcodes.help_pointer("trainer")
 
 
 def main() -> None:

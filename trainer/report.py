@@ -73,16 +73,22 @@ def plot_loss(curve: list[list[float]], epochs: list[dict[str, Any]], path: Path
     plt.close(fig)
 
 
-def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, *, title: str) -> None:
+def confusion_figure(matrix: list[list[int]], labels: list[str], *, title: str):
+    """The confusion matrix as a matplotlib figure: true labels down the side, predicted along
+    the bottom, both axes named. The layout engine is matplotlib's constrained one, which makes
+    room for long class names and the colour bar; the old tight_layout pushed the y-axis name
+    off the canvas once the names were long."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2), dpi=100)
+    longest = max((len(str(x)) for x in labels), default=1)
+    side = 1.0 * n + 2
+    fig, ax = plt.subplots(figsize=(side + 0.09 * longest + 1.5, side + 0.07 * longest), dpi=100, layout="constrained")
     im = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="rows")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="rows (examples)")
     ax.set_xticks(range(n), labels, rotation=35, ha="right")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted label")
@@ -92,7 +98,13 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, *, ti
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
-    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, *, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(matrix, labels, title=title)
     fig.savefig(path)
     plt.close(fig)
 
@@ -207,6 +219,45 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
     libs = ", ".join(f"{k} {v}" for k, v in lineage["libraries"].items() if v)
     lines += ["", f"Libraries: {libs}.", "", "The full resolved config and hardware are in `lineage.json`.", ""]
     return "\n".join(lines)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _grid(rows: list[list[str]], *, right: set[int] = frozenset()) -> list[str]:
+    """Rows of cells as aligned text columns (numbers right-aligned), indented two spaces."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+
+
+def eval_table(metrics: dict[str, Any]) -> list[str]:
+    """`trainer eval`'s result for a person, as `trainer run` prints its own: the scalar metrics
+    with four decimals, a classifier's per-class table and confusion matrix, the harness verdict.
+    Everything here is in `trainer eval --json` too, there with full precision."""
+    split = metrics.get("split", "?")
+    n_key = "n" if "n" in metrics else "queries"
+    n = metrics.get(n_key)
+    lines = [f"{split} split" + (f", {n} {'rows' if n_key == 'n' else 'queries'}" if _is_number(n) else "")]
+    scalars = [[k, _fmt(v) if isinstance(v, float) else str(v)] for k, v in metrics.items()
+               if k not in ("split", n_key) and (_is_number(v) or isinstance(v, str))]
+    if scalars:
+        lines += _grid([["metric", "value"], *scalars], right={1})
+    per_class = metrics.get("per_class")
+    if isinstance(per_class, dict) and per_class:
+        cells = [[str(c), _fmt(x.get("precision")), _fmt(x.get("recall")), _fmt(x.get("f1")), str(x.get("support", ""))]
+                 for c, x in per_class.items() if isinstance(x, dict)]
+        lines += ["", *_grid([["class", "precision", "recall", "f1", "support"], *cells], right={1, 2, 3, 4})]
+        matrix = metrics.get("confusion_matrix")
+        if isinstance(matrix, list) and len(matrix) == len(per_class):
+            names = [str(c) for c in per_class]
+            lines += ["", "  confusion matrix (rows: true label, columns: predicted label)"]
+            lines += _grid([["", *names], *[[names[i], *map(str, row)] for i, row in enumerate(matrix)]], right=set(range(1, len(names) + 1)))
+    h = metrics.get("harness")
+    if isinstance(h, dict) and _is_number(h.get("compliance_rate")):
+        lines += ["", f"harness: {h.get('compliant')} of {h.get('prompts')} generated answers compliant (rate {_fmt(float(h['compliance_rate']))})"
+                  + (f"; {h['warning']}" if h.get("warning") else "")]
+    return lines
 
 
 def write(out_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) -> Path:

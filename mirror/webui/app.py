@@ -138,7 +138,9 @@ def _repo(request: PageRequest, catalogue, repo) -> PageResponse:
     demo = views.demo_reason(catalogue, commit) if repo.repo_type == "model" else None
     if demo is None and rendered is not None and any(k == "tags" and "random-init" in [t.strip() for t in v.split(",")] for k, v in rendered.fields):
         demo = "RANDOM-INITIALISED demo model (its card is tagged random-init): its outputs mean nothing"
-    body = pages.repo(repo, commit, card=rendered, demo=demo, base_url=request.base_url, token=_carries_token(request))
+    pipeline_tag = next((v for k, v in rendered.fields if k == "pipeline_tag"), None) if rendered is not None else None
+    model_class = views.model_class(catalogue, commit, pipeline_tag=pipeline_tag) if repo.repo_type == "model" else "AutoModel"
+    body = pages.repo(repo, commit, card=rendered, demo=demo, base_url=request.base_url, token=_carries_token(request), model_class=model_class)
     return _response(200, body, request=request, page="repo")
 
 

@@ -1,8 +1,8 @@
 """The HTML of the pages: the catalogue, a repo, the login form, a one-line error.
 
 Every value that comes from a manifest, a card's front matter or a request (repo ids, file names,
-licences, revision names, the filter text) goes through `e()` (html.escape, quotes included) or,
-in a URL, through `urllib.parse.quote` first. The only HTML not built here is the model card's,
+licences, revision names, the filter text, the path, the `Host` header in the snippets' URL) goes
+through `e()` (html.escape, quotes included) or, in a URL, through `urllib.parse.quote` first. The only HTML not built here is the model card's,
 and that comes out of mirror/webui/card.py's sanitizer. No inline script or style anywhere: the
 Content-Security-Policy forbids both, and the pages need neither (filter and sort are a GET form).
 """
@@ -85,6 +85,24 @@ def _flag_tags(f: views.Flags) -> str:
     return " ".join(tags) or "<span class=\"muted\">none</span>"
 
 
+LOCAL_NOTE = "packed locally, not from the Hub"
+
+
+def _local_tag(manifest) -> str:
+    """Beside a repo id a local pack claims (it may name a Hub repo): where the bytes came from."""
+    folder = views.packed_from(manifest)
+    if folder is None:
+        return ""
+    return f" <span class=\"tag local\" title=\"mirror pack of a local folder ({e(folder)}); the repo id is only a name it was given\">{LOCAL_NOTE}</span>"
+
+
+def _source(manifest) -> str:
+    folder = views.packed_from(manifest)
+    if folder is None:
+        return e(manifest.source)
+    return f"local folder <code>{e(folder)}</code> ({LOCAL_NOTE})"
+
+
 def _revisions(repo) -> str:
     by_commit: dict[str, list[str]] = {}
     for name, commit in sorted(repo.refs.items()):
@@ -120,6 +138,7 @@ def catalogue(rows: list[views.Row], *, total: int, failed, q: str, sort: str) -
         tags = "<span class=\"tag dataset\">dataset</span>" if repo.repo_type == "dataset" else ""
         if r.demo:
             tags += f" <span class=\"tag demo\" title=\"{e(r.demo)}\">random-init demo</span>"
+        tags += _local_tag(r.head.manifest)
         body.append(
             f"<tr data-repo=\"{e(repo.repo_type)}:{e(repo.repo_id)}\">"
             f"<td><a class=\"repo\" href=\"{e(repo_url(repo.repo_type, repo.repo_id))}\">{e(repo.repo_id)}</a> {tags}</td>"
@@ -135,13 +154,7 @@ def catalogue(rows: list[views.Row], *, total: int, failed, q: str, sort: str) -
         f"<table id=\"repos\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>" if rows
         else "<p id=\"empty\">" + ("No served repo matches this filter." if total else "No bundles are served yet: put verified bundles in the server's folder.") + "</p>"
     )
-    failed_html = ""
-    if failed:
-        items = "".join(f"<tr><td class=\"mono\">{e(shown_name(f.path))}</td><td>{e(f.reason)}</td></tr>" for f in failed)
-        failed_html = (
-            f"<section id=\"failed\"><h2>Not served: {len(failed)} bundle{'s' if len(failed) != 1 else ''} failed verification</h2>"
-            f"<table><thead><tr><th>Bundle</th><th>Why it is not served</th></tr></thead><tbody>{items}</tbody></table></section>"
-        )
+    failed_html = _not_served(failed)
     form = (
         "<form class=\"filter\" method=\"get\" action=\"/\" role=\"search\">"
         f"<input type=\"search\" name=\"q\" value=\"{e(q)}\" maxlength=\"{views.MAX_QUERY}\" placeholder=\"Filter by repo id, licence, revision or commit\" aria-label=\"filter\">"
@@ -151,17 +164,55 @@ def catalogue(rows: list[views.Row], *, total: int, failed, q: str, sort: str) -
     return layout("Catalogue", f"<h1>Catalogue</h1>{form}{shown}{table}{failed_html}", where=f"{total} repos served")
 
 
-def _snippets(repo, commit, *, base_url: str, token: bool) -> str:
+_NOT_SERVED = {  # failure_kind -> (heading, what it means)
+    "failed": ("failed verification", "its bytes do not match its manifest, or it cannot be read"),
+    "unsigned": ("verified but unsigned", "intact, but this server serves only bundles signed by a trusted key: ask the sender for a signed copy"),
+    "signature": ("verified, signature not trusted", "intact, but not signed by a key this server trusts"),
+}
+
+
+def _not_served(failed) -> str:
+    """The bundles the server refused, counted by why: a bundle that verified and only lacks a
+    trusted signature is not a verification failure, and is not counted as one."""
+    if not failed:
+        return ""
+    groups: dict[str, list] = {}
+    for f in failed:
+        groups.setdefault(views.failure_kind(f.reason), []).append(f)
+    parts = [f"{len(groups[k])} bundle{'s' if len(groups[k]) != 1 else ''} {_NOT_SERVED[k][0]}" for k in _NOT_SERVED if k in groups]
+    rows = "".join(
+        f"<tr data-kind=\"{k}\"><td class=\"mono\">{e(shown_name(f.path))}</td><td>{e(_NOT_SERVED[k][0])}</td><td>{e(f.reason)}</td></tr>"
+        for k in _NOT_SERVED for f in groups.get(k, ())
+    )
+    notes = "".join(f"<li>{e(_NOT_SERVED[k][0])}: {e(_NOT_SERVED[k][1])}</li>" for k in _NOT_SERVED if k in groups)
+    return (
+        f"<section id=\"failed\"><h2>Not served: {e('; '.join(parts))}</h2><ul class=\"small muted\">{notes}</ul>"
+        f"<table><thead><tr><th>Bundle</th><th>State</th><th>Why it is not served</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+_BASE_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(?::\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
+
+
+def endpoint(base_url: str) -> str:
+    """The URL the snippets tell a client to use. It comes from the request's `Host` header, which
+    the client chooses: anything that is not a plain scheme://host[:port] is replaced by a
+    placeholder (and whatever is shown is escaped like every other value)."""
+    return base_url if _BASE_URL.fullmatch(base_url or "") else "http://THIS-SERVER:PORT"
+
+
+def _snippets(repo, commit, *, base_url: str, token: bool, model_class: str = "AutoModel") -> str:
     rid, c = repo.repo_id, commit.manifest.commit
-    env = f"HF_ENDPOINT={base_url}" + (" HF_TOKEN=&lt;your token&gt;" if token else "")
+    env = f"HF_ENDPOINT={e(endpoint(base_url))}" + (" HF_TOKEN=&lt;your token&gt;" if token else "")
     if repo.repo_type == "dataset":
-        cli = f"{env} hf download {e(rid)} --repo-type dataset --revision {c}"
+        cli = f"{env} hf download {e(rid)} --repo-type dataset --revision {e(c)}"
         py = (f"{env} python -c 'from datasets import load_dataset; "
-              f"print(load_dataset(\"{e(rid)}\", revision=\"{c}\"))'")
+              f"print(load_dataset(\"{e(rid)}\", revision=\"{e(c)}\"))'")
     else:
-        cli = f"{env} hf download {e(rid)} --revision {c}"
-        py = (f"{env} python -c 'from transformers import AutoConfig, AutoModel; "
-              f"m = AutoModel.from_pretrained(\"{e(rid)}\", revision=\"{c}\"); print(type(m).__name__)'")
+        cls = e(model_class)
+        cli = f"{env} hf download {e(rid)} --revision {e(c)}"
+        py = (f"{env} python -c 'from transformers import {cls}; "
+              f"m = {cls}.from_pretrained(\"{e(rid)}\", revision=\"{e(c)}\"); print(type(m).__name__)'")
     return (
         "<h2>Use it</h2><p class=\"small muted\">Against this server, pinned to the commit shown.</p>"
         f"<pre class=\"snippet\" id=\"snippet-cli\">{cli}</pre><pre class=\"snippet\" id=\"snippet-python\">{py}</pre>"
@@ -189,7 +240,7 @@ def _lineage(record: dict) -> str:
     return f"<section id=\"lineage\"><h2>Lineage</h2><dl class=\"facts\">{dl}</dl>{table}</section>"
 
 
-def repo(repo, commit, *, card, demo: str | None, base_url: str, token: bool) -> str:
+def repo(repo, commit, *, card, demo: str | None, base_url: str, token: bool, model_class: str = "AutoModel") -> str:
     m = commit.manifest
     rid, c = repo.repo_id, m.commit
     f = views.flags(commit)
@@ -203,7 +254,7 @@ def repo(repo, commit, *, card, demo: str | None, base_url: str, token: bool) ->
         ("signature", f"<span id=\"signature\">{e(signature_text(commit))}</span>"),
         ("verified", when(commit.verified_at)),
         ("bundle sha256", f"<code id=\"bundle-sha256\">{e(commit.bundle_sha256)}</code>"),
-        ("source", e(m.source)),
+        ("source", _source(m)),
         ("created", when(m.created_at)),
         ("policy flags", _flag_tags(f)),
     ]
@@ -241,9 +292,9 @@ def repo(repo, commit, *, card, demo: str | None, base_url: str, token: bool) ->
         )
     kind = "Dataset" if repo.repo_type == "dataset" else "Model"
     body = (
-        f"<h1 id=\"repo-id\">{e(rid)}</h1><p class=\"muted\">{kind}" + (" <span class=\"tag demo\">random-init demo</span>" if demo else "") + "</p>"
+        f"<h1 id=\"repo-id\">{e(rid)}</h1><p class=\"muted\">{kind}" + (" <span class=\"tag demo\">random-init demo</span>" if demo else "") + _local_tag(m) + "</p>"
         f"{banner}<dl class=\"facts\" id=\"facts\">{''.join(f'<dt>{k}</dt><dd>{v}</dd>' for k, v in facts)}</dl>{flag_list}"
-        f"{_snippets(repo, commit, base_url=base_url, token=token)}"
+        f"{_snippets(repo, commit, base_url=base_url, token=token, model_class=model_class)}"
         f"<h2>Downloads</h2><ul class=\"downloads\">{''.join(links)}</ul>"
         + (_lineage(views.lineage(commit)) if views.lineage(commit) else "")
         + f"<h2>{kind} card</h2>{card_html}"

@@ -45,6 +45,7 @@ tr:hover td { background: #fbfcfd; }
 .tag.demo, .tag.warn { background: var(--warn-bg); color: var(--warn); border-color: #e8c36a; }
 .tag.bad { background: var(--bad-bg); color: var(--bad); border-color: #f5b3ba; }
 .tag.ok { background: var(--ok-bg); color: var(--ok); border-color: #9fdfb0; }
+.tag.local { background: #f3f0ff; color: #5a32a3; border-color: #d0c4f5; }
 .banner { padding: 10px 14px; border-radius: 6px; margin: 12px 0; font-weight: 600; }
 .banner.demo { background: var(--warn-bg); color: var(--warn); border: 1px solid #e8c36a; }
 .banner.bad { background: var(--bad-bg); color: var(--bad); border: 1px solid #f5b3ba; }

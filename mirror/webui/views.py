@@ -8,6 +8,7 @@ marker), memoised by bundle sha256: a served bundle's bytes never change under i
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import threading
 from dataclasses import dataclass
@@ -35,11 +36,23 @@ class BadQuery(ValueError):
     """A filter or sort the catalogue cannot apply: the page answers 400 with this line."""
 
 
+# File kinds a model repo carries that no loader executes: report plots, logos, card images.
+# (classify() files them as "other"; they are not "unknown format". The server sends every repo
+# file as application/octet-stream, so even an SVG never runs as a page of this origin.)
+BENIGN_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp", "*.svg")
+
+# A failed bundle's reason, as mirror/serve/catalogue.py words a signature refusal (trust.py's
+# SignatureError under "not served: "): such a bundle verified, byte for byte, and only lacks a
+# signature by a key this server trusts.
+_SIGNATURE_REFUSAL = "signature required and not valid"
+_UNSIGNED = "the bundle is not signed"
+
+
 @dataclass(frozen=True)
 class Flags:
     pickle: tuple[str, ...]  # pickle-kind files: loading them runs code
     remote_code: tuple[str, ...]  # Python, shell, notebooks, shared objects
-    unknown: tuple[str, ...]  # files of no known format ("other")
+    unknown: tuple[str, ...]  # files of no known format ("other"), images excepted (BENIGN_PATTERNS)
     refused_imports: tuple[str, ...]  # pickle imports the manifest's policy scan recorded
 
     @property
@@ -104,9 +117,78 @@ def _flags(commit) -> Flags:
     return Flags(
         pickle=tuple(p for p, k in kinds if k == "pickle"),
         remote_code=tuple(p for p, k in kinds if k == "code"),
-        unknown=tuple(p for p, k in kinds if k == "other"),
+        unknown=tuple(p for p, k in kinds if k == "other" and not _benign(p)),
         refused_imports=tuple(imports),
     )
+
+
+def _benign(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatch(name, p) for p in BENIGN_PATTERNS)
+
+
+def failure_kind(reason: str) -> str:
+    """Why a bundle is not served, in one word: "unsigned" (it verified, but this server serves
+    only signed bundles), "signature" (verified, signed, but not by a trusted key), or "failed"
+    (it did not verify, or could not be read)."""
+    if _SIGNATURE_REFUSAL not in reason:
+        return "failed"
+    return "unsigned" if _UNSIGNED in reason else "signature"
+
+
+def packed_from(manifest) -> str | None:
+    """The local folder a bundle was packed from (`mirror pack` records `local:<folder>` as its
+    source), or None for a Hub pull. A packed bundle may claim any repo id, a Hub one included:
+    wherever that id is shown, the page says the bytes did not come from the Hub."""
+    source = manifest.source or ""
+    if not source.startswith("local:"):
+        return None
+    return source[len("local:"):] or "?"
+
+
+# config.json `architectures` suffix -> the transformers Auto class that loads that head; the
+# first match wins. AutoModel would load the encoder alone and drop a classifier's head.
+_HEADS = (
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("ForTokenClassification", "AutoModelForTokenClassification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ("ForMultipleChoice", "AutoModelForMultipleChoice"),
+    ("ForMaskedLM", "AutoModelForMaskedLM"),
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),
+    ("ForImageClassification", "AutoModelForImageClassification"),
+    ("ForAudioClassification", "AutoModelForAudioClassification"),
+)
+# "...ForConditionalGeneration" names text, speech and vision-language models alike: only these
+# model types are text-to-text (AutoModelForSeq2SeqLM); the rest go by the pipeline tag.
+_SEQ2SEQ_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus", "pegasus_x", "marian", "m2m_100", "led",
+                            "blenderbot", "blenderbot-small", "prophetnet", "fsmt", "bigbird_pegasus", "switch_transformers", "plbart"})
+# the card's `pipeline_tag` -> Auto class, when config.json does not say
+PIPELINE_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification", "zero-shot-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification", "question-answering": "AutoModelForQuestionAnswering",
+    "fill-mask": "AutoModelForMaskedLM", "text-generation": "AutoModelForCausalLM",
+    "text2text-generation": "AutoModelForSeq2SeqLM", "translation": "AutoModelForSeq2SeqLM", "summarization": "AutoModelForSeq2SeqLM",
+    "image-classification": "AutoModelForImageClassification", "audio-classification": "AutoModelForAudioClassification",
+    "automatic-speech-recognition": "AutoModelForSpeechSeq2Seq",
+    "feature-extraction": "AutoModel", "sentence-similarity": "AutoModel",
+}
+
+
+def model_class(catalogue, commit, *, pipeline_tag: str | None = None) -> str:
+    """The transformers Auto class the "Use it" snippet loads the model with: from config.json's
+    `architectures` (what the weights hold), else the card's `pipeline_tag`, else AutoModel."""
+    cfg = config(catalogue, commit) or {}
+    archs = cfg.get("architectures")
+    for arch in archs if isinstance(archs, list) else []:
+        if not isinstance(arch, str):
+            continue
+        for suffix, cls in _HEADS:
+            if arch.endswith(suffix):
+                return cls
+        if arch.endswith("ForConditionalGeneration") and cfg.get("model_type") in _SEQ2SEQ_TYPES:
+            return "AutoModelForSeq2SeqLM"
+    return PIPELINE_CLASSES.get((pipeline_tag or "").strip(), "AutoModel")
 
 
 _FINGERPRINT = re.compile(r"key sha256:([0-9a-f]{64})")
@@ -157,21 +239,29 @@ def demo_reason(catalogue, commit) -> str | None:
     base = (lineage(commit) or {}).get("base_model")
     if isinstance(base, dict) and base.get("random_init") is True:
         return "trained from a RANDOM-INITIALISED demo base model: its outputs mean nothing"
-    key = (commit.bundle_sha256, "demo")
+    cfg = config(catalogue, commit)
+    if isinstance(cfg, dict) and cfg.get(DEMO_MARK[0]) == DEMO_MARK[1]:
+        return "RANDOM-INITIALISED demo model (config.json says mirror_demo: random-init): its outputs mean nothing"
+    return None
+
+
+def config(catalogue, commit) -> dict[str, Any] | None:
+    """The commit's config.json as a mapping (None: absent, unreadable, over CONFIG_BYTES or not a
+    JSON object), read once per bundle digest."""
+    key = (commit.bundle_sha256, "config")
     with _memo_lock:
         if key in _memo:
             return _memo[key]
-    reason = None
+    cfg = None
     raw = read_small(catalogue, commit, "config.json", limit=CONFIG_BYTES)
     if raw is not None:
         try:
             cfg = safejson.loads(raw, where="config.json", what="config", max_bytes=CONFIG_BYTES, error=UsageError)
         except MirrorError:
             cfg = None
-        if isinstance(cfg, dict) and cfg.get(DEMO_MARK[0]) == DEMO_MARK[1]:
-            reason = "RANDOM-INITIALISED demo model (config.json says mirror_demo: random-init): its outputs mean nothing"
-    _remember(key, reason)
-    return reason
+    cfg = cfg if isinstance(cfg, dict) else None
+    _remember(key, cfg)
+    return cfg
 
 
 def _remember(key: tuple[str, str], value: Any) -> None:

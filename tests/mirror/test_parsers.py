@@ -145,7 +145,7 @@ def assert_audit_reports_one_bad_row(folder: Path, bad_name: str, needle: str) -
     assert r.exit_code == 10, r.output
     table = r.stdout.splitlines()
     assert [row.split()[-1] for row in table if row.split()[:1] == [bad_name]] == ["UNREADABLE"], table
-    assert any(row.startswith("org--good--") and row.split()[-1] == "ok" for row in table), table
+    assert any(row.startswith("org/good ") and row.split()[-1] == "ok" for row in table), table
     reason = [row for row in table if row.startswith(f"{bad_name}: ")]
     assert len(reason) == 1 and needle in reason[0], table
     assert r.stderr == f"mirror: error: 1 of {len(table) - len(reason) - 2} bundle(s) failed the audit; exit 10 is the worst of them\n"
@@ -327,7 +327,7 @@ def test_special_files_in_a_folder_are_rows_never_a_hang(folder):
         assert r.returncode == 10, (r.stdout, r.stderr)
         assert f"x.tar: {folder / 'x.tar'} is a FIFO (named pipe), not a regular file (not opened)" in r.stdout
         assert f"zero.tar: {folder / 'zero.tar'} is a character device, not a regular file (not opened)" in r.stdout
-        assert any(row.startswith("org--good--") and row.endswith(" ok") for row in r.stdout.splitlines())
+        assert any(row.startswith("org/good ") and row.endswith(" ok") for row in r.stdout.splitlines())
         assert r.stderr == f"mirror: error: {bad} of {bad + 1} bundle(s) failed the audit; exit 10 is the worst of them\n"
 
         for name in ("x.tar", "y.tar.parts.json"):  # named directly, too

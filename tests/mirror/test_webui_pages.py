@@ -335,3 +335,113 @@ def test_other_commits_are_reachable_and_unknown_ones_are_one_line_errors(estate
     gone = call(cat, "/acme/tiny-demo", query="commit=" + "0" * 40)
     assert gone.status == 404 and "is not a commit or revision of acme/tiny-demo served here" in line(gone)
     shutil.rmtree(tmp_path / "src" / "demo2")
+
+
+# --- issue 22: what the pages say; issue 23: request data escaped ----------------------------------
+
+
+def test_the_use_it_snippet_loads_the_head_the_config_or_card_names(estate, tmp_path):
+    """A classifier loaded with AutoModel loses its head: the snippet follows config.json's
+    architectures, else the card's pipeline_tag, else AutoModel."""
+    cat, src, out = estate["catalogue"], tmp_path / "src-heads", estate["dir"]
+    for rid, files in {
+        "acme/clf": {"config.json": '{"architectures": ["BertForSequenceClassification"], "model_type": "bert"}\n'},
+        "acme/gen": {"config.json": '{"model_type": "llama"}\n', "README.md": "---\npipeline_tag: text-generation\n---\n# gen\n"},
+        "acme/t5": {"config.json": '{"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}\n'},
+    }.items():
+        pack_folder(_folder(src / rid.split("/")[1], {**files, "model.safetensors": rid.encode() * 100}), repo_id=rid, out_dir=out)
+    cat.refresh()
+    for rid, cls in (("acme/clf", "AutoModelForSequenceClassification"), ("acme/gen", "AutoModelForCausalLM"),
+                     ("acme/t5", "AutoModelForSeq2SeqLM"), ("acme/hostile", "AutoModel")):
+        py = snippet(text(call(cat, f"/{rid}")), "python")
+        assert f"from transformers import {cls}; m = {cls}.from_pretrained(\"{rid}\"" in py, py
+
+
+def test_report_images_are_benign_files_not_unknown_format(estate, tmp_path):
+    pack_folder(_folder(tmp_path / "src-run", {
+        "config.json": "{}\n", "model.safetensors": b"\x09" * 300, "loss_curve.png": b"\x89PNG\r\n\x1a\n",
+        "confusion_matrix.png": b"\x89PNG\r\n\x1a\n", "plots/figure.svg": "<svg/>", "photo.JPG": b"\xff\xd8", "blob.xyz": b"?",
+    }), repo_id="acme/run", out_dir=estate["dir"])
+    cat = estate["catalogue"]
+    cat.refresh()
+    html = text(call(cat, "/"))
+    row = html[html.index('data-repo="model:acme/run"'):].split("</tr>", 1)[0]
+    assert "unknown format: 1" in row and 'title="blob.xyz"' in row
+    page = text(call(cat, "/acme/run"))
+    assert "unknown format: <code>blob.xyz</code>" in page and ".png</code>" not in page and "figure.svg</code>" not in page
+
+
+def test_unsigned_bundles_that_verified_are_not_counted_as_verification_failures(estate, tmp_path):
+    other, _ = keygen(tmp_path / "keys" / "other")
+    sign_bundle(estate["demo"].path, key_path=other)  # intact, signed, but by a key the server does not trust
+    cat = Catalogue(estate["dir"], public_keys=[estate["pub"]], state_file=None)
+    cat.refresh()
+    html = text(call(cat, "/"))
+    assert rows(html) == ["model:acme/hostile"]  # the one signed by the trusted key
+    failed = html[html.index('<section id="failed">'):]
+    heading = html_unescape(re.search(r"<h2>(.*?)</h2>", failed).group(1))
+    assert heading == ("Not served: 1 bundle failed verification; 2 bundles verified but unsigned; "
+                       "1 bundle verified, signature not trusted")
+    assert re.findall(r'<tr data-kind="failed"><td class="mono">([^<]+)</td>', failed) == ["acme--broken--damaged.tar"]
+    assert re.findall(r'<tr data-kind="signature"><td class="mono">([^<]+)</td>', failed) == [estate["demo"].path.name]
+    assert sorted(re.findall(r'<tr data-kind="unsigned"><td class="mono">([^<]+)</td>', failed)) == sorted(
+        [estate["trained"].path.name, estate["dataset"].path.name])
+
+
+def test_a_local_pack_claiming_a_hub_repo_id_says_it_was_packed_locally(estate, tmp_path):
+    from mirror.bundle import write_bundle
+
+    claimed = pack_folder(_folder(tmp_path / "src-claim" / "my-minilm", {"config.json": "{}\n", "model.safetensors": b"\x0a" * 100}),
+                          repo_id="sentence-transformers/all-MiniLM-L6-v2", out_dir=estate["dir"])
+    pulled_src = _folder(tmp_path / "src-pulled", {"config.json": "{}\n", "model.safetensors": b"\x0b" * 100})
+    write_bundle(src_root=pulled_src, repo_id="acme/pulled", revision="main", commit="f" * 40, source="https://huggingface.co",
+                 created_at="2024-01-01T00:00:00Z", license=None, out_dir=estate["dir"])
+    cat = estate["catalogue"]
+    cat.refresh()
+    html = text(call(cat, "/"))
+    row = html[html.index('data-repo="model:sentence-transformers/all-MiniLM-L6-v2"'):].split("</tr>", 1)[0]
+    assert "packed locally, not from the Hub" in row and "my-minilm" in row
+    assert "packed locally" not in html[html.index('data-repo="model:acme/pulled"'):].split("</tr>", 1)[0]
+    page = text(call(cat, "/sentence-transformers/all-MiniLM-L6-v2"))
+    head = page[page.index('<h1 id="repo-id">'):page.index('<dl class="facts"')]
+    assert "packed locally, not from the Hub" in head
+    assert "<dt>source</dt><dd>local folder <code>my-minilm</code> (packed locally, not from the Hub)</dd>" in page
+    assert claimed.manifest.source == "local:my-minilm"
+    pulled = text(call(cat, "/acme/pulled"))
+    assert "packed locally" not in pulled and "<dt>source</dt><dd>https://huggingface.co</dd>" in pulled
+
+
+HOSTILE_HOST = '127.0.0.1:8080"><script>window.pwned=1</script><img src=x onerror=window.pwned=2>'
+
+
+@pytest.mark.parametrize("path", ["/acme/hostile", "/datasets/acme/questions", "/"])
+def test_a_hostile_host_header_never_reaches_a_page_unescaped(estate, path):
+    """Issue 23: the snippets' URL is built from the Host header, which the client chooses."""
+    r = call(estate["catalogue"], path, headers={"host": HOSTILE_HOST}, base_url=f"http://{HOSTILE_HOST}")
+    html = text(r)
+    assert r.status == 200 and "<script>" not in html and "<img src=x" not in html
+    assert_no_active_content(html)
+    if path != "/":
+        assert snippet(html, "cli").startswith("HF_ENDPOINT=http://THIS-SERVER:PORT hf download")
+    ipv6 = text(call(estate["catalogue"], "/acme/hostile", base_url="http://[::1]:8080"))
+    assert snippet(ipv6, "cli").startswith("HF_ENDPOINT=http://[::1]:8080 hf download")
+
+
+@pytest.mark.parametrize("path", [
+    "/acme/<script>window.pwned=1", "/<script>window.pwned=1", "/datasets/acme/<script>window.pwned=1",
+    "/-/<script>window.pwned=1</script>", "/-/static/<script>window.pwned=1</script>.css",
+    "/-/manifest/model/acme/<script>window.pwned=1</script>/" + "0" * 40 + ".json",
+])
+def test_a_path_holding_script_is_escaped_on_every_page_that_echoes_it(estate, path):
+    r = call(estate["catalogue"], path)
+    assert r is not None and r.status == 404, path
+    html = text(r)
+    assert "<script>" not in html and "&lt;script&gt;window.pwned=1" in html
+    assert_no_active_content(html)
+    locked = call(estate["catalogue"], path, authorized=False)  # the login form echoes the path as `next`
+    if locked is not None and locked.status == 401:
+        assert "<script>" not in text(locked)
+        assert_no_active_content(text(locked))
+    login = call(estate["catalogue"], "/-/login", query=urlencode({"next": path}), authorized=False)
+    assert "<script>" not in text(login)
+    assert_no_active_content(text(login))

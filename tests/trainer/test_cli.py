@@ -61,15 +61,19 @@ def test_help_shows_examples_for_every_command():
         assert r.exit_code == 0 and "Examples" in r.output and example in r.output
 
 
-def test_every_help_ends_with_the_shared_exit_code_table_and_uses_the_configs_run_paths():
+def test_the_exit_code_table_is_in_the_top_level_help_once_and_the_commands_point_to_it():
     from mirror import exitcodes
 
     for args in ((), ("run",), ("check",), ("eval",), ("predict",)):
         r = _invoke(*args, "--help")
         assert r.exit_code == 0
         lines = r.output.rstrip().splitlines()
-        assert lines[-1].split() == ["130", *exitcodes.TABLE[-1][1].split()]
-        assert "Exit codes:" in r.output and " 11  network blocked" in r.output
+        if args:  # issue 22: the 13-line table is not repeated in every command's --help
+            assert lines[-1].strip() == "Exit codes: see 'trainer --help' or the README."
+            assert " 11  network blocked" not in r.output
+        else:
+            assert lines[-1].split() == ["130", *exitcodes.TABLE[-1][1].split()]
+            assert "Exit codes:" in r.output and " 11  network blocked" in r.output
         assert "models/classifier" not in r.output  # the configs write to runs/
         assert "-q, --quiet" in r.output or not args  # every command has -q/-v
         assert "-v, --verbose" in r.output or not args
@@ -185,7 +189,7 @@ def test_an_os_error_is_one_line_too(tmp_path, monkeypatch):
     assert r.stderr.splitlines()[-1] == f"trainer: error: {tmp_path / 'out'}: Permission denied; check the path, its permissions and free space"
 
 
-def test_eval_and_predict_print_json_and_run_guarded(tmp_path, monkeypatch):
+def test_eval_json_and_predict_print_json_and_run_guarded(tmp_path, monkeypatch):
     calls = []
 
     def fake_eval(target, *, split, bundles_dir):
@@ -198,7 +202,7 @@ def test_eval_and_predict_print_json_and_run_guarded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer.evaluate, "evaluate", fake_eval)
     monkeypatch.setattr(trainer.evaluate, "predict", fake_predict)
-    r = _invoke("eval", str(tmp_path), "--split", "valid", "--bundles", "b")
+    r = _invoke("eval", str(tmp_path), "--split", "valid", "--bundles", "b", "--json")
     assert r.exit_code == 0
     assert json.loads(r.stdout) == {"accuracy": 0.75, "split": "valid"}
     r = _invoke("predict", str(tmp_path), "first", "second")

@@ -151,7 +151,7 @@ def test_sigterm_exits_128_plus_its_number(tmp_path, monkeypatch):
 
 def test_eval_without_split_says_which_split_it_used(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.evaluate, "evaluate", lambda target, *, split, bundles_dir: {"split": split or "valid", "accuracy": 0.5})
-    r = _invoke("eval", str(tmp_path))
+    r = _invoke("eval", str(tmp_path), "--json")
     assert r.exit_code == 0
     assert json.loads(r.stdout) == {"split": "valid", "accuracy": 0.5}
     assert r.stderr == "evaluated on the valid split (the best one this run has; --split picks another)\n"

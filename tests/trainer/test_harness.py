@@ -155,7 +155,7 @@ def sft_run(tmp_path_factory, tiny_lm_dir) -> Path:
 
 
 def test_eval_of_an_sft_run_scores_every_generated_answer_and_records_it(sft_run, trainer_cli):
-    result = trainer_cli("eval", sft_run)
+    result = trainer_cli("eval", sft_run, "--json")
     assert result.exit_code == 0, result.output
     assert "harness: " in result.stderr and "recorded in" in result.stderr
     metrics = json.loads((sft_run / "metrics.json").read_text())
@@ -183,7 +183,7 @@ def test_eval_of_an_sft_run_scores_every_generated_answer_and_records_it(sft_run
 
 def test_eval_of_a_config_applies_its_own_block_and_writes_nothing(tmp_path, tiny_lm_dir, trainer_cli):
     path = _sft_run(tmp_path, tiny_lm_dir, harness={"forbidden_phrases": ["[\\s\\S]"], "max_prompts": 2, "max_new_tokens": 4})
-    result = trainer_cli("eval", path)
+    result = trainer_cli("eval", path, "--json")
     assert result.exit_code == 0, result.output
     h = json.loads(result.stdout)["harness"]
     # an always-matching forbidden pattern: every answer breaks it, and only the overridden list changed

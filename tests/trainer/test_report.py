@@ -91,3 +91,25 @@ def test_smoothing_is_a_bias_corrected_moving_average():
     out = report.smooth([1.0, 0.0], weight=0.5)
     assert out == [1.0, (0.5 * 0.5 * 1.0 + 0.5 * 0.0) / (1 - 0.25)]
     assert report.smooth([2.0] * 50) == [2.0] * 50 or max(abs(v - 2.0) for v in report.smooth([2.0] * 50)) < 1e-9
+
+
+def test_the_confusion_matrix_names_its_y_axis_inside_the_image_even_with_long_class_names():
+    """Issue 22: with real class names the 'true label' axis name was pushed off the canvas
+    (tight_layout with a colour bar); it must be drawn, and drawn inside the image."""
+    labels = ["Eligible for dispute", "Not eligible - time barred", "Needs more documentation", "Refer to legal counsel"]
+    for names in (labels, ["yes", "no"]):
+        matrix = [[3 if i == j else 1 for j in range(len(names))] for i in range(len(names))]
+        fig = report.confusion_figure(matrix, names, title="Confusion matrix, test split")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        width, height = fig.canvas.get_width_height()
+        ax = fig.axes[0]
+        assert (ax.get_ylabel(), ax.get_xlabel()) == ("true label", "predicted label")
+        for label in (ax.yaxis.label, ax.xaxis.label):
+            box = label.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, (names[0], label.get_text(), box)
+        ticks = [t.get_window_extent(renderer) for t in ax.get_yticklabels()]
+        assert min(b.x0 for b in ticks) > ax.yaxis.label.get_window_extent(renderer).x1  # the name does not overlap the class names
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
