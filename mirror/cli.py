@@ -621,7 +621,7 @@ def _inspect_lines(bundle: Path, m, public_key: Path | None) -> list[str]:
     out = [
         f"repo:      {m.repo_id} ({m.repo_type})",
         f"revision:  {m.revision} -> commit {m.commit}",
-        f"source:    {m.source}",
+        f"source:    {m.source}" + (" (packed locally, not from the Hub)" if m.source.startswith("local:") else ""),
         f"created:   {m.created_at} by {m.tool.get('name', '?')} {m.tool.get('version', '?')}",
         f"license:   {m.license or 'unknown'}",
         f"files:     {len(m.files)} ({kinds}), {human_size(m.total_size)}",

@@ -167,3 +167,9 @@ def test_list_shows_who_signed_each_bundle(bundle, keys, tmp_path):
     rows = {Path(x["bundle"]).name: x for x in map(json.loads, j.stdout.splitlines())}
     assert rows["signed.tar"]["signed"] is True and rows["signed.tar"]["signer_key_sha256"] == fp
     assert rows[bundle.name]["signed"] is False and rows[bundle.name]["signer_key_sha256"] is None
+
+
+def test_inspect_says_a_local_pack_is_not_from_the_hub(bundle):
+    r = run("inspect", bundle)
+    assert r.exit_code == 0
+    assert "source:    local:src (packed locally, not from the Hub)" in r.stdout.splitlines()
