@@ -4,5 +4,6 @@
 transformers, sentence-transformers, datasets, `hf download`) fetch from it unchanged. Modules:
 `catalogue` (what is served, verified and watched), `state` (verdicts remembered across restarts),
 `spans` (a file's bytes at its offset in the bundle), `hubapi` (the Hub's JSON shapes), `app` (the
-WSGI routes), `metrics` (/metrics and the access log), `server` (gunicorn).
+routes), `auth` (tokens, throttle), `httpd` (the HTTP/1.1 front), `metrics` (/metrics and the access log),
+`server` (start-up).
 """

@@ -102,7 +102,7 @@ class Request:
 class Reply:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
-    body: Any = b""  # bytes; or an object with `start`, `length`, `fileno()` (sent with sendfile); or with `chunks()`; closed after
+    body: Any = b""  # bytes; or with `start`, `length`, `fileno()`, `check()` (sendfile); or with `length`, `chunks()`; closed after
 
 
 class HTTPError(Exception):
@@ -499,9 +499,15 @@ class Front:
                 writer.write(body)
                 await self._drain(writer)
                 return len(body)
-            if hasattr(body, "fileno"):
-                return await self._sendfile(writer, body)
-            return await self._chunks(writer, body)
+            try:
+                if hasattr(body, "fileno"):
+                    return await self._sendfile(writer, body)
+                return await self._chunks(writer, body)
+            except OSError as e:
+                if not isinstance(e, ConnectionError):  # the source failed mid-body (a bundle changed): the client must see a cut, not an end
+                    log.warning("%s %s: response cut off: %s", request.method, request.path[:200], e)
+                writer.transport.abort()
+                raise _Closed() from None
         finally:
             if not isinstance(body, (bytes, bytearray)):
                 body.close()
@@ -519,6 +525,7 @@ class Front:
         loop = asyncio.get_running_loop()
         await self._drain(writer)
         f = os.fdopen(os.dup(segment.fileno()), "rb", buffering=0)  # a plain file object: what loop.sendfile's TLS fallback reads
+        check = getattr(segment, "check", None)
         sent = 0
         try:
             while sent < segment.length:
@@ -531,6 +538,8 @@ class Front:
                 if done == 0:
                     raise _Closed()
                 sent += done
+                if check is not None:
+                    check()  # the source says whether the bytes that just left were still the verified ones
         finally:
             f.close()
         return sent
