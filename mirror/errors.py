@@ -132,6 +132,23 @@ class PolicyError(BundleError):
     exit_code = exitcodes.POLICY
 
 
+# --- Approvals (mirror approve; mirror.approval) ------------------------------------------------
+
+
+class ApprovalError(MirrorError, PermissionError):
+    """A host requires security's approval (MIRROR_APPROVALS) and this bundle has none, or was
+    rejected: refused by policy, like a pickle outside the allowlist."""
+
+    exit_code = exitcodes.POLICY
+
+
+class ApprovalInvalid(ApprovalError):
+    """An approval file that cannot be trusted: unreadable, malformed, tampered with, or signed by
+    no key the host accepts (MIRROR_APPROVAL_KEYS). Nothing it says is used."""
+
+    exit_code = exitcodes.SIGNATURE
+
+
 # --- Local environment --------------------------------------------------------------------------
 
 

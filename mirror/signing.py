@@ -217,6 +217,11 @@ def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
+# The loaders other modules use (mirror.approval signs and checks approvals with the same keys).
+load_private_key = _load_private_key
+load_public_key = _load_public_key
+
+
 # --- the model-signing payload --------------------------------------------------------------------
 
 
@@ -428,6 +433,8 @@ __all__ = [
     "keep_out_of_git",
     "key_fingerprint",
     "keygen",
+    "load_private_key",
+    "load_public_key",
     "read_signature",
     "require_signing_stack",
     "require_valid",
