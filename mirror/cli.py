@@ -969,6 +969,49 @@ def _audit_why(r) -> str:
     return _why(r)
 
 
+@cli.command(epilog="""\b
+Examples:
+  mirror audit bundles/ --format cyclonedx > mlbom.cdx.json     # what the reviewer reads
+  mirror approve bundles/X.tar bundles/Y.tar --reviewer "A. Reviewer" --decision approved \\
+      --key keys/security.pem --out approvals/2025-01-31.json --note "ticket SEC-123"
+  MIRROR_APPROVALS=approvals/2025-01-31.json MIRROR_APPROVAL_KEYS=keys/security.pub mirror install bundles/X.tar""")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
+@click.option("--reviewer", required=True, help="Who decided (a name or an e-mail), as it will stand in the record.")
+@click.option("--decision", required=True, type=click.Choice(["approved", "rejected"]), help="The decision on every BUNDLE.")
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_key_needs_signing_stack,
+              help="The security team's EC private key (PEM; 'mirror keygen'). Hosts check with its .pub.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The approval file to write (a DSSE envelope, JSON).")
+@click.option("--note", default="", help="One line kept in the record: a ticket, a reason, a condition.")
+@click.option("--date", default=None, help="ISO-8601 day or time with zone (default: now, UTC).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing approval file (default: refuse; a record is not rewritten by accident).")
+@_json_option(help="Print {\"approval\", \"decision\", \"reviewer\", \"date\", \"signer\", \"bundles\"} as one JSON object.")
+@_output_options
+def approve(bundles, reviewer, decision, key, out, note, date, overwrite, as_json) -> None:
+    """Record security's decision on BUNDLE... in a signed approval file.
+
+    Each bundle is named by its identity (the sha256 of its manifest: it stays the same when the
+    bundle is re-signed, split into parts or carried through a registry), with its repo and
+    commit, next to the reviewer, the decision, the date and the note. A host that sets
+    $MIRROR_APPROVALS to such files and $MIRROR_APPROVAL_KEYS to the .pub then installs, serves
+    and trains only what they approve (docs/security.md, "Approvals"). Only the manifests are
+    read: run 'mirror audit' (which verifies every byte) before deciding.
+    """
+    from mirror.approval import read_approval, write_approval
+    from mirror.signing import fingerprint, load_private_key
+
+    path = write_approval(bundles, reviewer=reviewer, decision=decision, key_path=key, out=out, note=note, date=date, overwrite=overwrite)
+    public = load_private_key(key).public_key()
+    a = read_approval(path, keys={fingerprint(public): public})  # read back and checked, as a host will
+    if as_json:
+        _emit({"approval": str(path), "decision": a.decision, "reviewer": a.reviewer, "date": a.date, "note": a.note, "signer": a.signer,
+               "bundles": [{"id": b.id, "repo_id": b.repo_id, "commit": b.commit} for b in a.bundles]})
+        return
+    for b in a.bundles:
+        _note(f"{a.decision}: {b.repo_id}@{b.commit[:12]} {b.id}")
+    _note(f"signed by key sha256:{a.signer}; a host requires it with MIRROR_APPROVALS={path} MIRROR_APPROVAL_KEYS=<that key's .pub>")
+    click.echo(str(path))
+
+
 # --- serve ------------------------------------------------------------------------------------------
 
 
