@@ -59,6 +59,9 @@ _ENCODE = re.compile(rb'[\x80-\xff"\\]')  # percent-encoded in the target: decod
 _HEADER_UNSAFE = re.compile(r"[^\t\x20-\x7e]")
 MAX_REFUSING = 256  # refused connections answered at once (beyond the caps); more are closed at once
 REFUSAL_LINGER_S = 0.5
+_REFUSAL = b"too many connections: every connection is serving a request; retry shortly"
+_REFUSAL_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                  b"X-Error-Message: " + _REFUSAL + b"\r\nContent-Length: %d\r\n\r\n" % len(_REFUSAL) + _REFUSAL)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class _Closed(Exception):
 @dataclass(eq=False)
 class _Conn:
     client: str
+    sock: socket.socket
     task: asyncio.Task | None = None
     transport: asyncio.Transport | None = None
 
@@ -226,7 +230,7 @@ class Front:
                 else:
                     sock.close()
                 continue
-            conn = _Conn(client)
+            conn = _Conn(client, sock)
             self._conns.add(conn)
             self._per_client.setdefault(client, []).append(conn)
             self._waiting[conn] = None
@@ -270,6 +274,8 @@ class Front:
         self._forget(conn)
         if conn.transport is not None:
             conn.transport.abort()
+        else:  # its task may not have started yet: a task cancelled before its first step runs no `finally`
+            conn.sock.close()
         if conn.task is not None:
             conn.task.cancel()
 
@@ -554,8 +560,3 @@ class Front:
             await self._drain(writer)
             sent += len(chunk)
         return sent
-
-
-_REFUSAL = (b"too many connections: every connection is serving a request; retry shortly")
-_REFUSAL_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-                  b"X-Error-Message: " + _REFUSAL + b"\r\nContent-Length: %d\r\n\r\n" % len(_REFUSAL) + _REFUSAL)
