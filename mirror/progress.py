@@ -38,6 +38,10 @@ def quiet() -> bool:
     return _settings["quiet"]
 
 
+def verbose() -> bool:
+    return _settings["verbose"]
+
+
 def log_interval(env: str = INTERVAL_ENV, default: float = LOG_INTERVAL) -> float:
     """Seconds between plain lines: $MIRROR_PROGRESS_INTERVAL (tests set a small one), else 10;
     the trainer's step lines read their own variable through the same rule."""

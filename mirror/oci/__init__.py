@@ -9,6 +9,7 @@ byte-identical bundle and every rule of verify still applies.
     reference.py  oci://host[:port]/repo[:tag|@digest]
     auth.py       credentials (--username/--password-stdin, ~/.docker/config.json), Basic/Bearer
     client.py     the distribution-spec HTTP client (blobs, chunked uploads, manifests)
+    transport.py  every request: credentials bound to their origin, redirects, deadlines, size bounds
     modelpack.py  bundle manifest <-> ModelPack manifest and config
     push.py       mirror push
     pull.py       mirror pull oci:// (rebuild, resume) and mirror install oci://

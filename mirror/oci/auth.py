@@ -6,6 +6,10 @@ base64 `user:password`), else none (anonymous). A 401 names its scheme in `WWW-A
 `Basic` (htpasswd) gets the credentials directly; `Bearer realm=...,service=...` sends them to
 the token service for a token scoped `repository:<name>:pull[,push]`. The password lives only
 in a `Credentials` object whose repr hides it; nothing here logs or raises with it.
+
+Where the password may go is decided by origin (mirror.oci.transport): the registry's own, and
+the token realm that the registry's own first 401 names, if it is no downgrade from https to
+http (`realm_origin`). A 401 from anywhere else (a redirect target) is never answered.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from mirror.errors import UsageError
+from mirror.errors import RegistryAuthError, UsageError
+from mirror.oci.transport import Origin
 
 
 @dataclass(frozen=True)
@@ -106,3 +112,18 @@ def parse_challenge(header: str) -> Challenge | None:
     scheme, _, rest = header.partition(" ")
     params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3) for m in _PARAM.finditer(rest)}
     return Challenge(scheme=scheme.lower(), params=params)
+
+
+def realm_origin(realm: str | None, *, registry: Origin) -> Origin:
+    """The origin of the token service a registry's own 401 named: where the password may go.
+    RegistryAuthError for a realm that is not a plain http(s) URL, or that is plain http while
+    the registry is https (the password would cross the network in clear text)."""
+    try:
+        origin = Origin.of(realm or "")
+    except ValueError:
+        origin = None
+    if origin is None or "@" in urlsplit(realm).netloc:  # user:password@ in the URL would replace ours
+        raise RegistryAuthError(f"the registry {registry.netloc} named a token service {(realm or '')[:200]!r} that is not a plain http(s) URL; check the registry's auth set-up")
+    if registry.scheme == "https" and origin.scheme == "http":
+        raise RegistryAuthError(f"the registry {registry.netloc} named a token service on plain http ({origin}); refused: the password would travel in clear text (configure an https realm)")
+    return origin

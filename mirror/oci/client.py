@@ -9,20 +9,26 @@ Manifests: GET with the OCI media types in Accept, PUT with the OCI manifest med
 
 Auth: a 401 is answered once per challenge (mirror.oci.auth): Basic, or a Bearer token from the
 realm for `repository:<name>:<actions>`. Credentials go only into the Authorization header of
-requests to the registry and its token realm; messages carry the registry's answer, never them.
+requests to the registry's origin and to the token realm its own first 401 named; every request
+goes through mirror.oci.transport, which enforces that on every hop, follows redirects and upload
+URLs to other origins (a CDN, object storage) without them, and bounds each request in time and
+size. Messages carry the registry's answer, never the credentials.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode
 
 import requests
 
+from mirror import progress
 from mirror.errors import (
     HashMismatch,
     LayerRefused,
@@ -30,7 +36,8 @@ from mirror.errors import (
     RegistryError,
     RegistryNotFound,
 )
-from mirror.oci.auth import Challenge, Credentials, parse_challenge
+from mirror.oci.auth import Challenge, Credentials, parse_challenge, realm_origin
+from mirror.oci.transport import Deadlines, Origin, Transport, iter_body, read_body
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -40,7 +47,7 @@ ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"
 MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit on a manifest
 DEFAULT_CHUNK = 64 * 1024 * 1024  # a blob above this goes up in PATCH chunks of this size
 SEND_BLOCK = 1024 * 1024  # bytes handed to the socket at a time
-TIMEOUT = (15, 300)  # connect, read: a registry that stops answering mid-layer fails, not hangs
+ERROR_BODY = 64 * 1024  # an error answer's JSON is a few hundred bytes; past this its detail is dropped
 
 
 @dataclass(frozen=True)
@@ -65,33 +72,38 @@ class _Body:
         return self._chunks
 
 
+def _verbose_note(text: str) -> None:
+    if progress.verbose():
+        print(text, file=sys.stderr)
+
+
 class Client:
     """One repository of one registry. `actions` is what the token must allow: ("pull",) or
-    ("pull", "push")."""
+    ("pull", "push"). `deadlines`: default from the environment (mirror.oci.transport)."""
 
     def __init__(self, registry: str, repository: str, *, plain_http: bool = False, ca_cert: str | Path | None = None,
-                 credentials: Credentials | None = None, actions: tuple[str, ...] = ("pull",)):
+                 credentials: Credentials | None = None, actions: tuple[str, ...] = ("pull",), deadlines: Deadlines | None = None):
         self.registry = registry
         self.repository = repository
         self.credentials = credentials
         self.actions = actions
         self.root = f"{'http' if plain_http else 'https'}://{registry}"
+        self.origin = Origin.of(self.root)
         self.base = f"{self.root}/v2/{repository}"
         self.plain_http = plain_http
         self.ca_cert = str(ca_cert) if ca_cert else None
-        self.session = requests.Session()
-        self.session.trust_env = False  # no ~/.netrc credentials slipped in; proxies are applied below
-        self.session.verify = self.ca_cert or True
-        self.session.proxies = requests.utils.get_environ_proxies(self.root)
-        self._auth: str | None = None
+        self.transport = Transport(verify=self.ca_cert or True, deadlines=deadlines, note=_verbose_note)
+        self._auth: str | None = None  # for the registry's origin only
+        self._realm: Origin | None = None  # the token service the registry's first 401 named
         self._logged_in = False
+        self._upload_origins: set[Origin] = set()  # other origins uploads went to (said once each in -v)
         self.bytes_sent = 0  # request body bytes, all requests (the dedup measurement)
         self.bytes_received = 0
 
     # --- plumbing -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -99,30 +111,46 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _send(self, method: str, url: str, *, headers: dict | None = None, data=None, stream: bool = False) -> requests.Response:
-        h = dict(headers or {})
-        if self._auth:
-            h["Authorization"] = self._auth
+    def _send(self, method: str, url: str, *, headers: dict | None = None, data=None, stream: bool = False, size: int = 0,
+              auth: tuple[Origin, str] | None = None, what: str = "") -> requests.Response:
+        """Every request of the client: through the transport, with the registry's credentials
+        bound to the registry's origin (`auth` overrides, for the token service)."""
+        if auth is None and self._auth:
+            auth = (self.origin, self._auth)
         try:
-            return self.session.request(method, url, headers=h, data=data, stream=stream, timeout=TIMEOUT)
-        except requests.exceptions.SSLError as e:
+            return self.transport.send(method, url, headers=headers, data=data, stream=stream, size=size, auth=auth, what=what or f"{method} {url}")
+        except requests.exceptions.RequestException as e:
+            raise self._network_error(e, url) from None
+
+    def _network_error(self, e: requests.exceptions.RequestException, url: str) -> RegistryError:
+        """One line for a failed connection, naming the server it was to (a redirect target is
+        not the registry)."""
+        try:
+            where = Origin.of(e.request.url if getattr(e, "request", None) is not None else url)
+        except ValueError:
+            where = self.origin
+        ours = where == self.origin
+        name = f"the registry {self.root}" if ours else f"{where} (where the registry {self.registry} sent the client)"
+        if isinstance(e, requests.exceptions.SSLError):
             hint = "pass --ca-cert CA.pem with the certificate of the CA that signed it" if not self.ca_cert else f"the certificate is not signed by {self.ca_cert}"
             if "WRONG_VERSION_NUMBER" in str(e) or "wrong version number" in str(e):
                 hint = "it does not speak TLS: if it is a plain-HTTP registry, pass --plain-http"
-            raise RegistryError(f"TLS with the registry {self.registry} failed ({reason(e)}); {hint}") from None
-        except requests.exceptions.ConnectionError as e:
-            raise RegistryError(f"cannot talk to the registry {self.root}: {reason(e)}; check the address and that it is running" + ("" if self.plain_http else " (use --plain-http only for a registry without TLS)")) from None
-        except requests.exceptions.Timeout:
-            raise RegistryError(f"the registry {self.root} did not answer within {TIMEOUT[1]} s; check it and retry") from None
+            return RegistryError(f"TLS with {name} failed ({reason(e)}); {hint}")
+        if isinstance(e, requests.exceptions.Timeout):
+            d = self.transport.deadlines
+            return RegistryError(f"{name} did not answer within {d.connect if isinstance(e, requests.exceptions.ConnectTimeout) else d.total:g} s; check it and retry")
+        return RegistryError(f"cannot talk to {name}: {reason(e)}; check the address and that it is running" + ("" if self.plain_http or not ours else " (use --plain-http only for a registry without TLS)"))
 
     def request(self, method: str, url: str, *, headers: dict | None = None, body: Callable[[], object] | None = None,
-                stream: bool = False, ok: tuple[int, ...] = (200,), what: str) -> requests.Response:
-        """One request, answering a 401 challenge once. `body` makes a fresh body (a retry after
-        authenticating replays it). Any status outside `ok` raises a typed error naming `what`."""
-        r = self._send(method, url, headers=headers, data=body() if body else None, stream=stream)
-        if r.status_code == 401 and self._authenticate(r):
+                stream: bool = False, ok: tuple[int, ...] = (200,), size: int = 0, what: str) -> requests.Response:
+        """One request, answering a 401 challenge of the registry's own once. `body` makes a
+        fresh body (a retry after authenticating replays it); `size`: the body bytes it moves,
+        either way (its deadline grows with them). Any status outside `ok` raises a typed error
+        naming `what`."""
+        r = self._send(method, url, headers=headers, data=body() if body else None, stream=stream, size=size, what=what)
+        if r.status_code == 401 and self._authenticate(r, what=what):
             r.close()
-            r = self._send(method, url, headers=headers, data=body() if body else None, stream=stream)
+            r = self._send(method, url, headers=headers, data=body() if body else None, stream=stream, size=size, what=what)
         if r.status_code not in ok:
             raise self._error(r, what)
         return r
@@ -132,11 +160,11 @@ class Client:
         streamed (a streamed body cannot be replayed cheaply after a 401)."""
         if self._logged_in:
             return
-        r = self._send("GET", f"{self.root}/v2/")
+        r = self._send("GET", f"{self.root}/v2/", what="GET /v2/")
         if r.status_code == 401:
-            self._authenticate(r)
+            self._authenticate(r, what="GET /v2/")
             r.close()
-            r = self._send("GET", f"{self.root}/v2/")
+            r = self._send("GET", f"{self.root}/v2/", what="GET /v2/")
         if r.status_code == 404:
             raise RegistryError(f"{self.root} is not an OCI registry (GET /v2/ answered 404); check the address")
         if r.status_code not in (200, 401):
@@ -146,7 +174,15 @@ class Client:
         r.close()
         self._logged_in = True
 
-    def _authenticate(self, r: requests.Response) -> bool:
+    def _authenticate(self, r: requests.Response, *, what: str) -> bool:
+        """Answer a 401 (True: retry with the new Authorization). Only the registry's own 401 is
+        answered: one from a redirect target (storage, a CDN) could name any realm, and the
+        password would go there."""
+        where = Origin.of(r.url)
+        if where != self.origin:
+            r.close()
+            raise RegistryAuthError(f"{where}, where the registry {self.registry} redirected {what}, asks for credentials (401); "
+                                    f"the registry's credentials go only to {self.origin}: fix the registry's storage redirect")
         ch = parse_challenge(r.headers.get("WWW-Authenticate", ""))
         if ch is None:
             return False
@@ -165,16 +201,20 @@ class Client:
 
     def _token(self, ch: Challenge) -> str | None:
         realm = ch.params.get("realm")
-        if not realm or not realm.startswith(("https://", "http://")):
-            return None
+        origin = realm_origin(realm, registry=self.origin)
+        if self._realm is None:
+            self._realm = origin
+        elif origin != self._realm:
+            raise RegistryAuthError(f"the registry {self.registry} named a second token service ({origin}, after {self._realm}); refused: the password goes only to the first")
         query = {"scope": f"repository:{self.repository}:{','.join(self.actions)}"}
         if ch.params.get("service"):
             query["service"] = ch.params["service"]
-        headers = {"Authorization": self.credentials.basic_header()} if self.credentials else {}
+        auth = (origin, self.credentials.basic_header()) if self.credentials else None
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         try:
-            r = self.session.get(realm + ("&" if "?" in realm else "?") + urlencode(query), headers=headers, timeout=TIMEOUT)
+            r = self.transport.send("GET", url, auth=auth, what="a token")
         except requests.exceptions.RequestException as e:
-            raise RegistryError(f"cannot reach the token service {realm.split('?')[0]} the registry {self.registry} named: {reason(e)}") from None
+            raise RegistryError(f"cannot reach the token service {origin} the registry {self.registry} named: {reason(e)}") from None
         if r.status_code in (401, 403):
             who = f"user {self.credentials.username!r} (from {self.credentials.source})" if self.credentials else "anonymous access"
             raise RegistryAuthError(f"the token service of {self.registry} refused {who} ({r.status_code}); check the user name and password, or pass --username and --password-stdin")
@@ -191,13 +231,17 @@ class Client:
 
     def _error(self, r: requests.Response, what: str) -> RegistryError:
         try:
-            detail = r.json().get("errors") or []
+            raw = r.content if r._content_consumed else read_body(r, limit=ERROR_BODY, too_big="")
+            detail = json.loads(raw).get("errors") or []
             first = detail[0] if detail and isinstance(detail[0], dict) else {}
-            code, message = str(first.get("code", "")), str(first.get("message", ""))
-        except (ValueError, AttributeError):
-            code, message = "", ""
-        answer = f"{r.status_code} {r.reason or ''}".strip() + (f" {code}" if code else "") + (f": {message}" if message else "")
+            code, message = str(first.get("code", ""))[:100], " ".join(str(first.get("message", "")).split())[:300]
+        except (ValueError, AttributeError, RegistryError, requests.exceptions.RequestException):
+            code, message = "", ""  # no detail (not JSON, too long, cut off): the status says enough
+        answer = f"{r.status_code} {r.reason or ''}".strip()[:100] + (f" {code}" if code else "") + (f": {message}" if message else "")
         r.close()
+        where = Origin.of(r.url)
+        if where != self.origin:
+            return RegistryError(f"{where}, where the registry {self.registry} sent {what}, answered {answer}; check the registry's storage set-up")
         if r.status_code in (401, 403):
             who = f"user {self.credentials.username!r} (from {self.credentials.source})" if self.credentials else "anonymous access"
             return RegistryAuthError(f"the registry {self.registry} refused {who} for {what} ({answer}); check the user name and password (--username, --password-stdin, or ~/.docker/config.json) and that the account may {'push to' if 'push' in self.actions else 'pull from'} {self.repository}")
@@ -220,30 +264,26 @@ class Client:
         except ValueError:
             return None
 
-    def open_blob(self, digest: str, *, start: int = 0, what: str) -> requests.Response:
+    def open_blob(self, digest: str, *, start: int = 0, size: int, what: str) -> requests.Response:
         """A streamed GET of a blob from byte `start` (206 expected when start > 0; a registry
-        that ignores Range answers 200 with the whole blob: check `status_code`)."""
+        that ignores Range answers 200 with the whole blob: check `status_code`), read with
+        iter_body. `size`: the bytes expected (the request's deadline grows with them)."""
         headers = {"Range": f"bytes={start}-"} if start else None
-        return self.request("GET", f"{self.base}/blobs/{digest}", headers=headers, stream=True, ok=(200, 206), what=what)
+        return self.request("GET", f"{self.base}/blobs/{digest}", headers=headers, stream=True, ok=(200, 206), size=size, what=what)
 
-    def _bounded(self, r, limit: int, *, what: str, too_big: str) -> bytearray:
+    def _bounded(self, r, limit: int, *, what: str, too_big: str) -> bytes:
         """The whole body of a small answer, refused past `limit` bytes (a hostile registry could
         stream forever); the response is closed either way."""
-        data = bytearray()
         try:
-            for chunk in r.iter_content(65536):
-                data += chunk
-                if len(data) > limit:
-                    raise RegistryError(too_big)
+            return read_body(r, limit=limit, too_big=too_big)
         except requests.exceptions.RequestException as e:
             raise RegistryError(f"the connection to {self.registry} broke while reading {what}: {reason(e)}; run the command again") from None
         finally:
             r.close()
-        return data
 
     def read_blob(self, digest: str, *, max_size: int, what: str) -> bytes:
         """A small blob (config, bundle manifest, signature), checked against its digest."""
-        r = self.open_blob(digest, what=what)
+        r = self.open_blob(digest, size=max_size, what=what)
         data = self._bounded(r, max_size, what=what, too_big=f"{what} is larger than {max_size} bytes; the artifact is not one mirror push writes")
         self.bytes_received += len(data)
         got = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -258,7 +298,7 @@ class Client:
         (nothing is committed) and HashMismatch names `what`."""
         self.login()
         r = self.request("POST", f"{self.base}/blobs/uploads/", ok=(202,), what=f"an upload of {what}")
-        location = self._location(r)
+        location = self._location(r, what=what)
         sha = hashlib.sha256()
         offset, count = 0, 0
 
@@ -281,7 +321,7 @@ class Client:
                     n = min(chunk_size, size - offset)
                     headers = {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + n - 1}", "Content-Length": str(n)}
                     r = self._stream_once("PATCH", location, headers, _Body(chunks(offset, n), n), what=what, ok=(202,))
-                    location = self._location(r)
+                    location = self._location(r, what=what)
                     offset += n
                     count += 1
                 final_body: object = b""
@@ -307,12 +347,12 @@ class Client:
         finally:
             if location is not None:  # an upload left open on error: cancel it (best effort)
                 try:
-                    self._send("DELETE", location).close()
+                    self._send("DELETE", location, what=f"the cancel of the upload of {what}").close()
                 except RegistryError:
                     pass
 
     def _stream_once(self, method: str, url: str, headers: dict, body, *, what: str, ok: tuple[int, ...], digest_check=None) -> requests.Response:
-        r = self._send(method, url, headers=headers, data=body)
+        r = self._send(method, url, headers=headers, data=body, size=len(body), what=what)
         if digest_check is not None and r.status_code == 400:
             sha, digest = digest_check
             got = "sha256:" + sha.hexdigest()
@@ -323,19 +363,27 @@ class Client:
             raise self._error(r, what)
         return r
 
-    def _location(self, r: requests.Response) -> str:
+    def _location(self, r: requests.Response, *, what: str) -> str:
+        """Where the upload goes on: the answer's Location, relative to the URL that answered. On
+        another origin (object storage, a CDN) it is followed without the registry's credentials
+        (the transport sends them only to the registry's origin), and `-v` says so."""
         loc = r.headers.get("Location")
         r.close()
         if not loc:
             raise RegistryError(f"the registry {self.registry} started an upload without a Location header; it is not a conforming registry")
-        return urljoin(self.root + "/", loc)
+        url = self.transport.follow(r.url, loc, what=f"the upload of {what}")
+        there = Origin.of(url)
+        if there != self.origin and there not in self._upload_origins:
+            self._upload_origins.add(there)
+            _verbose_note(f"the registry {self.registry} sends uploads to {there}: sent there without the registry's credentials")
+        return url
 
     # --- manifests ------------------------------------------------------------------------------
 
     def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(raw bytes, media type, digest) of the manifest at a tag or digest."""
-        r = self.request("GET", f"{self.base}/manifests/{reference}", headers={"Accept": ACCEPT}, stream=True, what=f"{self.repository}:{reference}")
-        data = self._bounded(r, MAX_MANIFEST, what="a manifest", too_big=f"the manifest of {self.repository}:{reference} is over {MAX_MANIFEST} bytes; it is not one mirror push writes")
+        r = self.request("GET", f"{self.base}/manifests/{reference}", headers={"Accept": ACCEPT}, stream=True, size=MAX_MANIFEST, what=f"{self.repository}:{reference}")
+        data = self._bounded(r, MAX_MANIFEST, what="a manifest", too_big=f"the manifest of {self.registry}/{self.repository}:{reference} is over {MAX_MANIFEST} bytes; it is not one mirror push writes")
         media = (r.headers.get("Content-Type") or "").split(";")[0].strip()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
@@ -344,7 +392,7 @@ class Client:
 
     def put_manifest(self, tag: str, raw: bytes, *, media_type: str = OCI_MANIFEST) -> str:
         self.login()
-        r = self.request("PUT", f"{self.base}/manifests/{tag}", headers={"Content-Type": media_type}, body=lambda: raw, ok=(201,), what=f"the manifest of {self.repository}:{tag}")
+        r = self.request("PUT", f"{self.base}/manifests/{tag}", headers={"Content-Type": media_type}, body=lambda: raw, ok=(201,), size=len(raw), what=f"the manifest of {self.repository}:{tag}")
         self.bytes_sent += len(raw)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         stored = r.headers.get("Docker-Content-Digest")

@@ -46,6 +46,7 @@ from mirror.oci import modelpack
 from mirror.oci.auth import Credentials
 from mirror.oci.client import Client, reason
 from mirror.oci.reference import Reference
+from mirror.oci.transport import iter_body
 from mirror.tarformat import (
     TRAILER_MEMBERS,
     BundleReader,
@@ -233,13 +234,13 @@ def _fetch(client: Client, seg: _Seg, start: int, out, lanes: HashLanes, stream,
     pos, tries = start, 0
     what = f"layer {seg.layer.path!r}"
     while True:
-        r = client.open_blob(seg.layer.digest, start=pos, what=what)
+        r = client.open_blob(seg.layer.digest, start=pos, size=seg.size - pos, what=what)
         try:
             if pos and r.status_code == 200:  # Range ignored: the whole blob again; skip what we have
                 skip = pos
             else:
                 skip = 0
-            for chunk in r.iter_content(NET_CHUNK):
+            for chunk in iter_body(r, NET_CHUNK):  # under the request's deadline (mirror.oci.transport)
                 if skip:
                     cut = min(skip, len(chunk))
                     chunk, skip = chunk[cut:], skip - cut
