@@ -72,7 +72,7 @@ class Limits:
     keepalive: float = 5.0  # a kept-alive connection may wait this long for its next request
     body_timeout: float = 10.0  # complete head -> complete body (at most max_body bytes)
     send_timeout: float = 60.0  # a response slice must leave within this, or the client is gone
-    send_slice: int = 4 * 1024 * 1024  # sendfile bytes per deadline: a reader slower than ~70 KB/s is cut
+    send_slice: int = 4 * 1024 * 1024  # sendfile bytes per deadline (and identity check): a reader slower than ~70 KB/s is cut
     max_head: int = 32 * 1024  # request line and headers together
     max_target: int = 8 * 1024  # the request line's target (a path and query)
     max_headers: int = 100
