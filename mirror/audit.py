@@ -9,6 +9,7 @@ or as a CycloneDX 1.6 ML-BOM (one `machine-learning-model` component per bundle,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,6 +53,10 @@ class AuditRow:
     bundle_sha256: str | None = None
     error: str | None = None  # one line: why the bundle could not be read at all
     require_signature: bool = False  # a public key was given: a missing or bad signature fails
+    bundle_id: str | None = None  # the bundle's identity, sha256:<manifest digest> (mirror.identity): what approvals name
+    card: dict | None = None  # README.md as read from the bundle: {"sha256", "size", "fields": {front matter}, "title", "sections"}
+    architecture: dict | None = None  # config.json's "model_type" and "architectures", as read from the bundle
+    lineage: dict | None = None  # a trained model's lineage.json (the manifest's "lineage" section): its base and data
 
     @classmethod
     def of(cls, manifest: Manifest, files, *, bundle: str, size: int, **rest) -> "AuditRow":
@@ -60,6 +65,8 @@ class AuditRow:
         kinds: dict[str, int] = {}
         for f in files:
             kinds[classify(f.path)] = kinds.get(classify(f.path), 0) + 1
+        lineage = manifest.extra.get("lineage")
+        rest.setdefault("lineage", lineage if isinstance(lineage, dict) else None)
         return cls(
             bundle=bundle, size=size, repo_id=manifest.repo_id, repo_type=manifest.repo_type, revision=manifest.revision,
             commit=manifest.commit, license=manifest.license, created_at=manifest.created_at, source=manifest.source,
@@ -134,6 +141,7 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
         signature = SignatureStatus(present=False, valid=False, key_fingerprint=None, reason=f"cannot be read ({e.strerror or e})")
     policy = _scan_pickles(path, m) if report.ok else PolicyReport()
     snapshot = full_files(m)  # a delta stands for its complete target snapshot, not its payload
+    ident, small = _identity_and_small_files(path, m) if report.ok else (None, {})
     return AuditRow.of(
         m,
         snapshot,
@@ -148,7 +156,85 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
         verify_summary=report.summary() + ("" if report.ok else ": " + "; ".join(report.lines()[:3])),
         bundle_sha256=report.bundle_sha256,
         require_signature=public_key is not None,
+        bundle_id=ident,
+        card=_card(small.get(CARD_FILE)),
+        architecture=_architecture(small.get(CONFIG_FILE), where=f"{path}: {CONFIG_FILE}"),
     )
+
+
+CARD_FILE = "README.md"  # the model card; its front matter and its sections go into the ML-BOM
+CONFIG_FILE = "config.json"  # transformers' config: the architecture
+SMALL_FILE_BYTES = 1024 * 1024  # what is read of either: real cards and configs are a few KB
+MAX_SECTION = 2000  # characters kept of a card section (the BOM carries a summary, the bundle the card)
+
+
+def _identity_and_small_files(path: Path, m: Manifest) -> tuple[str | None, dict[str, bytes]]:
+    """The bundle's identity and the bytes of its card and config (when it carries them and they
+    are small), in one walk over the member headers: only those two members are read, and each
+    is kept only if it has the sha256 the manifest gives it. The bundle was verified a moment
+    ago; one changed in between loses its card here and fails the next audit."""
+    from mirror.identity import bundle_id
+    from mirror.tarformat import BundleReader
+
+    wanted = {f.path: f for f in m.files if f.path in (CARD_FILE, CONFIG_FILE) and f.size <= SMALL_FILE_BYTES}
+    found: dict[str, bytes] = {}
+    try:
+        with BundleReader(path, hash_all=False) as r:
+            ident = bundle_id(r.manifest_bytes)
+            for member, chunks in r.payload() if wanted else ():
+                entry = wanted.get(member.path or "")
+                if entry is not None and not member.problem and member.size == entry.size:
+                    data = b"".join(chunks)
+                    if hashlib.sha256(data).hexdigest() == entry.sha256:
+                        found[entry.path] = data
+                if len(found) == len(wanted):
+                    break
+    except (MirrorError, OSError):
+        return None, {}
+    return ident, found
+
+
+def _card(raw: bytes | None) -> dict | None:
+    """What a reviewer reads first in a model card: its front-matter fields (read as plain
+    strings, never as YAML: no aliases or tags to expand), its title and the text of each `##`
+    section, cut to MAX_SECTION characters."""
+    if raw is None:
+        return None
+    from mirror.webui.card import front_matter_fields, split_front_matter
+
+    text = raw.decode("utf-8", "replace")
+    front, body = split_front_matter(text)
+    title, sections, heading, lines = None, {}, None, []
+    for line in body.splitlines() + ["## "]:
+        if line.startswith("# ") and title is None:
+            title = line[2:].strip()[:200] or None
+        elif line.startswith("## "):
+            if heading and (content := " ".join(" ".join(lines).split())):
+                sections.setdefault(heading, content[:MAX_SECTION])
+            heading, lines = line[3:].strip()[:200], []
+        elif heading:
+            lines.append(line)
+    return {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "fields": dict(front_matter_fields(front)), "title": title, "sections": sections}
+
+
+def _architecture(raw: bytes | None, *, where: str) -> dict | None:
+    if raw is None:
+        return None
+    from mirror import safejson
+
+    try:
+        config = safejson.loads(raw, where=where, what="config.json", max_bytes=SMALL_FILE_BYTES)
+    except MirrorError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    out = {}
+    if isinstance(config.get("model_type"), str):
+        out["model_type"] = config["model_type"][:200]
+    archs = config.get("architectures")
+    if isinstance(archs, list) and all(isinstance(a, str) for a in archs):
+        out["architectures"] = [a[:200] for a in archs[:20]]
+    return out or None
 
 
 def _scan_pickles(path: Path, m: Manifest) -> PolicyReport:
@@ -167,6 +253,7 @@ def _scan_pickles(path: Path, m: Manifest) -> PolicyReport:
 
 TABLE_WIDTH = 100  # columns the table fits in; the full values (paths, digests, kinds) are in --json
 FINGERPRINT_CHARS = 8  # of a key's sha256: enough to tell keys apart by eye
+LICENSE_CHARS = 12  # "apache-2.0", "cc-by-nc-4.0" whole; longer ones cut in the middle (--json has them)
 _LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{28,}\b")  # a 40-hex commit or a 64-hex digest
 
 
@@ -191,17 +278,24 @@ def _signature_cell(sig: SignatureStatus | None) -> str:
     return f"{state} {sig.key_fingerprint[:FINGERPRINT_CHARS] if sig.key_fingerprint else '?'}"
 
 
+def _short_id(bundle_id: str | None) -> str:
+    """A bundle identity as the table shows it: the first 8 hex digits of the manifest digest,
+    enough to match it by eye against an approval file (which holds it in full, as --json does)."""
+    return bundle_id.partition(":")[2][:8] if bundle_id else "-"
+
+
 def render_table(rows: list[AuditRow]) -> str:
-    """One row per bundle in TABLE_WIDTH columns (repo ids cut in the middle when they must be),
-    then one line per failing bundle naming its file and why. --json has everything in full."""
-    head = ("REPO", "COMMIT", "LICENSE", "SIZE", "PICKLE", "CODE", "SIGNATURE", "VERIFY")
+    """One row per bundle in TABLE_WIDTH columns (repo ids cut in the middle when they must be;
+    ID is the bundle identity approvals name), then one line per failing bundle naming its file
+    and why. --json has everything in full."""
+    head = ("REPO", "COMMIT", "ID", "LICENSE", "SIZE", "PICKLE", "CODE", "SIGNATURE", "VERIFY")
     body = []
     for r in rows:
         if r.error:  # no repo to show: the file's name (whole, where it fits), then the verdict
             continue
         pickle_txt = "no" if not r.pickle_files else ("REFUSED" if r.pickle_refused else f"{len(r.pickle_files)} ok" if r.pickle_imports else str(len(r.pickle_files)))
         body.append((
-            r.repo_id or "-", (r.commit or "-")[:8], _cut(r.license or "-", 16), human_size(r.size), pickle_txt,
+            r.repo_id or "-", (r.commit or "-")[:8], _short_id(r.bundle_id), _cut(r.license or "-", LICENSE_CHARS), human_size(r.size), pickle_txt,
             str(len(r.remote_code)) if r.remote_code else "no", _signature_cell(r.signature), "ok" if r.verified else "FAILED",
         ))
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
@@ -228,72 +322,10 @@ def render_json(rows: list[AuditRow]) -> str:
 
 
 def render_cyclonedx(rows: list[AuditRow]) -> str:
-    """CycloneDX 1.6 JSON. Unreadable bundles have no model to describe: they appear only as a
-    BOM property naming the file, and the command exits non-zero anyway."""
-    from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, Property, XsUri
-    from cyclonedx.model.bom import Bom
-    from cyclonedx.model.component import Component, ComponentType
-    from cyclonedx.output.json import JsonV1Dot6
+    """CycloneDX 1.6 ML-BOM JSON (mirror.bom)."""
+    from mirror.bom import render_cyclonedx as render
 
-    try:
-        from cyclonedx.contrib.license.factories import LicenseFactory
-    except ImportError:  # cyclonedx-python-lib < 11
-        from cyclonedx.factory.license import LicenseFactory
-
-    licenses = LicenseFactory()
-    components = []
-    refs: set[str] = set()
-    for r in rows:
-        if r.error or r.repo_id is None or r.commit is None:
-            continue
-        ref = f"{r.repo_type}:{r.repo_id}@{r.commit}"
-        n = 1
-        while ref in refs:  # the same commit bundled twice (e.g. a copy in another folder)
-            n += 1
-            ref = f"{r.repo_type}:{r.repo_id}@{r.commit}#{n}"
-        refs.add(ref)
-        props = [
-            Property(name="mirror:commit", value=r.commit),
-            Property(name="mirror:revision", value=r.revision or ""),
-            Property(name="mirror:repo_type", value=r.repo_type or ""),
-            Property(name="mirror:source", value=r.source or ""),
-            Property(name="mirror:bundle", value=Path(r.bundle).name),
-            Property(name="mirror:bundle_size", value=str(r.size)),
-            Property(name="mirror:verified", value=str(r.verified).lower()),
-            Property(name="mirror:signature", value=r.signature.summary() if r.signature else "unsigned"),
-            Property(name="mirror:pickle_files", value=",".join(r.pickle_files)),
-            Property(name="mirror:remote_code", value=",".join(r.remote_code)),
-        ]
-        if r.bundle_sha256:
-            props.append(Property(name="mirror:bundle_sha256", value=r.bundle_sha256))
-        if r.signature and r.signature.key_fingerprint:
-            props.append(Property(name="mirror:signer_key_sha256", value=r.signature.key_fingerprint))
-        ext = []
-        if r.source and r.source.startswith(("http://", "https://")):
-            prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}.get(r.repo_type or "model", "")
-            ext.append(ExternalReference(
-                type=ExternalReferenceType.VCS,
-                url=XsUri(f"{r.source.rstrip('/')}/{prefix}{r.repo_id}/tree/{r.commit}"),
-                comment=f"source commit {r.commit}",
-            ))
-        files = [
-            Component(
-                type=ComponentType.FILE, name=path, bom_ref=f"{ref}/{path}",
-                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha)],
-                properties=[Property(name="mirror:kind", value=kind), Property(name="mirror:size", value=str(size))],
-            )
-            for path, size, sha, kind in r.files
-        ]
-        components.append(Component(
-            type=ComponentType.MACHINE_LEARNING_MODEL, name=r.repo_id, version=r.commit, bom_ref=ref,
-            licenses=[licenses.make_from_string(r.license)] if r.license else None,
-            properties=props, external_references=ext or None, components=files,
-        ))
-    bom = Bom(components=components)
-    for r in rows:
-        if r.error:
-            bom.properties.add(Property(name="mirror:unreadable", value=f"{Path(r.bundle).name}: {r.error}"))
-    return JsonV1Dot6(bom).output_as_string(indent=2)
+    return render(rows)
 
 
 RENDERERS = {"table": render_table, "json": render_json, "cyclonedx": render_cyclonedx}

@@ -912,16 +912,20 @@ Examples:
   mirror audit bundles/
   mirror audit bundles/ /media/usb/x.tar --public-key keys/release.pub
   mirror audit bundles/ --json | jq -c 'select(.ok | not)'
-  mirror audit bundles/ --format cyclonedx > mlbom.cdx.json""")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="PATH...")
+  mirror audit bundles/ --format cyclonedx > mlbom.cdx.json
+  mirror audit --installed --cache-dir /srv/hf-cache""")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="PATH...")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "cyclonedx"]), default="table", show_default=True,
-              help="json: one object per bundle per line (as --json); cyclonedx: one CycloneDX 1.6 document.")
+              help="json: one object per bundle per line (as --json); cyclonedx: one CycloneDX 1.6 ML-BOM (model cards, lineage, identities).")
 @_json_option(help="Same as --format json: one JSON object per bundle, failed ones included (\"ok\": false, \"error\", \"exit_code\").")
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked, help="Check signatures with this key; unsigned or invalid then fails.")
+@click.option("--installed", is_flag=True, help="Audit the snapshots installed in the HF cache instead: every file hashed against its install record.")
+@_cache_option
 @_output_options
-def audit(paths, fmt, as_json, public_key) -> None:
-    """One row per bundle in PATH (files or folders): repo, commit, license, kinds, pickle and
-    remote-code flags, signature and signer key, verification.
+def audit(paths, fmt, as_json, public_key, installed, cache_dir) -> None:
+    """One row per bundle in PATH (files or folders): repo, commit, bundle identity (ID, what
+    'mirror approve' records), license, kinds, pickle and remote-code flags, signature and signer
+    key, verification.
 
     The table fits 100 columns: commits and key fingerprints are shortened, long repo ids cut
     in the middle, and bundle files named only for the ones that fail; --json has every value
@@ -931,12 +935,20 @@ def audit(paths, fmt, as_json, public_key) -> None:
     with its reason, and the others are still audited. The exit code is the worst of the rows
     (10 unreadable, 6 refused pickle, 5 signature, 4 damaged); 2 if a PATH does not exist or
     holds no bundles.
+
+    With --installed, one row per snapshot in the HF cache: ok, modified, missing (exit 4), no
+    record (not installed by mirror: nothing to check it against; reported, not a failure) or
+    unsafe (a planted link, exit 9).
     """
     from mirror.audit import RENDERERS
     from mirror.audit import audit as run_audit
 
     if as_json:
         fmt = "json"
+    if installed:
+        return _audit_installed(paths, fmt, cache_dir)
+    if not paths:
+        raise UsageError("give the bundles (or folders of them) to audit, or --installed for the HF cache")
     rows = run_audit(paths, public_key=public_key)
     codes = [_audit_code(r) for r in rows]
     if fmt == "json":
@@ -947,6 +959,32 @@ def audit(paths, fmt, as_json, public_key) -> None:
     bad = [c for c in codes if c]
     if bad:
         click.echo(f"mirror: error: {len(bad)} of {len(rows)} bundle(s) failed the audit; exit {max(bad)} is the worst of them", err=True)
+        click.get_current_context().exit(max(bad))
+
+
+def _audit_installed(paths, fmt: str, cache_dir: Path | None) -> None:
+    from mirror.install import default_cache_dir
+    from mirror.installed import audit_installed, render_table
+
+    if paths:
+        raise UsageError("--installed audits the HF cache, not PATHs; name the cache with --cache-dir")
+    if fmt == "cyclonedx":
+        raise UsageError("--installed has no CycloneDX form; use the table or --json (audit the bundles themselves for the ML-BOM)")
+    cache = default_cache_dir(cache_dir)
+    if not cache.is_dir():
+        raise CacheNotFound(str(cache), source="--cache-dir" if cache_dir is not None else "where huggingface_hub looks: $HF_HUB_CACHE, $HUGGINGFACE_HUB_CACHE, $HF_HOME, $XDG_CACHE_HOME or ~/.cache")
+    rows = audit_installed(cache)
+    codes = [{"ok": 0, "no record": 0, "unsafe": exitcodes.UNSAFE_CACHE}.get(r.state, exitcodes.INTEGRITY) for r in rows]
+    if fmt == "json":
+        for r, code in zip(rows, codes):
+            _emit({**r.to_dict(), "exit_code": code, **({"error": r.summary()} if code else {})})
+    elif rows:
+        click.echo(render_table(rows))
+    if not rows:
+        _note(f"no snapshots installed in {cache}")
+    bad = [c for c in codes if c]
+    if bad:
+        click.echo(f"mirror: error: {len(bad)} of {len(rows)} snapshot(s) differ from their install records; exit {max(bad)} is the worst of them", err=True)
         click.get_current_context().exit(max(bad))
 
 

@@ -23,6 +23,12 @@ from mirror.pack import pack_folder
 from mirror.signing import keygen, sign_bundle
 
 
+def _manifest_digest(bundle: Path) -> str:
+    """The bundle identity's hex, computed without mirror: sha256 of the manifest member."""
+    with tarfile.open(bundle) as tf:
+        return hashlib.sha256(tf.extractfile("_mirror/manifest.json").read()).hexdigest()
+
+
 def _pub_fingerprint(pub: Path) -> str:
     der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(pub), "-outform", "DER"], check=True, capture_output=True).stdout
     return hashlib.sha256(der).hexdigest()
@@ -116,8 +122,9 @@ def test_table_and_json(estate):
     rows = audit([estate["dir"]], public_key=estate["keys"][1])
     table = render_table(rows)
     header, *lines = table.splitlines()
-    assert header.split()[:4] == ["REPO", "COMMIT", "LICENSE", "SIZE"]
+    assert header.split()[:5] == ["REPO", "COMMIT", "ID", "LICENSE", "SIZE"]
     clean_line = next(line for line in lines if "org/clean" in line)
+    assert clean_line.split()[2] == _manifest_digest(estate["clean"])[:8]  # the identity approvals name
     assert "valid " + _pub_fingerprint(estate["keys"][1])[:8] in clean_line and clean_line.rstrip().endswith("ok")
     assert "REFUSED" in next(line for line in lines if "org/evil" in line)
     assert any(line.startswith(estate["corrupt"].name + ": FAILED") for line in lines)
@@ -142,7 +149,8 @@ def test_the_table_fits_100_columns_and_json_keeps_the_detail(estate, tmp_path):
     lines = table.splitlines()
     width = max(len(line) for line in lines[: len(rows) + 1])  # the header and one row per bundle
     assert width <= 100, "\n" + table
-    long_line = next(line for line in lines if line.startswith("sentence-tr"))
+    long_line = next(line for line in lines[1 : len(rows) + 1] if line.startswith("senten"))
+    # the ID column (the bundle identity) takes its share: the repo id is cut in the middle, both ends readable
     assert "…" in long_line.split()[0] and long_line.split()[0].endswith("much-longer-name"[-6:])
     corrupt = next(line for line in lines if line.startswith(estate["corrupt"].name + ": FAILED"))
     assert not re.search(r"[0-9a-f]{40}", corrupt) and "model.safetensors" in corrupt  # digests cut to 12 hex
