@@ -112,11 +112,10 @@ class Client:
         self.close()
 
     def _send(self, method: str, url: str, *, headers: dict | None = None, data=None, stream: bool = False, size: int = 0,
-              auth: tuple[Origin, str] | None = None, what: str = "") -> requests.Response:
-        """Every request of the client: through the transport, with the registry's credentials
-        bound to the registry's origin (`auth` overrides, for the token service)."""
-        if auth is None and self._auth:
-            auth = (self.origin, self._auth)
+              what: str = "") -> requests.Response:
+        """Every request to the registry (and where it sends the client): through the transport,
+        with the registry's credentials bound to the registry's origin."""
+        auth = (self.origin, self._auth) if self._auth else None
         try:
             return self.transport.send(method, url, headers=headers, data=data, stream=stream, size=size, auth=auth, what=what or f"{method} {url}")
         except requests.exceptions.RequestException as e:

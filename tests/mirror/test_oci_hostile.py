@@ -178,6 +178,16 @@ def test_a_trickling_registry_fails_in_bounded_time(tmp_path, head_at_once):
     assert trickle.connections >= 1
 
 
+def test_a_stalled_upload_fails_in_bounded_time(servers, tmp_path):
+    """The deadline covers a request whose body was sent and whose answer never comes."""
+    reg = servers(MiniRegistry(stall_uploads=True))
+    info = pack(tmp_path)
+    p = cli("push", str(info.path), reg.ref(), "--plain-http", tmp_path=tmp_path, timeout_s="1.5")
+    line = one_line(p)
+    assert p.returncode == 3 and f"{reg.host} did not finish answering within" in line, line
+    assert any(s.method in ("PATCH", "PUT") for s in reg.seen) and reg.manifests == {}
+
+
 def test_deadlines_from_the_environment():
     assert Deadlines.from_env({}) == Deadlines()
     d = Deadlines.from_env({"MIRROR_OCI_TIMEOUT": "2", "MIRROR_OCI_CONNECT_TIMEOUT": "0.5", "MIRROR_OCI_MIN_RATE": "1000"})
