@@ -34,6 +34,7 @@ from huggingface_hub.utils import WeakFileLock
 
 from mirror import atomic, cachedirs, safejson
 from mirror.errors import UnsafeCache
+from mirror.identity import is_bundle_id
 from mirror.ids import is_commit, is_sha256, ref_problem, unsafe_path_reason
 from mirror.manifest import FileEntry
 
@@ -291,23 +292,148 @@ class BundleRecord:
         return None
 
 
-def write_record(rc: RepoCache, commit: str, files: Iterable[FileEntry], *, bundle: BundleRecord | None = None) -> None:
+@dataclass(frozen=True)
+class RecordTrust:
+    """What the install record says about trust in a commit: the identity of the bundle that made
+    it (mirror.identity; None in a record of an older mirror) and the fingerprint of the key whose
+    signature that install checked (None when it checked none: no key was required)."""
+
+    bundle_id: str | None
+    signer: str | None
+
+
+def write_record(rc: RepoCache, commit: str, files: Iterable[FileEntry], *, bundle: BundleRecord | None = None,
+                 trust: RecordTrust | None = None) -> None:
+    """The record of a commit mirror installed: its files, and with them the stamp of each blob as
+    it is now (right after the install checked it), so a later check of the snapshot needs to hash
+    only a blob whose stamp changed (`snapshot_problem`)."""
     make_dirs(rc.folder / RECORD_DIR)
-    body: dict = {"commit": commit, "files": [asdict(f) for f in sorted(files, key=lambda f: f.path)]}
+    files = sorted(files, key=lambda f: f.path)
+    body: dict = {"commit": commit, "files": [asdict(f) for f in files], "stamps": _stamps(rc, files)}
     if bundle is not None:
         body["bundle"] = asdict(bundle)
+    if trust is not None:
+        body["bundle_id"], body["signer"] = trust.bundle_id, trust.signer
     atomic.write_atomic(rc.record_path(commit), json.dumps(body, sort_keys=True, indent=1) + "\n")
+
+
+def update_record(rc: RepoCache, commit: str, *, bundle: BundleRecord | None = None, trust: RecordTrust | None = None) -> bool:
+    """Under the repo lock: complete the record of an installed commit. `bundle` is added only when
+    the record names none yet (the first checked bundle stays: its bytes made the snapshot);
+    `trust` replaces what the record says when this install checked a signature (or the record
+    names no identity yet). Returns whether the record changed."""
+    files = read_record(rc, commit)
+    if files is None:
+        return False
+    body = _load_record(rc.record_path(commit))
+    changed = False
+    if bundle is not None and body.get("bundle") is None:
+        body["bundle"] = asdict(bundle)
+        changed = True
+    if trust is not None and (trust.signer is not None or body.get("bundle_id") is None):
+        if (body.get("bundle_id"), body.get("signer")) != (trust.bundle_id, trust.signer):
+            body["bundle_id"], body["signer"] = trust.bundle_id, trust.signer
+            changed = True
+    if changed:
+        atomic.write_atomic(rc.record_path(commit), json.dumps(body, sort_keys=True, indent=1) + "\n")
+    return changed
 
 
 def add_bundle_to_record(rc: RepoCache, commit: str, bundle: BundleRecord) -> bool:
     """Under the repo lock: name the bundle in the record of an installed commit that names none
     yet (installed by a pass that did not check the bundle's sha256). The first checked bundle
     stays: it is the one whose bytes made the snapshot. Returns whether the record changed."""
+    return update_record(rc, commit, bundle=bundle)
+
+
+def read_trust(rc: RepoCache, commit: str) -> RecordTrust | None:
+    """The identity and checked signer the install record names, or None without a record."""
+    p = rc.record_path(commit)
+    try:
+        d = _load_record(p)
+    except FileNotFoundError:
+        return None
+    if not isinstance(d, dict) or d.get("commit") != commit:
+        raise UnsafeCache(str(p), "the install record is not one of this commit", fix="delete that file and the snapshot folder of that commit, then install again")
+    bid, signer = d.get("bundle_id"), d.get("signer")
+    if not (bid is None or is_bundle_id(bid)) or not (signer is None or (isinstance(signer, str) and is_sha256(signer))):
+        raise UnsafeCache(str(p), "the install record's bundle identity or signer is not a sha256", fix="delete that file and the snapshot folder of that commit, then install again")
+    return RecordTrust(bundle_id=bid, signer=signer)
+
+
+# --- a snapshot against its record -------------------------------------------------------------------
+
+SMALL_BLOB = 16 * 1024 * 1024  # configs, tokenizers, cards: always hashed (milliseconds); larger ones by stamp
+
+
+def _stamp(p: Path) -> list[int] | None:
+    """(inode, size, mtime_ns, ctime_ns) of a regular file, or None. ctime is set by the kernel on
+    every write, truncate, rename or utime, to its own clock: a blob changed in place has another."""
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] if stat.S_ISREG(st.st_mode) else None
+
+
+def _stamps(rc: RepoCache, files: Iterable[FileEntry]) -> dict[str, list[int]]:
+    out = {}
+    for f in files:
+        if (s := _stamp(rc.blob(f.etag))) is not None:
+            out[f.etag] = s
+    return out
+
+
+def snapshot_problem(rc: RepoCache, commit: str) -> str | None:
+    """Why snapshots/<commit> no longer holds what its install record says, or None (also None
+    when there is no record: nothing to compare with). Every entry must be the link the install
+    made, to a regular blob of the recorded size, and no file may have been added; a blob up to
+    SMALL_BLOB is hashed, a larger one only when its stamp differs from the one recorded at
+    install (then the recorded stamp is refreshed if the hash matches and the cache is writable)."""
+    from mirror.hashing import hash_files
+
+    p = rc.record_path(commit)
     files = read_record(rc, commit)
-    if files is None or read_bundle_record(rc, commit) is not None:
-        return False
-    write_record(rc, commit, files.values(), bundle=bundle)
-    return True
+    if files is None:
+        return None
+    d = _load_record(p)
+    stamps = d.get("stamps") if isinstance(d.get("stamps"), dict) else {}
+    links = snapshot_links(rc, commit)
+    for path in sorted(set(links) - set(files)):
+        return f"{path} is in the snapshot but not in its install record (added after the install)"
+    to_hash: dict[Path, FileEntry] = {}
+    for path, f in sorted(files.items()):
+        if path not in links:
+            return f"{path} is missing from the snapshot"
+        where = rc.blob(f.etag)
+        if links[path] is None and not (rc.snapshot(commit) / path).is_symlink():
+            where = rc.snapshot(commit) / path  # a plain copy (a cache without links): judged by its bytes
+        elif links[path] != f.etag:
+            return f"{path} is no longer the link to blob {f.etag} the install made"
+        now = _stamp(where)
+        if now is None:
+            return f"{path}: its blob {f.etag} is missing or not a regular file"
+        if now[1] != f.size:
+            return f"{path}: its blob is {now[1]} bytes, the install recorded {f.size}"
+        if f.size <= SMALL_BLOB or where != rc.blob(f.etag) or stamps.get(f.etag) != now:
+            to_hash[where] = f
+    if not to_hash:
+        return None
+    digests = hash_files(list(to_hash), lfs={p for p, f in to_hash.items() if f.lfs})
+    for where, f in to_hash.items():
+        got = digests[where]
+        if (got.sha256, got.git_sha1) != (f.sha256, f.git_sha1):
+            return f"{f.path}: its sha256 is {got.sha256} now, the install recorded {f.sha256} (changed in the cache since)"
+    fresh = {f.etag: _stamp(where) for where, f in to_hash.items() if f.size > SMALL_BLOB and where == rc.blob(f.etag)}
+    if fresh and unwritable(rc) is None:  # hashed once: the next check needs only a stat
+        try:
+            with repo_lock(rc):
+                body = _load_record(p)
+                body["stamps"] = {**(body.get("stamps") or {}), **{k: v for k, v in fresh.items() if v is not None}}
+                atomic.write_atomic(p, json.dumps(body, sort_keys=True, indent=1) + "\n")
+        except OSError:
+            pass  # a stamp is a shortcut, never the verdict
+    return None
 
 
 def read_bundle_record(rc: RepoCache, commit: str) -> BundleRecord | None:

@@ -6,8 +6,12 @@ manifest names, and nothing a later bundle, a shared cache or an interruption do
 silently. How each part is kept:
 
 - one manifest read: the bundle is opened once; the snapshot is built from the manifest that the
-  bytes are checked against (`mirror.extract`), and a required signature (`--public-key`,
-  $MIRROR_TRUSTED_KEYS) is checked over exactly those manifest bytes;
+  bytes are checked against (`mirror.extract`), and the site policy (`mirror.trust`: a required
+  signature by `--public-key` / $MIRROR_TRUSTED_KEYS, a required approval) is checked over exactly
+  those manifest bytes; the install record names the bundle's identity and the key whose
+  signature was checked, so what loads the snapshot later can enforce the same policy;
+- a `.sha256` sidecar beside the bundle is checked when it is there (a manifest altered in
+  transit, with the sidecar right beside it, is refused);
 - an installed commit is immutable: a bundle claiming it with other content is refused, naming
   the first differing file; blobs already in the cache are trusted only after their content
   matched their name, and a damaged one is replaced (and reported);
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from mirror import atomic, hfcache, parts, policy, trust
+from mirror import atomic, hfcache, identity, parts, policy, trust
 from mirror.delta import delta_info
 from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CacheNotWritable, CommitConflict, MirrorError, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
@@ -56,6 +60,7 @@ class InstallResult:
     repaired: tuple[str, ...] = ()  # paths whose damaged blob in the cache was replaced
     recovered: tuple[str, ...] = ()  # what was done about earlier interrupted installs
     signer: str | None = None  # the fingerprint of the key whose signature was required and valid
+    bundle_id: str | None = None  # the bundle's identity (mirror.identity), as the install record names it
 
 
 @dataclass
@@ -83,21 +88,26 @@ def install_bundle(
     bundle_sha256: bool = True,
     public_keys: Sequence[str | os.PathLike] = (),
     expected_sha256: str | None = None,
+    site: trust.Policy | None = None,
 ) -> InstallResult:
     """Verify `path` while installing it into the cache. `public_keys` (plus those in
     $MIRROR_TRUSTED_KEYS) require a valid signature by one of them; `expected_sha256` requires the
     bundle's own sha256 (a transfer ticket's). `bundle_sha256=False` skips computing the bundle's
-    sha256 when nothing requires it (the files are checked either way).
+    sha256 when nothing requires it (the files are checked either way); a `.sha256` sidecar beside
+    the bundle requires it. `site` is the policy to enforce (default: `trust.policy(public_keys)`,
+    which adds $MIRROR_TRUSTED_KEYS and the approvals the environment requires); an approval is
+    checked before any byte of the payload is read.
     Raises CommitConflict, HashMismatch, BundleError, SignatureError, PolicyError, UnsafeCache,
     BaseNotInstalled, NotEnoughSpace or CacheNotWritable; the cache is then as it was. A cache this
     process cannot write is only read: a bundle already installed there passes (`_read_only`)."""
-    keys = trust.trusted_keys(public_keys)
+    keys = site if site is not None else trust.policy(public_keys)
     if expected_sha256 is not None and not is_sha256(expected_sha256.lower()):
         raise UsageError(f"--sha256 {expected_sha256!r} is not 64 hex characters; copy the bundle's sha256 from its .sha256 sidecar or transfer ticket")
-    want_sha = bundle_sha256 or expected_sha256 is not None
+    want_sha = bundle_sha256 or expected_sha256 is not None or has_sidecar(path)
     with BundleReader(path, hash_all=want_sha) as reader:
         m = reader.manifest
         label = reader.label
+        keys.require_approval(identity.bundle_id(reader.manifest_bytes), label=label)
         info = delta_info(m, bundle=label)
         target = _target_files(m, info, label)
         if not allow_pickle:  # decided from the names of the complete snapshot, before any byte is read
@@ -161,17 +171,18 @@ def _already(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
     With `write`, the refs are set and the install record written or completed (bookkeeping a
     read-only cache goes without: the snapshot is what loads)."""
     rc, target = plan.rc, plan.target
-    signer = _signature_only(reader, keys) if keys else None
-    sha = _sha_only(reader, expected_sha256) if expected_sha256 else None
+    signer = _signature_only(reader, keys) if keys.requires_signature else None
+    sha = _sha_only(reader, expected_sha256) if expected_sha256 or has_sidecar(reader.path) else None
     bundle = _bundle_record(reader, sha)
+    checked = hfcache.RecordTrust(bundle_id=identity.bundle_id(reader.manifest_bytes), signer=signer)
     if not write:
-        return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, hfcache.refs_to(rc, m.commit), signer=signer)
+        return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, hfcache.refs_to(rc, m.commit), signer=signer, bundle_id=checked.bundle_id)
     refs = _write_refs(rc, m)
     if plan.record is None and set(plan.existing) == {f.path for f in target}:
-        hfcache.write_record(rc, m.commit, target, bundle=bundle)
-    elif bundle is not None and plan.record is not None and set(plan.record) == {f.path for f in target}:
-        hfcache.add_bundle_to_record(rc, m.commit, bundle)
-    return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer)
+        hfcache.write_record(rc, m.commit, target, bundle=bundle, trust=checked)
+    elif plan.record is not None and set(plan.record) == {f.path for f in target}:
+        hfcache.update_record(rc, m.commit, bundle=bundle, trust=checked)
+    return InstallResult(m.repo_id, m.commit, rc.snapshot(m.commit), True, sha, refs, recovered=recovered, signer=signer, bundle_id=checked.bundle_id)
 
 
 def _target_files(m: Manifest, info, label: str) -> tuple[FileEntry, ...]:
@@ -316,7 +327,8 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
         ex = extract(reader, sink=sink, bundle_sha256=want_sha)
         if sink.todo - set(sink.staged):
             raise BundleError(label, f"{len(sink.todo - set(sink.staged))} file(s) to install were not in the bundle's payload")
-        signer = trust.require_signature(reader.manifest_bytes, ex.signature, keys=keys, bundle=label).key_fingerprint if keys else None
+        signer = keys.require_signer(reader.manifest_bytes, ex.signature, label=label)
+        checked = hfcache.RecordTrust(bundle_id=identity.bundle_id(reader.manifest_bytes), signer=signer)
         if expected_sha256 is not None and ex.sha256 != expected_sha256.lower():
             raise _not_the_ticketed(label, expected_sha256, ex.sha256)
         bundle = _bundle_record(reader, ex.sha256)
@@ -335,7 +347,7 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
                 os.replace(tmp, rc.blob(etag))
         sink.staged.clear()
         if journal.new_record:
-            hfcache.write_record(rc, m.commit, plan.target, bundle=bundle)
+            hfcache.write_record(rc, m.commit, plan.target, bundle=bundle, trust=checked)
         # commit point 2: the snapshot (a new one appears whole, by one rename)
         if new_snapshot:
             staging = atomic.temp_path(snap, suffix="staging")
@@ -350,8 +362,8 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
                     os.symlink(link_target(f.path, f.etag), tmp)
                     os.replace(tmp, p)
         refs = _write_refs(rc, m)
-        if bundle is not None and not journal.new_record and plan.record is not None and set(plan.record) == {f.path for f in plan.target}:
-            hfcache.add_bundle_to_record(rc, m.commit, bundle)
+        if not journal.new_record and plan.record is not None and set(plan.record) == {f.path for f in plan.target}:
+            hfcache.update_record(rc, m.commit, bundle=bundle, trust=checked)
     except BaseException as e:
         sink.cleanup()
         if staging is not None:
@@ -366,7 +378,7 @@ def _install(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
         if journal_path is not None:
             journal_path.unlink(missing_ok=True)
     repaired = tuple(sorted(plan.write[e].path for e in plan.damaged))
-    return InstallResult(m.repo_id, m.commit, snap, False, ex.sha256, refs, repaired=repaired, recovered=recovered, signer=signer)
+    return InstallResult(m.repo_id, m.commit, snap, False, ex.sha256, refs, repaired=repaired, recovered=recovered, signer=signer, bundle_id=checked.bundle_id)
 
 
 def installed_bundle(repo_id: str, commit: str, *, cache_dir: str | os.PathLike | None = None, repo_type: str = "model") -> hfcache.BundleRecord | None:
@@ -427,6 +439,19 @@ def _bundle_record(reader: BundleReader, sha256: str | None) -> hfcache.BundleRe
     return hfcache.BundleRecord(name=where.name, path=os.path.abspath(where), size=size, sha256=sha256)
 
 
+def has_sidecar(path: str | os.PathLike) -> bool:
+    """Whether a usable `.sha256` sidecar sits beside the single-file bundle at `path`: then the
+    bundle's own sha256 is computed and compared with it (a multi-part bundle's index has its own)."""
+    loc = parts.locate(path)
+    return not loc.multipart and _sidecar_sha256(loc.path.with_name(loc.path.name + ".sha256")) is not None
+
+
+def sidecar_sha256(path: str | os.PathLike) -> str | None:
+    """The digest the `.sha256` sidecar beside the single-file bundle at `path` claims, or None."""
+    loc = parts.locate(path)
+    return None if loc.multipart else _sidecar_sha256(loc.path.with_name(loc.path.name + ".sha256"))
+
+
 def _sidecar_sha256(sidecar: Path) -> str | None:
     """The digest a `sha256sum`-format sidecar claims, or None when there is no usable one (the
     sidecar is optional; one that is not a regular small file or not in that format is ignored)."""
@@ -460,12 +485,12 @@ def _signature_only(reader: BundleReader, keys) -> str | None:
     this install read. Only the trailer is needed (nothing is extracted), so the member headers are
     walked, seeking over the data; whatever file the trailer comes from, it must sign these bytes."""
     signature = read_tail(reader.path).signature
-    return trust.require_signature(reader.manifest_bytes, signature, keys=keys, bundle=reader.label).key_fingerprint
+    return keys.require_signer(reader.manifest_bytes, signature, label=reader.label)
 
 
-def _sha_only(reader: BundleReader, expected: str) -> str:
+def _sha_only(reader: BundleReader, expected: str | None) -> str:
     ex = extract(reader, sink=None, bundle_sha256=True)
-    if ex.sha256 != expected.lower():
+    if expected is not None and ex.sha256 != expected.lower():
         raise _not_the_ticketed(reader.label, expected, ex.sha256)
     return ex.sha256
 

@@ -41,6 +41,7 @@ def test_an_install_that_checks_the_bundle_sha256_records_it(small, tmp_path):
 def test_without_the_sha256_nothing_is_recorded_until_a_ticketed_install_checks_it(small, tmp_path):
     _, info = small
     cache = tmp_path / "cache"
+    info.path.with_name(info.path.name + ".sha256").unlink()  # with its sidecar beside it, the sha256 is checked and recorded
     install_bundle(info.path, cache_dir=cache, bundle_sha256=False)  # what `mirror install` does
     assert "bundle" not in _record(cache) and installed_bundle("org/name", COMMIT, cache_dir=cache) is None
     files = _record(cache)["files"]
@@ -106,3 +107,23 @@ def test_positioned_reads_into_a_buffer_give_the_same_bytes_across_parts(small, 
                 assert bytes(buf) == raw[off : off + n] == src_.read(off, n)
         with pytest.raises(Exception, match="past the end"):
             many.readinto(len(raw) - 10, memoryview(bytearray(20)))
+
+
+def test_a_sidecar_beside_the_bundle_is_checked_even_when_the_sha256_is_not_asked_for(small, tmp_path):
+    """A byte of the manifest changed in transit (its licence): every file still matches that
+    manifest, but not the sidecar shipped beside it; `mirror install` (no --sha256) refuses it."""
+    from mirror.tarformat import BundleReader
+
+    _, info = small
+    with BundleReader(info.path, hash_all=False) as r:
+        head = r.manifest_bytes
+    data = info.path.read_bytes()
+    at = data.index(head)
+    altered = head.replace(b'"created_at": "2024', b'"created_at": "2025')  # a timestamp touched in transit
+    assert altered != head and len(altered) == len(head)
+    info.path.write_bytes(data[:at] + altered + data[at + len(head):])
+    cache = tmp_path / "cache"
+    with pytest.raises(HashMismatch) as e:
+        install_bundle(info.path, cache_dir=cache, bundle_sha256=False)
+    assert "sidecar" in str(e.value) and e.value.exit_code == 4
+    assert not (cache / "models--org--name" / "snapshots").exists()
