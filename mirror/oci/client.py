@@ -37,7 +37,7 @@ from mirror.errors import (
     RegistryNotFound,
 )
 from mirror.oci.auth import Challenge, Credentials, parse_challenge, realm_origin
-from mirror.oci.transport import Deadlines, Origin, Transport, iter_body, read_body
+from mirror.oci.transport import Deadlines, Origin, Transport, read_body
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
