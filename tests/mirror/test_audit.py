@@ -234,3 +234,112 @@ def test_multi_part_bundles_are_audited_once_by_their_index(tmp_path):
     (row,) = audit([tmp_path / "out"])
     assert row.ok and row.verified and row.repo_id == "org/parts"
     assert row.size == info.size and row.signature.present is False
+
+
+# --- mirror audit --installed: a cache against its install records ------------------------------------
+
+
+@pytest.fixture
+def cache(estate, tmp_path):
+    """The clean and legacy bundles installed by the real command line into a fresh cache."""
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    root = tmp_path / "hub"
+    r = CliRunner().invoke(cli, ["install", str(estate["clean"]), str(estate["legacy"]), "--allow-pickle", "--cache-dir", str(root)])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def _snapshot(root: Path, repo: str) -> Path:
+    (snap,) = (root / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir()
+    return snap
+
+
+def _writable(p: Path) -> Path:
+    target = p.resolve()
+    target.chmod(0o644)
+    return target
+
+
+def test_installed_snapshots_checked_against_their_records(cache, estate):
+    from huggingface_hub import scan_cache_dir
+
+    from mirror.installed import audit_installed, render_table as render_installed
+
+    rows = audit_installed(cache)
+    hf = {(r.repo_id, rev.commit_hash) for r in scan_cache_dir(cache).repos for rev in r.revisions}
+    assert {(r.snapshot.repo_id, r.snapshot.commit) for r in rows} == hf  # the same snapshots huggingface_hub sees
+    assert [r.state for r in rows] == ["ok", "ok"]
+    clean = next(r for r in rows if r.snapshot.repo_id == "org/clean")
+    assert clean.checked == 3 and clean.checked_bytes == 2048 + len('{"a": 1}\n') + len("---\nlicense: apache-2.0\n---\n")
+    assert clean.bundle["name"] == estate["clean"].name and clean.bundle["sha256"] == hashlib.sha256(estate["clean"].read_bytes()).hexdigest()
+
+    snap = _snapshot(cache, "org/clean")
+    with open(_writable(snap / "model.safetensors"), "r+b") as f:  # one byte changed in place, size kept
+        f.seek(100)
+        f.write(b"\x01")
+    (snap / "notes.txt").write_text("added by hand\n")
+    legacy = _snapshot(cache, "org/legacy")
+    (legacy / "config.json").unlink()
+    rows = {r.snapshot.repo_id: r for r in audit_installed(cache)}
+    assert rows["org/clean"].state == "modified" and rows["org/legacy"].state == "missing"
+    changed = bytearray(2048)
+    changed[100] = 1
+    assert [(p.path, p.state) for p in rows["org/clean"].problems] == [("model.safetensors", "modified"), ("notes.txt", "extra")]
+    assert hashlib.sha256(changed).hexdigest() in rows["org/clean"].problems[0].detail  # --json: digests in full
+    assert [(p.path, p.state) for p in rows["org/legacy"].problems] == [("config.json", "missing")]
+    table = render_installed(list(rows.values()))
+    assert "org/clean@" in table and "modified: model.safetensors (sha256 " in table and not re.search(r"[0-9a-f]{40}", table.split("\n\n")[1])
+
+
+def test_installed_links_fifos_and_unrecorded_snapshots(cache):
+    from mirror.installed import audit_installed
+
+    snap = _snapshot(cache, "org/clean")
+    outside = cache.parent / "outside.json"
+    outside.write_text('{"a": 1}\n')  # the recorded bytes, but from outside the cache's blobs
+    (snap / "config.json").unlink()
+    (snap / "config.json").symlink_to(outside)
+    legacy = _snapshot(cache, "org/legacy")
+    (legacy / "modeling_x.py").unlink()
+    os.mkfifo(legacy / "modeling_x.py")  # never opened: reported, the audit does not hang
+    foreign = cache / "models--hf--only" / "snapshots" / ("f" * 40)  # what huggingface_hub put there, no record
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text("{}")
+    rows = {r.snapshot.repo_id: r for r in audit_installed(cache)}
+    assert [(p.path, p.state) for p in rows["org/clean"].problems] == [("config.json", "not a regular file")]
+    assert "outside.json" in rows["org/clean"].problems[0].detail
+    assert [(p.path, p.state) for p in rows["org/legacy"].problems] == [("modeling_x.py", "not a regular file")]
+    assert rows["hf/only"].state == "no record" and not rows["hf/only"].ok
+
+    (cache / "models--org--clean" / ".mirror").rename(cache / "moved")  # a record folder swapped for a link
+    (cache / "models--org--clean" / ".mirror").symlink_to(cache / "moved")
+    assert {r.snapshot.repo_id: r for r in audit_installed(cache)}["org/clean"].state == "unsafe"
+
+
+def test_cli_audit_installed(cache, tmp_path):
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(cache)])
+    assert r.exit_code == 0, r.output
+    header, *lines = r.stdout.splitlines()
+    assert header.split() == ["REPO", "COMMIT", "BUNDLE", "SIZE", "FILES", "STATE"] and all(line.endswith("ok") for line in lines)
+
+    (_snapshot(cache, "org/legacy") / "config.json").unlink()
+    r = runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(cache), "--json"])
+    rows = {x["repo_id"]: x for x in map(json.loads, r.stdout.splitlines())}
+    assert r.exit_code == 4 and rows["org/legacy"]["state"] == "missing" and rows["org/legacy"]["exit_code"] == 4 and rows["org/clean"]["ok"]
+    assert r.stderr == "mirror: error: 1 of 2 snapshot(s) differ from their install records; exit 4 is the worst of them\n"
+
+    assert runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(tmp_path / "none")]).exit_code == 3
+    r = runner.invoke(cli, ["audit", "--installed", str(tmp_path)])
+    assert r.exit_code == 2 and "--installed audits the HF cache, not PATHs" in r.stderr
+    r = runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(cache), "--format", "cyclonedx"])
+    assert r.exit_code == 2 and "no CycloneDX form" in r.stderr
+    r = runner.invoke(cli, ["audit"])
+    assert r.exit_code == 2 and "or --installed" in r.stderr
