@@ -72,13 +72,16 @@ class Http(requests.Session):
 
     def request(self, method: str, path: str, *args, **kwargs):  # type: ignore[override]
         kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("verify", self.verify)  # per request: REQUESTS_CA_BUNDLE would override the session's
         return super().request(method, self.url + path, *args, **kwargs)
 
 
 class Server:
-    """`python -m trainer serve ...` on a free port; its stderr goes to a file the tests read."""
+    """`python -m trainer serve ...` on a free port; its stderr goes to a file the tests read.
+    `ca`: the server was given a certificate (--tls-cert) that this CA file verifies; `token`:
+    its bearer token, sent by `http` on every request."""
 
-    def __init__(self, args: list[str], *, cwd: Path, hf_home: Path):
+    def __init__(self, args: list[str], *, cwd: Path, hf_home: Path, ca: Path | None = None, token: str | None = None):
         self.port = free_port()
         self.log = cwd / f"serve-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
@@ -86,8 +89,13 @@ class Server:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", *args, "--port", str(self.port)],
                                          cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+        self.token = token
         self.http = Http(self.url)
+        if ca is not None:
+            self.http.verify = str(ca)
+        if token is not None:
+            self.http.headers["Authorization"] = f"Bearer {token}"
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
             if self.proc.poll() is not None:
@@ -144,10 +152,10 @@ def server(runs, tmp_path_factory):
     s.stop()
 
 
-def openai_client(s: Server):
+def openai_client(s: Server, **kw):
     import openai
 
-    return openai.OpenAI(base_url=f"{s.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{s.url}/v1", api_key=s.token or "not-needed", max_retries=0, timeout=120, **kw)
 
 
 def _fp32():
@@ -174,12 +182,15 @@ def test_health_and_v1_models_say_what_is_served_for_audit(server, runs):
     for task, run_dir in runs.items():
         m = models[task]
         assert m["id"] == run_dir.name and m["source"] == "run folder"
+        assert "commit" not in m and "bundle_sha256" not in m  # a run folder has neither of its own (a null read as "unknown")
+        assert m["base_commit"] == "0" * 40  # its lineage's: what it was trained from
         assert m["base_model"]["repo_id"] == f"tiny/{run_dir.name}" and m["base_model"]["commit"] == "0" * 40
         assert m["base_model"]["bundle_sha256"] == "ab" * 32
         assert m["training_data"] == [{"split": "train", "file": f"{run_dir.name}.train.jsonl", "sha256": _sha(run_dir.parent / f"{run_dir.name}.train.jsonl")}]
         assert m["random_init"] is True and "RANDOM-INITIALISED" in m["warning"]
     assert models["classification"]["labels"] == LABELS
-    assert h["knowledge_base"]["paragraphs"] == 4 and h["knowledge_base"]["embedded"] == 4 and h["knowledge_base"]["from_cache"] == 0
+    assert h["knowledge_base"] == {"files": 2, "paragraphs": 4, "embedded": 4, "from_cache": 0}  # no local path: no token was shown
+    assert h["auth"] == "none"
 
     listed = openai_client(server).models.list()
     by_id = {m.id: m for m in listed.data}
@@ -329,12 +340,18 @@ def test_a_long_generation_does_not_block_embed(server, runs):
         ("/embed", {"texts": []}, 422, "texts: List should have at least 1 item"),
         ("/classify", {"txt": "a"}, 422, "text: Field required"),
         ("/v1/embeddings", {"model": "nope", "input": "a"}, 404, "model 'nope' is not served here"),
+        ("/v1/chat/completions", {"model": "x", "messages": []}, 422, "messages: List should have at least 1 item"),
     ],
 )
 def test_limits_and_bad_input_get_one_line_and_the_right_status(server, path, body, status, fragment):
     r = server.http.post(path, json=body)
     assert r.status_code == status, r.text
-    detail = r.json()["detail"]
+    if path.startswith("/v1/"):  # OpenAI's error shape, which its clients read
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        detail = error["message"]
+    else:
+        detail = r.json()["detail"]
     assert isinstance(detail, str) and fragment in detail and "\n" not in detail and "Traceback" not in r.text
 
 
@@ -353,7 +370,7 @@ def test_one_access_log_line_per_request_and_prometheus_metrics(server):
         server.http.get(marker)
     server.http.get("/health")
     lines = [x for x in server.output().splitlines() if f'"GET {marker}"' in x]
-    assert len(lines) == 3 and all(x.startswith("trainer serve: 127.0.0.1:") and " 404 " in x and x.endswith(" ms") for x in lines)
+    assert len(lines) == 3 and all(x.startswith("trainer serve: 127.0.0.1:") and f' - "GET {marker}" 404 ' in x and x.endswith(" ms") for x in lines)  # '-': no token
     text = server.http.get("/metrics").text
     assert "# TYPE trainer_serve_requests_total counter" in text
     assert server.metric("trainer_serve_requests_total", route="other", status="404") >= 3
@@ -378,7 +395,8 @@ def test_serves_a_bundled_model_names_what_it_serves_and_stops_gracefully(runs, 
         assert m[0]["base_model"]["repo_id"] == "tiny/embedder"  # the lineage travelled inside the bundle
         for path, body in (("/classify", {"text": "a"}), ("/chat", {"user": "hi"}), ("/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": "hi"}]})):
             r = s.http.post(path, json=body)
-            assert r.status_code == 404 and "this server serves none; it serves acme/embedder (embeddings" in r.json()["detail"], r.text
+            detail = r.json()["error"]["message"] if path.startswith("/v1/") else r.json()["detail"]
+            assert r.status_code == 404 and "this server serves none; it serves acme/embedder (embeddings" in detail, r.text
         r = s.http.post("/retrieve", json={"query": "a"})
         assert r.status_code == 404 and "--knowledge-base" in r.json()["detail"]
         # the default precision (bf16 weights on a CPU with native bf16): the same directions as fp32

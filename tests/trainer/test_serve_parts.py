@@ -72,6 +72,30 @@ def test_one_bad_request_fails_alone_and_a_failing_pass_does_not_kill_the_worker
     assert b.pending == 0
 
 
+def test_a_pass_that_fails_is_rerun_one_request_at_a_time_so_only_the_culprit_fails():
+    gate, seen = threading.Event(), []
+
+    def fn(batch):
+        seen.append(list(batch))
+        gate.wait(30)
+        if "poison" in batch:
+            raise TypeError("the tokenizer cannot read this")
+        return [p.upper() for p in batch]
+
+    b = Batcher("t", fn, max_items=10, max_wait_s=0.0).start()
+    first = b.submit("first")  # holds the worker while the next batch queues up behind it
+    while b.in_flight == 0:
+        time.sleep(0.001)
+    futs = [b.submit(p) for p in ("a", "poison", "b")]
+    gate.set()
+    assert first.result(30) == "FIRST" and futs[0].result(30) == "A" and futs[2].result(30) == "B"
+    with pytest.raises(TypeError, match="cannot read"):
+        futs[1].result(30)
+    assert seen == [["first"], ["a", "poison", "b"], ["a"], ["poison"], ["b"]] and b.isolated == 1
+    b.stop(timeout=30)
+    assert b.pending == 0
+
+
 def test_stop_answers_what_was_queued_then_refuses():
     gate = threading.Event()
     b = Batcher("t", lambda batch: (gate.wait(30), batch)[1], max_items=1, max_wait_s=0.0).start()
@@ -192,6 +216,29 @@ def test_startup_refusals_are_one_line_with_an_exit_code(tmp_path, st_run, train
         assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in error_line(r)
     r = trainer_cli("serve", str(st_run), "--port", "70000")
     assert r.exit_code == 2 and "not a TCP port" in error_line(r)
+
+
+def test_tls_and_token_file_refusals_come_before_any_model_loads(tmp_path, st_run, trainer_cli):
+    from tests.fixtures.registry import self_signed
+
+    cert, key, _ = self_signed(tmp_path / "tls")
+    r = trainer_cli("serve", str(st_run), "--port", "0", "--tls-cert", str(cert))
+    assert r.exit_code == 2 and "--tls-cert needs --tls-key too" in error_line(r)
+    r = trainer_cli("serve", str(st_run), "--port", "0", "--tls-cert", str(key), "--tls-key", str(key))
+    assert r.exit_code == 2 and "holds no PEM certificate" in error_line(r)
+    weak = tmp_path / "tokens.txt"
+    weak.write_text("ci:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n")
+    r = trainer_cli("serve", str(st_run), "--port", "0", "--token-file", str(weak))
+    assert r.exit_code == 2 and "tokens.txt:1 (ci): the token is guessable" in error_line(r)
+    r = trainer_cli("serve", str(st_run), "--port", "0", "--token-file", str(tmp_path / "missing.txt"))
+    assert r.exit_code == 2 and "no such file" in error_line(r)
+
+
+def test_help_says_what_auto_precision_does_on_a_cpu(trainer_cli):
+    """What test_serving_precision_on_a_cpu checks serving_precision does, in the help's words."""
+    text = " ".join(trainer_cli("serve", "--help").output.split())
+    assert "auto: bf16 weights on a CPU with native bf16 (AVX512-BF16/AMX; /health says bf16-pure), else fp32" in text
+    assert "fp32 on a CPU (measured faster" not in text  # what it said while serving bf16-pure
 
 
 def test_a_knowledge_base_needs_an_embedding_model(tmp_path, tiny_lm_dir, trainer_cli):

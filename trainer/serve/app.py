@@ -9,11 +9,18 @@ No handler runs a model on the event loop: each model has a `Batcher` worker and
 await its futures, so concurrent /embed and /classify calls share forward passes and a
 generation never blocks the other endpoints.
 
-Every error a client sees is `{"detail": "<one line>"}` with the fitting status: 413 for a body,
-text count or text length over the limits, 422 for malformed JSON or a bad field, 404 for an
-endpoint whose model is not served (naming what is), 500 for a bug (logged here with its
-traceback, which never reaches the client). One access-log line per request; `/metrics` in the
-Prometheus text format.
+Every input is checked per request before it joins a batch (text must be Unicode that UTF-8 can
+encode; sampling parameters within their ranges), so one client's odd input is that client's 422
+and never a failed pass for the requests batched with it. A generation stops when its client
+goes away, streaming or not.
+
+Every error a client sees is one line with the fitting status: 413 for a body, text count or
+text length over the limits, 422 for malformed JSON or a bad field, 404 for an endpoint whose
+model is not served (naming what is), 401/429 for a missing or refused token, 500 for a bug
+(logged here with its traceback, which never reaches the client). The original routes answer
+`{"detail": "..."}`, the OpenAI routes OpenAI's `{"error": {"message", "type", "param", "code"}}`
+so OpenAI clients show the message. One access-log line per request, naming the token's name
+when one was used; `/metrics` in the Prometheus text format.
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import Response, StreamingResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mirror.serve.auth import FailureThrottle, TokenSet
 from trainer.errors import TextTooLong
 from trainer.serve.batching import Batcher
 from trainer.serve.models import TASK_ENDPOINTS, TASK_WORDS, Served
@@ -58,14 +66,41 @@ ROUTES = "GET /health, GET /metrics, GET /v1/models, POST /classify, POST /embed
 
 
 class ClientError(Exception):
-    """A request the server refuses: status and one line for the client."""
+    """A request the server refuses: status and one line for the client (`code`: OpenAI's error code)."""
 
-    def __init__(self, status: int, detail: str):
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail: str, *, code: str | None = None):
+        self.status, self.detail, self.code = status, detail, code
         super().__init__(detail)
 
 
 # --- request bodies ------------------------------------------------------------------------------
+# Every field a model reads is checked here, per request, before the request can join a batch.
+
+MIN_TEMPERATURE = 0.01  # below it sampling is greedy in all but name, and near 0 the logits overflow
+SEED_RANGE = (-(2**63), 2**63 - 1)  # torch's generator seed is 64 bits
+
+
+def _encodable(text: str) -> str:
+    """Text a tokenizer can read: a lone surrogate (JSON `"\\ud800"`) is valid JSON but not Unicode
+    that UTF-8 can encode, and the tokenizer would fail the whole batch it joined."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"character {e.start} is U+{ord(text[e.start]):04X}, a lone surrogate that is not Unicode text: "
+                         "send valid UTF-8 (pair the surrogate or drop it)") from None
+    return text
+
+
+def _temperature(t: float) -> float:
+    if 0.0 < t < MIN_TEMPERATURE:
+        raise ValueError(f"temperature {t:g} is neither 0 (greedy) nor from {MIN_TEMPERATURE} to 2: send 0 for greedy decoding")
+    return t
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False), AfterValidator(_temperature)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])]
 
 
 class _Strict(BaseModel):
@@ -73,23 +108,23 @@ class _Strict(BaseModel):
 
 
 class ClassifyIn(_Strict):
-    text: str
+    text: Text
 
 
 class EmbedIn(_Strict):
-    texts: list[str] = Field(min_length=1)
+    texts: list[Text] = Field(min_length=1)
 
 
 class RetrieveIn(_Strict):
-    query: str
+    query: Text
     top_k: int = Field(default=3, ge=1)
 
 
 class ChatIn(_Strict):
-    system: str | None = None
-    user: str
+    system: Text | None = None
+    user: Text
     max_new_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    temperature: Temperature = 0.0
 
 
 class _OpenAI(BaseModel):
@@ -97,33 +132,33 @@ class _OpenAI(BaseModel):
 
 
 class OAEmbeddingsIn(_OpenAI):
-    model: str
-    input: str | list[str]
+    model: Text
+    input: Text | list[Text]
     encoding_format: Literal["float", "base64"] = "float"
 
 
 class OATextPart(_OpenAI):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class OAMessage(_OpenAI):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[OATextPart]
+    content: Text | list[OATextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class OAChatIn(_OpenAI):
-    model: str
+    model: Text
     messages: list[OAMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
 
 
@@ -133,11 +168,13 @@ class OAChatIn(_OpenAI):
 class Service:
     """The served models, their workers, the knowledge base and the metrics of one server."""
 
-    def __init__(self, models: list[Served], *, rt: Any, limits: Limits, kb: Any = None, workers: int = 1):
+    def __init__(self, models: list[Served], *, rt: Any, limits: Limits, kb: Any = None, workers: int = 1, tokens: TokenSet | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.models = {m.task: m for m in models}
         self.rt, self.limits, self.kb = rt, limits, kb
+        self.tokens = tokens  # None: no token needed (mirror serve's token file and throttle, the same rules)
+        self.throttle = FailureThrottle()
         self.started = time.time()
         self.registry = CollectorRegistry()
         self.m_requests = Counter("trainer_serve_requests", "HTTP requests answered", ["route", "status"], registry=self.registry)
@@ -150,6 +187,9 @@ class Service:
                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.m_generating = Gauge("trainer_serve_generations_in_flight", "Chat generations running now", registry=self.registry)
         self.m_tokens = Counter("trainer_serve_generated_tokens", "Tokens generated by the chat model", registry=self.registry)
+        self.m_abandoned = Counter("trainer_serve_generations_abandoned", "Chat requests whose client went away: stopped while queued or while generating",
+                                   ["stage"], registry=self.registry)
+        self.m_refused = Counter("trainer_serve_auth_refused", "Requests refused for a missing or wrong token (401) or too many wrong ones (429)", ["status"], registry=self.registry)
         self.m_queue = Gauge("trainer_serve_queue_depth", "Requests waiting for a model's worker", ["model"], registry=self.registry)
         self.workers: dict[str, Batcher] = {}
         from trainer.serve import models as fwd
@@ -194,7 +234,7 @@ class Service:
     def named(self, task: str, route: str, model: str) -> Served:
         m = self.need(task, route)
         if model != m.name:
-            raise ClientError(404, f"model {model[:80]!r} is not served here; {route} answers with {m.name!r} (GET /v1/models lists what is served)")
+            raise ClientError(404, f"model {model[:80]!r} is not served here; {route} answers with {m.name!r} (GET /v1/models lists what is served)", code="model_not_found")
         return m
 
     def check_texts(self, texts: list[str]) -> None:
@@ -221,6 +261,8 @@ class Service:
                 r = generate.reply(m.handles["net"], m.handles["tokenizer"], job["messages"], settings=job["settings"], rt=self.rt,
                                    ids=job["ids"], on_text=job.get("on_text"), cancel=job.get("cancel"))
                 self.m_tokens.inc(r.new_tokens)
+                if r.finish_reason == "cancelled":
+                    self.m_abandoned.labels("generating").inc()
                 out.append(r)
             except Exception as e:  # this request fails with its error; the worker goes on with the next
                 log.exception("generation failed")
@@ -245,20 +287,55 @@ class Service:
         except (TemplateError, ValueError, TypeError, KeyError, IndexError) as e:  # a template that refuses this conversation (roles out of order)
             raise ClientError(422, f"the model's chat template cannot render these messages ({' '.join(str(e).split())[:160]}): check the roles and their order") from None
         if len(ids) > m.max_tokens:
-            raise ClientError(413, f"the conversation has {len(ids)} tokens, more than the limit of {m.max_tokens}: shorten it (the server's --max-tokens-per-text)")
+            raise ClientError(413, f"the conversation has {len(ids)} tokens, more than the limit of {m.max_tokens}: shorten it (the server's --max-tokens-per-text)",
+                              code="context_length_exceeded")
         return {"messages": messages, "ids": ids, "settings": generate.Settings(max_new_tokens=new, temperature=temperature, top_p=top_p, seed=seed)}
 
-    def health(self) -> dict[str, Any]:
+    async def generate(self, job: dict[str, Any], request: Request) -> Any:
+        """One generation for a client that waits for the whole reply: stopped (or never started,
+        when still queued) as soon as the client goes away."""
+        cancel = threading.Event()
+        fut = self.workers["sft"].submit({**job, "cancel": cancel})
+        answer = asyncio.wrap_future(fut)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return answer.result()
+            raise _ClientGone()
+        finally:
+            gone.cancel()
+            if not fut.done():  # the client left (or the server is stopping): no one will read the reply
+                cancel.set()
+                if fut.cancel():
+                    self.m_abandoned.labels("queued").inc()
+
+    def health(self, *, authorised: bool) -> dict[str, Any]:
+        """What is served. Local paths (the knowledge base's folder and cache) only to a token's
+        holder; with tokens required, a caller without one learns only that the server is up."""
+        if self.tokens is not None and not authorised:
+            return {"status": "ok", "auth": "send 'Authorization: Bearer TOKEN' for the details"}
         return {
             "status": "ok",
             "device": self.rt.device.type,
             "precision": self.rt.precision,
             "uptime_s": round(time.time() - self.started, 1),
             "offline": _offline(),
+            "auth": "bearer token" if self.tokens is not None else "none",
             "models": [m.info() for m in self.models.values()],
-            "knowledge_base": self.kb.info() if self.kb is not None else None,
+            "knowledge_base": self.kb.info(paths=self.tokens is not None and authorised) if self.kb is not None else None,
             "limits": asdict(self.limits),
         }
+
+
+class _ClientGone(Exception):
+    """The client closed its connection before the answer was ready."""
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body is read: what comes next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _offline() -> dict[str, Any]:
@@ -281,30 +358,60 @@ def _one_line(text: Any) -> str:
     return " ".join(str(text).split())[:500]
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}  # pydantic names the member of a union a value was tried as
+
+
 def _loc(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out or "body"
 
 
-def _validation_detail(errors: list[dict[str, Any]]) -> str:
+def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One line for a request pydantic refused, and the field it names (None: the whole body)."""
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
         why = (first.get("ctx") or {}).get("error", "")
-        return _one_line(f"malformed JSON ({why}): send a JSON object" if why else "malformed JSON: send a JSON object")
+        return _one_line(f"malformed JSON ({why}): send a JSON object" if why else "malformed JSON: send a JSON object"), None
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
-        return "the body must be a JSON object, sent with Content-Type: application/json"
-    text = f"{_loc(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+        return "the body must be a JSON object, sent with Content-Type: application/json", None
+    # of a union's errors, the member whose type matched says what is wrong with the value
+    first = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), first)
+    where = _loc(tuple(first.get("loc", ())))
+    text = f"{where}: {str(first.get('msg', 'invalid')).removeprefix('Value error, ')}"  # our own checks' words
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return _one_line(text)
+    return _one_line(text), (None if where == "body" else where)
+
+
+_OA_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
+
+
+def error_response(path: str, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    """One error, in the shape the route's clients read: OpenAI's under /v1/ (its client shows
+    `error.message`), `{"detail"}` elsewhere. ASCII JSON: whatever text a message quotes, the
+    answer encodes."""
+    message = _one_line(message)
+    if path.startswith("/v1/"):
+        kind = _OA_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    else:
+        body = {"detail": message}
+    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _logged(text: str) -> str:
+    """A client-chosen string as it may appear in a log line: no newline, no control character."""
+    return json.dumps(text)[1:-1][:200]
 
 
 class _Edge:
-    """Pure ASGI middleware around the whole app: the body-size limit (413 before the app reads
-    a byte more than allowed), one access-log line per request, and the request metrics."""
+    """Pure ASGI middleware around the whole app: the bearer token (401/429 before anything else),
+    the body-size limit (413 before the app reads a byte more than allowed), one access-log line
+    per request, and the request metrics."""
 
     def __init__(self, app: Any, service: Service, routes: set[str]):
         self.app, self.service, self.routes = app, service, routes
@@ -316,6 +423,8 @@ class _Edge:
         status = {"code": 500}
         path = scope.get("path", "")
         route = path if path in self.routes else "other"
+        client = scope.get("client") or ("-", 0)
+        who = None
 
         async def send_status(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -323,10 +432,18 @@ class _Edge:
             await send(message)
 
         try:
+            headers = dict(scope.get("headers") or [])
+            if self.service.tokens is not None:
+                refused = self._refused(path, client[0], headers.get(b"authorization"))
+                if isinstance(refused, Response):
+                    self.service.m_refused.labels(str(refused.status_code)).inc()
+                    return await refused(scope, receive, send_status)
+                who = refused
+                scope.setdefault("state", {})["token_name"] = who
             limit = self.service.limits.max_body_bytes
-            declared = dict(scope.get("headers") or []).get(b"content-length")
+            declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                return await self._too_large(send_status, limit)
+                return await self._too_large(path, scope, receive, send_status, limit)
             body, more = [], True
             size = 0
             while more:
@@ -337,7 +454,7 @@ class _Edge:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    return await self._too_large(send_status, limit)
+                    return await self._too_large(path, scope, receive, send_status, limit)
                 body.append(chunk)
                 more = message.get("more_body", False)
             replay = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
@@ -350,15 +467,34 @@ class _Edge:
             await self.app(scope, replay_receive, send_status)
         finally:
             seconds = time.perf_counter() - t0
-            client = scope.get("client") or ("-", 0)
             self.service.m_requests.labels(route, str(status["code"])).inc()
             self.service.m_latency.labels(route).observe(seconds)
-            access_log.info('%s:%s "%s %s" %d %.1f ms', client[0], client[1], scope.get("method", "-"), path, status["code"], seconds * 1000)
+            access_log.info('%s:%s %s "%s %s" %d %.1f ms', client[0], client[1], who or "-", scope.get("method", "-"), _logged(path), status["code"], seconds * 1000)
 
-    async def _too_large(self, send: Any, limit: int) -> None:
-        body = json.dumps({"detail": f"request body larger than the limit of {limit} bytes: send less per request (the server's --max-body-bytes)"}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    def _refused(self, path: str, address: str, authorization: bytes | None) -> Response | str | None:
+        """The token's name; None for /health without a token (it answers, saying little); else
+        the 401 or 429 to answer."""
+        wait = self.service.throttle.retry_after(address)
+        if wait and authorization is not None:  # blocked means blocked: even the right token waits, or guessing would go on
+            return error_response(path, 429, f"too many wrong tokens from {address}: wait {wait} s before trying again",
+                                  code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+        scheme, _, given = (authorization or b"").decode("latin-1").strip().partition(" ")
+        who = self.service.tokens.check(given.strip()) if scheme.lower() == "bearer" and given.strip() else None
+        if who is not None:
+            return who
+        challenge = {"WWW-Authenticate": 'Bearer realm="trainer serve"'}
+        if authorization is not None:
+            self.service.throttle.failed(address)
+            return error_response(path, 401, "the token in the Authorization header is not one this server accepts: send 'Authorization: Bearer TOKEN' with a token from its --token-file",
+                                  code="invalid_api_key", headers=challenge)
+        if path == "/health":
+            return None
+        return error_response(path, 401, "this server needs a token: send 'Authorization: Bearer TOKEN' (OpenAI clients: api_key=TOKEN)",
+                              code="invalid_api_key", headers=challenge)
+
+    async def _too_large(self, path: str, scope: dict, receive: Any, send: Any, limit: int) -> None:
+        response = error_response(path, 413, f"request body larger than the limit of {limit} bytes: send less per request (the server's --max-body-bytes)")
+        await response(scope, receive, send)
 
 
 def build_app(service: Service) -> Any:
@@ -376,33 +512,38 @@ def build_app(service: Service) -> Any:
     app = FastAPI(title="trainer serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ClientError)
-    async def _client_error(request: Request, e: ClientError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(e.detail)}, status_code=e.status)
+    async def _client_error(request: Request, e: ClientError) -> Response:
+        return error_response(request.url.path, e.status, e.detail, code=e.code)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_detail(list(e.errors()))}, status_code=422)
+    async def _invalid(request: Request, e: RequestValidationError) -> Response:
+        message, param = _validation_detail(list(e.errors()))
+        return error_response(request.url.path, 422, message, param=param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, e: StarletteHTTPException) -> Response:
         detail = e.detail
         if e.status_code == 404:
             detail = f"no route {request.method} {request.url.path[:100]}; routes: {ROUTES}"
         elif e.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path[:100]}"
-        return JSONResponse({"detail": _one_line(detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+        return error_response(request.url.path, e.status_code, detail, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(_ClientGone)
+    async def _gone(request: Request, e: _ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; the access log and metrics do
 
     @app.exception_handler(Exception)
-    async def _bug(request: Request, e: Exception) -> JSONResponse:
-        log.error("internal error answering %s %s", request.method, request.url.path, exc_info=e)
-        return JSONResponse({"detail": f"internal error answering {request.method} {request.url.path[:100]} ({type(e).__name__}); the server log has the details"}, status_code=500)
+    async def _bug(request: Request, e: Exception) -> Response:
+        log.error("internal error answering %s %s", request.method, _logged(request.url.path), exc_info=e)
+        return error_response(request.url.path, 500, f"internal error answering {request.method} {request.url.path[:100]} ({type(e).__name__}); the server log has the details")
 
     def warn(m: Served) -> dict[str, Any]:
         return {"warning": m.info()["warning"]} if m.random_init else {}
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return service.health()
+    async def health(request: Request) -> dict[str, Any]:
+        return service.health(authorised=getattr(request.state, "token_name", None) is not None)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -443,12 +584,12 @@ def build_app(service: Service) -> Any:
                 "scores": [s for _, s in hits], "model": m.name, **warn(m)}
 
     @app.post("/chat")
-    async def chat(body: ChatIn) -> dict[str, Any]:
+    async def chat(body: ChatIn, request: Request) -> dict[str, Any]:
         m = service.need("sft", "/chat")
         system = body.system if body.system is not None else m.handles.get("system_prompt")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": body.user}]
         job = service.chat_job(messages, max_new_tokens=body.max_new_tokens, temperature=body.temperature)
-        r = await asyncio.wrap_future(service.workers["sft"].submit(job))
+        r = await service.generate(job, request)
         return {"content": r.text, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
                 "generation": job["settings"].to_json(), "model": m.name, **warn(m)}
 
@@ -475,7 +616,7 @@ def build_app(service: Service) -> Any:
                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, **warn(m)})
 
     @app.post("/v1/chat/completions")
-    async def v1_chat(body: OAChatIn) -> Any:
+    async def v1_chat(body: OAChatIn, request: Request) -> Any:
         m = service.named("sft", "/v1/chat/completions", body.model)
         messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()} for x in body.messages]
         if not any(x["role"] == "system" for x in messages) and m.handles.get("system_prompt"):
@@ -484,7 +625,7 @@ def build_app(service: Service) -> Any:
         job = service.chat_job(messages, max_new_tokens=new, temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, seed=body.seed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not body.stream:
-            r = await asyncio.wrap_future(service.workers["sft"].submit(job))
+            r = await service.generate(job, request)
             return {"id": cid, "object": "chat.completion", "created": created, "model": m.name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason, "logprobs": None}],
                     "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.new_tokens, "total_tokens": r.prompt_tokens + r.new_tokens}, **warn(m)}
@@ -533,3 +674,5 @@ async def _sse(service: Service, job: dict[str, Any], *, cid: str, created: int,
     finally:
         if not fut.done():
             cancel.set()  # the client went away (or the server is stopping): stop generating
+            if fut.cancel():  # still queued: it never starts
+                service.m_abandoned.labels("queued").inc()

@@ -42,7 +42,8 @@ class Batcher:
 
     `fn` takes the payloads of one batch and returns one result per payload, in order; a result
     that is an Exception instance fails only that payload's future. An exception raised by `fn`
-    fails every future of the batch (and is logged), and the worker carries on.
+    for a batch of several payloads reruns each payload alone, so it fails only the payloads that
+    raise again (logged with its traceback); the worker carries on.
     """
 
     def __init__(self, name: str, fn: Callable[[list[Any]], Sequence[Any]], *, max_items: int, max_wait_s: float, workers: int = 1,
@@ -61,6 +62,7 @@ class Batcher:
         self.passes = 0  # forward passes run so far
         self.in_flight = 0  # payloads in the passes running now
         self.pending = 0  # submitted and not yet answered (waiting, batching or running)
+        self.isolated = 0  # failed passes of several requests, rerun one request at a time
 
     def start(self) -> Batcher:
         for t in self._threads:
@@ -141,15 +143,24 @@ class Batcher:
             results = list(self.fn([j.payload for j in jobs]))
             if len(results) != len(jobs):
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(jobs)} requests")
-        except Exception as e:  # the worker must outlive one bad batch: each of its callers gets the error
-            log.exception("%s: a batch of %d requests failed", self.name, len(jobs))
-            for j in jobs:
-                j.future.set_exception(e)
-            return
+        except Exception as e:  # the worker must outlive one bad batch
+            failed: Exception | None = e
+        else:
+            failed = None
         finally:
             with self._count:
                 self.passes += 1
                 self.in_flight -= len(jobs)
+        if failed is not None:
+            if len(jobs) > 1:  # one request's input may have broken the pass: the others must not pay for it
+                log.warning("%s: a pass of %d requests failed (%s); running each alone", self.name, len(jobs), type(failed).__name__)
+                self.isolated += 1
+                for j in jobs:
+                    self._pass([j])
+                return
+            log.error("%s: a request failed", self.name, exc_info=failed)
+            jobs[0].future.set_exception(failed)
+            return
         if self.on_batch is not None:
             self.on_batch(len(jobs), sum(j.size for j in jobs), time.perf_counter() - t0)
         for j, r in zip(jobs, results):

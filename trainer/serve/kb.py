@@ -115,11 +115,14 @@ class KnowledgeBase:
     from_cache: int
     embedded: int
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "folder": self.folder, "files": len({p.source for p in self.paragraphs}), "paragraphs": len(self.paragraphs),
-            "from_cache": self.from_cache, "embedded": self.embedded, "cache_file": str(self.cache_file),
-        }
+    def info(self, *, paths: bool = False) -> dict[str, Any]:
+        """Counts for /health; `paths`: also where the folder and the cache are on this machine
+        (only for a caller who showed a token: a path says who runs the server and how)."""
+        out: dict[str, Any] = {"files": len({p.source for p in self.paragraphs}), "paragraphs": len(self.paragraphs),
+                               "from_cache": self.from_cache, "embedded": self.embedded}
+        if paths:
+            out.update(folder=str(self.folder), cache_file=str(self.cache_file))
+        return out
 
     def search(self, query_vector: Any, top_k: int) -> list[tuple[Paragraph, float]]:
         import torch

@@ -5,8 +5,9 @@ model folder, or a repo id resolved as `trainer run` resolves a base model (the 
 verified bundle from `--bundles`, else the `mirror pull` to run elsewhere). Nothing here touches
 the network; the CLI runs it inside the trainer's network guard.
 
-Each served model says what it is (`info()`): its task, where it came from, and from its lineage
-the base model's repo id and commit, the base bundle's sha256 and the sha256 of every training
+Each served model says what it is (`info()`): its task, where it came from (its own commit and
+bundle sha256 when it came from the cache or a bundle), and from its lineage the base model's
+repo id and commit (`base_commit`), the base bundle's sha256 and the sha256 of every training
 data file, so an answer can be traced to the bytes that made the model. A random-initialised
 demo model says so.
 
@@ -51,19 +52,21 @@ class Served:
         from trainer.recipes.common import RANDOM_INIT_BANNER
 
         base = (self.lineage or {}).get("base_model") or {}
-        out: dict[str, Any] = {
-            "id": self.name,
-            "task": self.task,
-            "endpoints": list(TASK_ENDPOINTS[self.task]),
-            "source": self.source,
-            "commit": self.commit,
-            "bundle_sha256": self.bundle_sha256,
+        out: dict[str, Any] = {"id": self.name, "task": self.task, "endpoints": list(TASK_ENDPOINTS[self.task]), "source": self.source}
+        # the served weights' own commit and bundle exist only when they came from the cache or a
+        # bundle; a run folder has neither, and a null there read as "unknown": its lineage says more
+        if self.commit is not None:
+            out["commit"] = self.commit
+        if self.bundle_sha256 is not None:
+            out["bundle_sha256"] = self.bundle_sha256
+        out.update({
+            "base_commit": base.get("commit"),
             "base_model": {k: base.get(k) for k in ("repo_id", "commit", "bundle", "bundle_sha256", "license")} if base else None,
             "training_data": [{"split": d.get("split"), "file": Path(str(d.get("path", ""))).name, "sha256": d.get("sha256")} for d in (self.lineage or {}).get("data", [])],
             "trained": (self.lineage or {}).get("ended"),
             "random_init": self.random_init,
             "max_tokens_per_text": self.max_tokens,
-        }
+        })
         if self.task == "classification":
             out["labels"] = list(self.handles["labels"])
         if self.random_init:

@@ -9,6 +9,14 @@ The listening socket is bound here (loopback by default) and handed to uvicorn, 
 works (the line "listening on ..." names the port) and a taken port is one clear error. The
 trainer's network guard stays on: it blocks connecting out, not accepting connections.
 
+`--token-file` (mirror serve's format and rules, `name:token` lines) makes every route but
+/health need a bearer token; `--tls-cert`/`--tls-key` (checked by `mirror.tlsconfig`) serve HTTPS.
+A client gets `--read-timeout` seconds to send a whole request (headers and body): uvicorn closes
+idle keep-alive connections but not one that connects and never finishes a request, so a few
+hundred silent sockets would otherwise hold the server's connection slots for ever.
+`--limit-concurrency` caps connections and requests in flight (503 above it), well over what the
+models can answer, so an idle crowd never locks out /health.
+
 SIGTERM or Ctrl-C: uvicorn stops accepting, waits for the requests in flight (streams included)
 up to `--graceful-timeout`, then the model workers answer what they had queued and end. That is
 a normal stop: exit code 0, with one line saying so.
@@ -16,6 +24,7 @@ a normal stop: exit code 0, with one line saying so.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -24,6 +33,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trainer.errors import ListenFailed, ServeError, TextTooLong, shown
@@ -46,6 +56,11 @@ class Options:
     graceful_timeout_s: float = 30.0  # how long a stop waits for requests in flight
     workers: int | None = None  # worker threads per batched model; None: one per physical core
     access_log: bool = True
+    token_file: str | None = None  # None: no token needed
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    read_timeout_s: float = 30.0  # to send a whole request: a 1 MiB body at 35 KB/s
+    limit_concurrency: int = 1000  # connections + requests in flight; 503 above (the fd limit is rarely under 1024)
 
 
 @dataclass(frozen=True)
@@ -57,12 +72,13 @@ class Stopped:
 def _logging(*, access: bool, verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("trainer serve: %(message)s"))
-    for name, level in (("trainer.serve", logging.INFO), ("trainer.serve.access", logging.INFO if access else logging.WARNING),
+    own = ("trainer.serve", "uvicorn", "mirror.serve")  # mirror.serve: the token throttle's lines
+    for name, level in (("trainer.serve", logging.INFO), ("trainer.serve.access", logging.INFO if access else logging.WARNING), ("mirror.serve", logging.INFO),
                         ("uvicorn", logging.INFO if verbose else logging.WARNING), ("uvicorn.error", logging.INFO if verbose else logging.WARNING)):
         logger = logging.getLogger(name)
-        logger.handlers[:] = [handler] if name in ("trainer.serve", "uvicorn") else []
+        logger.handlers[:] = [handler] if name in own else []
         logger.setLevel(level)
-        logger.propagate = name not in ("trainer.serve", "uvicorn")
+        logger.propagate = name not in own
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -84,6 +100,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def load(opts: Options, *, note: Callable[[str], None]) -> Any:
     """Locate and load every model and the knowledge base: the Service, ready to run."""
+    from mirror.serve.auth import read_tokens
     from trainer.recipes.common import Runtime, setup_runtime
     from trainer.serve import kb as kb_mod
     from trainer.serve import models as models_mod
@@ -99,6 +116,7 @@ def load(opts: Options, *, note: Callable[[str], None]) -> Any:
         by_task[m.task] = m
     if opts.knowledge_base and "embeddings" not in by_task:
         raise ServeError("--knowledge-base needs an embedding model to embed it with: add a sentence-transformers run folder or model to the MODELs")
+    tokens = read_tokens(Path(opts.token_file)) if opts.token_file else None
     base = setup_runtime(located[0].cfg)  # seeds and device, as every trainer command
     rt = Runtime(device=base.device, precision=serving_precision(opts.precision, base.device), dist=base.dist)
     workers = threads_for(opts.workers, rt.device, batched=any(m.task != "sft" for m in located))
@@ -119,7 +137,9 @@ def load(opts: Options, *, note: Callable[[str], None]) -> Any:
         knowledge = kb_mod.build(opts.knowledge_base, embed=embed, model_dir=emb.path, cache_dir=opts.kb_cache or kb_mod.default_cache_dir(), variant=rt.precision)
         info = knowledge.info()
         note(f"knowledge base {opts.knowledge_base}: {info['paragraphs']} paragraphs from {info['files']} files ({info['from_cache']} from the cache, {info['embedded']} embedded now)")
-    return Service(located, rt=rt, limits=opts.limits, kb=knowledge, workers=workers)
+    if tokens is not None:
+        note(f"bearer token required on every route but /health ({len(tokens.names)} tokens: {', '.join(tokens.names)})")
+    return Service(located, rt=rt, limits=opts.limits, kb=knowledge, workers=workers, tokens=tokens)
 
 
 def serving_precision(requested: str, device: Any) -> str:
@@ -159,22 +179,99 @@ def serve(opts: Options, *, note: Callable[[str], None], listening: Callable[[st
 
     from trainer.serve.app import build_app
 
+    from mirror import tlsconfig
+
     _logging(access=opts.access_log, verbose=verbose)
     sock = bind(opts.host, opts.port)  # first: a taken port is learnt in milliseconds, not after the models load
     try:
+        tls = tlsconfig.load(opts.tls_cert, opts.tls_key)
+        context = tlsconfig.server_context(tls) if tls else None  # built now: a refusal is one line before the models load
+        for warning in tls.warnings if tls else ():
+            note(warning)
         service = load(opts, note=note)
         app = build_app(service)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=int(opts.graceful_timeout_s) or None,
-                                server_header=False, proxy_headers=False, ws="none")
+                                server_header=False, proxy_headers=False, ws="none", http=read_deadline_protocol(opts.read_timeout_s),
+                                limit_concurrency=opts.limit_concurrency, ssl_context_factory=(lambda config, default: context) if context else None)
         server = _Server(config)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        (listening or note)(f"listening on http://{shown}:{port} (GET /health; SIGTERM or Ctrl-C stops it)")
+        scheme = "https" if context else "http"
+        (listening or note)(f"listening on {scheme}://{shown}:{port} (GET /health; SIGTERM or Ctrl-C stops it)"
+                            + (f"; certificate {tls.subject}, valid until {tls.not_after:%Y-%m-%d}" if tls else ""))
         server.run(sockets=[sock])
     finally:
         sock.close()
     requests = int(sum(s.value for metric in service.m_requests.collect() for s in metric.samples if s.name.endswith("_total")))
     return Stopped(signal=server.stopped_by, requests=requests)
+
+
+def read_deadline_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request (headers and body) is not all
+    there `seconds` after it began: a silent or dripping client holds a slot for that long at
+    most. uvicorn's own keep-alive timeout covers the idle time between requests."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReadDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):  # a request begun and not all there
+                self._arm()
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+                log.info("closed %s:%s: no whole request within %g s (--read-timeout)", *(self.client or ("-", 0)), seconds)
+                self._close_now()
+
+        # Closing a TLS connection waits up to 30 s (asyncio's ssl_shutdown_timeout) for the client's
+        # close_notify, which an idle client never sends: the connection holds its slot, and a
+        # SIGTERM waits the whole graceful timeout. With nothing left to send there is nothing a
+        # clean shutdown protects, so an idle TLS connection is dropped at once.
+        def _close_now(self) -> None:
+            if self.scheme == "https" and self.transport.get_write_buffer_size() == 0:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+        def _idle(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def timeout_keep_alive_handler(self) -> None:
+            if self.scheme == "https" and self._idle() and not self.transport.is_closing():
+                self._close_now()
+            else:
+                super().timeout_keep_alive_handler()
+
+        def shutdown(self) -> None:
+            if self.scheme == "https" and self._idle():
+                self._close_now()
+            else:
+                super().shutdown()
+
+    return ReadDeadline
 
 
 class _Server:
