@@ -255,7 +255,7 @@ def read_approval(path: str | os.PathLike, *, keys: dict[str, ec.EllipticCurvePu
         raise invalid("the payload is not base64") from None
     sigs = env["signatures"]
     if not isinstance(sigs, list) or not sigs or not all(isinstance(s, dict) and isinstance(s.get("sig"), str) for s in sigs):
-        raise invalid("it carries no signature")
+        raise invalid("its signatures are not a list of {keyid, sig} entries" if sigs else "it carries no signature")
     signer = _verified_by(payload, sigs, keys)
     if signer is None:
         claimed = ", ".join(sorted({str(s.get("keyid"))[:16] for s in sigs if s.get("keyid")})) or "none named"

@@ -166,6 +166,7 @@ CARD_FILE = "README.md"  # the model card; its front matter and its sections go 
 CONFIG_FILE = "config.json"  # transformers' config: the architecture
 SMALL_FILE_BYTES = 1024 * 1024  # what is read of either: real cards and configs are a few KB
 MAX_SECTION = 2000  # characters kept of a card section (the BOM carries a summary, the bundle the card)
+MAX_SECTIONS = 50  # sections kept of one card: real cards have about ten
 
 
 def _identity_and_small_files(path: Path, m: Manifest) -> tuple[str | None, dict[str, bytes]]:
@@ -209,7 +210,7 @@ def _card(raw: bytes | None) -> dict | None:
         if line.startswith("# ") and title is None:
             title = line[2:].strip()[:200] or None
         elif line.startswith("## "):
-            if heading and (content := " ".join(" ".join(lines).split())):
+            if heading and len(sections) < MAX_SECTIONS and (content := " ".join(" ".join(lines).split())):
                 sections.setdefault(heading, content[:MAX_SECTION])
             heading, lines = line[3:].strip()[:200], []
         elif heading:

@@ -255,3 +255,6 @@ def test_cli_approve(world):
     r = runner.invoke(cli, [*base, str(world["a"]), "--decision", "maybe", "--out", str(world["tmp"] / "n.json")])
     assert r.exit_code == 2 and "'maybe' is not one of" in r.stderr
     assert not (world["tmp"] / "n.json").exists()
+    r = runner.invoke(cli, ["approve", "--help"])
+    assert r.exit_code == 0 and "MIRROR_APPROVALS" in r.stdout
+    assert r.stdout.rstrip().splitlines()[-1].strip() == "Exit codes: see 'mirror --help' or the README."
