@@ -214,6 +214,19 @@ class UnsafeCache(MirrorError, PermissionError):
         super().__init__(f"{path}: {reason}; " + (fix or "nothing was written; remove it (or ask who put it there) and run the command again"))
 
 
+class SnapshotChanged(MirrorError, ValueError):
+    """An installed snapshot no longer holds what its install record says (a blob rewritten, a
+    link swapped, a file added or removed): loading it would load bytes no install checked."""
+
+    exit_code = exitcodes.INTEGRITY
+
+    def __init__(self, label: str, reason: str):
+        self.label = label
+        self.reason = reason
+        super().__init__(f"{label}: the snapshot no longer matches its install record: {reason}; refusing to load it: "
+                         "install its bundle again ('mirror install BUNDLE' replaces a damaged blob), or delete that snapshot folder and install again")
+
+
 class UsageError(MirrorError, ValueError):
     """Arguments that make no sense together, a folder that is not a model, and so on."""
 

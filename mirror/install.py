@@ -389,6 +389,25 @@ def installed_bundle(repo_id: str, commit: str, *, cache_dir: str | os.PathLike 
     return hfcache.read_bundle_record(RepoCache(cache_root(cache_dir), repo_id, repo_type), commit)
 
 
+def installed_trust(repo_id: str, commit: str, *, cache_dir: str | os.PathLike | None = None, repo_type: str = "model") -> hfcache.RecordTrust | None:
+    """What the install record of `repo_id@commit` says for the site policy (`trust.Policy.
+    check_installed`): the bundle identity and the key whose signature the install checked. None
+    when mirror did not install it."""
+    return hfcache.read_trust(RepoCache(cache_root(cache_dir), repo_id, repo_type), commit)
+
+
+def check_snapshot(repo_id: str, commit: str, *, cache_dir: str | os.PathLike | None = None, repo_type: str = "model", label: str | None = None) -> None:
+    """SnapshotChanged when the installed snapshot no longer holds what its install record says
+    (`hfcache.snapshot_problem`: links, sizes, small files hashed, large ones by stamp). Nothing to
+    compare with (no record): returns."""
+    from mirror.errors import SnapshotChanged
+
+    rc = RepoCache(cache_root(cache_dir), repo_id, repo_type)
+    hfcache.check_tree(rc, [commit])
+    if (why := hfcache.snapshot_problem(rc, commit)) is not None:
+        raise SnapshotChanged(label or f"{repo_id}@{commit[:12]} in {rc.root}", why)
+
+
 def remember_bundle(repo_id: str, commit: str, bundle: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, repo_type: str = "model") -> hfcache.BundleRecord | None:
     """For a commit installed without a checked bundle sha256 (`mirror install` without
     `--sha256`): verify `bundle` in one pass (every file against its manifest, and the bundle's own
@@ -414,8 +433,8 @@ def remember_bundle(repo_id: str, commit: str, bundle: str | os.PathLike, *, cac
     loc = parts.locate(bundle)
     where = loc.index if loc.multipart else loc.path
     record = hfcache.BundleRecord(name=where.name, path=os.path.abspath(where), size=parts.read_index(loc.index).size if loc.multipart else os.stat(where).st_size, sha256=report.bundle_sha256)
-    with hfcache.repo_lock(rc):
-        hfcache.add_bundle_to_record(rc, commit, record)
+    with hfcache.repo_lock(rc):  # its identity too, for a record that names none yet (an older mirror's)
+        hfcache.update_record(rc, commit, bundle=record, trust=hfcache.RecordTrust(bundle_id=identity.read_bundle_id(bundle), signer=None))
     return hfcache.read_bundle_record(rc, commit)
 
 

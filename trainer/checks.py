@@ -226,6 +226,10 @@ def _describe_model(m: ResolvedModel) -> str:
         line += f" (commit {m.commit[:12]})"
     if m.bundle_path is not None:
         line += f"; bundle {m.bundle_path.name} sha256 {m.bundle_sha256}"
+    if m.bundle_id:
+        line += f"; identity {m.bundle_id}"
+    if m.signer:
+        line += f"; signed by key sha256:{m.signer} (required)"
     for skipped in m.skipped:
         line += f"; {skipped}"
     if _is_random_init(m.path):

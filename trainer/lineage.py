@@ -1,6 +1,7 @@
 """`lineage.json`: what a trained model was made from, so it can be audited after it leaves.
 
-It records the base model (repo, commit, bundle and its sha256), the sha256 of every data file,
+It records the base model (repo, commit, the bundle's identity, the key whose signature was
+checked, the bundle file and its sha256), the sha256 of every data file,
 the fully resolved config, library versions, seed, hardware and timing. `mirror pack OUTPUT_DIR`
 copies it into the new bundle's manifest, so the chain base bundle -> data -> fine-tune stays
 checkable. Its presence also marks a run as complete: it is the last file a run writes.
@@ -105,7 +106,7 @@ def build(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The lineage record. `model` is the run's ResolvedModel. It names the base by repo id,
-    commit and bundle file name + sha256, never by a path of this machine (the HF cache, the
+    commit and bundle identity (then the file name + sha256 it had), never by a path of this machine (the HF cache, the
     bundles folder), since it travels inside the fine-tune's bundle."""
     license = base_license(model.path)
     record: dict[str, Any] = {
@@ -115,6 +116,11 @@ def build(
             "repo_id": model.repo_id,
             "commit": model.commit,
             "source": model.source,
+            # the bundle's identity (sha256 of its manifest): signing, parts and registries keep it,
+            # so it names the base whatever file carries it now; the file's name and sha256 are
+            # what this run saw, and change when the bundle is re-signed
+            "bundle_id": getattr(model, "bundle_id", None),
+            "signer": getattr(model, "signer", None),
             "bundle": model.bundle_path.name if model.bundle_path else None,
             "bundle_sha256": model.bundle_sha256,
             "license": license or "unknown",

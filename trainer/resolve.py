@@ -8,9 +8,19 @@ model fails in well under a second rather than after a network timeout.
 Models whose repo carries Python files (or a config `auto_map`) would run that code on load; they
 are refused unless the config sets `trust_remote_code: true`.
 
-Trust: `public_keys` (`--public-key` and the config's key) are handed to `mirror.install`, which
-then installs only a bundle with a valid signature by one of them (as it does for every install
-when $MIRROR_TRUSTED_KEYS names keys); a snapshot already in the cache is used as it is.
+Trust: one site policy (`mirror.trust.policy`: `public_keys` from `--public-key` and the config,
+$MIRROR_TRUSTED_KEYS, and the approvals $MIRROR_APPROVALS / $MIRROR_APPROVAL_KEYS require) is
+enforced on every model this returns, wherever it comes from:
+- a bundle is installed only if the policy accepts it (`mirror.install` checks it over the
+  manifest bytes it installs, and records the identity and the checked signer);
+- a snapshot already in the cache is judged by its install record: signed by another key or not
+  approved is refused; a record that cannot tell (installed with no key required, by an older
+  mirror, by other tools) is settled by installing the bundle of that commit from the bundles
+  folder again, which checks its signature and records it; with no such bundle it is refused;
+- a plain folder or a download from a site mirror carries no signature: refused while the policy
+  requires one.
+Every snapshot with an install record must still match it (links, sizes, contents; large files by
+stamp): one rewritten since is refused (SnapshotChanged).
 
 The bundles folder is shared and may hold anything: the scan opens only regular files, and a
 bundle it cannot read is skipped, never fatal, unless it is the only one named for the model.
@@ -26,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mirror.errors import CacheNotWritable, MirrorError, SignatureError
+from mirror.errors import ApprovalError, CacheNotWritable, MirrorError, SignatureError
 from trainer.errors import (
     BundleRejected,
     BundleUntrusted,
@@ -50,6 +60,8 @@ class ResolvedModel:
     skipped: tuple[str, ...] = ()  # one line per bundle of the repo that failed to install before this one
     endpoint: str | None = None  # the site mirror ($HF_ENDPOINT) it was downloaded from
     fetched: tuple[tuple[str, str], ...] = ()  # (path, sha256) of every file downloaded from the endpoint
+    bundle_id: str | None = None  # the identity of the bundle that installed it (mirror.identity), when recorded
+    signer: str | None = None  # the key whose signature was checked for it (a required key), when one was
 
 
 @dataclass(frozen=True)
@@ -94,12 +106,16 @@ def resolve_model(
     trust_remote_code: bool = False,
     public_keys: Sequence[str | Path] = (),
 ) -> ResolvedModel:
-    """Find `model_id` locally, installing its newest bundle from `bundles_dir` if need be; with
-    `public_keys`, only a bundle signed by one of them is installed."""
-    from mirror import install
+    """Find `model_id` locally, installing its newest bundle from `bundles_dir` if need be, under
+    the site policy (`public_keys` plus the environment's keys and approvals; module docstring)."""
+    from mirror import install, trust
 
+    site = trust.policy(public_keys)
     local = Path(model_id).expanduser()
     if local.is_dir():
+        if site.required:
+            raise _policy_refusal(site, f"{model_id}: a plain folder carries no signature or bundle identity",
+                                  fix="pack it ('mirror pack'), sign it, and load it by its repo id from the installed bundle")
         _refuse_remote_code(model_id, local, trust_remote_code)
         return ResolvedModel(repo_id=model_id, path=local.resolve(), commit=None, bundle_path=None, bundle_sha256=None, source="local")
 
@@ -107,12 +123,16 @@ def resolve_model(
     snapshot = install.find_snapshot(model_id, cache_dir=cache_dir)
     if snapshot is not None:
         snapshot = Path(snapshot)
-        _refuse_remote_code(model_id, snapshot, trust_remote_code)
         commit = snapshot.name
+        label = f"model {model_id}@{commit[:12]} in the HF cache"
+        install.check_snapshot(model_id, commit, cache_dir=cache_dir, label=label)
+        checked = _enforce_installed(site, model_id, commit, bundles=bundles, cache_dir=cache_dir, label=label)
+        _refuse_remote_code(model_id, snapshot, trust_remote_code)
         # the bundle and sha256 its install checked, from the install record: no bundle byte is read
         recorded = install.installed_bundle(model_id, commit, cache_dir=cache_dir)
         if recorded is not None:
-            return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path), bundle_sha256=recorded.sha256, source="cache")
+            return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path), bundle_sha256=recorded.sha256, source="cache",
+                                 bundle_id=checked.bundle_id if checked else None, signer=checked.signer if checked else None)
         # installed without a checked sha256 (`mirror install` without --sha256, an older mirror):
         # the bundle of that commit in the bundles folder, hashed once and remembered in the
         # install record, so the next run reads no bundle byte either
@@ -123,14 +143,16 @@ def resolve_model(
             recorded = install.remember_bundle(model_id, commit, origin.path, cache_dir=cache_dir) if origin else None
         except OSError:  # a read-only cache: nothing remembered, nothing named
             recorded = None
+        checked = install.installed_trust(model_id, commit, cache_dir=cache_dir) if recorded else checked
         return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path) if recorded else None,
-                             bundle_sha256=recorded.sha256 if recorded else None, source="cache")
+                             bundle_sha256=recorded.sha256 if recorded else None, source="cache",
+                             bundle_id=checked.bundle_id if checked else None, signer=checked.signer if checked else None)
 
     candidates, unreadable = _candidates(bundles, model_id)
     if not candidates:
         endpoint = site_endpoint()
         if endpoint is not None:  # a site mirror (`mirror serve`): fetched into the cache, pinned to its commit
-            return _from_endpoint(model_id, endpoint, cache_dir=cache_dir, trust_remote_code=trust_remote_code, public_keys=public_keys)
+            return _from_endpoint(model_id, endpoint, cache_dir=cache_dir, trust_remote_code=trust_remote_code, site=site)
         raise _not_available(model_id, bundles_dir=str(bundles_dir).rstrip("/"), unreadable=unreadable)
     # newest first; one that fails to install (truncated, corrupt) gives way to the next of the
     # same repo. Each try is under the same key policy, so a signature refusal never falls back
@@ -139,7 +161,7 @@ def resolve_model(
     failures: list[TrainerError] = []
     for newest in order:
         try:
-            installed, sha256 = _install_chain(newest, candidates, model_id, cache_dir, public_keys)
+            installed, sha256 = _install_chain(newest, candidates, model_id, cache_dir, site)
         except (BundleRejected, BundleUntrusted) as e:
             failures.append(e)
             continue
@@ -156,7 +178,58 @@ def resolve_model(
         bundle_sha256=sha256 or _bundle_sha256(newest.path),
         source="bundle",
         skipped=tuple(_skip_line(e, newest) for e in failures),
+        bundle_id=installed.bundle_id,
+        signer=installed.signer,
     )
+
+
+def _enforce_installed(site, model_id: str, commit: str, *, bundles: Path, cache_dir: str | Path | None, label: str):
+    """The site policy on a snapshot already in the cache, by its install record (what it says,
+    or None without one). A record that cannot tell is settled by installing the bundle of that
+    commit again (from the record's own path, else the bundles folder): the install checks the
+    signature and approval over its manifest and records them. Raises what the policy raises."""
+    from mirror import install
+
+    record = install.installed_trust(model_id, commit, cache_dir=cache_dir)
+    try:
+        why = site.check_installed(record, label=label)
+    except (SignatureError, ApprovalError) as e:
+        raise _untrusted(label, e) from None
+    if why is None:
+        return record
+    recorded = install.installed_bundle(model_id, commit, cache_dir=cache_dir)
+    paths = [Path(recorded.path)] if recorded is not None and Path(recorded.path).is_file() else []
+    paths += [c.path for c in _candidates(bundles, model_id)[0] if c.commit == commit and c.delta_base is None]
+    if not paths:
+        raise _policy_refusal(site, f"{label}: {why}, and no bundle of commit {commit[:12]} is in {bundles}/ to check it against",
+                              fix=f"put its signed bundle in {bundles}/ (or 'mirror install BUNDLE --public-key KEY'), then run the command again")
+    try:
+        install.install_bundle(paths[0], cache_dir=cache_dir, site=site, bundle_sha256=False)
+    except (SignatureError, ApprovalError) as e:
+        raise _untrusted(label, e) from None
+    except CacheNotWritable:
+        raise
+    except MirrorError as e:
+        raise BundleRejected(str(paths[0]), e) from e
+    record = install.installed_trust(model_id, commit, cache_dir=cache_dir)
+    try:
+        still = site.check_installed(record, label=label)
+    except (SignatureError, ApprovalError) as e:
+        raise _untrusted(label, e) from None
+    if still is not None:  # the bundle checked out but the snapshot is not its (extra files): cannot vouch
+        raise _policy_refusal(site, f"{label}: {still}", fix="delete that snapshot folder and install the signed bundle again")
+    return record
+
+
+def _untrusted(label: str, e: MirrorError) -> TrainerError:
+    """A model the policy refused, as one line with the mirror error's exit code (5 signature, 6 approval)."""
+    return BundleRejected(label, e, note="refused by the site policy: --public-key, the config's public_keys, $MIRROR_TRUSTED_KEYS, $MIRROR_APPROVALS")
+
+
+def _policy_refusal(site, text: str, *, fix: str) -> TrainerError:
+    """A model whose origin the policy cannot check: exit 5 when a signature is required, else 6."""
+    err = SignatureError(text, "signature required", fix=fix) if site.requires_signature else ApprovalError(f"{text}; an approval is required here; {fix}")
+    return BundleRejected(text, err)
 
 
 def _skip_line(e: TrainerError, used: _Candidate) -> str:
@@ -164,17 +237,17 @@ def _skip_line(e: TrainerError, used: _Candidate) -> str:
     return f"skipped {what} bundle: {str(e).splitlines()[0]}; used {used.path.name} instead"
 
 
-def _install_chain(newest: _Candidate, candidates: list[_Candidate], model_id: str, cache_dir: str | Path | None, public_keys: Sequence[str | Path]):
+def _install_chain(newest: _Candidate, candidates: list[_Candidate], model_id: str, cache_dir: str | Path | None, site):
     from mirror import install
 
     sha256 = None
     installed = None
     for bundle in _install_order(newest, candidates, model_id, cache_dir):
         try:
-            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=list(public_keys))
+            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=[str(k) for k in site.keys], site=site)
         except CacheNotWritable:
             raise  # the cache's fault, not the bundle's: no other bundle would fare better
-        except SignatureError as e:
+        except (SignatureError, ApprovalError) as e:
             raise BundleUntrusted(str(bundle.path), e) from e
         except MirrorError as e:
             raise BundleRejected(str(bundle.path), e) from e
@@ -304,17 +377,19 @@ class EndpointUnavailable(ModelNotAvailable):
         TrainerError.__init__(self, f"model {model_id} is not in the HF cache and the site mirror {endpoint} ($HF_ENDPOINT) cannot provide it: {reason}; {fix}")
 
 
-def _from_endpoint(model_id: str, endpoint: str, *, cache_dir: str | Path | None, trust_remote_code: bool, public_keys: Sequence[str | Path]) -> ResolvedModel:
+def _from_endpoint(model_id: str, endpoint: str, *, cache_dir: str | Path | None, trust_remote_code: bool, site) -> ResolvedModel:
     """Download `model_id` from the site mirror with huggingface_hub, pinned to the commit `main`
     resolves to there, into the HF cache. Only that host:port is reachable meanwhile (the
     network guard); the trainer stays offline for everything else."""
-    from mirror import trust
     from mirror.hfcache import cache_root  # where every other step looks, not huggingface_hub's import-time constant
     from trainer.offline import allow_endpoint, hub_online, network_guard
 
-    if trust.trusted_keys(public_keys):
+    if site.requires_signature:
         raise EndpointUnavailable(model_id, endpoint, "a signature is required (--public-key, public_keys or $MIRROR_TRUSTED_KEYS), and a download over HTTP carries none the trainer can check",
                                   fix="run the server with 'mirror serve --public-key KEY' (it then serves only bundles signed by it) and drop the key here, or use --bundles DIR")
+    if site.requires_approval:
+        raise EndpointUnavailable(model_id, endpoint, "an approval is required ($MIRROR_APPROVALS), and a download over HTTP carries no bundle identity the trainer can check it against",
+                                  fix="put the approved bundle in --bundles DIR (the trainer installs it and checks its approval)")
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 

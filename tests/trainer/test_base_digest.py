@@ -86,6 +86,7 @@ def test_a_base_installed_without_a_checked_sha256_is_hashed_once_then_remembere
     from mirror.install import install_bundle
 
     info = _base_bundle(tmp_path)
+    info.path.with_name(info.path.name + ".sha256").unlink()  # no sidecar beside it: nothing makes the install hash the bundle
     install_bundle(info.path, bundle_sha256=False)
     cfg = _config(tmp_path)
     with opened_in(tmp_path / "bundles") as opened:
@@ -107,6 +108,7 @@ def test_a_bundle_that_only_claims_the_installed_commit_is_never_named(tmp_path)
     from mirror.tarformat import BundleReader, read_manifest, writer_layout
 
     info = _base_bundle(tmp_path)
+    info.path.with_name(info.path.name + ".sha256").unlink()  # no sidecar beside it: nothing makes the install hash the bundle
     install_bundle(info.path, bundle_sha256=False)
     with BundleReader(info.path, hash_all=False) as rd, rd.ranges() as src:
         layout = writer_layout(src, rd.manifest, rd.offset)

@@ -36,13 +36,14 @@ def _cfg(d: Path, files: dict[str, Path]) -> config.Config:
 def test_build_records_everything(tmp_path):
     files = _data(tmp_path)
     cfg = _cfg(tmp_path, files)
-    model = ResolvedModel(repo_id="acme/bert", path=tmp_path / "snap", commit="a" * 40, bundle_path=tmp_path / "b.tar", bundle_sha256="b" * 64, source="bundle")
+    model = ResolvedModel(repo_id="acme/bert", path=tmp_path / "snap", commit="a" * 40, bundle_path=tmp_path / "b.tar", bundle_sha256="b" * 64, source="bundle",
+                          bundle_id="sha256:" + "c" * 64)
     start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     (tmp_path / "snap").mkdir()
     (tmp_path / "snap" / "README.md").write_text("---\nlicense: apache-2.0\n---\n# bert\n")
     rec = lineage.build(cfg, model, started=start, ended=start + timedelta(seconds=90), wall_time_s=89.5)
     assert rec["base_model"] == {  # names, commits and digests: no path of this machine travels
-        "repo_id": "acme/bert", "commit": "a" * 40, "source": "bundle",
+        "repo_id": "acme/bert", "commit": "a" * 40, "source": "bundle", "bundle_id": "sha256:" + "c" * 64, "signer": None,
         "bundle": "b.tar", "bundle_sha256": "b" * 64, "license": "apache-2.0", "random_init": False,
     }
     assert (rec["license"], rec["license_note"]) == ("apache-2.0", None)  # inherited from the base
