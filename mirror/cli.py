@@ -921,8 +921,12 @@ Examples:
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked, help="Check signatures with this key; unsigned or invalid then fails.")
 @click.option("--installed", is_flag=True, help="Audit the snapshots installed in the HF cache instead: every file hashed against its install record.")
 @_cache_option
+@click.option("--approvals", "approval_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="With --installed: also judge each snapshot by these approval files ('mirror approve'; repeatable; $MIRROR_APPROVALS adds files).")
+@click.option("--approval-key", "approval_keys", multiple=True, type=click.Path(path_type=Path), metavar="PUB",
+              help="Key whose approvals count (repeatable; $MIRROR_APPROVAL_KEYS adds keys).")
 @_output_options
-def audit(paths, fmt, as_json, public_key, installed, cache_dir) -> None:
+def audit(paths, fmt, as_json, public_key, installed, cache_dir, approval_files, approval_keys) -> None:
     """One row per bundle in PATH (files or folders): repo, commit, bundle identity (ID, what
     'mirror approve' records), license, kinds, pickle and remote-code flags, signature and signer
     key, verification.
@@ -938,7 +942,9 @@ def audit(paths, fmt, as_json, public_key, installed, cache_dir) -> None:
 
     With --installed, one row per snapshot in the HF cache: ok, modified, missing (exit 4), no
     record (not installed by mirror: nothing to check it against; reported, not a failure) or
-    unsafe (a planted link, exit 9).
+    unsafe (a planted link, exit 9). Where approvals are named (--approvals/--approval-key or the
+    environment), APPROVAL says whether the bundle that installed each snapshot is approved
+    (exit 6 when one is not).
     """
     from mirror.audit import RENDERERS
     from mirror.audit import audit as run_audit
@@ -946,7 +952,9 @@ def audit(paths, fmt, as_json, public_key, installed, cache_dir) -> None:
     if as_json:
         fmt = "json"
     if installed:
-        return _audit_installed(paths, fmt, cache_dir)
+        return _audit_installed(paths, fmt, cache_dir, approval_files, approval_keys)
+    if approval_files or approval_keys:
+        raise UsageError("--approvals and --approval-key judge installed snapshots: add --installed (a bundle's identity is in the ID column)")
     if not paths:
         raise UsageError("give the bundles (or folders of them) to audit, or --installed for the HF cache")
     rows = run_audit(paths, public_key=public_key)
@@ -962,7 +970,8 @@ def audit(paths, fmt, as_json, public_key, installed, cache_dir) -> None:
         click.get_current_context().exit(max(bad))
 
 
-def _audit_installed(paths, fmt: str, cache_dir: Path | None) -> None:
+def _audit_installed(paths, fmt: str, cache_dir: Path | None, approval_files, approval_keys) -> None:
+    from mirror.approval import approval_policy
     from mirror.install import default_cache_dir
     from mirror.installed import audit_installed, render_table
 
@@ -973,8 +982,9 @@ def _audit_installed(paths, fmt: str, cache_dir: Path | None) -> None:
     cache = default_cache_dir(cache_dir)
     if not cache.is_dir():
         raise CacheNotFound(str(cache), source="--cache-dir" if cache_dir is not None else "where huggingface_hub looks: $HF_HUB_CACHE, $HUGGINGFACE_HUB_CACHE, $HF_HOME, $XDG_CACHE_HOME or ~/.cache")
-    rows = audit_installed(cache)
-    codes = [{"ok": 0, "no record": 0, "unsafe": exitcodes.UNSAFE_CACHE}.get(r.state, exitcodes.INTEGRITY) for r in rows]
+    rows = audit_installed(cache, approvals=approval_policy(approval_files, approval_keys))
+    codes = [{"ok": 0, "no record": 0, "unsafe": exitcodes.UNSAFE_CACHE}.get(r.state, exitcodes.INTEGRITY) or (0 if r.approval in (None, "approved") else exitcodes.POLICY)
+             for r in rows]
     if fmt == "json":
         for r, code in zip(rows, codes):
             _emit({**r.to_dict(), "exit_code": code, **({"error": r.summary()} if code else {})})
@@ -984,7 +994,7 @@ def _audit_installed(paths, fmt: str, cache_dir: Path | None) -> None:
         _note(f"no snapshots installed in {cache}")
     bad = [c for c in codes if c]
     if bad:
-        click.echo(f"mirror: error: {len(bad)} of {len(rows)} snapshot(s) differ from their install records; exit {max(bad)} is the worst of them", err=True)
+        click.echo(f"mirror: error: {len(bad)} of {len(rows)} snapshot(s) failed the audit; exit {max(bad)} is the worst of them", err=True)
         click.get_current_context().exit(max(bad))
 
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mirror import hfcache
-from mirror.errors import UnsafeCache
+from mirror.approval import ApprovalSet
+from mirror.errors import ApprovalError, UnsafeCache
 from mirror.hashing import hash_files
 from mirror.safeio import NotRegularFile, open_regular
 
@@ -44,19 +45,21 @@ class InstalledRow:
     problems: tuple[FileProblem, ...] = ()
     checked: int = 0  # files hashed
     checked_bytes: int = 0
-    bundle: dict | None = None  # the install record's bundle entry: name, sha256 (and id, when recorded)
+    bundle: dict | None = None  # the install record's bundle entry: name, sha256, and the identity and checked signer when recorded
     error: str | None = None  # one line, for "unsafe"
+    approval: str | None = None  # where the host requires approvals: "approved", "rejected" or "not approved"
+    approval_detail: str = ""  # why not, in one line
 
     @property
     def ok(self) -> bool:
-        return self.state == "ok"
+        return self.state == "ok" and self.approval in (None, "approved")
 
     def to_dict(self) -> dict:
         s = self.snapshot
         return {
             "repo_id": s.repo_id, "repo_type": s.repo_type, "commit": s.commit, "refs": list(s.refs), "path": str(s.path),
             "files": s.files, "size": s.size, "state": self.state, "ok": self.ok, "checked": self.checked,
-            "checked_bytes": self.checked_bytes, "bundle": self.bundle, "error": self.error,
+            "checked_bytes": self.checked_bytes, "bundle": self.bundle, "error": self.error, "approval": self.approval, "approval_detail": self.approval_detail,
             "problems": [{"path": p.path, "state": p.state, "detail": p.detail} for p in self.problems],
         }
 
@@ -64,6 +67,8 @@ class InstalledRow:
         """Why it is not ok, in one line (the first few problems)."""
         if self.error:
             return self.error
+        if self.state == "ok" and self.approval not in (None, "approved"):
+            return self.approval_detail
         if self.state == "no record":
             return "not installed by mirror: no install record to check it against"
         from mirror.audit import short_digests
@@ -73,10 +78,28 @@ class InstalledRow:
         return short_digests(shown + more)
 
 
-def audit_installed(cache_dir: str | os.PathLike | None = None) -> list[InstalledRow]:
-    """One row per snapshot in the cache (hfcache.list_installed), each checked against its record."""
+def audit_installed(cache_dir: str | os.PathLike | None = None, *, approvals: ApprovalSet | None = None) -> list[InstalledRow]:
+    """One row per snapshot in the cache (hfcache.list_installed), each checked against its record
+    and, where `approvals` are required, against them by the identity its record names."""
     root = hfcache.cache_root(cache_dir)
-    return [check_snapshot(hfcache.RepoCache(root, s.repo_id, s.repo_type), s) for s in hfcache.list_installed(root)]
+    rows = [check_snapshot(hfcache.RepoCache(root, s.repo_id, s.repo_type), s) for s in hfcache.list_installed(root)]
+    if approvals is None or not approvals.required():
+        return rows
+    return [replace(r, **_approval(r, approvals)) for r in rows]
+
+
+def _approval(row: InstalledRow, approvals: ApprovalSet) -> dict[str, str]:
+    """The decision in force for the bundle that installed the snapshot, and why it does not
+    count when it does not (ApprovalSet.require's line, less the label the row already shows)."""
+    bundle_id = (row.bundle or {}).get("id")
+    if not bundle_id:
+        return {"approval": "not approved", "approval_detail": "its install record names no bundle identity (installed by another tool or an older mirror)"}
+    try:
+        approvals.require(bundle_id, label=f"{row.snapshot.repo_id}@{row.snapshot.commit[:12]}")
+    except ApprovalError as e:
+        found = approvals.find(bundle_id)
+        return {"approval": "rejected" if found is not None else "not approved", "approval_detail": " ".join(str(e).split(": ", 1)[1].split())}
+    return {"approval": "approved"}
 
 
 def check_snapshot(rc: hfcache.RepoCache, snap: hfcache.InstalledSnapshot) -> InstalledRow:
@@ -125,13 +148,13 @@ def check_snapshot(rc: hfcache.RepoCache, snap: hfcache.InstalledSnapshot) -> In
 
 
 def _bundle_entry(rc: hfcache.RepoCache, commit: str) -> dict | None:
-    b = hfcache.read_bundle_record(rc, commit)
-    if b is None:
-        return None
-    out = {"name": b.name, "sha256": b.sha256}
-    if isinstance(getattr(b, "id", None), str):  # the bundle identity, where the record holds it
-        out["id"] = b.id
-    return out
+    """What the record says of the bundle that installed the commit: its file (name, sha256), its
+    identity and the key whose signature the install checked (records of older mirrors lack some)."""
+    b, trust = hfcache.read_bundle_record(rc, commit), hfcache.read_trust(rc, commit)
+    out = {"name": b.name, "sha256": b.sha256} if b is not None else {}
+    if trust is not None:
+        out.update({k: v for k, v in (("id", trust.bundle_id), ("signer", trust.signer)) if v})
+    return out or None
 
 
 def _hash(folder: Path, paths: list[str]) -> tuple[dict[str, str], list[FileProblem]]:
@@ -162,9 +185,10 @@ def render_table(rows: list[InstalledRow]) -> str:
     """One line per snapshot, then one line per snapshot that is not ok, saying why."""
     from mirror.manifest import human_size
 
-    head = ("REPO", "COMMIT", "BUNDLE", "SIZE", "FILES", "STATE")
+    approvals = any(r.approval is not None for r in rows)
+    head = ("REPO", "COMMIT", "BUNDLE", "SIZE", "FILES", "STATE") + (("APPROVAL",) if approvals else ())
     body = [(r.snapshot.repo_id, r.snapshot.commit[:8], ((r.bundle or {}).get("id") or "-").partition(":")[2][:8] or "-", human_size(r.snapshot.size),
-             str(r.snapshot.files), r.state) for r in rows]
+             str(r.snapshot.files), r.state) + ((r.approval or "-",) if approvals else ()) for r in rows]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
     problems = [f"{r.snapshot.repo_id}@{r.snapshot.commit[:12]}: {r.summary()}" for r in rows if not r.ok]

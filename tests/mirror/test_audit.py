@@ -334,7 +334,7 @@ def test_cli_audit_installed(cache, tmp_path):
     r = runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(cache), "--json"])
     rows = {x["repo_id"]: x for x in map(json.loads, r.stdout.splitlines())}
     assert r.exit_code == 4 and rows["org/legacy"]["state"] == "missing" and rows["org/legacy"]["exit_code"] == 4 and rows["org/clean"]["ok"]
-    assert r.stderr == "mirror: error: 1 of 2 snapshot(s) differ from their install records; exit 4 is the worst of them\n"
+    assert r.stderr == "mirror: error: 1 of 2 snapshot(s) failed the audit; exit 4 is the worst of them\n"
 
     assert runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(tmp_path / "none")]).exit_code == 3
     r = runner.invoke(cli, ["audit", "--installed", str(tmp_path)])
@@ -343,3 +343,37 @@ def test_cli_audit_installed(cache, tmp_path):
     assert r.exit_code == 2 and "no CycloneDX form" in r.stderr
     r = runner.invoke(cli, ["audit"])
     assert r.exit_code == 2 and "or --installed" in r.stderr
+
+
+def test_cli_audit_installed_against_approvals(cache, estate, tmp_path, monkeypatch):
+    """The record names the identity of the bundle that installed each snapshot: the audit judges
+    it by the approval files, as install would."""
+    from click.testing import CliRunner
+
+    from mirror.approval import ENV_FILES, ENV_KEYS, write_approval
+    from mirror.cli import cli
+
+    monkeypatch.delenv(ENV_FILES, raising=False)
+    monkeypatch.delenv(ENV_KEYS, raising=False)
+    sec = keygen(tmp_path / "security")
+    ok = write_approval([estate["clean"]], reviewer="Ann", decision="approved", key_path=sec.private, out=tmp_path / "ok.json")
+    no = write_approval([estate["legacy"]], reviewer="Bob", decision="rejected", key_path=sec.private, out=tmp_path / "no.json", note="pickle")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(cache), "--approvals", str(ok), "--approvals", str(no), "--approval-key", str(sec.public), "--json"])
+    rows = {x["repo_id"]: x for x in map(json.loads, r.stdout.splitlines())}
+    assert r.exit_code == 6, r.output
+    assert rows["org/clean"]["bundle"]["id"] == "sha256:" + _manifest_digest(estate["clean"])
+    assert (rows["org/clean"]["approval"], rows["org/clean"]["exit_code"]) == ("approved", 0)
+    assert (rows["org/legacy"]["approval"], rows["org/legacy"]["exit_code"]) == ("rejected", 6)
+    assert rows["org/legacy"]["approval_detail"].startswith(f"bundle sha256:{_manifest_digest(estate['legacy'])} was rejected by Bob on ")
+
+    monkeypatch.setenv(ENV_FILES, str(ok))
+    monkeypatch.setenv(ENV_KEYS, str(sec.public))
+    r = runner.invoke(cli, ["audit", "--installed", "--cache-dir", str(cache)])
+    header, *lines = r.stdout.split("\n\n")[0].splitlines()
+    assert header.split()[-1] == "APPROVAL" and r.exit_code == 6
+    clean = next(line for line in lines if line.startswith("org/clean"))
+    assert clean.split()[2] == _manifest_digest(estate["clean"])[:8] and clean.endswith("approved")
+    assert next(line for line in lines if line.startswith("org/legacy")).endswith("not approved")
+    r = runner.invoke(cli, ["audit", str(estate["clean"]), "--approvals", str(ok)])
+    assert r.exit_code == 2 and "add --installed" in r.stderr
