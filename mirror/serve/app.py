@@ -2,7 +2,7 @@
 
 Routes (what `huggingface_hub`'s `file_download.py`, `hf_api.py` and `hf_file_system.py` call):
 
-    GET  /api/{models,datasets}/{repo}[/revision/{rev}]     repo info at a revision (default main)
+    GET  /api/{models,datasets}/{repo}[/revision/{rev}]     repo info at a revision (default main, or ?revision=)
     GET  /api/{models,datasets}/{repo}/tree/{rev}[/{path}]  listing (?recursive=true)
     POST /api/{models,datasets}/{repo}/paths-info/{rev}     form-encoded `paths`
     GET  /api/{models,datasets}/{repo}/refs | /commits/{rev}
@@ -209,7 +209,9 @@ class ServeApp:
         repo, rest = self._find(repo_type, _trim(segs), None)
         if not rest:
             self._only(method, "GET", "HEAD")
-            return _json(self._info(repo, self._commit(repo, "main"), q))
+            # `?revision=` is how Dragonfly's hf backend names a revision here (hugging_face.rs
+            # build_repository_revision_url): a listing of main would not match the files it fetches
+            return _json(self._info(repo, self._commit(repo, q.get("revision", ["main"])[-1]), q))
         what = rest[0]
         if what == "revision" and len(rest) == 2:
             self._only(method, "GET", "HEAD")
