@@ -344,10 +344,12 @@ Examples:
 @_since_manifest_option
 @_allow_pickle_option
 @_sign_key_option
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked,
+              help="oci://: refuse the artifact unless its signature referrer verifies with this key (PEM); exit 5 if missing or invalid.")
 @_oci_options
 @_output_options
 def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress, max_part_size, since, since_manifest, allow_pickle, sign_key,
-         plain_http, ca_cert, username, password_stdin) -> None:
+         public_key, plain_http, ca_cert, username, password_stdin) -> None:
     """Download REPO_ID at a pinned commit into one verified bundle.
 
     The revision is resolved to a commit first, every file is checked against the Hub's own
@@ -363,7 +365,9 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
         given = [name for name, value in hub_only.items() if value]
         if given:
             raise UsageError(f"{', '.join(given)} apply to Hub pulls only; an oci:// pull rebuilds exactly the bundle that was pushed")
-        return _pull_oci(repo_ids, out_dir=out_dir, progress=progress, sign_key=sign_key, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
+        return _pull_oci(repo_ids, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
+    if public_key is not None:
+        raise UsageError("--public-key applies to oci:// pulls only; check a Hub pull's bundle with 'mirror verify --public-key'")
     ids = list(repo_ids) + (_config_model_ids(config) if config else [])
     if not ids:
         raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
@@ -396,7 +400,7 @@ def _report_written(info, sign_key) -> None:
 # --- push / pull oci:// (OCI registries, ModelPack artifacts; mirror.oci) ----------------------------
 
 
-def _pull_oci(refs, *, out_dir, progress, sign_key, plain_http, ca_cert, username, password_stdin) -> None:
+def _pull_oci(refs, *, out_dir, progress, sign_key, public_key, plain_http, ca_cert, username, password_stdin) -> None:
     from mirror.oci import reference
     from mirror.oci.pull import pull_bundle
 
@@ -405,7 +409,7 @@ def _pull_oci(refs, *, out_dir, progress, sign_key, plain_http, ca_cert, usernam
     ref = reference.parse(refs[0])
     creds = _oci_credentials(ref.registry, username, password_stdin)
     show = sys.stderr.isatty() if progress is None else progress
-    r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show)
+    r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show, public_key=public_key)
     if r.resumed_bytes:
         _note(f"resumed: {human_size(r.resumed_bytes)} were already here from an interrupted pull (re-hashed)")
     _report_written(r, sign_key)
@@ -446,7 +450,7 @@ def push(bundle, target, since, chunk_size, progress, as_json, plain_http, ca_ce
     if as_json:
         _emit({"ok": True, "exit_code": 0, "bundle": str(bundle), "reference": r.reference, "digest": r.digest, "layers": r.layers,
                "uploaded_layers": r.uploaded_layers, "uploaded_bytes": r.uploaded_bytes, "skipped_bytes": r.skipped_bytes,
-               "bundle_bytes": r.bundle_bytes, "upload_requests": r.requests})
+               "bundle_bytes": r.bundle_bytes, "upload_requests": r.requests, "referrers": list(r.referrers), "referrers_in": r.referrers_in})
     else:
         click.echo(r.reference)
 

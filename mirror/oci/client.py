@@ -6,6 +6,8 @@ above it, each request body streamed from the bundle with a Content-Length, so m
 whatever the file size. The sha256 of what is sent is computed as it goes and must equal the
 digest before the upload is committed; the registry's `Docker-Content-Digest` is cross-checked.
 Manifests: GET with the OCI media types in Accept, PUT with the OCI manifest media type.
+Referrers (OCI 1.1): a PUT reports whether the registry indexed the `subject` (`OCI-Subject`);
+`referrers` reads the referrers API, None where the registry has none (the tag schema then).
 
 Auth: a 401 is answered once per challenge (mirror.oci.auth): Basic, or a Bearer token from the
 realm for `repository:<name>:<actions>`. Credentials go only into the Authorization header of
@@ -45,6 +47,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"
 MAX_MANIFEST = 4 * 1024 * 1024  # the distribution registry's own limit on a manifest
+MAX_REFERRER_PAGES = 16  # of a paginated referrers list: mirror attaches three referrers per artifact
 DEFAULT_CHUNK = 64 * 1024 * 1024  # a blob above this goes up in PATCH chunks of this size
 SEND_BLOCK = 1024 * 1024  # bytes handed to the socket at a time
 ERROR_BODY = 64 * 1024  # an error answer's JSON is a few hundred bytes; past this its detail is dropped
@@ -390,15 +393,51 @@ class Client:
         return bytes(data), media, digest
 
     def put_manifest(self, tag: str, raw: bytes, *, media_type: str = OCI_MANIFEST) -> str:
+        return self._put_manifest(tag, raw, media_type=media_type)[0]
+
+    def put_referrer(self, raw: bytes, *, subject: str) -> bool:
+        """PUT a referrer (a manifest whose `subject` is `subject`) by its digest. True when the
+        registry says it indexed the subject (`OCI-Subject`, distribution-spec 1.1): then its
+        referrers API lists it and the referrers tag needs no update."""
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        _, headers = self._put_manifest(digest, raw, media_type=OCI_MANIFEST)
+        return headers.get("OCI-Subject") == subject
+
+    def _put_manifest(self, reference: str, raw: bytes, *, media_type: str) -> tuple[str, dict]:
         self.login()
-        r = self.request("PUT", f"{self.base}/manifests/{tag}", headers={"Content-Type": media_type}, body=lambda: raw, ok=(201,), size=len(raw), what=f"the manifest of {self.repository}:{tag}")
+        r = self.request("PUT", f"{self.base}/manifests/{reference}", headers={"Content-Type": media_type}, body=lambda: raw, ok=(201,), size=len(raw), what=f"the manifest of {self.repository}:{reference}")
         self.bytes_sent += len(raw)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         stored = r.headers.get("Docker-Content-Digest")
+        headers = dict(r.headers)
         r.close()
         if stored and stored != digest:
             raise RegistryError(f"the registry {self.registry} stored the manifest as {stored}, not {digest}; it is not a conforming registry")
-        return digest
+        return digest, headers
+
+    def find_manifest(self, reference: str) -> tuple[bytes, str, str] | None:
+        """`get_manifest`, or None when the registry has nothing at `reference` (404)."""
+        try:
+            return self.get_manifest(reference)
+        except RegistryNotFound:
+            return None
+
+    def referrers(self, digest: str) -> list[bytes] | None:
+        """The referrers API's answer for `digest` (distribution-spec 1.1 `GET /v2/<name>/referrers/
+        <digest>`), one image index per page (the `Link` header's next pages followed, at most
+        MAX_REFERRER_PAGES), or None when the registry has no referrers API (404, as Debian's
+        distribution 2.8 answers): then the referrers tag schema is where referrers are listed."""
+        pages: list[bytes] = []
+        url = f"{self.base}/referrers/{digest}"
+        while url and len(pages) < MAX_REFERRER_PAGES:
+            r = self.request("GET", url, headers={"Accept": OCI_INDEX}, stream=True, ok=(200, 404, 405), size=MAX_MANIFEST, what=f"the referrers of {self.repository}@{digest}")
+            if r.status_code != 200:
+                r.close()
+                return None if not pages else pages
+            pages.append(bytes(self._bounded(r, MAX_MANIFEST, what="a referrers list", too_big=f"the referrers list of {self.repository}@{digest} is over {MAX_MANIFEST} bytes")))
+            nxt = r.links.get("next", {}).get("url")
+            url = self.transport.follow(r.url, nxt, what="the next page of referrers") if nxt else None
+        return pages
 
 
 def reason(e: BaseException) -> str:

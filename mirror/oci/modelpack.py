@@ -4,10 +4,13 @@ docs/spec.md, docs/config.md, docs/annotations.md, specs-go/v1/mediatype.go).
 An OCI image manifest with `artifactType: application/vnd.cncf.model.manifest.v1+json`; a config
 blob (`application/vnd.cncf.model.config.v1+json`) valid against the spec's config schema; one
 **raw** layer per file, by kind (weight, weight config, doc, code, dataset), annotated with
-`org.cncf.model.filepath`, whose digest is the file's sha256 from the bundle manifest. Two
-layers of mirror's own media types carry the bundle manifest member (the bytes as stored, padding
-included: what a signature binds) and the signature trailer, so a pull rebuilds the same bundle.
-`check` is the pull side: everything the OCI manifest says must agree with the bundle manifest.
+`org.cncf.model.filepath`, whose digest is the file's sha256 from the bundle manifest; nothing
+else, so any ModelPack client takes it. The bundle manifest member (the bytes as stored, padding
+included: what a signature binds), the signature and the ML-BOM travel beside it as OCI 1.1
+referrers (mirror.oci.referrers); the model manifest's annotations name the digests of the first
+two, so the referrers that belong to it cannot be swapped. Artifacts pushed by mirror before
+referrers carried those two as layers of mirror's own media types; `parse_artifact` still reads
+them. `check` is the pull side: everything the OCI manifest says must agree with the bundle manifest.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ DOC = "application/vnd.cncf.model.doc.v1.raw"
 CODE = "application/vnd.cncf.model.code.v1.raw"
 DATASET = "application/vnd.cncf.model.dataset.v1.raw"
 FILE_TYPES = (WEIGHT, WEIGHT_CONFIG, DOC, CODE, DATASET)
+# every layer type the spec defines (raw, tar, tar+gzip, tar+zstd of each kind): what a ModelPack
+# artifact may hold; mirror itself writes and rebuilds bundles from the raw ones only
+MODEL_LAYER_TYPES = frozenset(t.replace(".raw", suffix) for t in FILE_TYPES for suffix in (".raw", ".tar", ".tar+gzip", ".tar+zstd"))
 BUNDLE_MANIFEST_TYPE = "application/vnd.offline-mirror.bundle.manifest.v1+json"
 BUNDLE_SIGNATURE_TYPE = "application/vnd.offline-mirror.bundle.signature.v1+json"
 FILEPATH = "org.cncf.model.filepath"
@@ -37,6 +43,8 @@ UNTESTED = "org.cncf.model.file.mediatype.untested"
 TITLE = "org.opencontainers.image.title"  # oras and other generic clients name files by it
 BUNDLE_NAME = "org.offline-mirror.bundle.name"
 BUNDLE_SHA256 = "org.offline-mirror.bundle.sha256"
+BUNDLE_MANIFEST = "org.offline-mirror.bundle.manifest"  # sha256:<digest of the bundle manifest member> = the bundle identity
+BUNDLE_SIGNATURE = "org.offline-mirror.bundle.signature"  # sha256:<digest of the signature>, for a signed bundle
 MAX_BUNDLE_MANIFEST = 64 * 1024 * 1024  # = tarformat.MAX_MANIFEST
 MAX_SIGNATURE = 1024 * 1024  # = tarformat.MAX_TRAILER
 MAX_CONFIG = 16 * 1024 * 1024
@@ -108,9 +116,10 @@ def build_config(m: Manifest, facts: ModelFacts, layer_digests: list[str]) -> by
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def build_manifest(m: Manifest, *, facts: ModelFacts, manifest_member: bytes, manifest_digest: str,
-                   signature: tuple[bytes, str] | None, bundle_name: str, bundle_sha256: str | None) -> tuple[bytes, bytes]:
-    """(OCI manifest bytes, config bytes) for bundle manifest `m` (a full file list)."""
+def build_manifest(m: Manifest, *, facts: ModelFacts, manifest_digest: str, signature_digest: str | None,
+                   bundle_name: str, bundle_sha256: str | None) -> tuple[bytes, bytes]:
+    """(OCI manifest bytes, config bytes) for bundle manifest `m` (a full file list): one layer per
+    file and nothing else; the annotations name the bundle manifest and signature referrers."""
     layers = []
     for f in sorted(m.files, key=lambda f: f.path.encode("utf-8")):
         media, guessed = media_type(f, repo_type=m.repo_type)
@@ -118,9 +127,6 @@ def build_manifest(m: Manifest, *, facts: ModelFacts, manifest_member: bytes, ma
         if guessed:
             ann[UNTESTED] = "true"
         layers.append(_descriptor(media, f"sha256:{f.sha256}", f.size, ann))
-    layers.append(_descriptor(BUNDLE_MANIFEST_TYPE, manifest_digest, len(manifest_member), {TITLE: "_mirror/manifest.json"}))
-    if signature is not None:
-        layers.append(_descriptor(BUNDLE_SIGNATURE_TYPE, signature[1], len(signature[0]), {TITLE: "_mirror/signature.json"}))
     config = build_config(m, facts, [layer["digest"] for layer in layers])
 
     annotations = {
@@ -129,7 +135,10 @@ def build_manifest(m: Manifest, *, facts: ModelFacts, manifest_member: bytes, ma
         "org.opencontainers.image.title": m.repo_id,
         "org.opencontainers.image.version": m.revision,
         BUNDLE_NAME: bundle_name,
+        BUNDLE_MANIFEST: manifest_digest,
     }
+    if signature_digest:
+        annotations[BUNDLE_SIGNATURE] = signature_digest
     if m.source.startswith(("https://", "http://")):
         annotations["org.opencontainers.image.source"] = f"{m.source.rstrip('/')}/{m.repo_id}"
     if m.license:
@@ -160,19 +169,40 @@ class Layer:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A parsed ModelPack manifest of mirror's shape: file layers, the bundle manifest layer,
-    the signature layer, the config, and the annotations."""
+    """A parsed ModelPack model manifest: its model layers (any ModelPack layer type), the config,
+    the annotations, and, in an artifact pushed by mirror before referrers, the bundle manifest
+    and signature layers (None otherwise: they are referrers, mirror.oci.referrers)."""
 
     files: tuple[Layer, ...]
-    manifest_layer: Layer
+    manifest_layer: Layer | None
     signature_layer: Layer | None
     config: Layer
     annotations: dict
+    layer_digests: tuple[str, ...] = ()  # every layer, in order: what modelfs.diffIds must list
+
+    @property
+    def bundle_manifest_digest(self) -> str | None:
+        """The bundle manifest's digest: the legacy layer's, or the one the annotations name."""
+        if self.manifest_layer is not None:
+            return self.manifest_layer.digest
+        named = self.annotations.get(BUNDLE_MANIFEST)
+        return named if _is_digest(named) else None
+
+    @property
+    def signature_digest(self) -> str | None:
+        if self.signature_layer is not None:
+            return self.signature_layer.digest
+        named = self.annotations.get(BUNDLE_SIGNATURE)
+        return named if _is_digest(named) else None
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and value.startswith("sha256:") and len(value) == 71 and all(c in "0123456789abcdef" for c in value[7:])
 
 
 def parse_artifact(raw: bytes, media: str, *, where: str) -> Artifact:
     """Refuses (NotModelPack) anything but an OCI image manifest with the ModelPack artifact type
-    and config, holding mirror's bundle manifest layer."""
+    and config whose layers are ModelPack layers (or mirror's legacy evidence layers)."""
     doc = safejson.loads(raw, where=where, what="OCI manifest", max_bytes=len(raw) + 1, error=NotModelPack)
     if not isinstance(doc, dict):
         raise NotModelPack(where, "the registry's manifest is not a JSON object", fix="check the reference")
@@ -189,9 +219,10 @@ def parse_artifact(raw: bytes, media: str, *, where: str) -> Artifact:
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise NotModelPack(where, "the manifest has no layers list")
-    files, manifest_layer, signature_layer = [], None, None
+    files, manifest_layer, signature_layer, digests = [], None, None, []
     for i, d in enumerate(layers):
         layer = _layer(d, where=where, index=i)
+        digests.append(layer.digest)
         if layer.media_type == BUNDLE_MANIFEST_TYPE:
             if manifest_layer is not None:
                 raise ArtifactMismatch(where, "the artifact has two bundle manifest layers", fix="do not use it: push the bundle again")
@@ -200,17 +231,13 @@ def parse_artifact(raw: bytes, media: str, *, where: str) -> Artifact:
             if signature_layer is not None:
                 raise ArtifactMismatch(where, "the artifact has two signature layers", fix="do not use it: push the bundle again")
             signature_layer = layer
-        elif layer.media_type in FILE_TYPES:
-            if not layer.path:
-                raise ArtifactMismatch(where, f"layer {i} ({layer.digest}) has no {FILEPATH} annotation", fix="do not use it: push the bundle again")
+        elif layer.media_type in MODEL_LAYER_TYPES:
             files.append(layer)
         else:
-            raise NotModelPack(where, f"layer {i} has media type {layer.media_type!r}, which is not a raw ModelPack file layer", fix="mirror pulls artifacts written by 'mirror push' (one raw layer per file)")
-    if manifest_layer is None:
-        raise NotModelPack(where, "this ModelPack artifact carries no bundle manifest layer, so no bundle can be rebuilt from it", fix="mirror pulls artifacts written by 'mirror push'")
+            raise NotModelPack(where, f"layer {i} has media type {layer.media_type!r}, which is not a ModelPack layer type", fix="point at a ModelPack model artifact (model-spec docs/spec.md lists the layer types)")
     cfg = _layer(config, where=where, index=-1)
     ann = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
-    return Artifact(files=tuple(files), manifest_layer=manifest_layer, signature_layer=signature_layer, config=cfg, annotations=ann)
+    return Artifact(files=tuple(files), manifest_layer=manifest_layer, signature_layer=signature_layer, config=cfg, annotations=ann, layer_digests=tuple(digests))
 
 
 def _layer(d, *, where: str, index: int) -> Layer:
@@ -218,7 +245,7 @@ def _layer(d, *, where: str, index: int) -> Layer:
     if not isinstance(d, dict):
         raise NotModelPack(where, f"{label} is not an object")
     digest, size, mt = d.get("digest"), d.get("size"), d.get("mediaType")
-    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71 or any(c not in "0123456789abcdef" for c in digest[7:]):
+    if not _is_digest(digest):
         raise NotModelPack(where, f"{label} has digest {digest!r}; mirror reads sha256 digests only")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise NotModelPack(where, f"{label} has no valid size")
@@ -237,6 +264,10 @@ def check(artifact: Artifact, manifest_member: bytes, *, where: str, config: byt
     want = m.by_path()
     seen: set[str] = set()
     for layer in artifact.files:
+        if layer.media_type not in FILE_TYPES:
+            raise ArtifactMismatch(where, f"layer {layer.digest} is {layer.media_type}, not a raw file layer as mirror push writes them", fix="do not use it: push the bundle again")
+        if not layer.path:
+            raise ArtifactMismatch(where, f"layer {layer.digest} has no {FILEPATH} annotation", fix="do not use it: push the bundle again")
         f = want.get(layer.path)
         if f is None:
             raise ArtifactMismatch(where, f"layer {layer.path!r} is not a file of the bundle manifest inside the artifact", fix="do not use it: it was altered after 'mirror push'; push the bundle again")
@@ -252,7 +283,6 @@ def check(artifact: Artifact, manifest_member: bytes, *, where: str, config: byt
             diff_ids = json.loads(config)["modelfs"]["diffIds"]
         except (ValueError, KeyError, TypeError):
             raise NotModelPack(where, "the ModelPack config has no modelfs.diffIds") from None
-        layers = [x.digest for x in artifact.files] + [artifact.manifest_layer.digest] + ([artifact.signature_layer.digest] if artifact.signature_layer else [])
-        if sorted(diff_ids) != sorted(layers):
+        if not isinstance(diff_ids, list) or sorted(map(str, diff_ids)) != sorted(artifact.layer_digests):
             raise ArtifactMismatch(where, "the ModelPack config's modelfs.diffIds disagree with the layers", fix="do not use it: push the bundle again")
     return m

@@ -1,7 +1,8 @@
 """`mirror pull oci://...`: rebuild the pushed bundle, byte for byte, from its layers.
 
-The OCI manifest is checked first (ModelPack, mirror's shape, file layers = the bundle manifest's
-files: mirror.oci.modelpack.check). The bundle is then laid out exactly as the writer lays it out
+The OCI manifest is checked first (ModelPack, file layers = the bundle manifest's files:
+mirror.oci.modelpack.check); the bundle manifest and signature come from its OCI 1.1 referrers
+(mirror.oci.referrers), or from layers of it in an artifact pushed before referrers. The bundle is then laid out exactly as the writer lays it out
 (tarformat's member headers and padding around the manifest member as stored, each file in path
 order, the signature trailer) with every layer streamed straight into place, its digest checked as
 it passes and the bundle's sha256 computed alongside (two hash lanes). It is written under
@@ -38,15 +39,17 @@ from mirror.errors import (
     HashMismatch,
     NotEnoughSpace,
     RegistryError,
+    SignatureError,
     UsageError,
 )
 from mirror.hashing import CHUNK, DualHasher, HashLanes, first_difference
 from mirror.manifest import MANIFEST_NAME, PAYLOAD_PREFIX, FileEntry, Manifest
-from mirror.oci import modelpack
+from mirror.oci import importer, modelpack, referrers
 from mirror.oci.auth import Credentials
 from mirror.oci.client import Client, reason
 from mirror.oci.reference import Reference
 from mirror.oci.transport import iter_body
+from mirror.signing import check_signature, require_valid
 from mirror.tarformat import (
     TRAILER_MEMBERS,
     BundleReader,
@@ -110,29 +113,83 @@ def _plan(m: Manifest, member: bytes, signature: bytes | None, files: dict[str, 
     return segs, total
 
 
-def fetch_artifact(client: Client, ref: Reference) -> tuple[modelpack.Artifact, Manifest, bytes, bytes | None, str]:
-    """The checked artifact: (artifact, bundle manifest, manifest member bytes, signature, digest)."""
+@dataclass(frozen=True)
+class Evidence:
+    """What mirror needs beside the model layers to rebuild and trust the bundle: the bundle
+    manifest member as stored and the signature (None: unsigned), and where they were found."""
+
+    member: bytes
+    signature: bytes | None
+    found_in: str  # "layers" (pushed by mirror before referrers), "referrers API", "referrers tag"
+
+
+def find_evidence(client: Client, art: modelpack.Artifact, *, digest: str, where: str) -> Evidence | None:
+    """The bundle manifest and signature of the artifact whose manifest has `digest`: layers of it
+    (pushed before referrers) or its referrers, each the one whose digest the model manifest names
+    (mirror.oci.referrers). None when it names none: a ModelPack artifact mirror did not push."""
+    want = art.bundle_manifest_digest
+    if want is None:
+        return None
+    if art.manifest_layer is not None and art.manifest_layer.size > modelpack.MAX_BUNDLE_MANIFEST:
+        raise ArtifactMismatch(where, f"the bundle manifest layer is {art.manifest_layer.size} bytes, over the {modelpack.MAX_BUNDLE_MANIFEST} byte limit")
+    if art.manifest_layer is not None:
+        member = client.read_blob(want, max_size=modelpack.MAX_BUNDLE_MANIFEST, what="the bundle manifest layer")
+        signature = None
+        if art.signature_layer is not None:
+            signature = client.read_blob(art.signature_layer.digest, max_size=modelpack.MAX_SIGNATURE, what="the signature layer")
+        return Evidence(member=member, signature=signature, found_in="layers")
+    listed, found_in = referrers.listed(client, digest)
+    member = referrers.fetch_blob(client, listed, subject=digest, artifact_type=modelpack.BUNDLE_MANIFEST_TYPE, blob_digest=want,
+                                  max_size=modelpack.MAX_BUNDLE_MANIFEST, what="the bundle manifest referrer")
+    if member is None:
+        raise ArtifactMismatch(where, f"the artifact names its bundle manifest {want[:19]}…, but no referrer of it in the registry ({found_in}) carries it",
+                               fix="push the bundle again (a copy made without its referrers lacks them: copy the referrers tag too, docs/oci.md)")
+    signature = None
+    if (sig_digest := art.signature_digest) is not None:
+        signature = referrers.fetch_blob(client, listed, subject=digest, artifact_type=modelpack.BUNDLE_SIGNATURE_TYPE, blob_digest=sig_digest,
+                                         max_size=modelpack.MAX_SIGNATURE, what="the signature referrer")
+    return Evidence(member=member, signature=signature, found_in=found_in)
+
+
+def fetch_artifact(client: Client, ref: Reference, *, public_key: str | Path | None = None) -> tuple[modelpack.Artifact, Manifest, bytes, bytes | None, str]:
+    """The checked artifact: (artifact, bundle manifest, manifest member bytes, signature, digest).
+    With `public_key`, a signature that is missing or does not verify is refused (SignatureError)
+    before a layer is fetched."""
     if not ref.reference:
         raise UsageError(f"{ref}: name a tag (…:TAG) or a digest (…@sha256:…) to pull")
     raw, media, digest = client.get_manifest(ref.reference)
     where = str(ref)
     art = modelpack.parse_artifact(raw, media, where=where)
-    if art.manifest_layer.size > modelpack.MAX_BUNDLE_MANIFEST:
-        raise ArtifactMismatch(where, f"the bundle manifest layer is {art.manifest_layer.size} bytes, over the {modelpack.MAX_BUNDLE_MANIFEST} byte limit")
+    evidence = find_evidence(client, art, digest=digest, where=where)
+    if evidence is None:  # a ModelPack artifact mirror did not push: pull_bundle imports it (mirror.oci.importer)
+        raise importer.ForeignArtifact(where, raw=raw, media=media, digest=digest)
     config = client.read_blob(art.config.digest, max_size=modelpack.MAX_CONFIG, what="the ModelPack config")
-    member = client.read_blob(art.manifest_layer.digest, max_size=modelpack.MAX_BUNDLE_MANIFEST, what="the bundle manifest layer")
-    m = modelpack.check(art, member, where=where, config=config)
-    signature = None
-    if art.signature_layer is not None:
-        signature = client.read_blob(art.signature_layer.digest, max_size=modelpack.MAX_SIGNATURE, what="the signature layer")
-    return art, m, member, signature, digest
+    m = modelpack.check(art, evidence.member, where=where, config=config)
+    if public_key is not None:
+        require_valid(check_signature(evidence.member, evidence.signature, public_key_path=public_key), bundle=where)
+    if evidence.signature is None and art.signature_digest is not None:
+        raise ArtifactMismatch(where, f"the artifact names its signature {art.signature_digest[:19]}…, but no referrer of it in the registry ({evidence.found_in}) carries it",
+                               fix="push the bundle again (a copy made without its referrers lacks them: copy the referrers tag too, docs/oci.md)")
+    return art, m, evidence.member, evidence.signature, digest
 
 
 def pull_bundle(ref: Reference, *, out_dir: str | Path, plain_http: bool = False, ca_cert: str | Path | None = None,
-                credentials: Credentials | None = None, show_progress: bool = True) -> PullResult:
+                credentials: Credentials | None = None, show_progress: bool = True, public_key: str | Path | None = None,
+                allow_pickle: bool = False) -> PullResult:
+    """The pushed bundle, rebuilt; or, from an artifact another tool wrote, one built from its
+    layers (`allow_pickle`: the pickle policy of that build, as for a Hub pull)."""
     out_dir = Path(out_dir)
     with Client(ref.registry, ref.repository, plain_http=plain_http, ca_cert=ca_cert, credentials=credentials) as client:
-        art, m, member, signature, digest = fetch_artifact(client, ref)
+        try:
+            art, m, member, signature, digest = fetch_artifact(client, ref, public_key=public_key)
+        except importer.ForeignArtifact as foreign:  # another tool's artifact: a bundle is built from its layers
+            if public_key is not None:
+                raise SignatureError(str(ref), "another tool wrote this artifact: it carries no mirror signature to check against --public-key",
+                                     fix="pull it without --public-key, then sign the bundle you checked ('mirror sign')") from None
+            made = importer.import_artifact(client, ref, raw=foreign.raw, media=foreign.media, digest=foreign.digest, out_dir=out_dir,
+                                            allow_pickle=allow_pickle, show_progress=show_progress)
+            return PullResult(path=made.info.path, sha256=made.info.sha256, size=made.info.size, manifest=made.info.manifest,
+                              digest=foreign.digest, resumed_bytes=0, fetched_bytes=made.fetched_bytes)
         files = {layer.path: layer for layer in art.files}
         segs, total = _plan(m, member, signature, files)
         final = out_dir / bundle_filename(m.repo_id, m.commit, repo_type=m.repo_type)

@@ -7,6 +7,10 @@ file of another model) is not sent again, so a new commit uploads only what chan
 bundle is pushed as the full file set of its target commit: the files it does not carry come from
 the registry (the base pushed before) or from `--since BASE_BUNDLE`; its signature, over the
 delta's manifest, cannot travel with the full manifest and is left out.
+
+The model artifact is pure ModelPack; the bundle manifest, the signature and the CycloneDX ML-BOM
+(mirror audit's) are attached as OCI 1.1 referrers of it (mirror.oci.referrers), pushed before the
+model's tag so that whoever finds the tag finds them too.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -24,13 +29,16 @@ from mirror.bundle import bundle_filename
 from mirror.delta import delta_info
 from mirror.errors import BundleError, DeltaBaseNeeded, UsageError
 from mirror.manifest import MANIFEST_NAME, FileEntry, Manifest
-from mirror.oci import modelpack
+from mirror.identity import bundle_id
+from mirror.oci import modelpack, referrers
 from mirror.oci.auth import Credentials
 from mirror.oci.client import DEFAULT_CHUNK, Client
 from mirror.oci.reference import Reference
 from mirror.tarformat import (
     TRAILER_MEMBERS,
+    BLOCK,
     BundleReader,
+    archive_size,
     member_header,
     padding,
     writer_layout,
@@ -44,10 +52,12 @@ class PushResult:
     manifest: Manifest  # the bundle manifest pushed (the full one, for a delta)
     layers: int
     uploaded_layers: int
-    uploaded_bytes: int  # blob bytes sent (file layers, config, bundle manifest, signature)
+    uploaded_bytes: int  # blob bytes sent (file layers, config, and the referrers' blobs)
     skipped_bytes: int  # blob bytes the registry already had
     bundle_bytes: int  # the file bytes the artifact stands for
     requests: int  # upload requests (PATCH/PUT) carrying blob bytes
+    referrers: tuple[str, ...] = ()  # digests of the referrer manifests (bundle manifest, signature, ML-BOM)
+    referrers_in: str = ""  # where a client finds them: "referrers API" or "referrers tag"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,49 @@ def _in_layout(reader: BundleReader, src) -> tuple:
 
 def _reader(src, offset: int) -> Callable[[int, int], bytes]:
     return lambda pos, n: src.read(offset + pos, n)
+
+
+def _bytes(data: bytes) -> Callable[[int, int], bytes]:
+    return lambda pos, n: data[pos:pos + n]
+
+
+def _rebuilt_size(m: Manifest, member: bytes, signature: bytes | None) -> int:
+    """The size of the bundle a pull rebuilds: the writer's layout (headers, padding, trailer)."""
+    pos = BLOCK + len(member) + padding(len(member))
+    pos += sum(BLOCK + f.size + padding(f.size) for f in m.files)
+    if signature is not None:
+        pos += BLOCK + len(signature) + padding(len(signature))
+    return archive_size(pos)
+
+
+def ml_bom(m: Manifest, *, bundle: Path, name: str, member: bytes, signature: bytes | None, bundle_sha256: str | None,
+           subject: str, facts: modelpack.ModelFacts) -> bytes:
+    """The CycloneDX 1.6 ML-BOM of the pushed bundle, as `mirror audit --format cyclonedx` renders
+    it, from what push knows without a second read of the bundle: the manifest, the identity, the
+    signature (not checked here: no key), config.json's architecture. Its serial number and
+    timestamp come from the artifact, so pushing the same bundle again gives the same bytes (and
+    the same referrer). `verified`: every layer is the registry's blob of the manifest's sha256,
+    each upload checked as sent; pickle files are scanned as the audit scans them."""
+    from mirror.audit import AuditRow, render_cyclonedx
+    from mirror.manifest import classify
+    from mirror.signing import check_signature
+
+    pickles = tuple(f.path for f in m.files if classify(f.path) == "pickle")
+    refused: tuple[str, ...] = ()
+    if pickles and "delta" not in m.extra:
+        from mirror.policy import scan_bundle
+
+        refused = tuple(scan_bundle(bundle).refusals())
+    row = AuditRow.of(
+        m, m.files, bundle=name, size=_rebuilt_size(m, member, signature), bundle_id=bundle_id(member), bundle_sha256=bundle_sha256,
+        signature=check_signature(member, signature, public_key_path=None), verified=True, verify_summary="every layer checked against the manifest's sha256 as pushed",
+        pickle_files=pickles, pickle_refused=refused, remote_code=tuple(f.path for f in m.files if classify(f.path) == "code"),
+        architecture={"architectures": [facts.architecture]} if facts.architecture else None,
+    )
+    doc = json.loads(render_cyclonedx([row]))
+    doc["serialNumber"] = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'oci-subject:' + subject)}"
+    doc.setdefault("metadata", {})["timestamp"] = m.created_at
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def _sidecar_sha256(bundle: Path, reader: BundleReader) -> str | None:
@@ -184,15 +237,21 @@ def push_bundle(bundle: str | Path, ref: Reference, *, plain_http: bool = False,
             s, off = where[f.path]
             blobs.append(_Blob(f"sha256:{f.sha256}", f.size, _reader(s, off), f.path))
         fx = facts(full, read_file) if not missing_base else facts(m, read_file)
-        member_digest = "sha256:" + hashlib.sha256(member).hexdigest()
-        sig = (signature, "sha256:" + hashlib.sha256(signature).hexdigest()) if signature is not None else None
+        member_digest = bundle_id(member)
+        sig_digest = "sha256:" + hashlib.sha256(signature).hexdigest() if signature is not None else None
         name = bundle_filename(m.repo_id, m.commit, repo_type=m.repo_type)
-        oci_manifest, config = modelpack.build_manifest(full, facts=fx, manifest_member=member, manifest_digest=member_digest,
-                                                       signature=sig, bundle_name=name, bundle_sha256=bundle_sha)
-        blobs.append(_Blob(member_digest, len(member), lambda pos, n: member[pos:pos + n], "the bundle manifest"))
-        if sig is not None:
-            blobs.append(_Blob(sig[1], len(signature), lambda pos, n: signature[pos:pos + n], "the signature"))
-        blobs.append(_Blob("sha256:" + hashlib.sha256(config).hexdigest(), len(config), lambda pos, n: config[pos:pos + n], "the ModelPack config"))
+        oci_manifest, config = modelpack.build_manifest(full, facts=fx, manifest_digest=member_digest, signature_digest=sig_digest,
+                                                       bundle_name=name, bundle_sha256=bundle_sha)
+        subject = referrers.subject_descriptor(oci_manifest)
+        evidence = [referrers.build(modelpack.BUNDLE_MANIFEST_TYPE, member, subject=subject, created=full.created_at, title="_mirror/manifest.json")]
+        if signature is not None:
+            evidence.append(referrers.build(modelpack.BUNDLE_SIGNATURE_TYPE, signature, subject=subject, created=full.created_at, title="_mirror/signature.json"))
+        bom = ml_bom(full, bundle=bundle, name=name, member=member, signature=signature, bundle_sha256=bundle_sha, subject=subject["digest"], facts=fx)
+        evidence.append(referrers.build(referrers.BOM_TYPE, bom, subject=subject, created=full.created_at, title="_mirror/bom.cdx.json"))
+        layers = len(blobs)
+        blobs.append(_Blob("sha256:" + hashlib.sha256(config).hexdigest(), len(config), _bytes(config), "the ModelPack config"))
+        blobs.append(_Blob(referrers.EMPTY_DESCRIPTOR["digest"], len(referrers.EMPTY), _bytes(referrers.EMPTY), "the empty config of the referrers"))
+        blobs += [_Blob(r.blob_digest, len(r.blob), _bytes(r.blob), f"the {r.artifact_type} referrer") for r in evidence]
 
         # HEAD every distinct blob first (the dedup), then upload what is missing
         todo, skipped, seen = [], 0, set()
@@ -214,10 +273,13 @@ def push_bundle(bundle: str | Path, ref: Reference, *, plain_http: bool = False,
                 up = client.upload(b.digest, b.size, b.read, chunk_size=chunk_size, what=b.what, on_bytes=meter.add)
                 uploaded += up.sent
                 requests_sent += up.requests
+        # the evidence first, the model's tag last: whoever finds the tag finds its referrers
+        found_in = referrers.attach(client, subject["digest"], evidence)
         tag = ref.tag or m.commit[:12]
         digest = client.put_manifest(tag, oci_manifest)
         return PushResult(
-            reference=str(ref.with_tag(tag)), digest=digest, manifest=full, layers=len(blobs) - 1, uploaded_layers=len(todo),
+            reference=str(ref.with_tag(tag)), digest=digest, manifest=full, layers=layers, uploaded_layers=len(todo),
             uploaded_bytes=uploaded, skipped_bytes=skipped, bundle_bytes=sum(f.size for f in full.files), requests=requests_sent,
+            referrers=tuple(r.digest for r in evidence), referrers_in=found_in,
         )
 

@@ -69,6 +69,18 @@ def registry_manifest(reg, ref: str) -> dict:
     return json.loads(out.stdout)
 
 
+def evidence_layers(reg, repo: str, digest: str) -> dict[str, dict]:
+    """artifactType -> the one layer of each referrer of the model manifest `digest`, read from its
+    referrers tag with skopeo (as any tool without the referrers API finds them)."""
+    index = registry_manifest(reg, f"{reg.host}/{repo}:sha256-{digest[7:]}")
+    out = {}
+    for d in index["manifests"]:
+        referrer = registry_manifest(reg, f"{reg.host}/{repo}@{d['digest']}")
+        assert referrer["subject"]["digest"] == digest and referrer["artifactType"] == d["artifactType"]
+        (out[d["artifactType"]],) = referrer["layers"]
+    return out
+
+
 def test_reference_parsing():
     r = reference.parse("oci://registry.internal:5000/models/minilm:45ff9bd610d3")
     assert (r.registry, r.repository, r.tag, r.digest) == ("registry.internal:5000", "models/minilm", "45ff9bd610d3", None)
@@ -101,7 +113,13 @@ def test_signed_bundle_round_trip_is_byte_identical_and_modelpack(registry, tmp_
         assert files[f.path]["digest"] == f"sha256:{f.sha256}" and files[f.path]["size"] == f.size
     assert files["model.safetensors"]["mediaType"] == modelpack.WEIGHT
     assert files["config.json"]["mediaType"] == modelpack.WEIGHT_CONFIG
-    assert {layer["mediaType"] for layer in doc["layers"]} >= {modelpack.BUNDLE_MANIFEST_TYPE, modelpack.BUNDLE_SIGNATURE_TYPE}
+    assert {layer["mediaType"] for layer in doc["layers"]} <= set(modelpack.FILE_TYPES)  # ModelPack and nothing else
+    assert len(doc["layers"]) == len(info.manifest.files)
+    # the evidence: referrers of the model manifest, listed in the referrers tag (distribution 2.8 has no API)
+    assert pushed["referrers_in"] == "referrers tag" and len(pushed["referrers"]) == 3
+    index = registry_manifest(registry, f"{ref.removeprefix('oci://').rsplit(':', 1)[0]}:sha256-{pushed['digest'][7:]}")
+    assert [d["digest"] for d in index["manifests"]] == pushed["referrers"]
+    assert [d["artifactType"] for d in index["manifests"]] == [modelpack.BUNDLE_MANIFEST_TYPE, modelpack.BUNDLE_SIGNATURE_TYPE, "application/vnd.cyclonedx+json"]
 
     # the config is valid against the spec's own schema and says what the bundle says
     with Client(registry.host, ref.split("/", 3)[3].split(":")[0], plain_http=True) as c:
@@ -128,9 +146,11 @@ def test_second_commit_uploads_only_the_changed_file(registry, tmp_path):
     second = json.loads(run("push", str(v2.path), f"oci://{registry.host}/{repo}:v2", "--plain-http", "--json").stdout)
     changed = v2.manifest.by_path()["config.json"].size
     doc = registry_manifest(registry, f"{registry.host}/{repo}:v2")
-    small = sum(layer["size"] for layer in doc["layers"] if layer["mediaType"] == modelpack.BUNDLE_MANIFEST_TYPE) + doc["config"]["size"]
-    assert second["uploaded_bytes"] == changed + small  # the changed file, the bundle manifest, the config
-    assert second["skipped_bytes"] == v2.manifest.total_size - changed  # every unchanged file was already there
+    evidence = evidence_layers(registry, repo, second["digest"])
+    assert sorted(evidence) == sorted([modelpack.BUNDLE_MANIFEST_TYPE, "application/vnd.cyclonedx+json"])  # unsigned: no signature referrer
+    small = doc["config"]["size"] + sum(layer["size"] for layer in evidence.values())
+    assert second["uploaded_bytes"] == changed + small  # the changed file, the config, the bundle manifest and ML-BOM referrers
+    assert second["skipped_bytes"] == v2.manifest.total_size - changed + len(b"{}")  # every unchanged file, and the referrers' empty config
     assert first["skipped_bytes"] == 0
     # and both commits come back whole
     for tag, info in ((v1.manifest.commit[:12], v1), ("v2", v2)):
@@ -206,8 +226,17 @@ def test_skopeo_copy_then_pull_from_the_second_registry_and_oras_reads_files(reg
     info = pack(tmp_path)
     repo = unique_repo()
     assert run("push", str(info.path), f"oci://{registry.host}/{repo}:v1", "--plain-http").exit_code == 0
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-                    f"docker://{registry.host}/{repo}:v1", f"docker://{registry2.host}/{repo}:v1"], check=True, capture_output=True)
+    copy = ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false"]
+    subprocess.run([*copy, f"docker://{registry.host}/{repo}:v1", f"docker://{registry2.host}/{repo}:v1"], check=True, capture_output=True)
+    # skopeo copies the model, byte for byte (same digest), but not its referrers: mirror says what is missing
+    digest = "sha256:" + hashlib.sha256(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry2.host}/{repo}:v1"],
+                                                       check=True, capture_output=True).stdout).hexdigest()
+    assert digest == json.loads(run("push", str(info.path), f"oci://{registry.host}/{repo}:v1", "--plain-http", "--json").stdout)["digest"]
+    r = run("pull", f"oci://{registry2.host}/{repo}:v1", "--plain-http", "--out", str(tmp_path / "pulled"))
+    assert r.exit_code == 4 and "no referrer of it in the registry (referrers tag)" in r.output
+    # the referrers tag is an image index: skopeo copy --all carries it and every referrer in it
+    subprocess.run([*copy, "--all", f"docker://{registry.host}/{repo}:sha256-{digest[7:]}", f"docker://{registry2.host}/{repo}:sha256-{digest[7:]}"],
+                   check=True, capture_output=True)
     r = run("pull", f"oci://{registry2.host}/{repo}:v1", "--plain-http", "--out", str(tmp_path / "pulled"))
     assert r.exit_code == 0, r.output
     assert sha(Path(r.stdout.splitlines()[-1])) == info.sha256
