@@ -162,7 +162,7 @@ def fetch_artifact(client: Client, ref: Reference, *, public_key: str | Path | N
     art = modelpack.parse_artifact(raw, media, where=where)
     evidence = find_evidence(client, art, digest=digest, where=where)
     if evidence is None:  # a ModelPack artifact mirror did not push: pull_bundle imports it (mirror.oci.importer)
-        raise importer.ForeignArtifact(where, raw=raw, media=media, digest=digest)
+        raise importer.ForeignArtifact(where, artifact=art, digest=digest)
     config = client.read_blob(art.config.digest, max_size=modelpack.MAX_CONFIG, what="the ModelPack config")
     m = modelpack.check(art, evidence.member, where=where, config=config)
     if public_key is not None:
@@ -186,7 +186,7 @@ def pull_bundle(ref: Reference, *, out_dir: str | Path, plain_http: bool = False
             if public_key is not None:
                 raise SignatureError(str(ref), "another tool wrote this artifact: it carries no mirror signature to check against --public-key",
                                      fix="pull it without --public-key, then sign the bundle you checked ('mirror sign')") from None
-            made = importer.import_artifact(client, ref, raw=foreign.raw, media=foreign.media, digest=foreign.digest, out_dir=out_dir,
+            made = importer.import_artifact(client, ref, artifact=foreign.artifact, digest=foreign.digest, out_dir=out_dir,
                                             allow_pickle=allow_pickle, show_progress=show_progress)
             return PullResult(path=made.info.path, sha256=made.info.sha256, size=made.info.size, manifest=made.info.manifest,
                               digest=foreign.digest, resumed_bytes=0, fetched_bytes=made.fetched_bytes)
