@@ -365,7 +365,7 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
         given = [name for name, value in hub_only.items() if value]
         if given:
             raise UsageError(f"{', '.join(given)} apply to Hub pulls only; an oci:// pull rebuilds exactly the bundle that was pushed")
-        return _pull_oci(repo_ids, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
+        return _pull_oci(repo_ids, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, allow_pickle=allow_pickle, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
     if public_key is not None:
         raise UsageError("--public-key applies to oci:// pulls only; check a Hub pull's bundle with 'mirror verify --public-key'")
     ids = list(repo_ids) + (_config_model_ids(config) if config else [])
@@ -400,7 +400,7 @@ def _report_written(info, sign_key) -> None:
 # --- push / pull oci:// (OCI registries, ModelPack artifacts; mirror.oci) ----------------------------
 
 
-def _pull_oci(refs, *, out_dir, progress, sign_key, public_key, plain_http, ca_cert, username, password_stdin) -> None:
+def _pull_oci(refs, *, out_dir, progress, sign_key, public_key, allow_pickle, plain_http, ca_cert, username, password_stdin) -> None:
     from mirror.oci import reference
     from mirror.oci.pull import pull_bundle
 
@@ -409,7 +409,8 @@ def _pull_oci(refs, *, out_dir, progress, sign_key, public_key, plain_http, ca_c
     ref = reference.parse(refs[0])
     creds = _oci_credentials(ref.registry, username, password_stdin)
     show = sys.stderr.isatty() if progress is None else progress
-    r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show, public_key=public_key)
+    r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show, public_key=public_key,
+                    allow_pickle=allow_pickle)  # an artifact another tool wrote is built into a bundle under the policy
     if r.resumed_bytes:
         _note(f"resumed: {human_size(r.resumed_bytes)} were already here from an interrupted pull (re-hashed)")
     _report_written(r, sign_key)
