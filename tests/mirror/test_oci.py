@@ -19,7 +19,7 @@ from tests.fixtures.requires import require
 from click.testing import CliRunner
 
 from mirror.cli import cli
-from mirror.oci import modelpack, reference
+from mirror.oci import modelpack, reference, referrers
 from mirror.oci.client import Client
 from mirror.pack import pack_folder
 from mirror.signing import keygen, sign_bundle
@@ -63,10 +63,14 @@ def pack(tmp_path: Path, name: str = "model", *, change: bytes | None = None, **
     return pack_folder(folder, repo_id="acme/m", out_dir=tmp_path / f"out-{name}", **kw)
 
 
-def registry_manifest(reg, ref: str) -> dict:
+def registry_manifest_raw(reg, ref: str) -> bytes:
+    """The manifest at `ref` as skopeo reads it, byte for byte."""
     require("skopeo")
-    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "docker://" + ref.removeprefix("oci://")], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
+    return subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "docker://" + ref.removeprefix("oci://")], check=True, capture_output=True).stdout
+
+
+def registry_manifest(reg, ref: str) -> dict:
+    return json.loads(registry_manifest_raw(reg, ref))
 
 
 def evidence_layers(reg, repo: str, digest: str) -> dict[str, dict]:
@@ -79,6 +83,27 @@ def evidence_layers(reg, repo: str, digest: str) -> dict[str, dict]:
         assert referrer["subject"]["digest"] == digest and referrer["artifactType"] == d["artifactType"]
         (out[d["artifactType"]],) = referrer["layers"]
     return out
+
+
+def upload(c: Client, blob: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    c.upload(digest, len(blob), lambda pos, n: blob[pos:pos + n], what="blob")
+    return digest
+
+
+def put_with_evidence(c: Client, doc: dict, tag: str, evidence: dict[str, bytes]) -> str:
+    """What anyone who may push can do: put a (forged) model manifest at `tag` with referrers of
+    their choosing (artifactType -> blob), as mirror push attaches them. Returns its digest."""
+    raw = json.dumps(doc).encode()
+    subject = referrers.subject_descriptor(raw)
+    for blob in (referrers.EMPTY, *evidence.values()):
+        upload(c, blob)
+    referrers.attach(c, subject["digest"], [referrers.build(t, blob, subject=subject, created="2024-05-01T12:00:00Z", title=t) for t, blob in evidence.items()])
+    return c.put_manifest(tag, raw)
+
+
+def read_evidence(c: Client, layers: dict[str, dict]) -> dict[str, bytes]:
+    return {t: c.read_blob(layer["digest"], max_size=1 << 24, what=t) for t, layer in layers.items()}
 
 
 def test_reference_parsing():

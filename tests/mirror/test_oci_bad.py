@@ -14,7 +14,7 @@ from mirror.pack import pack_folder
 from tests.fixtures import registry as fixtures
 from tests.fixtures.requires import require
 from tests.fixtures.registry import DroppingProxy, start_nginx, unique_repo
-from tests.mirror.test_oci import _hermetic, pack, registry_manifest, run, sha  # noqa: F401 (autouse fixture)
+from tests.mirror.test_oci import _hermetic, evidence_layers, pack, put_with_evidence, read_evidence, registry_manifest, registry_manifest_raw, run, sha  # noqa: F401 (autouse fixture)
 
 # the session-scoped registries (tests/fixtures/registry.py), one process per flavour
 registry = fixtures.registry
@@ -79,7 +79,8 @@ def test_layers_that_disagree_with_the_bundle_manifest(registry, tmp_path):
     # config.json's layer now points at another file's bytes (a blob the registry has)
     layers["config.json"]["digest"], layers["config.json"]["size"] = layers["1_Pooling/config.json"]["digest"], layers["1_Pooling/config.json"]["size"]
     with Client(registry.host, repo, plain_http=True, actions=("pull", "push")) as c:
-        c.put_manifest("forged", json.dumps(doc).encode())
+        digest = "sha256:" + hashlib.sha256(registry_manifest_raw(registry, f"{registry.host}/{repo}:v1")).hexdigest()
+        put_with_evidence(c, doc, "forged", read_evidence(c, evidence_layers(registry, repo, digest)))  # the real bundle manifest, re-attached
     r = run("pull", f"oci://{registry.host}/{repo}:forged", "--plain-http", "--out", str(tmp_path / "o"))
     assert r.exit_code == 4 and "layer 'config.json' is sha256:" in one_line_error(r)
     assert trusted(tmp_path / "o") == []
@@ -205,20 +206,15 @@ def test_a_bundle_manifest_that_contradicts_the_bytes(registry, tmp_path):
     assert run("push", str(info.path), f"oci://{registry.host}/{repo}:v1", "--plain-http").exit_code == 0
     doc = registry_manifest(registry, f"{registry.host}/{repo}:v1")
     with Client(registry.host, repo, plain_http=True, actions=("pull", "push")) as c:
-        layer = next(x for x in doc["layers"] if x["mediaType"] == modelpack.BUNDLE_MANIFEST_TYPE)
-        member = c.read_blob(layer["digest"], max_size=1 << 20, what="manifest")
+        digest = "sha256:" + hashlib.sha256(registry_manifest_raw(registry, f"{registry.host}/{repo}:v1")).hexdigest()
+        evidence = read_evidence(c, evidence_layers(registry, repo, digest))
+        member = evidence[modelpack.BUNDLE_MANIFEST_TYPE]
         wrong = info.manifest.by_path()["config.json"].git_sha1
         forged = member.replace(wrong.encode(), b"0" * 40)
         assert forged != member and len(forged) == len(member)
-        old_digest = layer["digest"]
-        layer["digest"] = "sha256:" + hashlib.sha256(forged).hexdigest()
-        config = json.loads(c.read_blob(doc["config"]["digest"], max_size=1 << 20, what="config"))
-        config["modelfs"]["diffIds"] = [layer["digest"] if d == old_digest else d for d in config["modelfs"]["diffIds"]]
-        raw_config = json.dumps(config).encode()
-        doc["config"].update(digest="sha256:" + hashlib.sha256(raw_config).hexdigest(), size=len(raw_config))
-        for blob in (forged, raw_config):
-            c.upload("sha256:" + hashlib.sha256(blob).hexdigest(), len(blob), lambda pos, n, b=blob: b[pos:pos + n], what="blob")
-        c.put_manifest("forged", json.dumps(doc).encode())
+        # the model manifest names the forged bundle manifest, which is attached as its referrer
+        doc["annotations"][modelpack.BUNDLE_MANIFEST] = "sha256:" + hashlib.sha256(forged).hexdigest()
+        put_with_evidence(c, doc, "forged", {**evidence, modelpack.BUNDLE_MANIFEST_TYPE: forged})
     r = run("pull", f"oci://{registry.host}/{repo}:forged", "--plain-http", "--out", str(tmp_path / "o"))
     line = one_line_error(r)
     assert r.exit_code == 4 and "config.json: git sha1 mismatch" in line and "contradicts itself" in line
