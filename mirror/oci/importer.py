@@ -39,7 +39,6 @@ import requests
 from mirror import atomic, progress, safejson
 from mirror.bundle import BundleInfo, is_lfs, write_bundle
 from mirror.errors import ArtifactMismatch, NotEnoughSpace, NotModelPack, RegistryError
-from mirror.hashing import CHUNK
 from mirror.ids import is_commit, repo_id_problem, unsafe_path_reason
 from mirror.manifest import FileEntry, classify, license_from_card
 from mirror.oci import modelpack
@@ -62,6 +61,9 @@ MAX_TAIL = 64 * 1024  # zeros after a tar's end marker (tar pads to 10 KiB recor
 MAX_MEMBERS = 1_000_000  # tar members in one layer: tarfile keeps each one's header in memory
 ZSTD_WINDOW = 1 << 27  # zstd's own default limit (128 MiB): a frame may not demand more memory
 NET_CHUNK = 256 * 1024
+# one read through the decoders and tarfile, kept small: tarfile builds it by joining smaller reads,
+# so while it is built it is in memory twice
+READ = 1024 * 1024
 CARD_BYTES = 64 * 1024  # the YAML header of a model card is at its very top (= pack.CARD_BYTES)
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
@@ -196,7 +198,7 @@ class _Blob:
         return self.ended and self.count < self.layer.size
 
     def finish(self, *, where: str) -> None:
-        while self.read(CHUNK):
+        while self.read(READ):
             pass
         if self.count != self.layer.size:
             raise RegistryError(f"{self.layer.label} from {self.client.registry}: the registry closed the connection after {self.count} of {self.layer.size} bytes; run the same pull again")
@@ -317,7 +319,7 @@ class _Staging:
         with os.fdopen(fd, "wb") as out:
             left = size
             while left:
-                data = chunks(min(CHUNK, left))
+                data = chunks(min(READ, left))
                 if not data:
                     raise _Refused(f"{what}: the data of {path!r} ends {left} bytes early")
                 sha.update(data)
@@ -371,13 +373,13 @@ def _untar(layer: Layer, blob: _Blob, staging: _Staging, *, where: str) -> str:
                 raise _Refused(f"member {member.name!r} is {kind}; model layers hold only regular files and folders")
         # only zeros after the end-of-archive marker, as in a bundle, and not many of them
         tail = 0
-        while data := archive.fileobj.read(CHUNK):
+        while data := archive.fileobj.read(READ):
             if data.count(0) != len(data):
                 raise _Refused(f"there is data after the end of the archive (near byte {tar_stream.count - len(data)})")
             tail += len(data)
             if tail > MAX_TAIL:
                 raise _Refused(f"more than {MAX_TAIL} bytes follow the end of the archive")
-    while tar_stream.read(CHUNK):  # a compressed stream's last frame, checked by its decoder
+    while tar_stream.read(READ):  # a compressed stream's last frame, checked by its decoder
         pass
     blob.finish(where=where)
     return "sha256:" + tar_stream.sha.hexdigest()
