@@ -25,15 +25,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mirror import progress
+from mirror.audit import AuditRow, render_cyclonedx
 from mirror.bundle import bundle_filename
 from mirror.delta import delta_info
 from mirror.errors import BundleError, DeltaBaseNeeded, UsageError
-from mirror.manifest import MANIFEST_NAME, FileEntry, Manifest
+from mirror.manifest import MANIFEST_NAME, FileEntry, Manifest, classify
 from mirror.identity import bundle_id
 from mirror.oci import modelpack, referrers
 from mirror.oci.auth import Credentials
 from mirror.oci.client import DEFAULT_CHUNK, Client
 from mirror.oci.reference import Reference
+from mirror.policy import scan_bundle
+from mirror.signing import check_signature
 from mirror.tarformat import (
     TRAILER_MEMBERS,
     BLOCK,
@@ -103,15 +106,9 @@ def ml_bom(m: Manifest, *, bundle: Path, name: str, member: bytes, signature: by
     timestamp come from the artifact, so pushing the same bundle again gives the same bytes (and
     the same referrer). `verified`: every layer is the registry's blob of the manifest's sha256,
     each upload checked as sent; pickle files are scanned as the audit scans them."""
-    from mirror.audit import AuditRow, render_cyclonedx
-    from mirror.manifest import classify
-    from mirror.signing import check_signature
-
     pickles = tuple(f.path for f in m.files if classify(f.path) == "pickle")
     refused: tuple[str, ...] = ()
     if pickles and "delta" not in m.extra:
-        from mirror.policy import scan_bundle
-
         refused = tuple(scan_bundle(bundle).refusals())
     row = AuditRow.of(
         m, m.files, bundle=name, size=_rebuilt_size(m, member, signature), bundle_id=bundle_id(member), bundle_sha256=bundle_sha256,

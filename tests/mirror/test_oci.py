@@ -254,8 +254,7 @@ def test_skopeo_copy_then_pull_from_the_second_registry_and_oras_reads_files(reg
     copy = ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false"]
     subprocess.run([*copy, f"docker://{registry.host}/{repo}:v1", f"docker://{registry2.host}/{repo}:v1"], check=True, capture_output=True)
     # skopeo copies the model, byte for byte (same digest), but not its referrers: mirror says what is missing
-    digest = "sha256:" + hashlib.sha256(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry2.host}/{repo}:v1"],
-                                                       check=True, capture_output=True).stdout).hexdigest()
+    digest = "sha256:" + hashlib.sha256(registry_manifest_raw(registry2, f"{registry2.host}/{repo}:v1")).hexdigest()
     assert digest == json.loads(run("push", str(info.path), f"oci://{registry.host}/{repo}:v1", "--plain-http", "--json").stdout)["digest"]
     r = run("pull", f"oci://{registry2.host}/{repo}:v1", "--plain-http", "--out", str(tmp_path / "pulled"))
     assert r.exit_code == 4 and "no referrer of it in the registry (referrers tag)" in r.output
