@@ -118,8 +118,8 @@ def layers(art: modelpack.Artifact, *, where: str) -> tuple[Layer, ...]:
     """The model layers of an artifact modelpack.parse_artifact accepted, in order, refused
     (ArtifactMismatch) when a raw layer names no file, a file path that could escape, or the
     same file as another layer."""
-    if art.manifest_layer is not None or art.signature_layer is not None:  # the caller's branch: no evidence
-        raise ValueError("an artifact with mirror's evidence layers is pulled, not imported")
+    if art.manifest_layer is not None or art.signature_layer is not None:  # half of mirror's evidence: neither pull nor import
+        raise _mismatch(where, "it carries a layer of mirror's evidence (signature) without the bundle manifest it signs")
     out = tuple(Layer(index=i, packing=x.media_type.rsplit(".v1.", 1)[-1], digest=x.digest, size=x.size, path=x.path)
                 for i, x in enumerate(art.files))
     if not out:

@@ -23,7 +23,7 @@ from mirror.oci.client import OCI_MANIFEST, Client
 from mirror.pack import pack_folder
 from mirror.tarformat import read_manifest
 from tests.fixtures import registry as fixtures
-from tests.fixtures.registry import unique_repo
+from tests.fixtures.registry import DroppingProxy, unique_repo
 from tests.mirror.test_bundle import make_repo
 
 registry = fixtures.registry
@@ -243,13 +243,14 @@ OK = (WEIGHT + ".raw", b"weights", fp("model.safetensors"))
     ([OK, (DOC + ".tar+gzip", b"not gzip at all", fp("d"))], "not a valid tar+gzip archive"),
     ([OK, (DOC + ".tar+zstd", zstandard.ZstdCompressor().compress(b"not a tar" * 100), fp("d"))], "tar"),
     ([OK, ("application/vnd.oci.image.layer.v1.tar", b"x", fp("d"))], "which is not a ModelPack"),
+    ([OK, ("application/vnd.offline-mirror.bundle.signature.v1+json", b"{}", {})], "without the bundle manifest it signs"),
 ])
 def test_hostile_artifacts_are_refused_in_one_line_and_leave_nothing(registry, tmp_path, layers, expect):
     ref = push_raw(registry, layers)
     out = tmp_path / "out"
     r = pull(registry, ref, out)
-    assert r.exit_code in (4, 10), r.output
     assert expect in one_line(r), r.output
+    assert r.exit_code == (10 if "ModelPack" in expect else 4), r.output  # not ModelPack / hostile
     assert leftovers(out) == []
 
 
@@ -333,3 +334,23 @@ def test_memory_stays_flat_for_a_large_zstd_layer(registry, tmp_path):
     # a layer or file held whole would be +160 MiB
     assert big - baseline < size // 2, (baseline, big, size)
     assert files_of(bundle) == {"big/model.safetensors": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()}
+
+
+def test_a_dropped_connection_leaves_nothing_and_the_next_pull_succeeds(registry, tmp_path):
+    import random
+
+    tar = tar_bytes([(member("w/model.safetensors"), random.Random(1).randbytes(2_000_000))])
+    gz = gzip.compress(tar, mtime=0)  # random bytes: about as long compressed
+    digest = "sha256:" + hashlib.sha256(gz).hexdigest()
+    ref = push_raw(registry, [(WEIGHT + ".tar+gzip", gz, fp("w"))], diff_ids=["sha256:" + hashlib.sha256(tar).hexdigest()])
+    proxy = DroppingProxy(registry.host, digest=digest, after=500_000, drops=1)
+    try:
+        r = pull(registry, ref.replace(registry.host, proxy.host), tmp_path / "out")
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert r.exit_code == 3 and "run the same pull again" in one_line(r), r.output
+    assert leftovers(tmp_path / "out") == []
+    r = pull(registry, ref, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert files_of(Path(r.stdout.splitlines()[-1])) == {"w/model.safetensors": hashlib.sha256(tar[512:512 + 2_000_000]).hexdigest()}
