@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
+import zstandard
 
 from mirror import atomic, progress, safejson
 from mirror.bundle import BundleInfo, is_lfs, write_bundle
@@ -341,8 +342,6 @@ def _untar(layer: Layer, blob: _Blob, staging: _Staging, *, where: str) -> str:
     if layer.packing == "tar+gzip":
         stream = gzip.GzipFile(fileobj=blob, mode="rb")
     elif layer.packing == "tar+zstd":
-        import zstandard  # only a zstd layer needs it
-
         stream = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW).stream_reader(blob, read_across_frames=True, closefd=False)
     else:
         stream = blob
@@ -397,7 +396,7 @@ def _fetch(client: Client, todo: tuple[Layer, ...], diff_ids: list[str], staging
                     tar_sha = layer.digest
                 else:
                     tar_sha = _untar(layer, blob, staging, where=where)
-            except (_Refused, tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError, _zstd_error()) as e:
+            except (_Refused, tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError, zstandard.ZstdError) as e:
                 if blob.short:  # the connection ended early: not the layer's fault
                     raise RegistryError(f"{layer.label} from {client.registry}: the registry closed the connection after {blob.count} of {layer.size} bytes; run the same pull again") from None
                 why = str(e) if isinstance(e, _Refused) else f"it is not a valid {layer.packing} archive ({' '.join(str(e).split())[:200] or type(e).__name__})"
@@ -408,14 +407,6 @@ def _fetch(client: Client, todo: tuple[Layer, ...], diff_ids: list[str], staging
             if diff_id != tar_sha:
                 raise _mismatch(where, f"the config's diffId for {layer.label} is {diff_id[:80]}, but its {'bytes' if layer.packing in ('raw', 'tar') else 'uncompressed tar'} have {tar_sha}")
     return fetched
-
-
-def _zstd_error() -> type[BaseException]:
-    try:
-        import zstandard
-    except ImportError:  # no zstd layer can have been read
-        return _Refused
-    return zstandard.ZstdError
 
 
 # --- names, dates, the bundle -------------------------------------------------------------------

@@ -100,6 +100,11 @@ def test_modelpack_client_raw_artifact_pulls_as_the_bundle_mirror_pack_makes(reg
     # pulled again: the same bytes (every name, date and id comes from the artifact)
     again = pull(registry, ref, tmp_path / "again")
     assert Path(again.stdout.splitlines()[-1]).read_bytes() == bundle.read_bytes()
+    # pinned by digest: the same files and commit, the digest as the revision
+    pinned = pull(registry, ref.rsplit(":", 1)[0] + "@" + digest, tmp_path / "pinned")
+    assert pinned.exit_code == 0, pinned.output
+    p = read_manifest(Path(pinned.stdout.splitlines()[-1]))
+    assert (p.commit, p.revision, p.source) == (m.commit, "sha256-" + digest[7:19], ref.rsplit(":", 1)[0] + "@" + digest)
 
 
 def test_tar_gzip_zstd_layers_unpack_into_one_bundle(registry, tmp_path):
