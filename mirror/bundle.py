@@ -19,8 +19,8 @@ from typing import Any, Callable, Protocol
 
 from mirror import inplace, parts, progress
 from mirror.atomic import sweep, temp_path
-from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding
-from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
+from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding, read_tail
+from mirror.errors import HashMismatch, MirrorError, NotEnoughSpace, UsageError
 from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, first_difference, sha256sum_line
 from mirror.sources import SourceFile, Sources, walk
 from mirror.manifest import (
@@ -109,6 +109,7 @@ def write_bundle(
     ready: Callable[[str], None] | None = None,
     fill: "Filler | None" = None,
     fill_dir: Path | None = None,
+    overwrite: bool = False,
 ) -> BundleInfo:
     """Stream the files of `src_root` into `out_dir/<org>--<name>--<commit12>.tar` in two passes:
     the files are hashed first, in parallel across cores, so the manifest (member 0) is final
@@ -135,7 +136,11 @@ def write_bundle(
     (mirror.inplace) in `fill_dir`, where a rerun resumes it. `fill.start(regions)` starts
     writing each of those files into its region at its final offset (downloading it, ending each
     with `finish()`) as soon as the layout is known; the other files are opened through `ready`
-    in pass 1, while those downloads run."""
+    in pass 1, while those downloads run.
+
+    A bundle already at the final name holding other bytes (another manifest, or this one signed)
+    is never replaced without `overwrite`: UsageError before pass 2 writes anything. The same
+    bundle again (same identity and size) is simply written again."""
     src_root, out_dir = Path(src_root), Path(out_dir)
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
@@ -180,6 +185,7 @@ def write_bundle(
             sources, paths=paths, src_root=src_root, repo_id=repo_id, repo_type=repo_type, revision=revision, commit=commit,
             source=source, created_at=created_at, license=license, out_dir=out_dir, expected=expected, lfs=lfs,
             extra=extra, max_part_size=max_part_size, later=later, ready=ready, fill=fill, fill_dir=fill_dir, deferred=deferred,
+            overwrite=overwrite,
         )
 
 
@@ -188,7 +194,7 @@ def _write(
     source: str, created_at: str, license: str | None, out_dir: Path, expected: dict[str, FileEntry] | None,
     lfs: dict[str, bool] | None, extra: dict[str, Any] | None, max_part_size: int | None,
     later: dict[str, int] | None = None, ready: Callable[[str], None] | None = None,
-    fill: "Filler | None" = None, fill_dir: Path | None = None, deferred: list[str] | None = None,
+    fill: "Filler | None" = None, fill_dir: Path | None = None, deferred: list[str] | None = None, overwrite: bool = False,
 ) -> BundleInfo:
     """write_bundle once its files are open and checked (`later`: promised files still arriving,
     opened through `ready` when pass 2 reaches them, with the listed size until then; in place,
@@ -263,6 +269,8 @@ def _write(
         final = out_dir / bundle_filename(repo_id, manifest.commit, repo_type=repo_type)
         if (extra or {}).get("delta"):  # a delta must not take the name of the full bundle of its commit
             final = final.with_name(f"{final.stem}--delta-from-{extra['delta']['base']['commit'][:12]}.tar")
+        if not overwrite:
+            refuse_overwrite(final, manifest_bytes=raw + b" " * (reserved - len(raw)), size=total)  # the manifest member as written
         return manifest, raw, final
 
     if fill is not None:  # the layout is known now: the downloads start before pass 1
@@ -409,6 +417,34 @@ def _publish(final: Path, sha: str, move: Callable[[], None]) -> None:
     finally:
         sidecar_tmp.unlink(missing_ok=True)
     parts.remove_parts(final)
+
+
+def refuse_overwrite(final: Path, *, manifest_bytes: bytes, size: int) -> None:
+    """UsageError when a bundle is already at `final` (a file, or a multi-part index) and holds
+    other bytes than the one about to be written there (`manifest_bytes`, `size`): another manifest
+    (packed again with another revision label, another pull) or this one with a signature. Each
+    would silently end a bundle whose sha256 someone wrote down. The same identity and size is the
+    same bundle: writing it again changes no byte anyone relies on."""
+    from mirror.identity import bundle_id, read_bundle_id
+
+    index = parts.index_path(final)
+    where = final if (final.exists() or final.is_symlink()) else index if index.exists() else None
+    if where is None:
+        return
+    new = bundle_id(manifest_bytes)
+    try:
+        old = read_bundle_id(where)
+        old_size = parts.read_index(index).size if where == index else os.stat(where).st_size
+        # a signature often fits in the tar's end padding: same size, other bytes
+        signed = old == new and where != index and read_tail(where).signature is not None
+    except (MirrorError, OSError) as e:
+        why = f"it is not a readable bundle ({' '.join(str(e).split())[:120]})"
+    else:
+        if old == new and old_size == size and not signed:
+            return
+        why = (f"it holds this bundle signed: keep it, it is the same identity {new}" if signed
+               else f"it holds bundle {old}, this one is {new}" if old != new else f"it holds this bundle in {old_size} bytes, not {size}")
+    raise UsageError(f"{where} already exists and {why}; nothing was written: pass --overwrite to replace it, or --out another folder")
 
 
 def _space_error(e: OSError, out_dir: Path, total: int) -> None:

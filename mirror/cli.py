@@ -282,6 +282,25 @@ def _public_keys_checked(ctx: click.Context, param: click.Parameter, value: tupl
     return value
 
 
+_overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace a bundle already at the output name that holds other bytes (another revision label, a signed copy). Default: refuse; the same bytes again are fine.")
+
+
+def _sha256_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--sha256 HEX: the bundle's own sha256 to compare with (verify and install alike)."""
+    from mirror.ids import is_sha256
+
+    if value is not None and not is_sha256(value.lower()):
+        raise UsageError(f"--sha256 {value!r} is not 64 hex characters; copy the bundle's sha256 from its .sha256 sidecar or transfer ticket"
+                         + (" (to print the bundle's sha256, use --print-sha256)" if Path(value).exists() else ""))
+    return value
+
+
+_sha256_option = click.option("--sha256", "expected_sha256", default=None, metavar="HEX", callback=_sha256_value,
+                              help="Require the bundle's own sha256 (from a transfer ticket). A .sha256 sidecar beside the bundle is checked anyway.")
+
+
 def _sign_after_write(path: Path, key: Path | None) -> None:
     if key is not None:
         from mirror.signing import sign_bundle
@@ -344,12 +363,13 @@ Examples:
 @_since_manifest_option
 @_allow_pickle_option
 @_sign_key_option
+@_overwrite_option
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked,
               help="oci://: refuse the artifact unless its signature referrer verifies with this key (PEM); exit 5 if missing or invalid.")
 @_oci_options
 @_output_options
 def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, token, config, progress, max_part_size, since, since_manifest, allow_pickle, sign_key,
-         public_key, plain_http, ca_cert, username, password_stdin) -> None:
+         overwrite, public_key, plain_http, ca_cert, username, password_stdin) -> None:
     """Download REPO_ID at a pinned commit into one verified bundle.
 
     The revision is resolved to a commit first, every file is checked against the Hub's own
@@ -380,7 +400,7 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
         info = hub.pull(
             repo_id, revision=revision, repo_type=repo_type, include=list(include) or None, exclude=list(exclude) or None,
             out_dir=out_dir, endpoint=endpoint, token=token, progress=show,
-            max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
+            max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle, overwrite=overwrite,
         )
         _report_written(info, sign_key)
 
@@ -389,7 +409,7 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
 def _report_written(info, sign_key) -> None:
     """Summary on stderr, optional signature, and the bundle path as the last line of stdout."""
     m = info.manifest
-    _note(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {human_size(m.total_size)}, sha256 {info.sha256}")
+    _note(f"{m.repo_id}@{m.commit}: {len(m.files)} files, {human_size(m.total_size)}, sha256 {info.sha256}, identity {_identity(info.path)}")
     if _verbose():
         for f in m.files:
             click.echo(f"  {f.size:>14,}  {f.path}", err=True)
@@ -480,15 +500,16 @@ Examples:
 @_since_manifest_option
 @_allow_pickle_option
 @_sign_key_option
+@_overwrite_option
 @_output_options
-def pack(folder, repo_id, revision, repo_type, out_dir, include, exclude, max_part_size, since, since_manifest, allow_pickle, sign_key) -> None:
+def pack(folder, repo_id, revision, repo_type, out_dir, include, exclude, max_part_size, since, since_manifest, allow_pickle, sign_key, overwrite) -> None:
     """Bundle a local FOLDER (a packaged model or a trained output). Prints the bundle path last."""
     from mirror.pack import pack_folder
 
     info = pack_folder(
         folder, repo_id=repo_id, revision=revision, out_dir=out_dir, repo_type=repo_type,
         max_part_size=max_part_size, since=since, since_manifest=since_manifest, allow_pickle=allow_pickle,
-        include=tuple(include), exclude=tuple(exclude),
+        include=tuple(include), exclude=tuple(exclude), overwrite=overwrite,
     )
     _report_written(info, sign_key)
 
@@ -502,29 +523,35 @@ Examples:
   mirror verify bundles/                                       # every bundle in the folder
   mirror verify bundles/*.tar --json
   mirror verify bundles/X.tar --public-key keys/release.pub   # also require a valid signature
-  mirror verify bundles/X.tar --sha256                         # also print the bundle's own sha256""")
+  mirror verify bundles/X.tar --sha256 <HEX>                   # also require the bundle's own sha256
+  mirror verify bundles/X.tar --print-sha256                   # also print the bundle's own sha256""")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE|DIR...")
 @_json_option()
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=_public_key_checked, help="Also require a valid signature by this key (PEM); exit 5 if missing, wrong-key or broken.")
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_public_keys_checked,
+              help="Also require a valid signature by this key (PEM; repeatable: any one of them); exit 5 if missing, wrong-key or broken. $MIRROR_TRUSTED_KEYS adds keys, as for install.")
+@_sha256_option
 @click.option(
-    "--sha256/--no-sha256", "bundle_sha256", default=False, show_default=True,
-    help="Also compute the bundle's own sha256, to compare with a published value: one serial pass "
-    "over every byte. The verdict does not need it (the manifest inside the tar is what is checked), "
-    "so by default the files are hashed in parallel across cores instead.",
+    "--print-sha256", "print_sha256", is_flag=True,
+    help="Also compute and print the bundle's own sha256: one serial pass over every byte (done anyway when "
+    "--sha256 or a .sha256 sidecar asks for it). Otherwise the files are hashed in parallel across cores.",
 )
 @_output_options
-def verify(bundles, as_json, public_key, bundle_sha256) -> None:
+def verify(bundles, as_json, public_keys, expected_sha256, print_sha256) -> None:
     """Check every byte of BUNDLE against its manifest, offline. Exit 0 only when intact.
 
     Reports missing, extra and mismatched files (expected vs actual) and any member that is
-    not a plain file or has an unsafe name. The .sha256 sidecar is not needed. With --public-key
-    the verdict is printed once, after the signature is checked too. A DIR stands for every
-    bundle in it (as for 'list' and 'audit'): one verdict line each. Every BUNDLE is checked;
-    the exit code is the worst one (4 damaged, 5 signature, 10 not a bundle).
+    not a plain file or has an unsafe name. The manifest itself is checked as install checks it:
+    against --sha256 HEX and the .sha256 sidecar when one sits beside the bundle, and under the
+    site policy (--public-key, $MIRROR_TRUSTED_KEYS, the approvals $MIRROR_APPROVALS requires), so
+    verify says OK only where install would accept the bundle. A DIR stands for every bundle in it
+    (as for 'list' and 'audit'): one verdict line each. Every BUNDLE is checked; the exit code is
+    the worst one (4 damaged, 5 signature, 6 not approved, 10 not a bundle).
     """
+    from mirror import trust
     from mirror.audit import bundles_at
-    from mirror.verify import verify_bundle
+    from mirror.verify import transfer_problem, verify_bundle, wants_sha256
 
+    site = trust.policy(public_keys)  # keys and approvals read before any bundle
     targets: list[tuple[Path, UsageError | None]] = []  # each bundle, or an input that names none
     for given in bundles:
         try:
@@ -541,7 +568,7 @@ def verify(bundles, as_json, public_key, bundle_sha256) -> None:
             inputs.failed(str(b), problem, bundle=str(b))
             continue
         try:
-            report = verify_bundle(b, bundle_sha256=bundle_sha256)
+            report = verify_bundle(b, bundle_sha256=print_sha256 or wants_sha256(b, expected_sha256))
         except (MirrorError, OSError) as e:
             inputs.failed(str(b), e, bundle=str(b))
             continue
@@ -557,26 +584,47 @@ def verify(bundles, as_json, public_key, bundle_sha256) -> None:
             inputs.codes.append(e.exit_code)
             click.echo(f"mirror: error: {_one_line(str(e))}", err=True)
             continue
-        signed = None
-        if public_key is not None:  # the verdict waits for the signature: one line, after every check
-            from mirror.signing import require_valid, verify_signature
-
-            try:
-                signed = require_valid(verify_signature(b, public_key_path=public_key), bundle=str(b))
-            except MirrorError as e:
-                code, message = _failure(e)
-                inputs.codes.append(code)
-                click.echo(f"mirror: error: {message}; the files themselves match the manifest", err=True)
-                if as_json:
-                    _emit({**report.to_dict(), "ok": False, "error": message, "exit_code": code})
-                continue
+        # the verdict waits for the manifest's own checks: one line, after every check
+        try:
+            if (mismatch := transfer_problem(report, expected_sha256=expected_sha256)) is not None:
+                raise mismatch
+            verdict = _policy_verdict(site, b)
+        except MirrorError as e:
+            code, message = _failure(e)
+            inputs.codes.append(code)
+            click.echo(f"mirror: error: {message}; the files themselves match the manifest", err=True)
+            if as_json:
+                _emit({**report.to_dict(), "ok": False, "error": message, "exit_code": code})
+            continue
         if as_json:
-            _emit({**report.to_dict(), "exit_code": 0, **({"signature": signed.summary()} if signed else {})})
+            _emit({**report.to_dict(), "exit_code": 0, "bundle_id": verdict.bundle_id, **({"signature": f"valid, key sha256:{verdict.signer}"} if verdict.signer else {}),
+                   **({"approved_by": verdict.approval.reviewer} if verdict.approval else {})})
         else:
             if _verbose():
                 click.echo(f"  checked {report.checked} files, {human_size(report.checked_bytes)}", err=True)
-            click.echo(f"{report.summary()}" + (f", signature {signed.summary()}" if signed else "") + f"  {where}")
+            said = (f", signature valid, key sha256:{verdict.signer}" if verdict.signer else "") + (
+                f", approved by {verdict.approval.reviewer} on {verdict.approval.date}" if verdict.approval else "")
+            click.echo(f"{report.summary()}{said}  {where}")
     inputs.done()
+
+
+def _policy_verdict(site, bundle: Path):
+    """The site policy on one bundle, over its manifest and signature (read from the tail only)."""
+    from mirror.tarformat import read_tail
+    from mirror.trust import Verdict
+
+    tail = read_tail(bundle)
+    if not site.required:
+        from mirror.identity import bundle_id
+
+        return Verdict(bundle_id=bundle_id(tail.manifest_bytes))
+    return site.check_install(tail.manifest_bytes, tail.signature, label=str(bundle))
+
+
+def _identity(bundle: Path) -> str:
+    from mirror.identity import read_bundle_id
+
+    return read_bundle_id(bundle)
 
 
 @cli.command(epilog="""\b
@@ -632,6 +680,7 @@ def _inspect_lines(bundle: Path, m, public_key: Path | None) -> list[str]:
         f"files:     {len(m.files)} ({kinds}), {human_size(m.total_size)}",
     ]
     out += _inspect_scale(bundle, m)
+    out.append(f"identity:  {_identity(bundle)} (the sha256 of its manifest: signing, parts and registries keep it)")
     out.append(f"signature: {verify_signature(bundle, public_key_path=public_key).summary()}")
     policy = m.extra.get("policy")
     if isinstance(policy, dict):  # written by pull/pack (mirror.policy); shown so nobody has to unpack
@@ -691,7 +740,7 @@ Examples:
 @_allow_pickle_option
 @click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_public_keys_checked,
               help="Require a valid signature by this key (PEM; repeatable: any one of them). $MIRROR_TRUSTED_KEYS makes this mandatory site-wide.")
-@click.option("--sha256", "expected_sha256", default=None, metavar="HEX", help="Require the bundle's own sha256 (from a transfer ticket or its .sha256 sidecar).")
+@_sha256_option
 @_json_option()
 @_oci_options
 @_output_options
@@ -727,12 +776,12 @@ def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_j
         state = "already installed" if r.already_installed else "installed"
         refs = f" (refs: {', '.join(r.refs)})" if r.refs else ""
         signed = f", signed by key sha256:{r.signer}" if r.signer else ""
-        _note(f"{state}: {r.repo_id}@{r.commit}{refs}{signed}")
+        _note(f"{state}: {r.repo_id}@{r.commit}{refs}{signed}, identity {r.bundle_id}")
         if as_json:
             _emit({
                 "bundle": str(b), "ok": True, "exit_code": 0, "repo_id": r.repo_id, "commit": r.commit,
                 "snapshot_dir": str(r.snapshot_dir), "already_installed": r.already_installed, "refs": list(r.refs),
-                "repaired": list(r.repaired), "signer": r.signer,
+                "repaired": list(r.repaired), "signer": r.signer, "bundle_id": r.bundle_id,
             })
         else:
             click.echo(str(r.snapshot_dir))
@@ -863,36 +912,34 @@ Examples:
   mirror sign bundles/X.tar --key keys/release.pem""")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=_key_needs_signing_stack, help="EC private key (PEM).")
-@_json_option(help="Print {\"bundle\", \"key_sha256\", \"sha256\"} (the rewritten bundle's new digest) as one JSON object.")
+@_json_option(help="Print {\"bundle\", \"key_sha256\", \"sha256\", \"old_sha256\", \"bundle_id\", \"replaced_signature\"} as one JSON object.")
 @_output_options
 def sign(bundle, key, as_json) -> None:
     """Verify BUNDLE, then sign its manifest (OpenSSF model-signing format), in place.
 
     The signature is stored inside the tar, so the bundle file is rewritten and its own sha256
-    changes: the new one is printed (publish it, or regenerate the .sha256 sidecar)."""
+    changes: the old and new ones are printed (publish the new one; the .sha256 sidecar is
+    rewritten). Its identity (the sha256 of its manifest) does not change: lineage, approvals and
+    install records that cite it stay valid. A signature already there is replaced, and said so."""
     from mirror.signing import sign_bundle
     from mirror.verify import verify_bundle
 
-    report = verify_bundle(bundle)  # never vouch for bytes that do not match their manifest
+    report = verify_bundle(bundle, bundle_sha256=True)  # never vouch for bytes that do not match their manifest
     if not report.ok:
         raise VerifyFailed(report.bundle, report)
-    status = sign_bundle(bundle, key_path=key)
-    digest = _bundle_sha256(bundle)
+    change = sign_bundle(bundle, key_path=key)
+    status = change.status
     if as_json:
-        _emit({"bundle": str(bundle), "ok": True, "repo_id": report.manifest.repo_id, "commit": report.manifest.commit, "key_sha256": status.key_fingerprint, "sha256": digest})
+        _emit({"bundle": str(bundle), "ok": True, "repo_id": report.manifest.repo_id, "commit": report.manifest.commit, "key_sha256": status.key_fingerprint,
+               "sha256": change.new_sha256, "old_sha256": report.bundle_sha256, "bundle_id": change.bundle_id, "identity_unchanged": True,
+               "replaced_signature": change.replaced_signer})
         return
     _note(f"signed {report.manifest.repo_id}@{report.manifest.commit}: key sha256:{status.key_fingerprint}")
-    _note(f"rewrote {bundle} in place (the signature is inside): its sha256 is now {digest}")
+    if change.replaced_signer is not None:
+        _note(f"replaced the signature that was there (key sha256:{change.replaced_signer or '?'})")
+    _note(f"rewrote {bundle} in place (the signature is inside): sha256 {report.bundle_sha256} before; its sha256 is now {change.new_sha256} (so is the .sha256 sidecar's)")
+    _note(f"identity unchanged: {change.bundle_id} (what lineage, approvals and install records cite)")
     click.echo(str(bundle))
-
-
-def _bundle_sha256(bundle: Path) -> str:
-    """The bundle's own sha256: its index's for a multi-part bundle, else one pass over the file."""
-    from mirror import parts
-    from mirror.hashing import sha256_file
-
-    loc = parts.locate(bundle)
-    return parts.read_index(loc.index).sha256 if loc.multipart else sha256_file(loc.path)
 
 
 @cli.command(epilog="""\b

@@ -615,8 +615,10 @@ def pull(
     since: str | os.PathLike | None = None,
     since_manifest: str | os.PathLike | None = None,
     allow_pickle: bool = False,
+    overwrite: bool = False,
 ) -> BundleInfo:
     """Pull one revision of a Hub repo into a bundle in `out_dir`; returns what was written.
+    A bundle at its name holding other bytes is replaced only with `overwrite` (bundle.refuse_overwrite).
 
     `include` / `exclude` are globs on repo paths (see `select_files`: redundant non-safetensors
     weight formats, DEFAULT_EXCLUDES, are skipped when safetensors exist unless included;
@@ -683,7 +685,7 @@ def pull(
             info = _write_pulled(
                 snap, files, fetch, chosen, staging=staging, fetcher=fetcher, base=base, unchanged=unchanged, where=where,
                 repo_id=repo_id, repo_type=repo_type, revision=revision, endpoint=endpoint, out_dir=out_dir,
-                max_part_size=max_part_size, allow_pickle=allow_pickle, filler=filler, fill_dir=fill_dir,
+                max_part_size=max_part_size, allow_pickle=allow_pickle, filler=filler, fill_dir=fill_dir, overwrite=overwrite,
             )
         except KeyboardInterrupt:
             if fetcher is not None:
@@ -708,7 +710,7 @@ def pull(
 
 def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetcher: _Fetcher | None, base, unchanged, where: str,
                   repo_id: str, repo_type: str, revision: str, endpoint: str, out_dir: Path, max_part_size: int | None, allow_pickle: bool,
-                  filler: _Filler | None = None, fill_dir: Path | None = None) -> BundleInfo:
+                  filler: _Filler | None = None, fill_dir: Path | None = None, overwrite: bool = False) -> BundleInfo:
     """The pickle policy over the downloaded files, then the bundle, as each file arrives."""
     ready = fetcher.ready if fetcher is not None else None
     if fetcher is not None:  # what the manifest needs before anything is written: the card (licence), pickles to scan;
@@ -743,6 +745,7 @@ def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetche
             ready=ready,
             fill=filler,
             fill_dir=fill_dir if filler is not None else None,
+            overwrite=overwrite,
             **args,
         )
     except HashMismatch as e:

@@ -45,13 +45,16 @@ def pack_folder(
     allow_pickle: bool = False,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    overwrite: bool = False,
 ) -> BundleInfo:
     """Bundle every file of `folder` (minus SKIP_DIRS) as `repo_id` at `revision`. `max_part_size`
     splits the bundle into parts (mirror.parts); `since` / `since_manifest` make it a delta
     holding only what changed since that bundle or manifest (mirror.delta). Pickle files are
     refused unless `allow_pickle`, and then scanned against the allowlist (mirror.policy).
     `include` / `exclude` are globs on the folder-relative paths, as `mirror pull` takes them:
-    with `include`, only matching files are packed; files matching `exclude` are left out."""
+    with `include`, only matching files are packed; files matching `exclude` are left out.
+    A bundle already at the name holding other bytes (packed before with another revision label,
+    or signed since) is replaced only with `overwrite`; the same bytes again are fine."""
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"{folder} is not a directory; pass the folder that holds the model files")
@@ -101,6 +104,7 @@ def pack_folder(
             out_dir=Path(out_dir),
             max_part_size=max_part_size,
             sources=src,
+            overwrite=overwrite,
             **args,
         )
 

@@ -388,17 +388,38 @@ def verify_signature(bundle_path: str | os.PathLike, *, public_key_path: str | o
     return check_signature(tail.manifest_bytes, tail.signature, public_key_path=public_key_path)
 
 
-def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) -> SignatureStatus:
+@dataclass(frozen=True)
+class SignedBundle:
+    """What `sign_bundle` changed: the file's bytes (its new sha256, also in the sidecar), never
+    its identity (the manifest is untouched), and the signature it replaced, if any."""
+
+    status: SignatureStatus  # the new signature, as read back (its claimed key)
+    new_sha256: str
+    bundle_id: str  # the same before and after: mirror.identity
+    replaced_signer: str | None = None  # the key the replaced signature claimed ("" when unreadable); None: it was unsigned
+
+    @property
+    def key_fingerprint(self) -> str | None:
+        return self.status.key_fingerprint
+
+
+def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) -> SignedBundle:
     """Sign a bundle in place: (re)write its signature as the last member, then its sidecar.
-    The manifest and payload bytes are untouched. Checking that the payload matches the manifest
-    is `mirror verify`'s job; `mirror sign` runs it first."""
+    The manifest and payload bytes are untouched, so the bundle's identity is too; its file
+    sha256 changes, and the result says from what to what. Checking that the payload matches the
+    manifest is `mirror verify`'s job; `mirror sign` runs it first."""
+    from mirror.identity import bundle_id
     from mirror.tarformat import append_trailer
 
     bundle = Path(bundle_path)
     tail = _read_tail(bundle)
+    replaced = None
+    if tail.signature is not None:
+        replaced = check_signature(tail.manifest_bytes, tail.signature, public_key_path=None).key_fingerprint or ""
     sig = sign_manifest(tail.manifest_bytes, key_path=key_path, bundle=str(bundle))
-    append_trailer(bundle, SIGNATURE_MEMBER, sig)
-    return check_signature(tail.manifest_bytes, sig, public_key_path=None)
+    new_sha = append_trailer(bundle, SIGNATURE_MEMBER, sig)
+    return SignedBundle(status=check_signature(tail.manifest_bytes, sig, public_key_path=None), new_sha256=new_sha,
+                        bundle_id=bundle_id(tail.manifest_bytes), replaced_signer=replaced)
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
@@ -427,6 +448,7 @@ __all__ = [
     "SIGNATURE_MEMBER",
     "KeyPair",
     "SignatureStatus",
+    "SignedBundle",
     "check_signature",
     "fingerprint",
     "git_work_tree",

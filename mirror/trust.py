@@ -67,9 +67,8 @@ def require_signature(manifest_bytes: bytes, signature: bytes | None, *, keys: t
         reason = f"no valid signature by any of the {len(keys)} trusted keys ({first.reason})"
     else:
         reason = first.reason
-    fix = ("sign it with 'mirror sign BUNDLE --key KEY.pem' on the publishing host" if not first.present
-           else "do not install it: get a copy signed by a trusted key from the publisher")
-    raise SignatureError(bundle, f"signature required and not valid: {reason}", fix=fix)
+    # the receiver's advice (signing.signature_advice): never "sign it yourself", and a wrong .pub first
+    raise SignatureError(bundle, f"signature required and not valid: {reason}", fix=signing.signature_advice(first))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 The answer is a report, not a boolean: which files are missing, which are extra, which differ
 (field, expected, actual), and any structural problem (links, unsafe names, truncation). The
-`.sha256` sidecar is not needed, because the manifest inside the tar is what is checked; the
-bundle's own sha256 is computed (in the same pass) only when asked, to compare with a published
-value.
+manifest inside the tar is what the files are checked against; the manifest itself is vouched
+for by the bundle's own sha256 (a transfer ticket's `--sha256 HEX`, or the `.sha256` sidecar when
+it sits beside the bundle: `transfer_problem`) and by a signature (the site policy, mirror.trust).
+A byte changed in the manifest in transit passes the first check and fails the others.
 """
 
 from __future__ import annotations
@@ -162,3 +163,28 @@ def _verify_parallel(path: Path) -> VerifyReport | None:
         if ex is None:
             return None
         return VerifyReport(bundle=str(path), manifest=reader.manifest, checked=ex.files, checked_bytes=ex.bytes)
+
+
+def wants_sha256(path: str | os.PathLike, expected_sha256: str | None) -> bool:
+    """Whether the bundle's own sha256 must be computed: a value to compare was given, or a
+    `.sha256` sidecar sits beside the bundle (install decides the same way: mirror.install)."""
+    from mirror.install import has_sidecar
+
+    return expected_sha256 is not None or has_sidecar(path)
+
+
+def transfer_problem(report: VerifyReport, *, expected_sha256: str | None = None) -> HashMismatch | None:
+    """The bundle's sha256 against `expected_sha256` (a transfer ticket's) and against the sidecar
+    beside it, as install compares them; the first disagreement, or None."""
+    from mirror.install import sidecar_sha256
+
+    got = report.bundle_sha256
+    if got is None:
+        return None
+    if expected_sha256 is not None and got != expected_sha256.lower():
+        return HashMismatch(report.bundle, algorithm="bundle sha256", expected=expected_sha256.lower(), actual=got, where="against --sha256 (the transfer ticket)")
+    claimed = sidecar_sha256(report.bundle)
+    if claimed is not None and claimed != got:
+        return HashMismatch(report.bundle, algorithm="bundle sha256", expected=claimed, actual=got,
+                            where=f"against its sidecar {Path(report.bundle).name}.sha256 (a stale or altered copy: fetch both again)")
+    return None

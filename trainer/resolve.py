@@ -113,9 +113,7 @@ def resolve_model(
     site = trust.policy(public_keys)
     local = Path(model_id).expanduser()
     if local.is_dir():
-        if site.required:
-            raise _policy_refusal(site, f"{model_id}: a plain folder carries no signature or bundle identity",
-                                  fix="pack it ('mirror pack'), sign it, and load it by its repo id from the installed bundle")
+        refuse_plain_folder(model_id, site=site)
         _refuse_remote_code(model_id, local, trust_remote_code)
         return ResolvedModel(repo_id=model_id, path=local.resolve(), commit=None, bundle_path=None, bundle_sha256=None, source="local")
 
@@ -183,6 +181,18 @@ def resolve_model(
     )
 
 
+def refuse_plain_folder(model_id: str, *, public_keys: Sequence[str | Path] = (), site=None) -> None:
+    """A model folder named by path (not installed from a bundle) carries no signature and no
+    bundle identity: refused while the site policy requires either (`trainer serve RUN_DIR` asks
+    this too)."""
+    from mirror import trust
+
+    site = site if site is not None else trust.policy(public_keys)
+    if site.required:
+        raise _policy_refusal(site, f"{model_id}: a plain folder carries no signature or bundle identity",
+                              fix="pack it ('mirror pack'), sign it, install it, and name it by its repo id")
+
+
 def _enforce_installed(site, model_id: str, commit: str, *, bundles: Path, cache_dir: str | Path | None, label: str):
     """The site policy on a snapshot already in the cache, by its install record (what it says,
     or None without one). A record that cannot tell is settled by installing the bundle of that
@@ -244,7 +254,7 @@ def _install_chain(newest: _Candidate, candidates: list[_Candidate], model_id: s
     installed = None
     for bundle in _install_order(newest, candidates, model_id, cache_dir):
         try:
-            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=[str(k) for k in site.keys], site=site)
+            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=[str(k) for k in site.keys])  # the same policy, rebuilt there
         except CacheNotWritable:
             raise  # the cache's fault, not the bundle's: no other bundle would fare better
         except (SignatureError, ApprovalError) as e:

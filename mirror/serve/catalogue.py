@@ -35,14 +35,15 @@ from typing import Mapping, Sequence
 
 from mirror import parts, trust
 from mirror.delta import delta_info
-from mirror.errors import BundleError, MirrorError, SignatureError, UsageError
+from mirror.errors import ApprovalError, BundleError, MirrorError, SignatureError, UsageError
 from mirror.ids import is_commit, ref_problem
 from mirror.listing import one_line
 from mirror.manifest import FileEntry, Manifest
 from mirror.serve import spans
 from mirror.serve.state import Identity, StateFile, Verdict, identity
 from mirror.tarformat import MAX_TRAILER, TRAILER_MEMBERS, BundleReader, writer_layout
-from mirror.verify import verify_bundle
+from mirror.identity import bundle_id
+from mirror.verify import transfer_problem, verify_bundle
 
 log = logging.getLogger("mirror.serve")
 SERVED_TYPES = ("model", "dataset")
@@ -61,6 +62,7 @@ class ServedCommit:
     revisions: tuple[str, ...]  # revision names resolving to this commit now ("main", tags); may be empty
     signature: str = "unsigned"  # one line: "unsigned", "signed, not checked ...", "valid, key sha256:..."
     sources: Mapping[str, spans.FileSource] = field(default_factory=dict, compare=False, repr=False)  # path -> where its bytes are
+    bundle_id: str = ""  # the bundle's identity (mirror.identity): what approvals, lineage and audits cite
 
     @property
     def commit(self) -> str:
@@ -133,7 +135,8 @@ class Catalogue:
         if not Path(bundles_dir).is_dir():
             raise UsageError(f"{bundles_dir} is not a directory; pass the folder that holds the bundles")
         self.folder = Path(bundles_dir).resolve()
-        self.keys = trust.trusted_keys(public_keys)
+        self.site = trust.policy(public_keys)  # keys and the approvals the environment requires, read once
+        self.keys = self.site.keys
         if self.keys:
             from mirror.signing import key_fingerprint
 
@@ -259,6 +262,8 @@ class Catalogue:
         except (MirrorError, OSError):
             return None
         reason = None if report.ok else one_line(f"{report.summary()} ({report.lines()[0]})")
+        if report.ok and (mismatch := transfer_problem(report)) is not None:  # the .sha256 sidecar beside it, as install checks it
+            return Verdict(identity=ident, ok=False, reason=_reason(mismatch), bundle_sha256=None, manifest_sha256=None, verified_at=started)
         return Verdict(identity=ident, ok=report.ok, reason=reason, bundle_sha256=report.bundle_sha256 if report.ok else None, manifest_sha256=manifest_sha, verified_at=started)
 
     def _load(self, path: Path, ident: Identity, verdict: Verdict) -> _Loaded:
@@ -289,6 +294,10 @@ class Catalogue:
         if m.revision and (why := ref_problem(m.revision)):
             raise BundleError(str(path), f"revision {m.revision!r} {why}")
         delta_info(m, bundle=str(path))  # a malformed delta section is refused here, not per request
+        try:  # an approval the environment requires ($MIRROR_APPROVALS): judged on the manifest the verdict is about
+            self.site.require_approval(bundle_id(manifest_bytes), label=path.name)
+        except ApprovalError as e:
+            raise BundleError(str(path), f"not served: {' '.join(str(e).split())}", fix="only bundles the security team approved are served here") from None
         signer = None
         if self.keys:
             try:
@@ -385,7 +394,7 @@ def build_commits(loaded: list[_Loaded]) -> tuple[dict[tuple[str, str, str], Ser
             return  # the same commit twice (a re-signed copy, parts and a single file): served once
         commits[key] = ServedCommit(manifest=m, files=files, bundle=ld.path, bundle_sha256=ld.verdict.bundle_sha256 or "",
                                     signer=ld.signer, verified_at=ld.verdict.verified_at, revisions=(), signature=ld.signature,
-                                    sources=MappingProxyType(sources))
+                                    sources=MappingProxyType(sources), bundle_id=f"sha256:{ld.verdict.manifest_sha256}")
 
     for ld in sorted(loaded, key=lambda ld: ld.path.name):
         info = delta_info(ld.manifest, bundle=str(ld.path))

@@ -46,13 +46,17 @@ def test_verify_ok_and_failure(packed, tmp_path):
 
 
 def test_verify_json(packed):
+    sha = hashlib.sha256(packed.read_bytes()).hexdigest()
     r = run("verify", "--json", packed)
     d = json.loads(r.stdout)
-    # the bundle's own sha256 is not needed for the verdict: computed only with --sha256
-    assert r.exit_code == 0 and d["ok"] is True and d["repo_id"] == "acme/m" and d["bundle_sha256"] is None
-    r = run("verify", "--json", "--sha256", packed)
+    # the .sha256 sidecar beside it is checked, so its sha256 is computed
+    assert r.exit_code == 0 and d["ok"] is True and d["repo_id"] == "acme/m" and d["bundle_sha256"] == sha
+    packed.with_name(packed.name + ".sha256").unlink()
+    r = run("verify", "--json", packed)  # nothing asks for it: the files are hashed in parallel instead
+    assert r.exit_code == 0 and json.loads(r.stdout)["bundle_sha256"] is None
+    r = run("verify", "--json", "--print-sha256", packed)
     d = json.loads(r.stdout)
-    assert r.exit_code == 0 and d["ok"] is True and d["bundle_sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
+    assert r.exit_code == 0 and d["ok"] is True and d["bundle_sha256"] == sha
 
 
 def test_inspect_human_and_json(packed):

@@ -140,3 +140,41 @@ def test_bad_input_is_a_usage_error(tmp_path, setup, kw, needle):
         pack_folder(d, **{"repo_id": "acme/m", "out_dir": tmp_path / "out", **kw})
     with pytest.raises(UsageError, match="is not a directory"):
         pack_folder(tmp_path / "absent", repo_id="acme/m", out_dir=tmp_path / "out")
+
+
+# --- a bundle file is never replaced by other bytes without --overwrite -------------------------------
+
+
+def test_packing_again_with_another_revision_label_refuses_to_replace_the_bundle(folder, tmp_path):
+    from tests.mirror.test_cli import assert_one_line_error, run
+
+    folder, _ = folder
+    out = tmp_path / "out"
+    first = pack_folder(folder, repo_id="acme/m", revision="v1", out_dir=out)
+    before = first.path.read_bytes()
+    again = pack_folder(folder, repo_id="acme/m", revision="v1", out_dir=out)  # the same bytes: fine
+    assert again.path == first.path and again.path.read_bytes() == before
+    with pytest.raises(UsageError, match="already exists and it holds bundle sha256:.*pass --overwrite"):
+        pack_folder(folder, repo_id="acme/m", revision="v2", out_dir=out)  # same commit id, another manifest
+    assert first.path.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [first.path.name, first.path.name + ".sha256"]
+    r = run("pack", folder, "--repo-id", "acme/m", "--revision", "v2", "--out", out)
+    assert_one_line_error(r, 2, "pass --overwrite to replace it")
+    r = run("pack", folder, "--repo-id", "acme/m", "--revision", "v2", "--out", out, "--overwrite")
+    assert r.exit_code == 0 and read_manifest(first.path).revision == "v2"
+
+
+def test_a_signed_bundle_is_not_replaced_by_its_unsigned_copy(folder, tmp_path):
+    from mirror.signing import keygen, sign_bundle
+
+    folder, _ = folder
+    out = tmp_path / "out"
+    info = pack_folder(folder, repo_id="acme/m", out_dir=out)
+    priv, _ = keygen(tmp_path / "k")
+    sign_bundle(info.path, key_path=priv)
+    signed = info.path.read_bytes()
+    with pytest.raises(UsageError, match="it holds this bundle signed"):
+        pack_folder(folder, repo_id="acme/m", out_dir=out)
+    assert info.path.read_bytes() == signed
+    with pytest.raises(UsageError, match="already exists"):  # nor by parts under the same name
+        pack_folder(folder, repo_id="acme/m", out_dir=out, max_part_size=4096, revision="other")
+    assert info.path.read_bytes() == signed

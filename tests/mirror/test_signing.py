@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror.identity import read_bundle_id
 from mirror.tarformat import BundleReader, append_trailer, read_manifest
 from mirror.errors import SignatureError, UsageError
 from mirror.install import install_bundle
@@ -77,8 +78,13 @@ def test_sign_then_verify_with_the_right_key(bundle, keys):
     head_before = bundle.read_bytes()[:4096]
     assert verify_signature(bundle).present is False
 
-    status = sign_bundle(bundle, key_path=priv)
+    sha_before = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    signed = sign_bundle(bundle, key_path=priv)
+    status = signed.status
     assert status.present and status.valid is None  # signed; not checked without a public key
+    # what changed: the file's sha256 (said, and in the sidecar), never the identity
+    assert signed.new_sha256 == hashlib.sha256(bundle.read_bytes()).hexdigest() != sha_before
+    assert signed.bundle_id == read_bundle_id(bundle) and signed.replaced_signer is None
     assert status.key_fingerprint == _der_fingerprint_openssl(pub)
 
     checked = verify_signature(bundle, public_key_path=pub)

@@ -110,3 +110,89 @@ def test_a_flipped_byte_in_a_regular_file_names_both_digests(good, tmp_path):
         Mismatch("config.json", "sha256", entry.sha256, hashlib.sha256(corrupted).hexdigest()),
         Mismatch("config.json", "git_sha1", entry.git_sha1, hashlib.sha1(b"blob %d\0" % len(corrupted) + bytes(corrupted)).hexdigest()),
     )
+
+
+# --- verify says OK only where install would accept the bundle --------------------------------------
+
+
+def _changed_manifest_byte(path) -> None:
+    """A timestamp in the manifest changed in transit: the files still match that manifest."""
+    from mirror.tarformat import BundleReader
+
+    with BundleReader(path, hash_all=False) as r:
+        head = r.manifest_bytes
+    data = path.read_bytes()
+    at = data.index(head)
+    altered = head.replace(b'"created_at": "2024', b'"created_at": "2025')
+    assert altered != head
+    path.write_bytes(data[:at] + altered + data[at + len(head):])
+
+
+def test_verify_and_install_check_the_sidecar_beside_the_bundle(good, tmp_path):
+    from tests.mirror.test_cli import assert_one_line_error, run
+
+    info, _ = good
+    _changed_manifest_byte(info.path)
+    assert verify_bundle(info.path, bundle_sha256=False).ok  # the manifest alone cannot tell
+    assert_one_line_error(run("verify", info.path), 4, "against its sidecar")
+    assert_one_line_error(run("install", info.path, "--cache-dir", tmp_path / "cache"), 4, "against its sidecar")
+    assert not (tmp_path / "cache" / "models--org--name" / "snapshots").exists()
+
+
+def test_sha256_is_a_value_to_compare_in_verify_as_in_install(good, tmp_path):
+    from tests.mirror.test_cli import assert_one_line_error, run
+
+    info, _ = good
+    info.path.with_name(info.path.name + ".sha256").unlink()
+    assert run("verify", info.path, "--sha256", info.sha256.upper()).exit_code == 0
+    for command in (["verify"], ["install", "--cache-dir", tmp_path / "cache"]):
+        assert_one_line_error(run(*command, info.path, "--sha256", "0" * 64), 4, f"(expected {'0' * 64}, got {info.sha256})")
+        assert_one_line_error(run(*command, info.path, "--sha256", "abc"), 2, "is not 64 hex characters")
+    r = run("verify", "--sha256", info.path)  # the old flag form: told what to use instead
+    assert_one_line_error(r, 2, "use --print-sha256")
+
+
+@pytest.fixture
+def keys(tmp_path):
+    from mirror.signing import keygen
+
+    (tmp_path / "keys").mkdir()
+    return {n: keygen(tmp_path / "keys" / n) for n in ("release", "security")}
+
+
+def test_verify_enforces_the_site_keys_where_install_does(good, tmp_path, keys, monkeypatch):
+    from mirror.signing import sign_bundle
+    from tests.mirror.test_cli import assert_one_line_error, run
+
+    info, _ = good
+    monkeypatch.setenv("MIRROR_TRUSTED_KEYS", str(keys["release"][1]))
+    assert_one_line_error(run("verify", info.path), 5, "signature required and not valid: the bundle is not signed")
+    assert_one_line_error(run("install", info.path, "--cache-dir", tmp_path / "cache"), 5, "the bundle is not signed")
+    sign_bundle(info.path, key_path=keys["release"][0])
+    r = run("verify", info.path)
+    assert r.exit_code == 0 and "signature valid, key sha256:" in r.stdout, r.output
+
+
+def test_an_approval_is_required_and_honoured_by_verify_and_install(good, tmp_path, keys, monkeypatch):
+    from mirror.approval import write_approval
+    from mirror.identity import read_bundle_id
+    from tests.mirror.test_cli import assert_one_line_error, run
+
+    info, _ = good
+    cache = tmp_path / "cache"
+    other = tmp_path / "o"
+    make_repo(other)
+    (other / "more.txt").write_bytes(b"x")
+    unrelated = write(other, tmp_path / "elsewhere")
+    write_approval([unrelated.path], reviewer="sec", decision="approved", key_path=keys["security"][0], out=tmp_path / "a.json")
+    monkeypatch.setenv("MIRROR_APPROVALS", str(tmp_path / "a.json"))
+    monkeypatch.setenv("MIRROR_APPROVAL_KEYS", str(keys["security"][1]))
+    assert_one_line_error(run("verify", info.path), 6, "is in none of the 1 approval file(s)")
+    assert_one_line_error(run("install", info.path, "--cache-dir", cache), 6, f"bundle {read_bundle_id(info.path)} is in none")
+    assert not cache.exists()  # refused before anything was written
+    write_approval([info.path], reviewer="sec", decision="approved", key_path=keys["security"][0], out=tmp_path / "b.json")
+    monkeypatch.setenv("MIRROR_APPROVALS", str(tmp_path / "b.json"))
+    r = run("verify", info.path)
+    assert r.exit_code == 0 and "approved by sec" in r.stdout
+    r = run("install", info.path, "--cache-dir", cache)
+    assert r.exit_code == 0 and f"identity {read_bundle_id(info.path)}" in r.stderr

@@ -265,3 +265,9 @@ def test_an_unapproved_bundle_is_not_auto_installed(tmp_path, trainer_cli, confi
     r = trainer_cli("check", config_file(model_id=REPO), "--bundles", tmp_path / "bundles")
     assert r.exit_code == 6 and "was rejected by sec" in r.stdout, r.output
     assert not (hf_isolated / "models--acme--enc" / "snapshots").exists()  # refused before anything was written
+
+
+def test_trainer_serve_refuses_a_run_folder_while_keys_are_required(tmp_path, trainer_cli, keys, local_model, monkeypatch):
+    monkeypatch.setenv("MIRROR_TRUSTED_KEYS", str(keys["release.pub"]))
+    r = trainer_cli("serve", local_model, "--port", "0", timeout=60)
+    assert r.exit_code == 5 and "a plain folder carries no signature" in error_line(r), r.output

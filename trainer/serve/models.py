@@ -114,6 +114,9 @@ def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Serve
     p = Path(arg)
     commit = bundle_sha = None
     if p.is_dir():
+        from trainer.resolve import refuse_plain_folder
+
+        refuse_plain_folder(arg, public_keys=public_keys)  # the site policy: a folder carries no signature
         folder, name, source = p, p.resolve().name, "local folder"
     elif p.exists():
         raise ServeError(f"{arg} is a file, not a model folder: name a run folder (trainer run's output_dir), a model folder or a repo id")
