@@ -24,7 +24,8 @@ This test does each of those steps with the real registry and real mounts: it pu
 with the raw OCI distribution API into an OCI layout store, computes CRI-O's mount list, then
 bind-mounts every blob read-only at its place in a private mount namespace (`unshare`, as the
 runtime does inside the container's) and runs `AutoConfig`/`AutoTokenizer`/`AutoModel`
-`.from_pretrained` there with the network off. The container path is `<rootfs>/models` rather than
+`.from_pretrained` there with the network off, then the shipped Pod's own script and environment
+(docs/deploy/model-image-volume.yaml) on the same mounts. The container path is `<rootfs>/models` rather than
 a literal `/models`, which would need a root filesystem of its own.
 """
 
@@ -34,6 +35,7 @@ import hashlib
 import json
 import os
 import posixpath
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,6 +45,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from click.testing import CliRunner
 
 from mirror.cli import cli
@@ -60,6 +63,7 @@ TITLE = "org.opencontainers.image.title"  # specs.AnnotationTitle
 FILEPATH = "org.cncf.model.filepath"  # modelSpec.AnnotationFilepath
 MODELPACK_FILE_TYPES = tuple(f"application/vnd.cncf.model.{k}.v1.raw" for k in ("weight", "weight.config", "doc", "code", "dataset"))
 CONTAINER_PATH = "/models"  # the Pod's volumeMounts[].mountPath
+POD_YAML = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "model-image-volume.yaml"
 
 
 # --- a reading of CRI-O's artifact mount code ---------------------------------------------------
@@ -187,9 +191,9 @@ def in_mount_namespace(plan: list[tuple[str, Path]], rootfs: Path, command: list
     lines = ["set -eu"]
     for dest, src in plan:
         target = rootfs / dest.lstrip("/")
-        lines += [f"mkdir -p '{target.parent}'", f"[ -e '{target}' ] || : > '{target}'",
-                  f"mount --bind '{src}' '{target}'", f"mount -o remount,bind,ro '{target}'"]
-    lines.append("exec " + " ".join(f"'{c}'" for c in command))
+        t, parent, source = shlex.quote(str(target)), shlex.quote(str(target.parent)), shlex.quote(str(src))
+        lines += [f"mkdir -p {parent}", f"[ -e {t} ] || : > {t}", f"mount --bind {source} {t}", f"mount -o remount,bind,ro {t}"]
+    lines.append("exec " + shlex.join(command))
     script = rootfs.parent / "mounts.sh"
     script.write_text("\n".join(lines) + "\n")
     unshare = ["unshare", "--mount", "--propagation", "private"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
@@ -242,6 +246,16 @@ def test_crio_mounts_the_pushed_model_as_its_snapshot_and_offline_transformers_l
     assert got["model_type"] == want["model_type"] == "distilbert"
     assert got["output"] == want["output"] and got["shape"] == want["shape"]  # the same model, the same numbers
     assert got["write"] == "EROFS" and want["write"] == "allowed"  # the mounted files are read-only
+    # the shipped Pod's own code and environment (docs/deploy/model-image-volume.yaml), on the same mounts
+    pod = yaml.safe_load(POD_YAML.read_text())
+    container = pod["spec"]["containers"][0]
+    assert pod["spec"]["volumes"][0]["image"] and container["volumeMounts"][0]["mountPath"] == CONTAINER_PATH
+    pod_env = {**env, **{e["name"]: e["value"] for e in container["env"]}, "HF_HOME": str(tmp_path / "pod-home")}
+    assert pod_env["HF_HUB_OFFLINE"] == "1"
+    script = container["args"][0].replace(f'"{CONTAINER_PATH}"', json.dumps(str(rootfs / "models")))
+    ran = in_mount_namespace(plan, rootfs, [sys.executable, "-c", script], pod_env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip().splitlines()[-1] == f"distilbert {tuple(got['shape'])}", ran.stdout
     left = [p for p in rootfs.rglob("*") if p.is_file()]
     assert len(left) == len(plan) and all(p.stat().st_size == 0 for p in left)  # empty mount points: nothing was copied
 
