@@ -10,6 +10,10 @@ The event loop never runs a model: request handlers submit and `await` the futur
 /metrics and the other models' endpoints keep answering. Generation gets a worker of its own
 (max_items 1), so a long /chat never holds up /embed or /classify.
 
+A pass that raises fails no request by itself: its requests are run again one at a time, so
+only the one whose input breaks the model fails (inputs are checked before they are submitted;
+this is the net under that check).
+
 `stop()` queues a sentinel behind everything already submitted: requests accepted before a
 SIGTERM are still answered, then the thread ends.
 """
