@@ -331,6 +331,7 @@ def check(configs: tuple[str, ...], bundles_dir: str, public_keys: tuple[str, ..
 @click.argument("target", type=click.Path())
 @click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]), help="Which data split to evaluate on.  [default: test if the run has one, else valid]")
 @_bundles_option
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object (full precision, one top-level key a line) instead of the table.")
 @_verbosity
 def eval_(target: str, split: str | None, bundles_dir: str, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Evaluate a trained OUTPUT_DIR, or the base model of a CONFIG, on a data split.
@@ -344,8 +345,8 @@ def eval_(target: str, split: str | None, bundles_dir: str, as_json: bool, quiet
     \b
     Examples:
       trainer eval runs/classifier --split valid
-      trainer eval configs/classifier.yaml        # the untrained base model, as a baseline
       trainer eval runs/classifier --json | jq .macro_f1
+      trainer eval configs/classifier.yaml        # the untrained base model, as a baseline
     """
     from trainer.evaluate import evaluate
     from trainer.offline import network_guard
