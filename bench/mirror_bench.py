@@ -42,7 +42,7 @@ GB = 10**9
 MIRROR = [sys.executable, "-m", "mirror"]
 # ratio goals (mirror time / baseline time) from the speed issue (15)
 GOALS = {"pack": 1.3, "verify": 0.5, "install": 1.2, "pull": 1.3}
-# variants reported for information, held to no goal: `verify --sha256` also computes the bundle's
+# variants reported for information, held to no goal: `verify --print-sha256` also computes the bundle's
 # own sha256, one serial chain that is by definition as long as the baseline's whole job; the
 # trainer start-up is compared with the code before the change (`--baseline-tree`), no goal ratio
 NO_GOAL = frozenset({"verify_sha256", "trainer_check"})
@@ -209,7 +209,7 @@ def bench_size(size_gb: float, *, runs: int, work: Path, pull: bool, baseline_tr
     bundle = next(out.glob("*.tar"))
     index = next((out / "parts").glob("*.parts.json"))
     for op, label, argv in (
-        ("verify", "verify", [str(bundle)]), ("verify_sha256", "verify --sha256", ["--sha256", str(bundle)]), ("verify_parts", "verify --parts", [str(index)]),
+        ("verify", "verify", [str(bundle)]), ("verify_sha256", "verify --print-sha256", ["--print-sha256", str(bundle)]), ("verify_parts", "verify --parts", [str(index)]),
     ):  # fmt: skip
         if want(op):
             ops[op] = compare(
@@ -329,7 +329,7 @@ def goals_report(sizes: list[dict]) -> dict:
 
 LABELS = {
     "pack": ("mirror pack", "tar cf"), "pack_parts": ("mirror pack --max-part-size", "tar cf"),
-    "verify": ("mirror verify", "openssl dgst -sha256"), "verify_sha256": ("mirror verify --sha256", "openssl dgst -sha256"),
+    "verify": ("mirror verify", "openssl dgst -sha256"), "verify_sha256": ("mirror verify --print-sha256", "openssl dgst -sha256"),
     "verify_parts": ("mirror verify (parts)", "openssl dgst -sha256"),
     "install": ("mirror install", "tar xf"), "pull": ("mirror pull", "snapshot_download"),
     "trainer_check": ("trainer check, base installed", "the same before the change"),
@@ -412,7 +412,7 @@ def scale_table(res: dict, *, target_gb: float = 800.0) -> str:
         ("pack (one file)", "pack", "files hashed in parallel across cores, then copied into the tar with the bundle's sha256 on a lane: two sha256 of every byte, the second a serial chain that starts once the manifest is final"),
         (f"split (pack into {math.ceil(target / part)} parts of 4 GiB)", "pack_parts", "as pack; each part's sha256 and the whole stream's on two lanes while writing"),
         ("verify", "verify", "each file's sha256 by one thread per core, positioned reads into reused buffers: one sha256 of the payload spread over the cores, or the disk"),
-        ("verify --sha256", "verify_sha256", "as verify in one pass, plus the bundle's own sha256 on its own lane: one serial sha256 chain over every byte"),
+        ("verify --print-sha256", "verify_sha256", "as verify in one pass, plus the bundle's own sha256 on its own lane: one serial sha256 chain over every byte"),
         ("verify (parts)", "verify_parts", "as verify, reading the parts as one stream"),
         ("install", "install", "each byte read once into a thread's buffer, hashed there and written into blobs/ from it: one sha256 spread over the cores plus the copy tar xf does"),
     ]
