@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import ApprovalError, ApprovalInvalid, MirrorError, UsageError
 from mirror.identity import bundle_id, is_bundle_id
 from mirror.ids import repo_id_problem
@@ -213,7 +213,7 @@ def write_approval(
         "payload": base64.b64encode(payload).decode("ascii"),
         "signatures": [{"keyid": fingerprint(key.public_key()), "sig": base64.b64encode(_sign(key, payload)).decode("ascii")}],
     }
-    from mirror.atomic import write_atomic
+    from common.atomic import write_atomic
 
     write_atomic(out, json.dumps(envelope, indent=2, sort_keys=True) + "\n", mode=0o644)
     return out

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Iterable
 
 from mirror import parts
-from mirror.errors import MirrorError, UsageError
+from mirror.errors import BundleError, MirrorError, UsageError
 from mirror.listing import one_line, shown_name
-from mirror.manifest import Manifest, classify, human_size
+from common.progress import human_size
+from mirror.manifest import Manifest, classify
 from mirror.policy import PolicyReport, scan_bundle
-from mirror.safeio import describe
+from common.safeio import describe
 from mirror.signing import SignatureStatus, verify_signature
 from mirror.suggest import did_you_mean
 from mirror.delta import full_files
@@ -221,10 +222,10 @@ def _card(raw: bytes | None) -> dict | None:
 def _architecture(raw: bytes | None, *, where: str) -> dict | None:
     if raw is None:
         return None
-    from mirror import safejson
+    from common import safejson
 
     try:
-        config = safejson.loads(raw, where=where, what="config.json", max_bytes=SMALL_FILE_BYTES)
+        config = safejson.loads(raw, where=where, what="config.json", max_bytes=SMALL_FILE_BYTES, error=BundleError)
     except MirrorError:
         return None
     if not isinstance(config, dict):

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from mirror import inplace, parts, progress
-from mirror.atomic import sweep, temp_path
+from mirror import inplace, parts
+
+from common import progress
+from common.atomic import sweep, temp_path
 from mirror.tarformat import BLOCK, RECORD, archive_size, member_header, member_span, padding, read_tail
 from mirror.errors import HashMismatch, MirrorError, NotEnoughSpace, UsageError
 from mirror.hashing import CHUNK, Digest, DualHasher, HashLanes, hash_files, lfs_pointer_sha1, first_difference, sha256sum_line
@@ -281,7 +283,7 @@ def _write(
     manifest, raw, final = finalize()
     files = manifest.files
 
-    # `.<final>.<pid>-<random>.partial` (mirror.atomic): never taken for a bundle, removed in the
+    # `.<final>.<pid>-<random>.partial` (common.atomic): never taken for a bundle, removed in the
     # `finally` below on any error, Ctrl-C or SIGTERM, and by `sweep` after a SIGKILL
     partial = temp_path(final)
     splitter = parts.PartWriter(out_dir, max_part_size=max_part_size) if max_part_size else None

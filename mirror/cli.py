@@ -15,9 +15,11 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, exitcodes, signals
+from mirror import __version__
+
+from common import exitcodes, signals
 from mirror.errors import CacheNotFound, MirrorError, UsageError, VerifyFailed
-from mirror.manifest import human_size
+from common.progress import human_size
 
 DEFAULT_OUT = "bundles"  # the project's bundle folder; contents git-ignored
 
@@ -32,7 +34,7 @@ def _one_line(text: str) -> str:
 
 
 def _failure(e: BaseException) -> tuple[int, str]:
-    """The exit code and one-line message for an error a user can meet (the one table, mirror.exitcodes)."""
+    """The exit code and one-line message for an error a user can meet (the one table, common.exitcodes)."""
     if isinstance(e, MirrorError):
         return e.exit_code, _one_line(str(e))
     if isinstance(e, OSError):
@@ -104,7 +106,7 @@ class _Boundary(click.Group):
             code, message = _failure(e)
             click.echo(f"mirror: error: {message}", err=True)
             ctx.exit(code)
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP made to unwind (mirror.signals)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP made to unwind (common.signals)
             how = f" by {signal.Signals(e.signum).name}" if isinstance(e, signals.Terminated) else ""
             click.echo(f"mirror: error: interrupted{how}; {_INTERRUPTED}", err=True)
             ctx.exit(signals.exit_code(e))
@@ -134,7 +136,7 @@ def _set_level(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     if ctx.meta.get("mirror.quiet") and ctx.meta.get("mirror.verbose"):
         raise click.UsageError("-q/--quiet and -v/--verbose contradict each other; pick one", ctx=ctx)
     try:  # byte progress of pack/verify/install/pull follows -q/-v too
-        from mirror import progress
+        from common import progress
     except ImportError:  # pragma: no cover - mirror/progress.py ships with the package
         return value
     progress.configure(quiet=bool(ctx.meta.get("mirror.quiet")), verbose=bool(ctx.meta.get("mirror.verbose")))
@@ -393,7 +395,7 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
         raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
     show = sys.stderr.isatty() if progress is None else progress
     if progress is False:  # --no-progress: no bar, and no progress lines in logs either
-        from mirror import progress as progress_lines
+        from common import progress as progress_lines
 
         progress_lines.configure(quiet=True)
     for repo_id in dict.fromkeys(ids):

@@ -26,7 +26,7 @@ from mirror.tarformat import read_manifest
 from mirror.errors import BundleError, HashMismatch, ManifestError, UsageError
 from mirror.hashing import first_difference, hash_files
 from mirror.manifest import KINDS, MAX_MANIFEST_BYTES, FileEntry, Manifest, classify, parse, unsafe_path_reason
-from mirror.safejson import read_file
+from common.safejson import read_file
 
 DELTA_FORMAT = "mirror-delta/1"
 DELTA_KEY = "delta"  # the manifest section (Manifest.extra) that makes a bundle a delta

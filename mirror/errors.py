@@ -8,11 +8,13 @@ in the package prints or exits.
 
 from __future__ import annotations
 
-from mirror import exitcodes
+from common import exitcodes
+from common.errors import ToolError
+from common.progress import human_size
 
 
-class MirrorError(Exception):
-    """Base class. `exit_code` is what the CLI exits with: one of `mirror.exitcodes`, the table
+class MirrorError(ToolError):
+    """Base class. `exit_code` is what the CLI exits with: one of `common.exitcodes`, the table
     both command lines share (and the README and every `--help` show)."""
 
     exit_code = exitcodes.FAILED
@@ -81,6 +83,10 @@ class BundleError(MirrorError, ValueError):
     """A bundle is unreadable, malformed, or hostile."""
 
     exit_code = exitcodes.NOT_A_BUNDLE
+
+    @classmethod
+    def about(cls, where: str, reason: str, fix: str | None = None) -> "BundleError":
+        return cls(where, reason, fix=fix or "")
 
     def __init__(self, bundle: str, reason: str, *, fix: str = ""):
         self.bundle = bundle
@@ -166,10 +172,6 @@ class NotEnoughSpace(MirrorError, OSError):
 
 
 def _size(n: int) -> str:
-    from mirror.manifest import (
-        human_size,  # manifest imports this module: import on use
-    )
-
     return human_size(n)
 
 
@@ -207,6 +209,10 @@ class UnsafeCache(MirrorError, PermissionError):
     a blob that is not a regular file, an unreadable install record."""
 
     exit_code = exitcodes.UNSAFE_CACHE
+
+    @classmethod
+    def about(cls, where: str, reason: str, fix: str | None = None) -> "UnsafeCache":
+        return cls(where, reason, fix=fix or "")
 
     def __init__(self, path: str, reason: str, *, fix: str = ""):
         self.path = path

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from mirror import progress
+from common import progress
 from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import Cancelled, DualHasher, HashLanes, cores, first_difference
 from mirror.manifest import FileEntry

@@ -32,7 +32,9 @@ from typing import Iterable, Iterator
 from huggingface_hub.constants import REPO_ID_SEPARATOR
 from huggingface_hub.utils import WeakFileLock
 
-from mirror import atomic, cachedirs, safejson
+from mirror import cachedirs
+
+from common import atomic, safejson
 from mirror.errors import UnsafeCache
 from mirror.identity import is_bundle_id
 from mirror.ids import is_commit, is_sha256, ref_problem, unsafe_path_reason

@@ -48,7 +48,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from mirror import __version__, delta, inplace, policy, progress
+from mirror import __version__, delta, inplace, policy
+
+from common import progress
 from mirror.bundle import BundleInfo, write_bundle
 from mirror.errors import (
     AuthRequired,

@@ -34,7 +34,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from mirror import atomic
+from common import atomic
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hashing import Cancelled
 from mirror.tarformat import archive_size

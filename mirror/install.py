@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from mirror import atomic, hfcache, identity, parts, policy, trust
+from mirror import hfcache, identity, parts, policy, trust
+
+from common import atomic
 from mirror.delta import delta_info
 from mirror.errors import HashMismatch, BaseNotInstalled, BundleError, CacheNotWritable, CommitConflict, MirrorError, NotEnoughSpace, UnsafeCache, UsageError
 from mirror.extract import extract
@@ -43,7 +45,7 @@ from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
 from mirror.ids import is_commit, is_sha256, ref_problem
 from mirror.manifest import FileEntry, Manifest
-from mirror.safeio import NotRegularFile, open_regular
+from common.safeio import NotRegularFile, open_regular
 from mirror.tarformat import BundleReader, name_collision, read_tail
 
 default_cache_dir = cache_root

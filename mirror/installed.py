@@ -26,7 +26,7 @@ from mirror import hfcache
 from mirror.approval import ApprovalSet
 from mirror.errors import ApprovalError, UnsafeCache
 from mirror.hashing import hash_files
-from mirror.safeio import NotRegularFile, open_regular
+from common.safeio import NotRegularFile, open_regular
 
 BATCH = 256  # files open at once while hashing one snapshot: far below any descriptor limit
 
@@ -183,7 +183,7 @@ def _hash(folder: Path, paths: list[str]) -> tuple[dict[str, str], list[FileProb
 
 def render_table(rows: list[InstalledRow]) -> str:
     """One line per snapshot, then one line per snapshot that is not ok, saying why."""
-    from mirror.manifest import human_size
+    from common.progress import human_size
 
     approvals = any(r.approval is not None for r in rows)
     head = ("REPO", "COMMIT", "BUNDLE", "SIZE", "FILES", "STATE") + (("APPROVAL",) if approvals else ())

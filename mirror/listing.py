@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mirror import parts
 from mirror.errors import MirrorError, UsageError
-from mirror.safeio import describe
+from common.safeio import describe
 from mirror.tarformat import read_manifest
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

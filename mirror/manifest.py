@@ -14,7 +14,9 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from mirror import __version__, safejson
+from mirror import __version__
+
+from common import safejson
 from mirror.errors import ManifestError
 from mirror.ids import is_commit, is_sha256, repo_id_problem, unsafe_path_reason  # noqa: F401 (re-exported)
 
@@ -137,7 +139,7 @@ _FILE_KEYS = {"path", "size", "sha256", "git_sha1", "lfs", "kind"}
 
 def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
     """Strictly parse manifest bytes. Every problem found is reported in one ManifestError.
-    Hostile JSON (huge numbers, deep nesting, NaN, duplicate keys) is refused by mirror.safejson
+    Hostile JSON (huge numbers, deep nesting, NaN, duplicate keys) is refused by common.safejson
     before Python's parser can turn it into a traceback."""
     d = safejson.loads(raw, where=bundle, what="manifest", max_bytes=MAX_MANIFEST_BYTES, error=ManifestError)
     if not isinstance(d, dict):
@@ -247,12 +249,3 @@ def license_from_card(text: str) -> str | None:
         return None
     m = _LICENSE_RE.search(text[3:end])
     return m.group(1).strip() if m else None
-
-
-def human_size(n: int) -> str:
-    """Decimal units, as disk vendors and the Hub's web pages show sizes."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)

@@ -14,7 +14,7 @@ import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mirror import safejson
+from common import safejson
 from mirror.bundle import BundleInfo, write_bundle
 from mirror.delta import folder_delta
 from mirror.errors import UsageError

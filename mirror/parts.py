@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mirror import safejson
-from mirror import atomic
+from common import safejson
+from common import atomic
 from mirror.errors import BundleError, PartError, UsageError
 from mirror.hashing import CHUNK, HashLanes, sha256sum_line
 from mirror.ids import is_sha256
-from mirror.safeio import NotRegularFile, describe, open_regular
+from common.safeio import NotRegularFile, describe, open_regular
 
 PARTS_FORMAT = "mirror-parts/1"
 INDEX_SUFFIX = ".parts.json"
@@ -433,7 +433,7 @@ class PartWriter(io.RawIOBase):
         self.folder = Path(folder)
         self.max_part_size = max_part_size
         self.mode = "wb"
-        # temporaries are `.tar.partNNNN.<pid>-<random>.partial` (mirror.atomic's pattern), so the
+        # temporaries are `.tar.partNNNN.<pid>-<random>.partial` (common.atomic's pattern), so the
         # leftovers of a killed writer are recognised and swept by the next pack or pull
         self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.name = str(self.folder / f".tar.{self._tag}.partial")

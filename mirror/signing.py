@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import MissingDependency, SignatureError, UsageError
 from mirror.manifest import Manifest, parse
 
@@ -423,7 +423,7 @@ def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) 
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    from mirror.atomic import write_atomic
+    from common.atomic import write_atomic
 
     write_atomic(path, data, mode=mode)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.errors import UsageError
-from mirror.safeio import describe
+from common.safeio import describe
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)

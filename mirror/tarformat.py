@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Iterator
 
 from mirror import parts
-from mirror.atomic import write_atomic
+from common.atomic import write_atomic
 from mirror.errors import BundleError, ManifestError, UsageError
 from mirror.hashing import CHUNK, HashLanes, sha256_file, sha256sum_line
-from mirror.safeio import NotRegularFile, open_regular
+from common.safeio import NotRegularFile, open_regular
 from mirror.manifest import MANIFEST_NAME, PAYLOAD_PREFIX, FileEntry, Manifest, parse, unsafe_path_reason
 
 BLOCK = 512

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror import progress
+from common import progress
 from mirror.extract import extract
 from mirror.tarformat import BundleReader
 from mirror.errors import BundleError, HashMismatch

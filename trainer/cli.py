@@ -20,7 +20,7 @@ from typing import Any
 import click
 import yaml
 
-from mirror import exitcodes
+from common import exitcodes
 from mirror.errors import MirrorError
 from trainer import __version__
 from trainer.errors import Interrupted, TrainerError
@@ -64,7 +64,7 @@ class _Boundary(click.Group):
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}; check the path, its permissions and free space", 1)
         except KeyboardInterrupt as e:
-            from mirror import signals
+            from common import signals
 
             _fail(_interrupted_message(ctx.meta.get("trainer.output_dir"), ctx.meta.get("trainer.resume_command")), signals.exit_code(e))
 

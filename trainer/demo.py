@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
-        from mirror.exitcodes import INTERRUPTED
+        from common.exitcodes import INTERRUPTED
 
         return INTERRUPTED
     return 0

@@ -10,7 +10,8 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-from mirror import exitcodes
+from common import exitcodes
+from common.errors import ToolError
 
 SHOWN_CHARS = 80  # the most of a user's value that a message quotes
 MAX_LISTED_PROBLEMS = 10  # config problems named in one message; the rest are counted
@@ -27,7 +28,7 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
-class TrainerError(Exception):
+class TrainerError(ToolError):
     exit_code = exitcodes.FAILED
 
 

@@ -187,7 +187,7 @@ def run_harness(cfg: Config, model_dir: Path, *, split: str, rt: Any, record: bo
 
 
 def write_harness(run_dir: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    from mirror.atomic import write_atomic
+    from common.atomic import write_atomic
     from trainer import harness, report
     from trainer.files import open_regular
 

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from mirror import safeio
+from common import safeio
 from trainer.errors import DataError, NotRegularFile
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one JSONL row; far above any row a model trains on at its max_length
@@ -33,7 +33,7 @@ def check_regular(path: str | Path) -> os.stat_result:
 
 def open_regular(path: str | Path) -> BinaryIO:
     """`path` opened for binary reading, if and only if it is a regular file (stat'ed before the
-    open, then mirror.safeio checks what was opened)."""
+    open, then common.safeio checks what was opened)."""
     check_regular(path)
     try:
         return safeio.open_regular(path)

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TextIO
 
-from mirror.progress import duration_text
+from common.progress import duration_text
 
 INTERVAL_ENV = "TRAINER_PROGRESS_INTERVAL"
 LOG_INTERVAL = 30.0  # seconds between lines: a few per epoch of a real model, a short log still
@@ -33,7 +33,7 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
 
 def log_interval() -> float:
     """Seconds between step lines: $TRAINER_PROGRESS_INTERVAL (tests set a small one), else 30."""
-    from mirror.progress import log_interval as interval  # no Hugging Face import behind it
+    from common.progress import log_interval as interval  # no Hugging Face import behind it
 
     return interval(INTERVAL_ENV, LOG_INTERVAL)
 

@@ -275,7 +275,7 @@ def write(out_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) ->
         plot_confusion(metrics["final"][split]["confusion_matrix"], labels, out_dir / CONFUSION_PNG,
                        title=f"Confusion matrix, {split} split" + (f" ({n} rows)" if n else ""))
         confusion_png = CONFUSION_PNG
-    from mirror.atomic import write_atomic
+    from common.atomic import write_atomic
 
     path = out_dir / "report.md"
     write_atomic(path, render(metrics, lineage, loss_png=loss_png, confusion_png=confusion_png))

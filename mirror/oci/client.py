@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from mirror import progress
+from common import progress
 from mirror.errors import (
     HashMismatch,
     LayerRefused,

@@ -37,7 +37,7 @@ from pathlib import Path
 import requests
 import zstandard
 
-from mirror import atomic, progress, safejson
+from common import atomic, progress, safejson
 from mirror.bundle import BundleInfo, is_lfs, write_bundle
 from mirror.errors import ArtifactMismatch, NotEnoughSpace, NotModelPack, RegistryError
 from mirror.ids import is_commit, repo_id_problem, unsafe_path_reason

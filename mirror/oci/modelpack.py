@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import ArtifactMismatch, NotModelPack
 from mirror.manifest import FileEntry, Manifest, parse
 from mirror.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST

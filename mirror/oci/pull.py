@@ -32,7 +32,9 @@ from pathlib import Path
 
 import requests
 
-from mirror import atomic, parts, progress
+from mirror import parts
+
+from common import atomic, progress
 from mirror.bundle import bundle_filename
 from mirror.errors import (
     ArtifactMismatch,

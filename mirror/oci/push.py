@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mirror import progress
+from common import progress
 from mirror.audit import AuditRow, render_cyclonedx
 from mirror.bundle import bundle_filename
 from mirror.delta import delta_info

@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import ArtifactMismatch, BundleError, RegistryError
 from mirror.oci.client import MAX_MANIFEST, OCI_INDEX, OCI_MANIFEST, Client
 
@@ -139,7 +139,7 @@ def _index(raw: bytes, *, where: str) -> dict | None:
 def _document(raw: bytes, media_type: str, *, where: str, what: str) -> dict | None:
     """`raw` as a JSON object of `media_type`, or None for anything else."""
     try:
-        doc = safejson.loads(raw, where=where, what=what, max_bytes=MAX_MANIFEST + 1)
+        doc = safejson.loads(raw, where=where, what=what, max_bytes=MAX_MANIFEST + 1, error=BundleError)
     except BundleError:
         return None
     return doc if isinstance(doc, dict) and doc.get("mediaType") == media_type else None

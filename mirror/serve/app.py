@@ -35,7 +35,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import UsageError
 from mirror.ids import unsafe_path_reason
 from mirror.serve import hubapi, spans

@@ -29,7 +29,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import UsageError
 
 log = logging.getLogger("mirror.serve")

@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Iterator
 from mirror import parts
 from mirror.errors import MirrorError
 from mirror.manifest import FileEntry
-from mirror.safeio import NotRegularFile, open_regular
+from common.safeio import NotRegularFile, open_regular
 from mirror.serve.state import FileIdentity, Identity, stat_key
 
 CHUNK = 1024 * 1024  # per read when the bytes must pass through Python: memory stays bounded

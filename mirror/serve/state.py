@@ -24,7 +24,9 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror import atomic, cachedirs, parts, safejson
+from mirror import cachedirs, parts
+
+from common import atomic, safejson
 from mirror.errors import BundleError, MirrorError
 from mirror.ids import is_sha256
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 from mirror import __version__
 from mirror.listing import shown_name
-from mirror.manifest import human_size
+from common.progress import human_size
 from mirror.webui import downloads, style, views
 from mirror.webui.card import CARD_BYTES
 

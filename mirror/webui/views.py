@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from mirror import safejson
+from common import safejson
 from mirror.errors import MirrorError, UsageError
 from mirror.manifest import classify
 

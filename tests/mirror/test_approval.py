@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mirror import approval, exitcodes
+from mirror import approval
+
+from common import exitcodes
 from mirror.approval import (
     ENV_FILES,
     ENV_KEYS,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mirror import exitcodes
+from common import exitcodes
 from mirror.cli import cli
 from mirror.errors import BundleError, NotEnoughSpace, UsageError
 from mirror.tarformat import read_manifest
@@ -169,7 +169,7 @@ def test_quiet_and_verbose(folder, tmp_path):
 
 
 def test_quiet_and_verbose_reach_the_progress_reporter(packed, monkeypatch):
-    progress = pytest.importorskip("mirror.progress")
+    progress = pytest.importorskip("common.progress")
     seen = []
     monkeypatch.setattr(progress, "configure", lambda **kw: seen.append(kw))
     assert run("verify", "-q", packed).exit_code == 0 and seen[-1] == {"quiet": True, "verbose": False}

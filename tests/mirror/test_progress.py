@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror import progress
+from common import progress
 
 ROOT = Path(__file__).resolve().parents[2]
 BIG = 200 * 1000 * 1000  # a few tenths of a second per pass: several lines at a 0.05 s interval

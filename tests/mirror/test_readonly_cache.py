@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror import exitcodes
+from common import exitcodes
 from mirror.install import install_bundle
 from mirror.pack import pack_folder
 from tests.fixtures.cachetree import tree

@@ -7,7 +7,7 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from mirror import exitcodes
+from common import exitcodes
 from mirror.cli import cli
 
 

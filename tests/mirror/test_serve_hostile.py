@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mirror import exitcodes
+from common import exitcodes
 from mirror.cli import cli
 from tests.fixtures.serve import assert_one_format, pack, serve_bundles
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mirror import exitcodes
+from common import exitcodes
 from mirror.cli import cli
 from tests.fixtures.serve import assert_one_format, pack, serve_bundles, server_env
 

@@ -62,7 +62,7 @@ def test_help_shows_examples_for_every_command():
 
 
 def test_the_exit_code_table_is_in_the_top_level_help_once_and_the_commands_point_to_it():
-    from mirror import exitcodes
+    from common import exitcodes
 
     for args in ((), ("run",), ("check",), ("eval",), ("predict",)):
         r = _invoke(*args, "--help")

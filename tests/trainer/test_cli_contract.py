@@ -12,7 +12,7 @@ import pytest
 
 import trainer.evaluate
 import trainer.recipes
-from mirror import exitcodes, signals
+from common import exitcodes, signals
 from trainer.cli import resume_command
 from trainer.errors import Interrupted, NetworkBlocked
 from trainer.recipes.common import RESUME_PLACEHOLDER

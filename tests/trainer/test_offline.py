@@ -107,7 +107,7 @@ def test_connect_to_a_remote_address_is_blocked_at_once_naming_target_and_caller
     msg = str(info.value)
     assert f"{UNROUTABLE}:443" in msg
     assert "test_connect_to_a_remote_address_is_blocked_at_once_naming_target_and_caller" in msg
-    assert info.value.exit_code == 11  # mirror.exitcodes.NETWORK_BLOCKED
+    assert info.value.exit_code == 11  # common.exitcodes.NETWORK_BLOCKED
     assert not isinstance(info.value, OSError)  # so HTTP clients do not retry it
 
 

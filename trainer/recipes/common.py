@@ -469,7 +469,7 @@ def interrupted(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, 
     err.checkpoint = ckpt  # type: ignore[attr-defined]
     cause = sys.exc_info()[1]  # called inside `except KeyboardInterrupt`: which signal it was
     if isinstance(cause, KeyboardInterrupt):
-        from mirror import signals
+        from common import signals
 
         err.exit_code = signals.exit_code(cause)
     return err

@@ -5,7 +5,7 @@ Paragraphs are blocks separated by blank lines; a heading is kept with the parag
 a retrieved context still says what it is about. Embeddings are cached by content: the cache
 file is named by the embedding model's weights (sha256 of its safetensors files) and maps each
 paragraph's sha256 to its vector, so a restart embeds nothing and an edited file re-embeds only
-its changed paragraphs. The cache is written whole with `mirror.atomic` (temp name, then rename):
+its changed paragraphs. The cache is written whole with `common.atomic` (temp name, then rename):
 a reader sees the old file or the new one. A damaged cache is ignored and rebuilt.
 
 The folder is user input: only regular `*.md` files are read (links to elsewhere are skipped),
@@ -156,7 +156,7 @@ def build(folder: str | Path, *, embed: Callable[[list[str]], Any], model_dir: s
     import torch
     from safetensors.torch import save
 
-    from mirror.atomic import write_atomic
+    from common.atomic import write_atomic
 
     paragraphs = read_folder(folder)
     cache_file = Path(cache_dir) / f"{model_key(model_dir, variant)[:32]}.safetensors"

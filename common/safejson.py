@@ -8,7 +8,8 @@ bundles folder would take `mirror list` down for every other bundle in it. So ea
 checked here in order, cheapest first: its size, its nesting depth (a linear scan that skips
 string contents, so the recursive parser never sees a deep document), then the parse itself with
 hooks that refuse over-long numbers, NaN/Infinity, duplicate keys and lone surrogates. Every
-refusal is the caller's `MirrorError` subclass, saying which file, which limit, and what to do.
+refusal is the caller's error class (a `common.errors.ToolError`, built with its `about()`),
+saying which file, which limit, and what to do.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import re
 from itertools import accumulate
 from typing import Any
 
-from mirror.errors import BundleError, MirrorError, UsageError, UnsafeCache
-from mirror.safeio import NotRegularFile, open_regular
+from common.errors import ToolError
+from common.safeio import NotRegularFile, open_regular
 
 MAX_DEPTH = 64  # the manifest is 4 levels deep (root, delta, target_files, entry); lineage a few more
 MAX_NUMBER_CHARS = 40  # a byte count needs 20 digits, a float's repr at most 24 characters
@@ -48,14 +49,14 @@ def loads(
     where: str,
     what: str,
     max_bytes: int,
-    error: type[MirrorError] = BundleError,
+    error: type[ToolError],
     max_depth: int = MAX_DEPTH,
     max_number_chars: int = MAX_NUMBER_CHARS,
 ) -> Any:
     """Parse `raw` (UTF-8 JSON) or raise `error` naming `where` (the file) and `what` it is.
 
-    `error` is BundleError or a subclass built the same way, `error(where, reason, fix=...)`
-    (ManifestError, SignatureError), or UsageError (built from one message). Whitespace around
+    `error` is the caller's ToolError subclass (a bundle's, a cache's, a usage error), built with
+    its `about(where, reason, fix)`. Whitespace around
     the value is allowed, as JSON allows it (a manifest member is padded with spaces)."""
     if isinstance(raw, str):  # as some libraries hand it over; lone surrogates fail the decode below
         raw = raw.encode("utf-8", "surrogatepass")
@@ -101,7 +102,7 @@ def loads(
     return value
 
 
-def read_file(path: str | os.PathLike, *, what: str, max_bytes: int, error: type[MirrorError] = UsageError) -> bytes:
+def read_file(path: str | os.PathLike, *, what: str, max_bytes: int, error: type[ToolError]) -> bytes:
     """The bytes of a small file someone handed us: opened only if it is a regular file (a FIFO
     would block, a device never end), and never more than `max_bytes + 1` of it read.
     FileNotFoundError and PermissionError pass through unchanged."""
@@ -155,7 +156,5 @@ def _short(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
-def _error(error: type[MirrorError], where: str, reason: str, fix: str | None) -> MirrorError:
-    if issubclass(error, (BundleError, UnsafeCache)):  # built from (where, reason, fix=...)
-        return error(where, reason, fix=fix) if fix else error(where, reason)
-    return error(f"{where}: {reason}" + (f"; {fix}" if fix else ""))
+def _error(error: type[ToolError], where: str, reason: str, fix: str | None) -> ToolError:
+    return error.about(where, reason, fix)

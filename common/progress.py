@@ -61,6 +61,15 @@ def size_text(n: float) -> str:
     return f"{int(n)} B"
 
 
+def human_size(n: int) -> str:
+    """Decimal units, as disk vendors and the Hub's web pages show sizes."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
 def duration_text(seconds: float) -> str:
     s = round(seconds)
     if s < 60:
