@@ -20,12 +20,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mirror import __version__
-
-if TYPE_CHECKING:
-    from mirror.audit import AuditRow
+from mirror.auditrow import AuditRow
 
 TOOL_NAME = "offline-mirror"  # the distribution name (pyproject.toml): what `pip show` finds
 HUB = "https://huggingface.co"

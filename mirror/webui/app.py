@@ -15,17 +15,8 @@ from urllib.parse import parse_qs
 from mirror.errors import MirrorError
 from mirror.ids import is_commit
 from mirror.listing import one_line
-from mirror.webui import (
-    COOKIE,
-    PageRequest,
-    PageResponse,
-    card,
-    downloads,
-    login,
-    pages,
-    style,
-    views,
-)
+from mirror.webui import card, downloads, login, pages, style, views
+from mirror.webui.contract import COOKIE, PageRequest, PageResponse
 
 CSP = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = (

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from mirror.webui import COOKIE
+from mirror.webui.contract import COOKIE
 
 MAX_BODY = 8 * 1024  # a token and a path; the server caps POST bodies too
 MAX_TOKEN = 4096
