@@ -53,16 +53,9 @@ def log_interval(env: str = INTERVAL_ENV, default: float = LOG_INTERVAL) -> floa
     return value if value > 0 else default
 
 
-def size_text(n: float) -> str:
-    """Decimal units, as disks and links are sold: 1.2 GB, 850 MB."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def human_size(n: int) -> str:
-    """Decimal units, as disk vendors and the Hub's web pages show sizes."""
+def human_size(n: float) -> str:
+    """Decimal units, as disks and links are sold and the Hub's pages show sizes: 850 B, 1.2 GB.
+    The one size formatter: messages, tables, pages and progress lines all say sizes alike."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -84,7 +77,7 @@ def line(label: str, *, done: int, total: int, elapsed: float) -> str:
     rate = done / elapsed if elapsed > 0 else 0.0
     pct = int(100 * done / total) if total else 100
     eta = duration_text((total - done) / rate) if rate > 0 else "unknown"
-    return f"{label}: {size_text(done)} of {size_text(total)} ({pct} %), {size_text(rate)}/s, ETA {eta}"
+    return f"{label}: {human_size(done)} of {human_size(total)} ({pct} %), {human_size(rate)}/s, ETA {eta}"
 
 
 class Meter:
@@ -154,7 +147,7 @@ class Meter:
             done = self.total
             rate = done / elapsed if elapsed > 0 else 0.0
             took = f"{elapsed:.1f} s" if elapsed < 10 else duration_text(elapsed)
-            print(f"{self.label}: {size_text(done)} in {took}, {size_text(rate)}/s", file=self._stream, flush=True)
+            print(f"{self.label}: {human_size(done)} in {took}, {human_size(rate)}/s", file=self._stream, flush=True)
 
     def __enter__(self) -> Self:
         return self
