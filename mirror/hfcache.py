@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from huggingface_hub.constants import REPO_ID_SEPARATOR
-from huggingface_hub.utils import WeakFileLock
+from huggingface_hub.utils import WeakFileLock, scan_cache_dir
 
 from mirror import cachedirs
 
@@ -632,28 +632,42 @@ class InstalledSnapshot:
 
 
 def list_installed(cache_dir: str | os.PathLike | None = None) -> list[InstalledSnapshot]:
-    """Every snapshot in a cache (commit folders only: staging folders are not snapshots), with
-    the refs pointing at it, its file count and size. What a killed install left is finished or
-    undone first, unless the cache cannot be written: then it is listed as it is."""
+    """Every snapshot in a cache, as huggingface_hub's `scan_cache_dir` sees it (commit folders
+    only: staging folders are not snapshots), with the refs pointing at it, its file count and
+    size (every file's, as a copy would take). What a killed install left is finished or undone
+    first, unless the cache cannot be written: then it is listed as it is. A repo the scan calls
+    corrupted (a dangling link, a ref to a commit that is not there) is listed all the same,
+    counting what is readable: `mirror audit --installed` reports its damage, not its absence."""
     cache = cache_root(cache_dir)
-    out: list[InstalledSnapshot] = []
     if not cache.is_dir():
-        return out
+        return []
+    repos: dict[str, RepoCache] = {}
     for repo_dir in sorted(cache.iterdir()):
         kind, sep, rest = repo_dir.name.partition("s--")
         if not sep or kind not in ("model", "dataset", "space") or not (repo_dir / "snapshots").is_dir():
             continue
-        rc = RepoCache(cache, rest.replace("--", "/", 1), kind)
+        rc = repos[repo_dir.name] = RepoCache(cache, rest.replace("--", "/", 1), kind)
         if needs_recovery(rc) and unwritable(rc) is None:  # a killed install: finish or undo it before anyone reads the repo
             with repo_lock(rc):
                 recover(rc)
+    seen: dict[tuple[str, str], tuple[int, int]] = {}  # (repo folder, commit): the scan resolves the cache's path
+    for repo in scan_cache_dir(cache).repos:
+        for rev in repo.revisions:
+            seen[repo.repo_path.name, rev.commit_hash] = (len(rev.files), sum(f.size_on_disk for f in rev.files))
+    out: list[InstalledSnapshot] = []
+    for folder, rc in repos.items():
         for snap in sorted(rc.snapshots.iterdir()):
             if not is_commit(snap.name) or not snap.is_dir() or snap.is_symlink():
                 continue
-            files = [p for p in snap.rglob("*") if not p.is_dir()]
-            size = sum(p.stat().st_size for p in files if p.exists())
-            out.append(InstalledSnapshot(rc.repo_id, kind, snap.name, refs_to(rc, snap.name), snap, len(files), size))
+            files, size = seen.get((folder, snap.name)) or _readable(snap)
+            out.append(InstalledSnapshot(rc.repo_id, rc.repo_type, snap.name, refs_to(rc, snap.name), snap, files, size))
     return out
+
+
+def _readable(snap: Path) -> tuple[int, int]:
+    """The files of a snapshot huggingface_hub's scan refused, and the bytes of those it can reach."""
+    files = [p for p in snap.rglob("*") if not p.is_dir()]
+    return len(files), sum(p.stat().st_size for p in files if p.exists())
 
 
 def find_snapshot(repo_id: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None, repo_type: str = "model") -> Path | None:

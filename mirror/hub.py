@@ -35,7 +35,6 @@ the pull, so two people pulling the same commit produce byte-identical bundles.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import queue
 import re
@@ -47,6 +46,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+from huggingface_hub.utils import filter_repo_objects
 
 from mirror import __version__, delta, inplace, policy
 
@@ -133,12 +134,6 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     return url.rstrip("/")
 
 
-def _matches(path: str, patterns: Iterable[str]) -> bool:
-    # Same semantics as huggingface_hub's allow/ignore patterns: fnmatch on the whole repo path
-    # (`*` crosses `/`), and a pattern ending in `/` means everything under that folder.
-    return any(fnmatch.fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
-
-
 def select_files(
     paths: Iterable[str], *, include: Sequence[str] | None = (), exclude: Sequence[str] | None = None
 ) -> tuple[list[str], list[str]]:
@@ -148,16 +143,21 @@ def select_files(
     - `exclude`: paths matching one of these are skipped, on top of DEFAULT_EXCLUDES.
     - DEFAULT_EXCLUDES apply only when the repo has a `*.safetensors` file, and never to a path an
       include pattern matches: `include=("*",)` keeps every file, `include=("onnx/*",)` the ONNX
-      export."""
+      export.
+    Patterns mean what huggingface_hub's allow/ignore patterns mean (its `filter_repo_objects`):
+    fnmatch on the whole repo path (`*` crosses `/`), and `dir/` means everything under it."""
     paths = sorted(paths)
-    include, exclude = tuple(include or ()), tuple(exclude or ())
-    defaults = DEFAULT_EXCLUDES if any(p.endswith(".safetensors") for p in paths) else ()
+    include, exclude = list(include or ()), list(exclude or ())
+    defaults = list(DEFAULT_EXCLUDES) if any(p.endswith(".safetensors") for p in paths) else []
+
+    def matching(patterns: list[str]) -> set[str]:
+        return set(filter_repo_objects(paths, allow_patterns=patterns))
+
+    asked, dropped, by_default = matching(include), matching(exclude), matching(defaults)
     selected, skipped = [], []
     for p in paths:
-        asked = bool(include) and _matches(p, include)
-        wanted = asked or not include
-        dropped = _matches(p, exclude) or (_matches(p, defaults) and not asked)
-        (selected if wanted and not dropped else skipped).append(p)
+        wanted = p in asked or not include
+        (selected if wanted and p not in dropped and (p in asked or p not in by_default) else skipped).append(p)
     return selected, skipped
 
 

@@ -329,3 +329,24 @@ def test_real_minilm_packs_installs_and_embeds_identically(tmp_path, offline_env
     assert hashlib.sha256((r.snapshot_dir / "model.safetensors").read_bytes()).hexdigest() == MINILM_SHA256
     got = run_offline(LOAD_MINILM, ["sentence-transformers/all-MiniLM-L6-v2", str(folder)], offline_env(cache))
     assert got == {"equal": True, "dim": 384}
+    assert got == {"equal": True, "dim": 384}
+
+
+def test_list_installed_sees_what_huggingface_hub_sees_and_a_damaged_repo_too(small, tmp_path):
+    """The snapshots, file counts and sizes are huggingface_hub's `scan_cache_dir`'s; a repo that
+    scan calls corrupted (a blob deleted under a link) is still listed, so its damage is reported."""
+    from huggingface_hub import scan_cache_dir
+
+    info, _ = small
+    cache = tmp_path / "cache"
+    r = install_bundle(info.path, cache_dir=cache)
+    (row,) = list_installed(cache)
+    (repo,) = scan_cache_dir(cache).repos
+    (rev,) = repo.revisions
+    assert (row.repo_id, row.commit, row.files, row.refs) == (repo.repo_id, rev.commit_hash, rev.nb_files, tuple(sorted(rev.refs)))
+    assert row.size == info.manifest.total_size
+    victim = max(info.manifest.files, key=lambda f: f.size)
+    os.unlink(os.path.realpath(r.snapshot_dir / victim.path))
+    assert not scan_cache_dir(cache).repos  # huggingface_hub drops the whole repo
+    (row,) = list_installed(cache)
+    assert (row.commit, row.files, row.size) == (r.commit, len(info.manifest.files), info.manifest.total_size - victim.size)
