@@ -25,7 +25,7 @@ class _PullCommand(ui.Command):
         if DEFAULT_EXCLUDES is not None:
             with formatter.section("Skipped by default when the repo has safetensors (--exclude adds to these; an --include that matches wins)"):
                 formatter.write_text(" ".join(DEFAULT_EXCLUDES))
-        ui.exit_pointer(formatter)
+        self.format_exit_pointer(ctx, formatter)
 
 
 def _config_model_ids(path: Path) -> list[str]:

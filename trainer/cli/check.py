@@ -6,11 +6,13 @@ import json
 
 import click
 
+from common.cli import Command
 from trainer.cli import _options as opt
 from trainer.cli import _output as ui
 
 
 @click.command(
+    cls=Command,
     epilog="""\b
 Examples:
   trainer check configs/classifier.yaml

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
+from common.cli import Command
 from trainer.cli import _options as opt
 from trainer.cli import _output as ui
 
 
-@click.command(name="eval")
+@click.command(name="eval", cls=Command)
 @click.argument("target", type=click.Path())
 @click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]), help="Which data split to evaluate on.  [default: test if the run has one, else valid]")
 @opt.bundles_option
@@ -52,7 +53,7 @@ def eval_(target: str, split: str | None, bundles_dir: str, as_json: bool, quiet
 
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("output_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("texts", nargs=-1, required=True)
 @opt.verbosity

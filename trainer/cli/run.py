@@ -8,11 +8,13 @@ from typing import Any
 
 import click
 
+from common.cli import Command
 from trainer.cli import _options as opt
 from trainer.cli import _output as ui
 
 
 @click.command(
+    cls=Command,
     epilog="""\b
 Examples:
   trainer run configs/classifier.yaml
@@ -104,14 +106,21 @@ def _summary(metrics: dict[str, Any]) -> list[str]:
 
 
 
-def _interrupted_message(output_dir: str | None, resume_command: str | None = None) -> str:
-    """Ctrl-C that the recipe did not turn into `Interrupted` itself: say whether resuming works."""
+def interrupted(ctx: click.Context | None, how: str) -> str:
+    """Ctrl-C (or SIGTERM, SIGHUP) that the recipe did not turn into `Interrupted` itself: say
+    whether resuming works (the error boundary's hook; ctx is None for Ctrl-C at a prompt)."""
+    output_dir = ctx.meta.get("trainer.output_dir") if ctx is not None else None
     if output_dir is None:
-        return "interrupted"
+        return f"interrupted{how}"
     state = next(iter(sorted(Path(output_dir).glob("*/state.pt"))), None)
     if state is not None:
-        return f"interrupted: resumable checkpoint left in {state.parent}; continue with: {resume_command or 'the same command and --resume'}"
-    return f"interrupted before a checkpoint was saved in {output_dir}; rerun the same command to start again"
+        return f"interrupted{how}: resumable checkpoint left in {state.parent}; continue with: {ctx.meta.get('trainer.resume_command') or 'the same command and --resume'}"
+    return f"interrupted{how} before a checkpoint was saved in {output_dir}; rerun the same command to start again"
+
+
+def resumable(ctx: click.Context, e: BaseException) -> tuple[int, str]:
+    """An `Interrupted` run (the error boundary's hook): its message, naming the command that continues it."""
+    return e.exit_code, _resume_hint(str(e), ctx.meta.get("trainer.resume_command"))
 
 
 def _resume_hint(message: str, resume_command: str | None) -> str:

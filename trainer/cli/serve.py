@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import click
 
+from common.cli import Command
 from trainer.cli import _options as opt
 from trainer.cli import _output as ui
 
 
 @click.command(
+    cls=Command,
     epilog="""\b
 Examples:
   trainer serve runs/classifier runs/embeddings runs/sft --knowledge-base data/kb
