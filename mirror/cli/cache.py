@@ -11,18 +11,16 @@ from common.progress import human_size
 from mirror.cli import _options as opt
 from mirror.cli import _output as ui
 from mirror.errors import CacheNotFound, MirrorError
+from mirror.oci.resolve import install_target
 
 
-def _install_oci(target: str, install, *, plain_http, ca_cert, username, password_stdin):
-    from mirror.oci import reference
+def _install_oci(ref, install, *, plain_http, ca_cert, username, password_stdin):
     from mirror.oci.pull import install_from_registry
 
-    ref = reference.parse(target)
     creds = opt.oci_credentials(ref.registry, username, password_stdin)
     pulled, result = install_from_registry(ref, install=install, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=sys.stderr.isatty())
     ui.note(f"pulled {ref} ({pulled.digest}): bundle sha256 {pulled.sha256}")
     return result
-
 
 
 @click.command(cls=ui.Command, epilog="""\b
@@ -30,7 +28,7 @@ Examples:
   mirror install bundles/X.tar
   mirror install bundles/X.tar --cache-dir /models/hf-cache
   HF_HUB_OFFLINE=1 python -c "from transformers import AutoModel; AutoModel.from_pretrained('org/name')\"""")
-@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="BUNDLE...")
+@click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE...")  # as typed: a path would make oci:// oci:/
 @opt.cache_option
 @opt.allow_pickle_option
 @click.option("--public-key", "public_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), callback=opt.public_keys_checked,
@@ -57,10 +55,12 @@ def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_j
             def one(path):
                 return install_bundle(path, cache_dir=cache_dir, allow_pickle=allow_pickle, bundle_sha256=False, public_keys=public_keys, expected_sha256=expected_sha256)
 
-            if str(b).startswith("oci:/"):
-                r = _install_oci(str(b).replace("oci:/", "oci://", 1) if not str(b).startswith("oci://") else str(b), one, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
-            else:
+            ref = install_target(b)
+            if ref is None:
+                b = Path(b)
                 r = one(b)
+            else:
+                r = _install_oci(ref, one, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
         except (MirrorError, OSError) as e:
             inputs.failed(str(b), e, bundle=str(b))
             continue

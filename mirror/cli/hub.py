@@ -11,6 +11,7 @@ from common.progress import human_size
 from mirror.cli import _options as opt
 from mirror.cli import _output as ui
 from mirror.errors import UsageError
+from mirror.oci.resolve import pull_target
 
 
 class _PullCommand(ui.Command):
@@ -80,16 +81,12 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
     """
     from mirror import hub
 
-    if any(str(r).startswith("oci://") for r in repo_ids):
-        hub_only = {"--include": include, "--exclude": exclude, "--endpoint": endpoint, "--token": token, "--config": config,
-                    "--max-part-size": max_part_size, "--since": since, "--since-manifest": since_manifest,
-                    "--revision": revision != "main", "--repo-type": repo_type != "model"}
-        given = [name for name, value in hub_only.items() if value]
-        if given:
-            raise UsageError(f"{', '.join(given)} apply to Hub pulls only; an oci:// pull rebuilds exactly the bundle that was pushed")
-        return _pull_oci(repo_ids, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, allow_pickle=allow_pickle, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
-    if public_key is not None:
-        raise UsageError("--public-key applies to oci:// pulls only; check a Hub pull's bundle with 'mirror verify --public-key'")
+    ref = pull_target(repo_ids, public_key=public_key, hub_options={
+        "--include": include, "--exclude": exclude, "--endpoint": endpoint, "--token": token, "--config": config,
+        "--max-part-size": max_part_size, "--since": since, "--since-manifest": since_manifest,
+        "--revision": revision != "main", "--repo-type": repo_type != "model"})
+    if ref is not None:
+        return _pull_oci(ref, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, allow_pickle=allow_pickle, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
     ids = list(repo_ids) + (_config_model_ids(config) if config else [])
     if not ids:
         raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
@@ -107,18 +104,12 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
         ui.report_written(info, sign_key)
 
 
+# --- pull oci:// (OCI registries, ModelPack artifacts; mirror.oci) ----------------------------
 
 
-# --- push / pull oci:// (OCI registries, ModelPack artifacts; mirror.oci) ----------------------------
-
-
-def _pull_oci(refs, *, out_dir, progress, sign_key, public_key, allow_pickle, plain_http, ca_cert, username, password_stdin) -> None:
-    from mirror.oci import reference
+def _pull_oci(ref, *, out_dir, progress, sign_key, public_key, allow_pickle, plain_http, ca_cert, username, password_stdin) -> None:
     from mirror.oci.pull import pull_bundle
 
-    if not all(reference.is_oci(r) for r in refs) or len(refs) != 1:
-        raise UsageError("give one oci:// reference to pull from a registry (and no Hub repo ids with it)")
-    ref = reference.parse(refs[0])
     creds = opt.oci_credentials(ref.registry, username, password_stdin)
     show = sys.stderr.isatty() if progress is None else progress
     r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show, public_key=public_key,
