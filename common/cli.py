@@ -138,7 +138,7 @@ class Boundary(click.Group):
 
 
 def record(value: Any = None, *, only: Iterable[str] | None = None, names: Mapping[str, str] | None = None, **fields: Any) -> dict[str, Any]:
-    """One --json object: `value`'s fields (a dataclass, an object with `to_dict()`, a mapping;
+    """One --json object: `value`'s fields (an object with `to_dict()`, a dataclass, a mapping;
     an error gives {"ok": false, "error", "exit_code"}), only those in `only` when given, some
     renamed by `names` ({field: key}), then `fields` on top."""
     if value is None:
@@ -146,10 +146,10 @@ def record(value: Any = None, *, only: Iterable[str] | None = None, names: Mappi
     elif isinstance(value, BaseException):
         code, message = failure(value)
         data = {"ok": False, "error": message, "exit_code": code}
+    elif hasattr(value, "to_dict"):  # the result's own JSON form wins over its fields
+        data = dict(value.to_dict())
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         data = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    elif hasattr(value, "to_dict"):
-        data = dict(value.to_dict())
     else:
         data = dict(value)
     if only is not None:

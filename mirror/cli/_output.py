@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from common.cli import Command, emit, failure, one_line
+from common.cli import Command, emit, failure, one_line, record
 from common.progress import human_size
 
-__all__ = ["Command", "Inputs", "emit", "failure", "identity", "note", "one_line", "quiet", "report_written", "sign_after_write", "verbose"]
+__all__ = ["Command", "Inputs", "emit", "failure", "identity", "note", "one_line", "quiet", "record", "report_written", "sign_after_write", "verbose"]
 
 
 def quiet() -> bool:

@@ -66,7 +66,7 @@ def audit(paths, fmt, as_json, public_key, installed, cache_dir, approval_files,
     codes = [_audit_code(r) for r in rows]
     if fmt == "json":
         for r, code in zip(rows, codes):
-            ui.emit({**r.to_dict(), "exit_code": code, **({"error": _audit_why(r)} if code else {})})
+            ui.emit(r, exit_code=code, **({"error": _audit_why(r)} if code else {}))
     else:
         click.echo(RENDERERS[fmt](rows))
     bad = [c for c in codes if c]
@@ -92,7 +92,7 @@ def _audit_installed(paths, fmt: str, cache_dir: Path | None, approval_files, ap
              for r in rows]
     if fmt == "json":
         for r, code in zip(rows, codes):
-            ui.emit({**r.to_dict(), "exit_code": code, **({"error": r.summary()} if code else {})})
+            ui.emit(r, exit_code=code, **({"error": r.summary()} if code else {}))
     elif rows:
         click.echo(render_table(rows))
     if not rows:
@@ -156,8 +156,7 @@ def approve(bundles, reviewer, decision, key, out, note, date, overwrite, as_jso
     public = load_private_key(key).public_key()
     a = read_approval(path, keys={fingerprint(public): public})  # read back and checked, as a host will
     if as_json:
-        ui.emit({"approval": str(path), "decision": a.decision, "reviewer": a.reviewer, "date": a.date, "note": a.note, "signer": a.signer,
-               "bundles": [{"id": b.id, "repo_id": b.repo_id, "commit": b.commit} for b in a.bundles]})
+        ui.emit(a, only=("decision", "reviewer", "date", "note", "signer"), approval=path, bundles=[ui.record(b) for b in a.bundles])
         return
     for b in a.bundles:
         ui.note(f"{a.decision}: {b.repo_id}@{b.commit[:12]} {b.id}")

@@ -107,7 +107,7 @@ def verify(bundles, as_json, public_keys, expected_sha256, print_sha256) -> None
         if not report.ok:
             e = VerifyFailed(report.bundle, report)
             if as_json:
-                ui.emit({**report.to_dict(), "error": ui.one_line(str(e)), "exit_code": e.exit_code})
+                ui.emit(report, **ui.record(e))
             else:
                 for line in report.lines():
                     click.echo(f"  {line}")
@@ -125,11 +125,11 @@ def verify(bundles, as_json, public_keys, expected_sha256, print_sha256) -> None
             inputs.codes.append(code)
             click.echo(f"mirror: error: {message}; the files themselves match the manifest", err=True)
             if as_json:
-                ui.emit({**report.to_dict(), "ok": False, "error": message, "exit_code": code})
+                ui.emit(report, **ui.record(e))
             continue
         if as_json:
-            ui.emit({**report.to_dict(), "exit_code": 0, "bundle_id": verdict.bundle_id, **({"signature": f"valid, key sha256:{verdict.signer}"} if verdict.signer else {}),
-                   **({"approved_by": verdict.approval.reviewer} if verdict.approval else {})})
+            ui.emit(report, exit_code=0, bundle_id=verdict.bundle_id, **({"signature": f"valid, key sha256:{verdict.signer}"} if verdict.signer else {}),
+                    **({"approved_by": verdict.approval.reviewer} if verdict.approval else {}))
         else:
             if ui.verbose():
                 click.echo(f"  checked {report.checked} files, {human_size(report.checked_bytes)}", err=True)
@@ -269,8 +269,7 @@ def keygen(out_prefix, as_json) -> None:
         click.echo(f"note: {keys.private} is inside a git work tree: added it to {keys.gitignore} so 'git add .' leaves it out; "
                    "keep private keys outside work trees where you can", err=True)
     if as_json:
-        ui.emit({"ok": True, "private": str(keys.private), "public": str(keys.public), "key_sha256": fingerprint,
-               "gitignore": str(keys.gitignore) if keys.gitignore else None})
+        ui.emit(ok=True, private=keys.private, public=keys.public, key_sha256=fingerprint, gitignore=keys.gitignore)
         return
     ui.note(f"key sha256:{fingerprint}")
     click.echo(f"{keys.private}\n{keys.public}")
@@ -299,9 +298,8 @@ def sign(bundle, key, as_json) -> None:
     change = sign_bundle(bundle, key_path=key)
     status = change.status
     if as_json:
-        ui.emit({"bundle": str(bundle), "ok": True, "repo_id": report.manifest.repo_id, "commit": report.manifest.commit, "key_sha256": status.key_fingerprint,
-               "sha256": change.new_sha256, "old_sha256": report.bundle_sha256, "bundle_id": change.bundle_id, "identity_unchanged": True,
-               "replaced_signature": change.replaced_signer})
+        ui.emit(bundle=bundle, ok=True, repo_id=report.manifest.repo_id, commit=report.manifest.commit, key_sha256=status.key_fingerprint, sha256=change.new_sha256,
+                old_sha256=report.bundle_sha256, bundle_id=change.bundle_id, identity_unchanged=True, replaced_signature=change.replaced_signer)
         return
     ui.note(f"signed {report.manifest.repo_id}@{report.manifest.commit}: key sha256:{status.key_fingerprint}")
     if change.replaced_signer is not None:

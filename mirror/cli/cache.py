@@ -73,11 +73,7 @@ def install(bundles, cache_dir, allow_pickle, public_keys, expected_sha256, as_j
         signed = f", signed by key sha256:{r.signer}" if r.signer else ""
         ui.note(f"{state}: {r.repo_id}@{r.commit}{refs}{signed}, identity {r.bundle_id}")
         if as_json:
-            ui.emit({
-                "bundle": str(b), "ok": True, "exit_code": 0, "repo_id": r.repo_id, "commit": r.commit,
-                "snapshot_dir": str(r.snapshot_dir), "already_installed": r.already_installed, "refs": list(r.refs),
-                "repaired": list(r.repaired), "signer": r.signer, "bundle_id": r.bundle_id,
-            })
+            ui.emit(r, only=("repo_id", "commit", "snapshot_dir", "already_installed", "refs", "repaired", "signer", "bundle_id"), bundle=b, ok=True, exit_code=0)
         else:
             click.echo(str(r.snapshot_dir))
     inputs.done()
@@ -112,7 +108,7 @@ def list_(directory, installed, cache_dir, as_json) -> None:
         rows = list_installed(cache)
         if as_json:
             for s in rows:
-                ui.emit({"ok": True, "repo_id": s.repo_id, "repo_type": s.repo_type, "commit": s.commit, "refs": list(s.refs), "size": s.size, "files": s.files, "path": str(s.path)})
+                ui.emit(s, only=("repo_id", "repo_type", "commit", "refs", "size", "files", "path"), ok=True)
         elif rows:
             if not ui.quiet():
                 click.echo(f"{'REPO':<45} {'COMMIT':<12}  {'REFS':<12} {'SIZE':>10}  {'FILES':>11}  TYPE")
@@ -131,11 +127,10 @@ def list_(directory, installed, cache_dir, as_json) -> None:
     if as_json:
         for b in rows:
             if b.problem:
-                ui.emit({"bundle": str(b.path), "ok": False, "error": b.problem, "exit_code": BundleError.exit_code, "size": b.size})
+                ui.emit(bundle=b.path, ok=False, error=b.problem, exit_code=BundleError.exit_code, size=b.size)
             else:
-                ui.emit({"bundle": str(b.path), "ok": True, "repo_id": b.repo_id, "repo_type": b.repo_type, "revision": b.revision, "commit": b.commit,
-                       "size": b.size, "files": b.files, "payload_bytes": b.payload_bytes, "created_at": b.created_at,
-                       "signed": b.signed, "signer_key_sha256": b.signer})
+                ui.emit(b, only=("repo_id", "repo_type", "revision", "commit", "size", "files", "payload_bytes", "created_at", "signed", "signer"),
+                        names={"signer": "signer_key_sha256"}, bundle=b.path, ok=True)
     else:
         if rows and not ui.quiet():
             click.echo(f"{'REPO':<45} {'COMMIT':<12}  {'REVISION':<12} {'SIZE':>10}  {'FILES':>11}  {'SIGNED BY':<16}  BUNDLE")

@@ -45,9 +45,8 @@ def push(bundle, target, since, chunk_size, progress, as_json, plain_http, ca_ce
     ui.note(f"{r.manifest.repo_id}@{r.manifest.commit}: {r.layers} layers and a config; uploaded {r.uploaded_layers} blob(s), {human_size(r.uploaded_bytes)}; "
           f"{human_size(r.skipped_bytes)} already in the registry; manifest {r.digest}")
     if as_json:
-        ui.emit({"ok": True, "exit_code": 0, "bundle": str(bundle), "reference": r.reference, "digest": r.digest, "layers": r.layers,
-               "uploaded_layers": r.uploaded_layers, "uploaded_bytes": r.uploaded_bytes, "skipped_bytes": r.skipped_bytes,
-               "bundle_bytes": r.bundle_bytes, "upload_requests": r.requests, "referrers": list(r.referrers), "referrers_in": r.referrers_in})
+        ui.emit(r, only=("reference", "digest", "layers", "uploaded_layers", "uploaded_bytes", "skipped_bytes", "bundle_bytes", "requests", "referrers", "referrers_in"),
+                names={"requests": "upload_requests"}, ok=True, exit_code=0, bundle=bundle)
     else:
         click.echo(r.reference)
 
