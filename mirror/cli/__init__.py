@@ -5,6 +5,10 @@ oci: push; cache: install/list; audit: audit/approve; serve), the options they s
 `_options`, what they print alike in `_output`. This module holds the group; its error boundary (typed
 errors to `mirror: error: <one line>` and an exit code) is `common.cli.Boundary`, the trainer's too. Logic lives
 in the plain modules (bundle, verify, install, pack, listing, hub); none of them imports click.
+
+A command imports its library modules inside its function, and only for that reason: `mirror
+--help`, a usage error or `mirror list` start without loading huggingface_hub, requests or
+cryptography. None of these imports dodges a cycle (tests/test_layering.py counts them too).
 """
 
 from __future__ import annotations
