@@ -17,6 +17,7 @@ from typing import Any
 from mirror import __version__
 
 from common import safejson
+from common.modelfacts import CODE_PATTERNS
 from mirror.errors import ManifestError
 from mirror.ids import is_commit, is_sha256, repo_id_problem, unsafe_path_reason  # noqa: F401 (re-exported)
 
@@ -26,7 +27,7 @@ MANIFEST_NAME = "_mirror/manifest.json"  # always the first tar member
 PAYLOAD_PREFIX = "files/"  # every repo file lives under this prefix in the tar
 REPO_TYPES = ("model", "dataset", "space")
 KINDS = ("safetensors", "pickle", "code", "json", "text", "other")
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # ~200k files (= tarformat.MAX_MANIFEST); larger is hostile
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # ~200k files (= bundle.codec.MAX_MANIFEST); larger is hostile
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a name, a date or a URL; a terminal obeys them
 
 
@@ -37,7 +38,7 @@ _KIND_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "pickle",
         ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.joblib", "*.npy", "*.npz", "*.dat"),
     ),
-    ("code", ("*.py", "*.pyc", "*.so", "*.sh", "*.ipynb")),
+    ("code", CODE_PATTERNS),  # what trust_remote_code would run: one rule with the trainer's
     ("json", ("*.json", "*.jsonl")),
     ("text", ("*.txt", "*.md", "*.model", "*.yaml", "*.yml", "*.csv", "*.tsv", "*.gitattributes", ".gitattributes", "*.jinja", "*.tiktoken", "merges.txt", "LICENSE*")),
 )

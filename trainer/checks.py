@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mirror.errors import MirrorError
-from trainer import rundir
-from trainer.config import Config, config_warnings
+from common.modelfacts import is_random_init
+from mirror.api import MirrorError
+from trainer import recipes, rundir
+from trainer.config import Config, config_warnings, load, parse_overrides
 from trainer.data import Row, classification_example, pair_example, scan_jsonl, sft_messages
 from trainer.errors import DataError, OutputDirRefused, TrainerError
-from trainer.resolve import ResolvedModel, resolve_model
+from trainer.resolve import ResolvedModel, check_public_keys, resolve_model
 
 SPLITS = ("train", "valid", "test")
 MAX_LISTED = 20  # row errors listed per check; the rest are counted, so the report stays readable
@@ -232,17 +233,9 @@ def _describe_model(m: ResolvedModel) -> str:
         line += f"; signed by key sha256:{m.signer} (required)"
     for skipped in m.skipped:
         line += f"; {skipped}"
-    if _is_random_init(m.path):
+    if is_random_init(m.path):
         line += "; RANDOM-INITIALISED demo model (its metrics say nothing about a real model)"
     return line
-
-
-def _is_random_init(snapshot: Path) -> bool:
-    """trainer.tiny marks the models it makes; a report must never pass one off as real."""
-    try:
-        return json.loads((snapshot / "config.json").read_text(encoding="utf-8")).get("mirror_demo") == "random-init"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _keyed(cfg: Config, row: Row) -> tuple[Any, Row, Any]:
@@ -344,7 +337,7 @@ def _tokenizer(cfg: Config, resolved: ResolvedModel | None, warnings: list[str])
     tokenizer = None
     if resolved is not None:
         try:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # deferred: a Hugging Face import waits for offline
 
             tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -368,12 +361,8 @@ def effective_max_length(cfg: Config, tokenizer: Any, snapshot: Path | None) -> 
     if tokenizer is None:
         return None
     # the recipes' own rules, so check reports truncation against the limit training will use
-    # (imported here: the tokenizer being loaded means torch and transformers already are)
-    if cfg.task == "sft":
-        from trainer.recipes.sft import max_length
-    else:
-        from trainer.recipes.classification import max_length
-    return max_length(cfg, tokenizer)
+    # (a recipe loads torch and transformers: the tokenizer being loaded means they already are)
+    return recipes.recipe("sft" if cfg.task == "sft" else "classification").max_length(cfg, tokenizer)
 
 
 # --- findings ------------------------------------------------------------------------------------
@@ -523,9 +512,6 @@ def check_one(
 ) -> CheckOutcome:
     """Load CONFIG (with `--set` overrides) and check it; a config that does not load is an
     outcome too, so that several configs are all checked and each gets its line."""
-    from trainer.config import load, parse_overrides
-    from trainer.resolve import check_public_keys
-
     try:
         cfg = load(config, overrides=parse_overrides(overrides))
         keys = check_public_keys([*public_keys, *cfg.public_keys])

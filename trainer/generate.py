@@ -47,7 +47,7 @@ class _Chunks:
     piece of text to `on_text` (a word or more at a time, never half a UTF-8 character)."""
 
     def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        from transformers import TextStreamer
+        from transformers import TextStreamer  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
         outer = self
 
@@ -74,8 +74,8 @@ def reply(
     """Generate the assistant's reply to `messages`. `ids`: the prompt already tokenised
     (`prompt_ids`); `on_text`: called with each piece of text as it is generated; `cancel`: set
     it to stop generating at the next token (a client that went away)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    import torch  # deferred: seconds to import; only the work that needs it pays
+    from transformers import StoppingCriteria, StoppingCriteriaList  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     ids = ids if ids is not None else prompt_ids(tokenizer, messages)
     input_ids = torch.tensor([ids], dtype=torch.long, device=rt.device)

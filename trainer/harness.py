@@ -16,15 +16,16 @@ every reference answer in data/sft.*.jsonl, which `tests/trainer/test_harness.py
 config's own `harness:` block replaces any list it names (see `check_block`); the other lists keep
 their defaults.
 
-This module is plain Python (no torch): `trainer.config` validates the block with it.
-`evaluate_run` is the part that loads a model and generates, imported lazily by `trainer eval`.
+This module is the rules only, plain Python (no torch, no trainer import): `trainer.config`
+validates the block with it. Generating the answers to score is `trainer.evaluate.run_harness`,
+a layer above the recipes whose model it loads.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 RULES = ("forbidden_phrase", "missing_disclaimer", "unrealistic_guarantee", "legal_advice_without_referral")
@@ -149,8 +150,6 @@ def check_block(raw: Any, problems: list[str]) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in BLOCK_KEYS:
-            import difflib
-
             close = difflib.get_close_matches(str(key), BLOCK_KEYS, n=1)
             problems.append(f"harness.{key}: unknown key" + (f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(BLOCK_KEYS)}"))
         elif key in LIST_KEYS:
@@ -242,46 +241,4 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-# --- generating and scoring a model's answers (trainer eval on an SFT run) -------------------------
-
-RESULTS_FILE = "harness.jsonl"  # one line per evaluation prompt: question, answer, violations
-
-
-def evaluate_run(cfg: Any, model_dir: Path, *, split: str, rt: Any, random_init: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generate an answer to every prompt of `split` (greedy) and score it. Returns the summary
-    (with the generation settings) and the per-prompt results."""
-    import torch
-
-    from trainer import data, generate
-    from trainer.recipes import sft
-    from trainer.recipes.common import RANDOM_INIT_BANNER
-
-    block = dict(cfg.harness or {})
-    ruleset = rules(block)
-    rows = data.read_split(cfg, split)
-    if block.get("max_prompts"):
-        rows = rows[: block["max_prompts"]]
-    net, tokenizer = sft.load(model_dir, cfg, rt)
-    net.eval()
-    settings = generate.Settings(max_new_tokens=block.get("max_new_tokens", cfg.max_new_tokens), temperature=0.0, seed=cfg.seed)
-    results = []
-    with torch.inference_mode():
-        for row in rows:
-            messages = data.sft_messages(row)
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompt, reference = messages[:last], messages[last]["content"]
-            question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-            reply = generate.reply(net, tokenizer, prompt, settings=settings, rt=rt)
-            results.append({
-                "file": row.file, "line": row.line, "question": question, "answer": reply.text, "reference": reference,
-                "new_tokens": reply.new_tokens, "violations": [v.to_json() for v in score(question, reply.text, ruleset)],
-            })
-    summary = {
-        "split": split,
-        **summarise(results),
-        "rules": {"overridden": sorted(k for k in block if k in (*LIST_KEYS, "required_disclaimers")), "defaults": "trainer/harness.py"},
-        "generation": {**settings.to_json(), "chat_template": "the tokenizer's own", "prompts_file": RESULTS_FILE},
-    }
-    if random_init:
-        summary["warning"] = f"{RANDOM_INIT_BANNER}: the answers come from random weights; the compliance rate says nothing about a real model"
-    return summary, results
+RESULTS_FILE = "harness.jsonl"  # one line per evaluation prompt (written by trainer eval): question, answer, violations

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mirror import api
 from trainer import files
 from trainer.config import Config
 
@@ -46,7 +47,7 @@ def cpu_model() -> str:
 
 
 def hardware() -> dict[str, Any]:
-    import torch
+    import torch  # deferred: seconds to import; only the work that needs it pays
 
     hw: dict[str, Any] = {
         "platform": platform.platform(),
@@ -79,11 +80,9 @@ CARD_BYTES = 64 * 1024  # a model card's front matter is at its top
 def base_license(snapshot: Path) -> str | None:
     """The `license:` of the base model's card (README.md), inherited by the fine-tune; None
     when the card is missing or names none (the lineage then says "unknown")."""
-    from mirror.manifest import license_from_card
-
     try:
         with files.open_regular(Path(snapshot) / "README.md") as f:
-            return license_from_card(f.read(CARD_BYTES).decode("utf-8", "replace"))
+            return api.license_from_card(f.read(CARD_BYTES).decode("utf-8", "replace"))
     except OSError:
         return None
 

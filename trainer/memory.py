@@ -113,7 +113,7 @@ def shape_of(model) -> Shape:  # noqa: ANN001 - any transformers PreTrainedModel
 
 
 def cuda_free_bytes(device) -> int:  # noqa: ANN001 - torch.device
-    import torch
+    import torch  # deferred: seconds to import; only the work that needs it pays
 
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)

@@ -22,8 +22,9 @@ import socket
 import sys
 import threading
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
-from mirror.cachedirs import hub_constants  # no Hugging Face import at its top
+from mirror import api  # its functions load on first use: importing it imports no Hugging Face library
 from trainer.errors import NetworkBlocked
 
 # Every variable the libraries we load consult before reaching for the network or a tracker.
@@ -87,7 +88,7 @@ def offline_env() -> Iterator[None]:
 
 def _hub_constants_from_env() -> dict[str, bool]:
     """What huggingface_hub.constants would hold if imported now: its own module, run again."""
-    fresh = hub_constants()
+    fresh = api.hub_constants()
     return {k: getattr(fresh, k) for k in _HUB_CONSTANTS if hasattr(fresh, k)}
 
 
@@ -288,8 +289,6 @@ def network_guard() -> Iterator[None]:
 def allow_endpoint(url: str) -> Iterator[None]:
     """Inside `network_guard()`: also let through connections to exactly this http(s) URL's
     host:port (a site mirror named by $HF_ENDPOINT), for the length of the block."""
-    from urllib.parse import urlsplit
-
     split = urlsplit(url)
     port = split.port or (443 if split.scheme == "https" else 80)
     hp = _host_port(split.hostname or "", port)
@@ -309,7 +308,7 @@ def allow_endpoint(url: str) -> Iterator[None]:
 def hub_online() -> Iterator[None]:
     """huggingface_hub allowed to make requests for the length of the block (the trainer is
     otherwise offline): used only together with `network_guard()` and `allow_endpoint()`."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     saved_env, saved = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "0"

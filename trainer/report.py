@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer.recipes.common import RANDOM_INIT_BANNER
+from common.atomic import write_atomic
+from common.modelfacts import RANDOM_INIT_BANNER
 
 LOSS_PNG = "loss_curve.png"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -47,10 +48,10 @@ _LOSS_NAME = {"classification": "cross-entropy", "sft": "token cross-entropy", "
 
 
 def plot_loss(curve: list[list[float]], epochs: list[dict[str, Any]], path: Path, *, task: str = "", title: str = "") -> None:
-    import matplotlib
+    import matplotlib  # deferred: seconds to import, and only a plot needs it
 
     matplotlib.use("Agg")  # no display in a sandbox
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: seconds to import, and only a plot needs it
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if curve:
@@ -78,10 +79,10 @@ def confusion_figure(matrix: list[list[int]], labels: list[str], *, title: str):
     the bottom, both axes named. The layout engine is matplotlib's constrained one, which makes
     room for long class names and the colour bar; the old tight_layout pushed the y-axis name
     off the canvas once the names were long."""
-    import matplotlib
+    import matplotlib  # deferred: seconds to import, and only a plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: seconds to import, and only a plot needs it
 
     n = len(labels)
     longest = max((len(str(x)) for x in labels), default=1)
@@ -102,7 +103,7 @@ def confusion_figure(matrix: list[list[int]], labels: list[str], *, title: str):
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, *, title: str) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: seconds to import, and only a plot needs it
 
     fig = confusion_figure(matrix, labels, title=title)
     fig.savefig(path)
@@ -275,8 +276,6 @@ def write(out_dir: Path, *, metrics: dict[str, Any], lineage: dict[str, Any]) ->
         plot_confusion(metrics["final"][split]["confusion_matrix"], labels, out_dir / CONFUSION_PNG,
                        title=f"Confusion matrix, {split} split" + (f" ({n} rows)" if n else ""))
         confusion_png = CONFUSION_PNG
-    from common.atomic import write_atomic
-
     path = out_dir / "report.md"
     write_atomic(path, render(metrics, lineage, loss_png=loss_png, confusion_png=confusion_png))
     return path

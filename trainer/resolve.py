@@ -8,7 +8,7 @@ model fails in well under a second rather than after a network timeout.
 Models whose repo carries Python files (or a config `auto_map`) would run that code on load; they
 are refused unless the config sets `trust_remote_code: true`.
 
-Trust: one site policy (`mirror.trust.policy`: `public_keys` from `--public-key` and the config,
+Trust: one site policy (`mirror.api.trust_policy`: `public_keys` from `--public-key` and the config,
 $MIRROR_TRUSTED_KEYS, and the approvals $MIRROR_APPROVALS / $MIRROR_APPROVAL_KEYS require) is
 enforced on every model this returns, wherever it comes from:
 - a bundle is installed only if the policy accepts it (`mirror.install` checks it over the
@@ -31,12 +31,16 @@ model's `skipped` says which failed. Only when none installs is the newest one's
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
+from urllib.parse import urlsplit
 
-from mirror.errors import ApprovalError, CacheNotWritable, MirrorError, SignatureError
+from common.modelfacts import remote_code_reason
+from mirror import api
+from mirror.api import ApprovalError, CacheNotWritable, MirrorError, SignatureError
 from trainer.errors import (
     BundleRejected,
     BundleUntrusted,
@@ -47,6 +51,7 @@ from trainer.errors import (
     TrainerError,
 )
 from trainer.files import check_regular
+from trainer.offline import allow_endpoint, hub_online, network_guard
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,7 @@ def resolve_model(
 ) -> ResolvedModel:
     """Find `model_id` locally, installing its newest bundle from `bundles_dir` if need be, under
     the site policy (`public_keys` plus the environment's keys and approvals; module docstring)."""
-    from mirror import install, trust
-
-    site = trust.policy(public_keys)
+    site = api.trust_policy(public_keys)
     local = Path(model_id).expanduser()
     if local.is_dir():
         refuse_plain_folder(model_id, site=site)
@@ -118,16 +121,16 @@ def resolve_model(
         return ResolvedModel(repo_id=model_id, path=local.resolve(), commit=None, bundle_path=None, bundle_sha256=None, source="local")
 
     bundles = Path(bundles_dir)
-    snapshot = install.find_snapshot(model_id, cache_dir=cache_dir)
+    snapshot = api.find_snapshot(model_id, cache_dir=cache_dir)
     if snapshot is not None:
         snapshot = Path(snapshot)
         commit = snapshot.name
         label = f"model {model_id}@{commit[:12]} in the HF cache"
-        install.check_snapshot(model_id, commit, cache_dir=cache_dir, label=label)
+        api.check_snapshot(model_id, commit, cache_dir=cache_dir, label=label)
         checked = _enforce_installed(site, model_id, commit, bundles=bundles, cache_dir=cache_dir, label=label)
         _refuse_remote_code(model_id, snapshot, trust_remote_code)
         # the bundle and sha256 its install checked, from the install record: no bundle byte is read
-        recorded = install.installed_bundle(model_id, commit, cache_dir=cache_dir)
+        recorded = api.installed_bundle(model_id, commit, cache_dir=cache_dir)
         if recorded is not None:
             return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path), bundle_sha256=recorded.sha256, source="cache",
                                  bundle_id=checked.bundle_id if checked else None, signer=checked.signer if checked else None)
@@ -138,10 +141,10 @@ def resolve_model(
         # other or damaged files, is not named in the lineage)
         origin = next((c for c in _candidates(bundles, model_id)[0] if c.commit == commit), None)
         try:
-            recorded = install.remember_bundle(model_id, commit, origin.path, cache_dir=cache_dir) if origin else None
+            recorded = api.remember_bundle(model_id, commit, origin.path, cache_dir=cache_dir) if origin else None
         except OSError:  # a read-only cache: nothing remembered, nothing named
             recorded = None
-        checked = install.installed_trust(model_id, commit, cache_dir=cache_dir) if recorded else checked
+        checked = api.installed_trust(model_id, commit, cache_dir=cache_dir) if recorded else checked
         return ResolvedModel(repo_id=model_id, path=snapshot, commit=commit, bundle_path=Path(recorded.path) if recorded else None,
                              bundle_sha256=recorded.sha256 if recorded else None, source="cache",
                              bundle_id=checked.bundle_id if checked else None, signer=checked.signer if checked else None)
@@ -185,9 +188,7 @@ def refuse_plain_folder(model_id: str, *, public_keys: Sequence[str | Path] = ()
     """A model folder named by path (not installed from a bundle) carries no signature and no
     bundle identity: refused while the site policy requires either (`trainer serve RUN_DIR` asks
     this too)."""
-    from mirror import trust
-
-    site = site if site is not None else trust.policy(public_keys)
+    site = site if site is not None else api.trust_policy(public_keys)
     if site.required:
         raise _policy_refusal(site, f"{model_id}: a plain folder carries no signature or bundle identity",
                               fix="pack it ('mirror pack'), sign it, install it, and name it by its repo id")
@@ -198,30 +199,28 @@ def _enforce_installed(site, model_id: str, commit: str, *, bundles: Path, cache
     or None without one). A record that cannot tell is settled by installing the bundle of that
     commit again (from the record's own path, else the bundles folder): the install checks the
     signature and approval over its manifest and records them. Raises what the policy raises."""
-    from mirror import install
-
-    record = install.installed_trust(model_id, commit, cache_dir=cache_dir)
+    record = api.installed_trust(model_id, commit, cache_dir=cache_dir)
     try:
         why = site.check_installed(record, label=label)
     except (SignatureError, ApprovalError) as e:
         raise _untrusted(label, e) from None
     if why is None:
         return record
-    recorded = install.installed_bundle(model_id, commit, cache_dir=cache_dir)
+    recorded = api.installed_bundle(model_id, commit, cache_dir=cache_dir)
     paths = [Path(recorded.path)] if recorded is not None and Path(recorded.path).is_file() else []
     paths += [c.path for c in _candidates(bundles, model_id)[0] if c.commit == commit and c.delta_base is None]
     if not paths:
         raise _policy_refusal(site, f"{label}: {why}, and no bundle of commit {commit[:12]} is in {bundles}/ to check it against",
                               fix=f"put its signed bundle in {bundles}/ (or 'mirror install BUNDLE --public-key KEY'), then run the command again")
     try:
-        install.install_bundle(paths[0], cache_dir=cache_dir, site=site, bundle_sha256=False)
+        api.install_bundle(paths[0], cache_dir=cache_dir, site=site, bundle_sha256=False)
     except (SignatureError, ApprovalError) as e:
         raise _untrusted(label, e) from None
     except CacheNotWritable:
         raise
     except MirrorError as e:
         raise BundleRejected(str(paths[0]), e) from e
-    record = install.installed_trust(model_id, commit, cache_dir=cache_dir)
+    record = api.installed_trust(model_id, commit, cache_dir=cache_dir)
     try:
         still = site.check_installed(record, label=label)
     except (SignatureError, ApprovalError) as e:
@@ -248,13 +247,11 @@ def _skip_line(e: TrainerError, used: _Candidate) -> str:
 
 
 def _install_chain(newest: _Candidate, candidates: list[_Candidate], model_id: str, cache_dir: str | Path | None, site):
-    from mirror import install
-
     sha256 = None
     installed = None
     for bundle in _install_order(newest, candidates, model_id, cache_dir):
         try:
-            installed = install.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=[str(k) for k in site.keys])  # the same policy, rebuilt there
+            installed = api.install_bundle(bundle.path, cache_dir=cache_dir, public_keys=[str(k) for k in site.keys])  # the same policy, rebuilt there
         except CacheNotWritable:
             raise  # the cache's fault, not the bundle's: no other bundle would fare better
         except (SignatureError, ApprovalError) as e:
@@ -270,13 +267,11 @@ def _install_order(newest: _Candidate, candidates: list[_Candidate], repo_id: st
 
     A base that is neither installed nor in the folder is left for `install_bundle` to report:
     its error names the missing base commit and bundle."""
-    from mirror import install
-
     by_commit = {c.commit: c for c in sorted(candidates, key=lambda c: (c.delta_base is not None, c.created_at))}
     chain = [newest]
     while chain[0].delta_base and len(chain) <= MAX_DELTA_CHAIN:
         base = chain[0].delta_base
-        if install.find_snapshot(repo_id, cache_dir=cache_dir, revision=base) is not None or base not in by_commit:
+        if api.find_snapshot(repo_id, cache_dir=cache_dir, revision=base) is not None or base not in by_commit:
             break
         chain.insert(0, by_commit[base])
     return chain
@@ -285,9 +280,7 @@ def _install_order(newest: _Candidate, candidates: list[_Candidate], repo_id: st
 def _not_available(model_id: str, *, bundles_dir: str, unreadable: list[_Skipped]) -> TrainerError:
     """No readable bundle holds the model. An unreadable one named for it (mirror names bundles
     ORG--NAME--COMMIT12.tar) is reported with why; any others are counted and named."""
-    from mirror.bundle import bundle_stem
-
-    prefix = bundle_stem(model_id, "")
+    prefix = api.bundle_stem(model_id, "")
     named = [s for s in unreadable if s.path.name.startswith(prefix)]
     if named:
         return BundleRejected(str(named[0].path), named[0].cause, note=f"it is named as a bundle of {model_id}; replace it with a good copy")
@@ -302,23 +295,17 @@ def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[_Sk
     and those skipped because they are not regular files or cannot be read.
 
     Single-file bundles are NAME.tar; multi-part ones are NAME.tar.part0001... with an index
-    NAME.tar.parts.json, which mirror reads as the one stream the parts stand for."""
-    from mirror.delta import delta_info
-    from mirror.parts import INDEX_SUFFIX
-    from mirror.tarformat import read_manifest
-
+    NAME.tar.parts.json, which mirror reads as the one stream the parts stand for; which of the
+    folder's entries are bundles is mirror's one rule (`scan_folder`: a single NAME.tar wins)."""
     found: list[_Candidate] = []
     unreadable: list[_Skipped] = []
     if not bundles.is_dir():
         return found, unreadable
-    tars = set(bundles.glob("*.tar"))
-    # a multi-part bundle is named by its index, as mirror names it; a single NAME.tar wins
-    names = tars | {p for p in bundles.glob("*.tar" + INDEX_SUFFIX) if p.with_name(p.name[: -len(INDEX_SUFFIX)]) not in tars}
-    for path in sorted(names):
+    for path in api.scan_folder(bundles):
         try:
             check_regular(path)  # a FIFO would block the read forever, a device never end it
-            m = read_manifest(path)
-            delta = delta_info(m, bundle=str(path))
+            m = api.read_manifest(path)
+            delta = api.delta_info(m, bundle=str(path))
         except _UNREADABLE as e:
             unreadable.append(_Skipped(path=path, cause=e))
             continue
@@ -333,31 +320,13 @@ def _candidates(bundles: Path, repo_id: str) -> tuple[list[_Candidate], list[_Sk
 def _bundle_sha256(path: Path) -> str:
     """The bundle's own sha256 (what lineage records): one streaming pass, or free from a
     multi-part bundle's index."""
-    from mirror.parts import stream_sha256
-
-    return stream_sha256(path)
-
-
-def needs_remote_code(snapshot: Path) -> str | None:
-    """Why loading `snapshot` would execute code from the repo, or None if it would not."""
-    py = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.py"))
-    if py:
-        return f"Python files in the repo: {', '.join(py[:3])}"
-    config = snapshot / "config.json"
-    if config.is_file():
-        try:
-            auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map")
-        except (OSError, ValueError, AttributeError):
-            auto_map = None
-        if auto_map:
-            return "config.json has auto_map (custom model classes)"
-    return None
+    return api.stream_sha256(path)
 
 
 def _refuse_remote_code(model_id: str, snapshot: Path, trust_remote_code: bool) -> None:
     if trust_remote_code:
         return
-    reason = needs_remote_code(snapshot)
+    reason = remote_code_reason(snapshot)  # the one judge, shared with mirror's manifest and policy
     if reason:
         raise RemoteCodeRefused(model_id, reason=reason)
 
@@ -367,9 +336,6 @@ def _refuse_remote_code(model_id: str, snapshot: Path, trust_remote_code: bool) 
 
 def site_endpoint() -> str | None:
     """$HF_ENDPOINT when it names an http(s) site mirror other than the public Hub, else None."""
-    import os
-    from urllib.parse import urlsplit
-
     url = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
     split = urlsplit(url)
     if split.scheme not in ("http", "https") or not split.hostname or split.hostname in ("huggingface.co", "hf.co"):
@@ -391,23 +357,20 @@ def _from_endpoint(model_id: str, endpoint: str, *, cache_dir: str | Path | None
     """Download `model_id` from the site mirror with huggingface_hub, pinned to the commit `main`
     resolves to there, into the HF cache. Only that host:port is reachable meanwhile (the
     network guard); the trainer stays offline for everything else."""
-    from mirror.hfcache import cache_root  # where every other step looks, not huggingface_hub's import-time constant
-    from trainer.offline import allow_endpoint, hub_online, network_guard
-
     if site.requires_signature:
         raise EndpointUnavailable(model_id, endpoint, "a signature is required (--public-key, public_keys or $MIRROR_TRUSTED_KEYS), and a download over HTTP carries none the trainer can check",
                                   fix="run the server with 'mirror serve --public-key KEY' (it then serves only bundles signed by it) and drop the key here, or use --bundles DIR")
     if site.requires_approval:
         raise EndpointUnavailable(model_id, endpoint, "an approval is required ($MIRROR_APPROVALS), and a download over HTTP carries no bundle identity the trainer can check it against",
                                   fix="put the approved bundle in --bundles DIR (the trainer installs it and checks its approval)")
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import HfApi, snapshot_download  # deferred: a Hugging Face import waits for offline
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     try:
         with network_guard(), allow_endpoint(endpoint), hub_online():
             info = HfApi(endpoint=endpoint).model_info(model_id, files_metadata=True)
             commit = info.sha
-            path = Path(snapshot_download(model_id, revision=commit, endpoint=endpoint, cache_dir=cache_root(cache_dir)))
+            path = Path(snapshot_download(model_id, revision=commit, endpoint=endpoint, cache_dir=api.cache_root(cache_dir)))  # where every other step looks, not huggingface_hub's import-time constant
     except RepositoryNotFoundError:
         raise EndpointUnavailable(model_id, endpoint, "the mirror serves no such model", fix=f"check the id, or ask the mirror's operators to add a bundle of it ('mirror pull {model_id}' on a connected host)") from None
     except RevisionNotFoundError:
@@ -423,19 +386,15 @@ def _check_fetched(model_id: str, endpoint: str, snapshot: Path, siblings) -> tu
     """Hash every downloaded file once (in parallel) against the mirror's own listing: size, LFS
     sha256, git blob sha1. A file that differs is removed from the cache (link and blob), so no
     wrong bytes stay under the commit's name. Returns (path, sha256) of every file, as hashed."""
-    from types import SimpleNamespace
-
-    from mirror.hashing import first_difference, hash_files
-
     want = {s.rfilename: SimpleNamespace(size=s.size, sha256=s.lfs.sha256 if s.lfs else "", git_sha1=s.blob_id or "") for s in siblings}
     files = {name: snapshot / name for name in want}
     missing = sorted(name for name, p in files.items() if not p.is_file())
     if missing:
         raise EndpointUnavailable(model_id, endpoint, f"{missing[0]} was listed but not downloaded", fix="run the command again; if it persists, check the mirror's logs")
     lfs = {p for name, p in files.items() if want[name].sha256}
-    got = hash_files(list(files.values()), lfs=lfs)
+    got = api.hash_files(list(files.values()), lfs=lfs)
     for name, p in sorted(files.items()):
-        diff = first_difference(want[name], got[p], skip_empty=True)
+        diff = api.first_difference(want[name], got[p], skip_empty=True)
         if diff is not None:
             algo, exp, act = diff
             blob = p.resolve()

@@ -26,15 +26,23 @@ its outputs. (A marked folder is a run in progress or one that died before it fi
 Anything else is refused; a non-empty folder that is not a trainer run is refused even with
 `--overwrite`: the trainer never deletes files it did not make. Only reads happen here; the recipe
 writes the marker (`mark()`) when it starts training.
+
+A finished run is read back here too: `read_lineage()` (its record) and `config_of_run()` (the
+config it ran with), which `trainer eval`, `predict` and `serve` start from; `RunResult` is what
+`trainer.recipes.run` returns.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from trainer.errors import OutputDirRefused
+from trainer import config as config_mod
+from trainer.config import Config
+from trainer.errors import OutputDirRefused, TrainerError, shown
 from trainer.files import open_regular
 
 MARKER = ".trainer-run"
@@ -126,3 +134,36 @@ def mark(output_dir: str | Path) -> None:
 def unmark(output_dir: str | Path) -> None:
     """A finished run is recognised by its lineage.json; the marker goes, so packs hold the model only."""
     (Path(output_dir) / MARKER).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output_dir: Path
+    metrics: dict[str, Any]  # the contents of metrics.json
+    wall_time_s: float
+
+
+def read_lineage(output_dir: str | Path) -> dict[str, Any]:
+    """The lineage record of the finished run in `output_dir` (TrainerError, one line, if none)."""
+    path = Path(output_dir) / LINEAGE_FILE
+    try:
+        with open_regular(path) as f:
+            record = json.loads(f.read(MAX_LINEAGE_BYTES + 1))
+    except OSError:  # missing, or a FIFO or device (NotRegularFile): nothing a run wrote
+        raise TrainerError(f"{output_dir} holds no finished run (no lineage.json): train it with 'trainer run CONFIG' first") from None
+    except (ValueError, RecursionError) as e:
+        raise TrainerError(f"{path} is not valid JSON ({shown(str(e))}): the run's record is damaged; train again") from e
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise TrainerError(f"{path} is not a lineage record (no 'config' mapping): the run's record is damaged; train again")
+    return record
+
+
+def config_of_run(output_dir: str | Path) -> Config:
+    """The resolved config a run recorded; relative data paths resolve against the run's cwd."""
+    lineage = read_lineage(output_dir)
+    raw = dict(lineage["config"])
+    cwd = Path(output_dir) / (lineage.get("cwd") or ".")  # relative to the run (an older run: absolute)
+    for key in ("train_files", "valid_files", "test_files"):
+        raw[key] = [p if Path(p).is_absolute() or Path(p).exists() else str(cwd / p) for p in raw.get(key) or []]
+    raw["output_dir"] = str(output_dir)
+    return config_mod.from_dict(raw, source=str(Path(output_dir) / LINEAGE_FILE))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Iterable
+
+from common.modelfacts import mark_random_init
 
 RANDOM_INIT_NOTE = "RANDOM-INITIALISED demo model: its outputs and metrics say nothing about a real model."
 
@@ -48,8 +51,7 @@ def _words(corpus: Iterable[str]) -> list[str]:
 
 def _mark(model_dir: Path, kind: str) -> None:
     cfg_path = model_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["mirror_demo"] = "random-init"
+    cfg = mark_random_init(json.loads(cfg_path.read_text()))
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (model_dir / "README.md").write_text(
         f"---\nlicense: apache-2.0\ntags: [random-init, demo]\n---\n# Tiny {kind}\n\n{RANDOM_INIT_NOTE}\n"
@@ -58,7 +60,7 @@ def _mark(model_dir: Path, kind: str) -> None:
 
 def wordpiece_tokenizer(out_dir: Path, corpus: Iterable[str] = (_DEFAULT_CORPUS,)):
     """A BERT-style uncased WordPiece tokenizer whose vocab is the corpus's words plus characters."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = [chr(c) for c in range(33, 127)]
@@ -75,8 +77,8 @@ def wordpiece_tokenizer(out_dir: Path, corpus: Iterable[str] = (_DEFAULT_CORPUS,
 
 def tiny_bert(out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,), seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     """A DistilBERT-shaped encoder (base model, no head), as a sequence classifier's starting point."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertModel
+    import torch  # deferred: seconds to import; only the work that needs it pays
+    from transformers import DistilBertConfig, DistilBertModel  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     out = Path(out_dir)
     tok = wordpiece_tokenizer(out, corpus)
@@ -91,14 +93,14 @@ def tiny_bert(out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,)
 
 def tiny_sentence_transformer(out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,), seed: int = 0, hidden: int = 32) -> Path:
     """A BERT encoder + mean pooling + normalize, saved in sentence-transformers layout."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertConfig, BertModel
+    import torch  # deferred: seconds to import; only the work that needs it pays
+    from sentence_transformers import SentenceTransformer  # deferred: a Hugging Face import waits for offline (and takes seconds)
+    from transformers import BertConfig, BertModel  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     try:  # sentence-transformers >= 6 moved the modules; the old `models` path warns there
-        from sentence_transformers.sentence_transformer import modules as models
+        from sentence_transformers.sentence_transformer import modules as models  # deferred: a Hugging Face import waits for offline (and takes seconds)
     except ImportError:
-        from sentence_transformers import models
+        from sentence_transformers import models  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     out = Path(out_dir)
     base = out.parent / (out.name + ".base")
@@ -112,8 +114,6 @@ def tiny_sentence_transformer(out_dir: str | Path, *, corpus: Iterable[str] = (_
     dim_of = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
     pool = models.Pooling(dim_of(), pooling_mode="mean")
     SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(out))
-    import shutil
-
     shutil.rmtree(base)
     _mark(out, "sentence-transformers encoder")
     return out
@@ -121,8 +121,8 @@ def tiny_sentence_transformer(out_dir: str | Path, *, corpus: Iterable[str] = (_
 
 def bpe_tokenizer(out_dir: Path, corpus: Iterable[str] = (_DEFAULT_CORPUS,), vocab_size: int = 512):
     """A byte-level BPE tokenizer with Qwen's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # deferred: a Hugging Face import waits for offline (and takes seconds)
+    from transformers import PreTrainedTokenizerFast  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tk = Tokenizer(models.BPE())
@@ -149,8 +149,8 @@ def tiny_causal_lm(
     out_dir: str | Path, *, corpus: Iterable[str] = (_DEFAULT_CORPUS,), seed: int = 0, hidden: int = 64, layers: int = 2, vocab_size: int = 512
 ) -> Path:
     """A Qwen2-shaped causal LM with a Qwen chat template."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import torch  # deferred: seconds to import; only the work that needs it pays
+    from transformers import Qwen2Config, Qwen2ForCausalLM  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     out = Path(out_dir)
     tok = bpe_tokenizer(out, corpus, vocab_size=vocab_size)

@@ -19,10 +19,11 @@ import hashlib
 import json
 import os
 import uuid
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from mirror.hashing import sha256_file
+from mirror import api
 from trainer import files
 
 FORMAT = 1
@@ -45,12 +46,10 @@ def cache_dir(output_dir: str | Path) -> Path:
 def tokenizer_fingerprint(model_dir: str | Path) -> dict[str, str]:
     """sha256 of each tokenizer file present in model_dir."""
     d = Path(model_dir)
-    return {name: sha256_file(d / name) for name in TOKENIZER_FILES if (d / name).is_file()}
+    return {name: api.sha256_file(d / name) for name in TOKENIZER_FILES if (d / name).is_file()}
 
 
 def _library_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out: dict[str, str | None] = {}
     for name in ("tokenizers", "transformers"):
         try:

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+import yaml
 
+from common import safejson, yamlsafe
 from common.progress import human_size
 from mirror.cli import _options as opt
 from mirror.cli import _output as ui
@@ -30,10 +32,11 @@ class _PullCommand(ui.Command):
 
 
 def _config_model_ids(path: Path) -> list[str]:
-    import yaml
-
+    """The base model of a trainer config, read by the trainer's own rules (common.yamlsafe:
+    bounded, a regular file, no aliases); mirror never imports the trainer."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safejson.read_file(path, what="config", max_bytes=yamlsafe.MAX_CONFIG_BYTES, error=UsageError)
+        data = yamlsafe.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UsageError(f"--config {path}: cannot read it as YAML ({ui.one_line(e)})") from e
     model_id = data.get("model_id") if isinstance(data, dict) else None

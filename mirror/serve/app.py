@@ -22,7 +22,7 @@ decoded once, and an unsafe path is refused before any lookup).
 the whole request (head and capped body) before it gets here and sends the reply. Every input a
 client controls is bounded before Python's parsers see it: a Range's numbers by their digits, a
 JSON body by `safejson` (depth, number length), an error header by `httpd.header_value`.
-Credentials are checked through `auth.TokenSet` and `auth.FailureThrottle`: the request records
+Credentials are checked through `common.tokens.TokenSet` and `FailureThrottle`: the request records
 which token's name made it (for the access log), and a client that keeps sending refused tokens
 gets 429 with Retry-After.
 """
@@ -30,18 +30,21 @@ gets 429 with Retry-After.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from common import safejson
+from common.tokens import FailureThrottle, TokenSet
 from mirror.errors import UsageError
 from mirror.ids import unsafe_path_reason
 from mirror.serve import hubapi, spans
-from mirror.serve.auth import FailureThrottle, TokenSet
 from mirror.serve.httpd import HTTPError, Reply, Request, error_reply
 from mirror.serve.metrics import Metrics
+
+log = logging.getLogger("mirror.serve")  # the throttle's warnings go where the server's own do
 
 MAX_BODY = 1024 * 1024  # a paths-info form or a login: far below this
 MAX_CARD = 1024 * 1024  # README.md read for cardData
@@ -62,7 +65,7 @@ class ServeApp:
     def __init__(self, catalogue, *, tokens: TokenSet | None = None, metrics: Metrics | None = None, throttle: FailureThrottle | None = None):
         self.catalogue = catalogue
         self.tokens = tokens
-        self.throttle = throttle or FailureThrottle()
+        self.throttle = throttle or FailureThrottle(log=log)
         self.metrics = metrics or Metrics(catalogue)
         self._cards: dict[tuple[str, str], dict | None] = {}
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mirror import tlsconfig
-from mirror.errors import ServeAddressError, UsageError
+from common import tlsconfig
+from common.tokens import read_tokens
+from mirror.errors import ServeAddressError, TLSConfigError, UsageError
 from mirror.serve.app import ServeApp
-from mirror.serve.auth import read_tokens
 from mirror.serve.catalogue import Catalogue
 from mirror.serve.httpd import Front, Limits
 from mirror.serve.metrics import Metrics
@@ -110,8 +110,8 @@ class Prepared:
 
 def prepare(opts: ServeOptions) -> Prepared:
     """Everything that can fail on bad input, before any socket: TLS pair, tokens, folder, keys, first scan."""
-    tls = tlsconfig.load(opts.tls_cert, opts.tls_key)
-    tokens = read_tokens(opts.token_file) if opts.token_file is not None else None
+    tls = tlsconfig.load(opts.tls_cert, opts.tls_key, error=TLSConfigError)
+    tokens = read_tokens(opts.token_file, error=UsageError) if opts.token_file is not None else None
     state = opts.state_file if opts.state_file is not None else default_state_file(opts.bundles_dir)
     catalogue = Catalogue(opts.bundles_dir, public_keys=opts.public_keys, state_file=state)
     catalogue.refresh()
@@ -122,7 +122,7 @@ def serve(opts: ServeOptions) -> int:
     """Verify the folder, bind, and serve until SIGTERM/SIGINT; 0 after a graceful stop."""
     configure_logging()
     ready = prepare(opts)
-    ssl_context = tlsconfig.server_context(ready.tls) if ready.tls else None
+    ssl_context = tlsconfig.server_context(ready.tls, error=TLSConfigError) if ready.tls else None
     limit = raise_nofile(opts.max_connections + NOFILE_SPARE)
     max_connections = min(opts.max_connections, limit - NOFILE_SPARE)
     if max_connections < opts.max_connections:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import safejson
+from common.modelfacts import is_random_init_config
 from mirror.errors import MirrorError, UsageError
 from mirror.manifest import classify
 
-DEMO_MARK = ("mirror_demo", "random-init")  # trainer/tiny.py writes it into a demo model's config.json
 CONFIG_BYTES = 64 * 1024  # a config.json larger than this is not a tiny demo model's
 MAX_QUERY = 200  # characters of a filter; longer is not a filter a person typed
 
@@ -240,7 +240,7 @@ def demo_reason(catalogue, commit) -> str | None:
     if isinstance(base, dict) and base.get("random_init") is True:
         return "trained from a RANDOM-INITIALISED demo base model: its outputs mean nothing"
     cfg = config(catalogue, commit)
-    if isinstance(cfg, dict) and cfg.get(DEMO_MARK[0]) == DEMO_MARK[1]:
+    if is_random_init_config(cfg):
         return "RANDOM-INITIALISED demo model (config.json says mirror_demo: random-init): its outputs mean nothing"
     return None
 

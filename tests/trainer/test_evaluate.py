@@ -10,16 +10,16 @@ import pytest
 import yaml
 
 from trainer.errors import TrainerError
-from trainer.evaluate import (
+from trainer.evaluate import evaluate
+from trainer.metrics import (
     best_threshold_accuracy,
     classification_metrics,
-    config_of_run,
-    evaluate,
     pair_metrics,
     perplexity,
     retrieval_metrics,
     spearman,
 )
+from trainer.rundir import config_of_run
 
 
 def test_classification_metrics_by_hand():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.test_classification import local, make_cfg, write_rows
-from trainer import progress
+from common import progress
 from trainer.recipes import run
 
 # `step 12/40 (30 %), loss 0.6931, 85.20 steps/s, 681.6 samples/s, ETA 0 s`
@@ -22,7 +22,7 @@ STEP = re.compile(
 
 
 def test_run_prints_step_lines_off_a_terminal(tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
-    monkeypatch.setenv(progress.INTERVAL_ENV, "0.001")  # a tiny model's step is milliseconds
+    monkeypatch.setenv(progress.STEPS_INTERVAL_ENV, "0.001")  # a tiny model's step is milliseconds
     for split, n, seed in (("train", 64, 1), ("valid", 24, 2), ("test", 8, 3)):
         write_rows(tmp_path / f"{split}.jsonl", n, seed)
     result = run(make_cfg(tmp_path, epochs=2), model=local(tiny_bert_dir))
@@ -44,7 +44,7 @@ def test_run_prints_step_lines_off_a_terminal(tmp_path: Path, tiny_bert_dir: Pat
 
 
 def test_interval_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(progress.INTERVAL_ENV, "0.05")
+    monkeypatch.setenv(progress.STEPS_INTERVAL_ENV, "0.05")
     out = io.StringIO()
     rep = progress.Steps(total=100, done=40, rows_per_step=16, stream=out)
     rep.step(41, 1.0)  # before the interval: nothing
@@ -68,7 +68,7 @@ def test_step_line_format() -> None:
 
 
 def test_silent_when_quiet_or_not_main(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(progress.INTERVAL_ENV, "0.001")
+    monkeypatch.setenv(progress.STEPS_INTERVAL_ENV, "0.001")
     out = io.StringIO()
     other_rank = progress.Steps(total=10, enabled=False, stream=out)
     progress.configure(quiet=True)
@@ -80,6 +80,6 @@ def test_silent_when_quiet_or_not_main(monkeypatch: pytest.MonkeyPatch) -> None:
     for rep in (other_rank, quiet):
         rep.step(5, 1.0)
     assert out.getvalue() == ""
-    assert progress.log_interval() == 0.001
-    monkeypatch.delenv(progress.INTERVAL_ENV)
-    assert progress.log_interval() == progress.LOG_INTERVAL
+    assert progress.log_interval(progress.STEPS_INTERVAL_ENV, progress.STEPS_LOG_INTERVAL) == 0.001
+    monkeypatch.delenv(progress.STEPS_INTERVAL_ENV)
+    assert progress.log_interval(progress.STEPS_INTERVAL_ENV, progress.STEPS_LOG_INTERVAL) == progress.STEPS_LOG_INTERVAL

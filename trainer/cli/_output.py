@@ -28,12 +28,12 @@ def note(message: str, *, quiet: bool) -> None:
 
 @contextlib.contextmanager
 def verbosity_set(*, quiet: bool, verbose: bool) -> Iterator[None]:
-    """-q/-v for one command: our progress and notes (trainer.progress, the recipes' log lines)
+    """-q/-v for one command: our progress and notes (common.progress, the recipes' log lines)
     and transformers' own messages (errors only with -q, info with -v); put back afterwards, so
     one command's -q never silences the next in the same process."""
     from transformers.utils import logging as hf_logging
 
-    from trainer import progress
+    from common import progress
     from trainer.recipes import common
 
     before = hf_logging.get_verbosity()

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from trainer import data, dist, progress, tokencache
+from common import progress
+from trainer import data, dist, tokencache
 from trainer.config import Config
-from trainer.evaluate import classification_metrics
-from trainer.recipes import RunResult, common
+from trainer.metrics import classification_metrics
+from trainer.recipes import common
 from trainer.resolve import ResolvedModel
 
 ENCODER_MAX_LENGTH = 512  # position-embedding limit of BERT-family encoders
@@ -51,7 +52,7 @@ def encode_split(cfg: Config, tokenizer: Any, split: str, *, model_dir: str | Pa
 
 
 def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     kwargs: dict[str, Any] = {}
@@ -67,7 +68,7 @@ def load(path: str | Path, cfg: Config, rt: common.Runtime, *, new_head: bool):
             str(path), dtype=rt.param_dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
         )
         return model.to(rt.device), tokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     # the head is new on purpose: transformers' "LOAD REPORT ... newly initialized ... Consider
     # training" is noise here, so it is silenced and said in one line of our own
@@ -111,7 +112,7 @@ def save_model(model: Any, tokenizer: Any, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult:
+def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> common.RunResult:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     # --- setup -----------------------------------------------------------------------------------
     rt = common.setup_runtime(cfg)
@@ -143,7 +144,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
         batches = dist.shard_batches(plan, rt.dist)
         running = torch.zeros((), device=rt.device)
         try:
-            for i, chunk in common.progress(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
+            for i, chunk in common.bar(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
                 batch = common.pad_batch([train_ids[j] for j in chunk], pad_id=pad_id)
                 batch["labels"] = torch.tensor([train_labels[j] for j in chunk])
                 last = (i + 1) % accum == 0 or i + 1 == len(batches)
@@ -189,7 +190,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     # --- save ------------------------------------------------------------------------------------
     if not rt.is_main:
         dist.shutdown(rt.dist)
-        return RunResult(output_dir=Path(cfg.output_dir), metrics={}, wall_time_s=time.perf_counter() - t0)
+        return common.RunResult(output_dir=Path(cfg.output_dir), metrics={}, wall_time_s=time.perf_counter() - t0)
     if state.best_epoch is not None and state.best_epoch != state.epoch:
         common.load_best(net, cfg.output_dir, epoch=state.best_epoch)
     final: dict[str, Any] = {}
@@ -200,7 +201,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     stage = common.staging_dir(cfg.output_dir)
     save_model(net, tokenizer, stage)
     sizes = {s: len(v[0]) for s, v in splits.items()}
-    result = common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0)
+    result = common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, evaluate_saved=evaluate_saved)
     dist.shutdown(rt.dist)
     return result
 

@@ -15,21 +15,25 @@ import os
 import random
 import shutil
 import sys
+import time
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from trainer import dist, rundir
-from trainer.config import Config
+from common import signals
+from common.modelfacts import RANDOM_INIT_BANNER, is_random_init
+from trainer import dist, lineage, report, rundir
+from trainer.config import Config, replace
 from trainer.errors import Interrupted, TrainerError
-from trainer.rundir import CHECKPOINT_DIR
-
-RANDOM_INIT_BANNER = "RANDOM-INITIALISED DEMO MODEL"
+from trainer.metrics import HIGHER_IS_BETTER, MAIN_METRIC
+from trainer.rundir import CHECKPOINT_DIR, RunResult
 
 
 # --- runtime ---------------------------------------------------------------------------------------
@@ -66,7 +70,7 @@ def setup_runtime(cfg: Config) -> Runtime:
     """Seed everything, set threads, pick the device and the precision the config asks for."""
     seed_everything(cfg.seed)
     if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # deferred: a Hugging Face import waits for offline
 
         hf_logging.disable_progress_bar()  # per-file "Loading weights" bars only clutter logs
     cuda = torch.cuda.is_available()
@@ -142,23 +146,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
     with contextlib.suppress(ImportError):
-        import numpy as np
+        import numpy as np  # optional: seeded only where installed
 
         np.random.seed(seed)
 
 
-def is_random_init(model_path: Path) -> bool:
-    """True for the project's tiny demo models (`trainer.tiny` marks their config.json)."""
-    try:
-        cfg = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and cfg.get("mirror_demo") == "random-init"
-
-
-def progress(iterable: Any, *, total: int | None = None, desc: str = "") -> Any:
-    """A tqdm bar on a terminal; silent in logs and tests."""
-    from tqdm.auto import tqdm
+def bar(iterable: Any, *, total: int | None = None, desc: str = "") -> Any:
+    """A tqdm bar on a terminal; silent in logs and tests (there `common.progress.Steps` prints)."""
+    from tqdm.auto import tqdm  # deferred: tqdm.auto looks for notebook support on import
 
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
@@ -246,8 +241,6 @@ def total_steps(cfg: Config, batches_per_epoch: int) -> int:
 
 def replace_accum(cfg: Config, accumulation: int) -> Config:
     """cfg with the accumulation a memory plan chose (rows per optimizer step unchanged)."""
-    from trainer.config import replace
-
     return cfg if accumulation == cfg.gradient_accumulation_steps else replace(cfg, gradient_accumulation_steps=accumulation)
 
 
@@ -308,8 +301,6 @@ def grad_scaler(rt: Runtime) -> Any:
 def selection_key(task: str, metrics: dict[str, Any]) -> list[float] | None:
     """What best-model selection compares, larger is better: the task's main metric, then lower
     validation loss to break ties (a saturated metric would otherwise freeze on an early epoch)."""
-    from trainer.evaluate import HIGHER_IS_BETTER, MAIN_METRIC
-
     main = metrics.get(MAIN_METRIC[task])
     if not isinstance(main, (int, float)) or math.isnan(main):
         return None
@@ -420,8 +411,6 @@ def save_checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
 
 
 def _check_meta(path: Path, key: str, expected: int) -> None:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise TrainerError(f"{path} is missing: the checkpoint is incomplete; start again without --resume")
     with safe_open(str(path), framework="pt") as f:
@@ -469,8 +458,6 @@ def interrupted(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, 
     err.checkpoint = ckpt  # type: ignore[attr-defined]
     cause = sys.exc_info()[1]  # called inside `except KeyboardInterrupt`: which signal it was
     if isinstance(cause, KeyboardInterrupt):
-        from common import signals
-
         err.exit_code = signals.exit_code(cause)
     return err
 
@@ -580,17 +567,16 @@ def epoch_line(record: dict[str, Any], keys: Sequence[str]) -> str:
     return "  ".join(parts)
 
 
-def base_metrics(cfg: Config, base_path: Path, *, final: dict[str, Any], rt: Runtime) -> dict[str, Any] | None:
+def base_metrics(cfg: Config, base_path: Path, *, final: dict[str, Any], rt: Runtime, evaluate_saved: Callable[..., dict[str, Any]]) -> dict[str, Any] | None:
     """The untrained base model on the split the report compares on (test, else validation),
-    evaluated once at the end of a run, so that report.md shows what fine-tuning changed. None
-    without held-out data, and under torchrun (a second full copy of a sharded model may not fit)."""
+    evaluated once at the end of a run by the recipe's own `evaluate_saved`, so that report.md
+    shows what fine-tuning changed. None without held-out data, and under torchrun (a second full
+    copy of a sharded model may not fit)."""
     split = "test" if "test" in final else "valid" if "valid" in final else None
     if split is None or rt.dist.world_size > 1:
         return None
-    from trainer.evaluate import _recipe
-
     log(f"evaluating the base model on {split} for the report")
-    values = _recipe(cfg.task).evaluate_saved(cfg, Path(base_path), split=split, rt=rt, base=True)
+    values = evaluate_saved(cfg, Path(base_path), split=split, rt=rt, base=True)
     return {"split": split, "metrics": values}
 
 
@@ -605,19 +591,14 @@ def finish(
     rt: Runtime,
     started: Any,
     t0: float,
+    evaluate_saved: Callable[..., dict[str, Any]],
     extra: dict[str, Any] | None = None,
-) -> Any:
+) -> RunResult:
     """Write metrics.json, report.md (+ plots) and lineage.json next to the staged weights, then
-    publish them into output_dir. `model` is the ResolvedModel the run started from."""
-    import time
-    from datetime import datetime, timezone
-
-    from trainer import lineage, report
-    from trainer.evaluate import HIGHER_IS_BETTER, MAIN_METRIC
-    from trainer.recipes import RunResult
-
+    publish them into output_dir. `model` is the ResolvedModel the run started from;
+    `evaluate_saved` the recipe's own (it measures the base model for the report)."""
     random_init = is_random_init(model.path)
-    baseline = base_metrics(cfg, model.path, final=final, rt=rt)
+    baseline = base_metrics(cfg, model.path, final=final, rt=rt, evaluate_saved=evaluate_saved)
     wall = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "task": cfg.task,

@@ -16,18 +16,19 @@ from typing import Any
 
 import torch
 
-from trainer import data, progress
+from common import progress
+from trainer import data
 from trainer.config import Config
 from trainer.errors import TrainerError
-from trainer.evaluate import pair_metrics, retrieval_metrics
-from trainer.recipes import RunResult, common
+from trainer.metrics import pair_metrics, retrieval_metrics
+from trainer.recipes import common
 from trainer.resolve import ResolvedModel
 
 Pair = tuple[str, str, "float | None"]
 
 
 def load(path: str | Path, cfg: Config, rt: common.Runtime):
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     model = SentenceTransformer(str(path), device=str(rt.device), trust_remote_code=cfg.trust_remote_code)
     if cfg.max_length:
@@ -55,7 +56,7 @@ def choose_loss(cfg: Config, pairs: list[Pair]) -> str:
 
 
 def build_loss(name: str, model: Any):
-    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers.sentence_transformer import losses  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     return {
         "mnrl": losses.MultipleNegativesRankingLoss,
@@ -140,7 +141,7 @@ def save_model(model: Any, out: Path) -> None:
     model.save(str(out), safe_serialization=True, create_model_card=False)
 
 
-def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult:
+def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> common.RunResult:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     # --- setup -----------------------------------------------------------------------------------
     rt = common.setup_runtime(cfg)
@@ -174,7 +175,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
         batches = epoch_batches(loss_name, train, cfg, epoch)
         running = torch.zeros((), device=rt.device)
         try:
-            for i, chunk in common.progress(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
+            for i, chunk in common.bar(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
                 fa = features(net, [train[j][0] for j in chunk], rt.device)
                 fb = features(net, [train[j][1] for j in chunk], rt.device)
                 labels = torch.tensor([train[j][2] if train[j][2] is not None else 1.0 for j in chunk], device=rt.device)
@@ -217,7 +218,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
     save_model(net, stage)
     sizes = {s: len(v) for s, v in splits.items()}
     extra = {"loss_function": LOSS_NAMES[loss_name]}
-    return common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, extra=extra)
+    return common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, evaluate_saved=evaluate_saved, extra=extra)
 
 
 # --- trainer eval / predict on a saved model -------------------------------------------------------

@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
-from trainer import data, dist, memory, packing, progress, tokencache
+from common import progress
+from trainer import data, dist, memory, packing, tokencache
 from trainer.config import Config
 from trainer.errors import TrainerError
-from trainer.evaluate import perplexity, read_lineage
-from trainer.recipes import RunResult, common
+from trainer.metrics import perplexity
+from trainer.recipes import common
 from trainer.resolve import ResolvedModel
+from trainer.rundir import read_lineage
 
 DEFAULT_MAX_LENGTH = 2048  # when the config leaves it open: instruct models ship 32k+ limits nobody trains at
 IGNORE = -100  # the label value the loss skips
@@ -103,7 +105,7 @@ def encode_split(cfg: Config, tokenizer: Any, split: str, *, model_dir: str | Pa
 
 
 def load(path: str | Path, cfg: Config, rt: common.Runtime):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
     if not getattr(tokenizer, "chat_template", None):
@@ -120,7 +122,7 @@ def load(path: str | Path, cfg: Config, rt: common.Runtime):
 
 
 def add_lora(model: Any, cfg: Config) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -184,7 +186,7 @@ def make_batch(ids: list[list[int]], labels: list[list[int]], *, pad_id: int, pa
     return common.pad_batch(ids, pad_id=pad_id, labels=labels)
 
 
-def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult:
+def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> common.RunResult:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     # --- setup -----------------------------------------------------------------------------------
     rt = common.setup_runtime(cfg)
@@ -254,7 +256,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
         batches = dist.shard_batches(common.length_grouped_batches(lengths, batch_size=global_batch, seed=cfg.seed, epoch=epoch), rt.dist)
         running = torch.zeros((), device=rt.device)
         try:
-            for i, chunk in common.progress(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
+            for i, chunk in common.bar(common.iter_epoch_batches(batches, skip=state.batches_done), total=len(batches) - state.batches_done, desc=f"epoch {epoch + 1}"):
                 batch = make_batch([train_ids[j] for j in chunk], [train_labels[j] for j in chunk], pad_id=pad_id, pack=pack, limit=limit, attn=attn)
                 step_tokens += sum(lengths[j] for j in chunk)
                 last = (i + 1) % accum == 0 or i + 1 == len(batches)
@@ -308,7 +310,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
         full = dist.full_state_dict(net, rt.dist)  # collective: the unsharded weights, on CPU
     if not main:
         dist.shutdown(rt.dist)
-        return RunResult(output_dir=Path(cfg.output_dir), metrics={}, wall_time_s=time.perf_counter() - t0)
+        return common.RunResult(output_dir=Path(cfg.output_dir), metrics={}, wall_time_s=time.perf_counter() - t0)
     if fsdp:
         stage = common.staging_dir(cfg.output_dir)
         save_full(net, full, tokenizer, stage, model_path=model.path, cfg=cfg)
@@ -325,7 +327,7 @@ def run(cfg: Config, *, model: ResolvedModel, resume: bool = False) -> RunResult
         "gradient_accumulation_steps": accum, "torch_compile": cfg.torch_compile,
         "step_throughput": throughput,
     }
-    result = common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, extra=extra)
+    result = common.finish(cfg, model, stage=stage, state=state, final=final, sizes=sizes, rt=rt, started=started, t0=t0, evaluate_saved=evaluate_saved, extra=extra)
     dist.shutdown(rt.dist)
     return result
 
@@ -337,7 +339,7 @@ def shared_system_prompt_of(cfg: Config) -> str | None:
 def save_full(net: Any, state_dict: dict[str, torch.Tensor] | None, tokenizer: Any, out: Path, *, model_path: Path, cfg: Config) -> None:
     """FSDP: the gathered full weights, saved through a fresh unsharded copy of the architecture
     (save_pretrained handles tied weights and sharded safetensors files)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # deferred: a Hugging Face import waits for offline (and takes seconds)
 
     with torch.device("meta"):
         shell = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_path), trust_remote_code=cfg.trust_remote_code), trust_remote_code=cfg.trust_remote_code)

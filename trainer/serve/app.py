@@ -29,20 +29,27 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
+from jinja2 import TemplateError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mirror.serve.auth import FailureThrottle, TokenSet
+from common.tokens import FailureThrottle, TokenSet
+from trainer import generate
 from trainer.errors import TextTooLong
+from trainer.offline import guard_active
+from trainer.serve import models as fwd
 from trainer.serve.batching import Batcher
 from trainer.serve.models import TASK_ENDPOINTS, TASK_WORDS, Served
 
@@ -169,12 +176,10 @@ class Service:
     """The served models, their workers, the knowledge base and the metrics of one server."""
 
     def __init__(self, models: list[Served], *, rt: Any, limits: Limits, kb: Any = None, workers: int = 1, tokens: TokenSet | None = None):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
         self.models = {m.task: m for m in models}
         self.rt, self.limits, self.kb = rt, limits, kb
         self.tokens = tokens  # None: no token needed (mirror serve's token file and throttle, the same rules)
-        self.throttle = FailureThrottle()
+        self.throttle = FailureThrottle(log=log)
         self.started = time.time()
         self.registry = CollectorRegistry()
         self.m_requests = Counter("trainer_serve_requests", "HTTP requests answered", ["route", "status"], registry=self.registry)
@@ -192,8 +197,6 @@ class Service:
         self.m_refused = Counter("trainer_serve_auth_refused", "Requests refused for a missing or wrong token (401) or too many wrong ones (429)", ["status"], registry=self.registry)
         self.m_queue = Gauge("trainer_serve_queue_depth", "Requests waiting for a model's worker", ["model"], registry=self.registry)
         self.workers: dict[str, Batcher] = {}
-        from trainer.serve import models as fwd
-
         chunk, wait = limits.max_batch_texts, limits.batch_wait_ms / 1000
         if "embeddings" in self.models:
             m = self.models["embeddings"]
@@ -251,8 +254,6 @@ class Service:
     # --- generation (on the sft worker's thread)
 
     def _generate_batch(self, jobs: list[dict[str, Any]]) -> list[Any]:
-        from trainer import generate
-
         m = self.models["sft"]
         out: list[Any] = []
         for job in jobs:  # max_items is 1: one generation at a time
@@ -273,15 +274,11 @@ class Service:
 
     def chat_job(self, messages: list[dict[str, str]], *, max_new_tokens: int | None, temperature: float, top_p: float = 1.0, seed: int | None = None) -> dict[str, Any]:
         """Validate and prepare one generation: prompt tokens and settings within the limits."""
-        from trainer import generate
-
         m = self.need("sft", "/chat")
         if max_new_tokens is not None and max_new_tokens > self.limits.max_new_tokens:
             raise ClientError(422, f"max_new_tokens {max_new_tokens} is over the limit of {self.limits.max_new_tokens}: ask for fewer (the server's --max-new-tokens)")
         new = max_new_tokens or min(self.limits.default_new_tokens, self.limits.max_new_tokens)
         tok = m.handles["tokenizer"]
-        from jinja2 import TemplateError
-
         try:
             ids = generate.prompt_ids(tok, messages)
         except (TemplateError, ValueError, TypeError, KeyError, IndexError) as e:  # a template that refuses this conversation (roles out of order)
@@ -340,10 +337,6 @@ async def _disconnected(request: Request) -> None:
 
 def _offline() -> dict[str, Any]:
     """What keeps this process offline, read from the process itself (not from configuration)."""
-    import os
-
-    from trainer.offline import guard_active
-
     return {"network_guard": guard_active(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE") == "1"}
 
 
@@ -499,8 +492,6 @@ class _Edge:
 
 def build_app(service: Service) -> Any:
     """The FastAPI app over `service` (its workers are started and stopped with the app)."""
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start()
@@ -547,8 +538,6 @@ def build_app(service: Service) -> Any:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/classify")

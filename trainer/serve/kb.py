@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.cachedirs import user_cache_home
+from safetensors import SafetensorError, safe_open
+
+from common.atomic import write_atomic
+from mirror import api
 from trainer.errors import ServeError
+from trainer.files import open_regular
 
 log = logging.getLogger("trainer.serve")
 
@@ -59,7 +63,6 @@ def split_paragraphs(text: str) -> list[str]:
 
 
 def read_folder(folder: str | Path) -> list[Paragraph]:
-    from trainer.files import open_regular
 
     root = Path(folder)
     if not root.is_dir():
@@ -91,19 +94,17 @@ def read_folder(folder: str | Path) -> list[Paragraph]:
 def model_key(model_dir: str | Path, variant: str = "") -> str:
     """sha256 naming the embedding model by its weights (and `variant`: the precision it runs
     at, which changes the vectors a little): a retrained model gets a new cache."""
-    from mirror.hashing import sha256_file
-
     h = hashlib.sha256(f"{CACHE_VERSION}:{variant}".encode())
     weights = sorted(Path(model_dir).rglob("*.safetensors"))
     for w in weights:
-        h.update(f"{w.relative_to(model_dir).as_posix()}:{sha256_file(w)}\n".encode())
+        h.update(f"{w.relative_to(model_dir).as_posix()}:{api.sha256_file(w)}\n".encode())
     if not weights:  # no safetensors (a pickle-only model is refused elsewhere); name it by its folder
         h.update(str(Path(model_dir).resolve()).encode())
     return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
-    return user_cache_home() / "trainer" / "kb"  # $XDG_CACHE_HOME or ~/.cache: mirror's one rule
+    return api.user_cache_home() / "trainer" / "kb"  # $XDG_CACHE_HOME or ~/.cache: mirror's one rule
 
 
 @dataclass
@@ -125,7 +126,7 @@ class KnowledgeBase:
         return out
 
     def search(self, query_vector: Any, top_k: int) -> list[tuple[Paragraph, float]]:
-        import torch
+        import torch  # deferred: seconds to import; only the work that needs it pays
 
         scores = self.vectors @ query_vector.float()
         k = min(top_k, len(self.paragraphs))
@@ -135,8 +136,6 @@ class KnowledgeBase:
 
 def _load_cache(path: Path) -> dict[str, Any]:
     """paragraph sha256 -> vector, from a cache file; {} when there is none or it is damaged."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         return {}
     try:
@@ -153,10 +152,8 @@ def _load_cache(path: Path) -> dict[str, Any]:
 
 def build(folder: str | Path, *, embed: Callable[[list[str]], Any], model_dir: str | Path, cache_dir: str | Path, variant: str = "") -> KnowledgeBase:
     """Read the folder and embed its paragraphs, reusing the cache for every unchanged one."""
-    import torch
-    from safetensors.torch import save
-
-    from common.atomic import write_atomic
+    import torch  # deferred: seconds to import; only the work that needs it pays
+    from safetensors.torch import save  # deferred: it imports torch
 
     paragraphs = read_folder(folder)
     cache_file = Path(cache_dir) / f"{model_key(model_dir, variant)[:32]}.safetensors"

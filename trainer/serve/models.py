@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.modelfacts import RANDOM_INIT_BANNER, is_random_init
+from trainer import config as config_mod
+from trainer import recipes
 from trainer.errors import ServeError, TextTooLong
+from trainer.resolve import refuse_plain_folder, resolve_model
+from trainer.rundir import config_of_run, read_lineage
 
 TASK_ENDPOINTS = {
     "classification": ("/classify",),
@@ -49,8 +54,6 @@ class Served:
 
     def info(self) -> dict[str, Any]:
         """What is served, for /health and /v1/models: enough to audit where an answer came from."""
-        from trainer.recipes.common import RANDOM_INIT_BANNER
-
         base = (self.lineage or {}).get("base_model") or {}
         out: dict[str, Any] = {"id": self.name, "task": self.task, "endpoints": list(TASK_ENDPOINTS[self.task]), "source": self.source}
         # the served weights' own commit and bundle exist only when they came from the cache or a
@@ -96,8 +99,6 @@ def infer_task(folder: Path) -> str:
 
 def _plain_config(name: str, folder: Path, task: str) -> Any:
     """A Config for a model folder that no run describes: the recipes' loaders take one."""
-    from trainer import config as config_mod
-
     raw: dict[str, Any] = {"model_id": name, "output_dir": str(folder), "train_file": "(not a run)", "task": task}
     if task == "classification":
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -108,14 +109,9 @@ def _plain_config(name: str, folder: Path, task: str) -> Any:
 
 def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Served:
     """A MODEL argument -> what will be served (not loaded yet)."""
-    from trainer.evaluate import config_of_run, read_lineage
-    from trainer.recipes.common import is_random_init
-
     p = Path(arg)
     commit = bundle_sha = None
     if p.is_dir():
-        from trainer.resolve import refuse_plain_folder
-
         refuse_plain_folder(arg, public_keys=public_keys)  # the site policy: a folder carries no signature
         folder, name, source = p, p.resolve().name, "local folder"
     elif p.exists():
@@ -123,8 +119,6 @@ def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Serve
     elif arg.startswith((".", "/", "~")) or arg.count("/") != 1:
         raise ServeError(f"{arg}: no such folder, and not a repo id (org/name): name a run folder, a model folder or a repo id")
     else:
-        from trainer.resolve import resolve_model
-
         resolved = resolve_model(arg, bundles_dir=bundles_dir, trust_remote_code=False, public_keys=public_keys)
         folder, name, source = Path(resolved.path), arg, resolved.source
         commit, bundle_sha = resolved.commit, resolved.bundle_sha256
@@ -142,20 +136,19 @@ def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Serve
 
 def load(m: Served, *, rt: Any, max_tokens: int) -> None:
     """Load the weights and tokenizer for inference (eval mode, no gradients)."""
-    from trainer.recipes import classification, embeddings, sft
-
+    recipe = recipes.recipe(m.task)
     if m.task == "classification":
-        net, tok = classification.load(m.path, m.cfg, rt, new_head=False)
+        net, tok = recipe.load(m.path, m.cfg, rt, new_head=False)
         m.handles.update(net=net.eval(), tokenizer=tok, labels=[net.config.id2label[i] for i in range(net.config.num_labels)])
         model_limit = _positions(net.config, max_tokens)
     elif m.task == "embeddings":
-        st = embeddings.load(m.path, m.cfg, rt).eval().to(rt.param_dtype)  # bf16-pure: bf16 weights, as the other loaders do
+        st = recipe.load(m.path, m.cfg, rt).eval().to(rt.param_dtype)  # bf16-pure: bf16 weights, as the other loaders do
         m.handles.update(st=st, tokenizer=st.tokenizer)
         # the architecture's limit, not the training run's max_length: a longer text is still a valid input
         model_limit = _positions(getattr(st[0], "auto_model", st).config, max_tokens) if hasattr(st[0], "auto_model") else int(st.max_seq_length or max_tokens)
         st.max_seq_length = min(max_tokens, model_limit)
     else:
-        net, tok = sft.load(m.path, m.cfg, rt)
+        net, tok = recipe.load(m.path, m.cfg, rt)
         system = ((m.lineage or {}).get("task_info") or {}).get("system_prompt")
         m.handles.update(net=net.eval(), tokenizer=tok, system_prompt=system)
         model_limit = _positions(net.config, max_tokens)
@@ -187,9 +180,9 @@ def _token_ids(m: Served, requests: list[list[str]]) -> tuple[list[list[int]], l
 
 def _forward(m: Served, ids: list[list[int]], *, chunk: int, rt: Any, fn: Any) -> Any:
     """fn(padded batch) on every row, in length order, `chunk` rows at a time; rows back in input order."""
-    import torch
+    import torch  # deferred, as below: nothing in trainer.serve imports torch at its top (start-up stays fast)
 
-    from trainer.recipes.common import pad_batch, to_device
+    from trainer.recipes.common import pad_batch, to_device  # deferred: it imports torch
 
     pad = m.handles["tokenizer"].pad_token_id or 0
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -247,7 +240,7 @@ def _per_request(m: Served, requests: list[list[str]], *, chunk: int, rt: Any, f
 
 def embed(m: Served, requests: list[list[str]], *, chunk: int, rt: Any) -> list[Any]:
     """Unit-length embeddings ([texts, dim] per request), or the request's TextTooLong."""
-    import torch
+    import torch  # deferred: see _forward
 
     st = m.handles["st"]
     return _per_request(m, requests, chunk=chunk, rt=rt, fn=lambda b: torch.nn.functional.normalize(st(b)["sentence_embedding"].float(), dim=-1))
@@ -255,7 +248,7 @@ def embed(m: Served, requests: list[list[str]], *, chunk: int, rt: Any) -> list[
 
 def classify(m: Served, requests: list[list[str]], *, chunk: int, rt: Any) -> list[Any]:
     """Class probabilities ([texts, labels] per request), or the request's TextTooLong."""
-    import torch
+    import torch  # deferred: see _forward
 
     net = m.handles["net"]
     return _per_request(m, requests, chunk=chunk, rt=rt, fn=lambda b: torch.softmax(net(**b).logits.float(), dim=-1))

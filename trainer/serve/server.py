@@ -10,7 +10,7 @@ works (the line "listening on ..." names the port) and a taken port is one clear
 trainer's network guard stays on: it blocks connecting out, not accepting connections.
 
 `--token-file` (mirror serve's format and rules, `name:token` lines) makes every route but
-/health need a bearer token; `--tls-cert`/`--tls-key` (checked by `mirror.tlsconfig`) serve HTTPS.
+/health need a bearer token; `--tls-cert`/`--tls-key` (checked by `common.tlsconfig`) serve HTTPS.
 A client gets `--read-timeout` seconds to send a whole request (headers and body): uvicorn closes
 idle keep-alive connections but not one that connects and never finishes a request, so a few
 hundred silent sockets would otherwise hold the server's connection slots for ever.
@@ -36,8 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import tlsconfig
+from common.tokens import read_tokens
 from trainer.errors import ListenFailed, ServeError, TextTooLong, shown
-from trainer.serve.app import Limits
+from trainer.serve import kb as kb_mod
+from trainer.serve import models as models_mod
+from trainer.serve.app import Limits, Service, build_app
 
 log = logging.getLogger("trainer.serve")
 
@@ -100,11 +104,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def load(opts: Options, *, note: Callable[[str], None]) -> Any:
     """Locate and load every model and the knowledge base: the Service, ready to run."""
-    from mirror.serve.auth import read_tokens
-    from trainer.recipes.common import Runtime, setup_runtime
-    from trainer.serve import kb as kb_mod
-    from trainer.serve import models as models_mod
-    from trainer.serve.app import Service
+    from trainer.recipes.common import Runtime, setup_runtime  # deferred: it imports torch (seconds), after the arguments are checked
 
     if not opts.models:
         raise ServeError("no MODEL given: name run folders (trainer run's output_dir), model folders or repo ids to serve")
@@ -116,7 +116,7 @@ def load(opts: Options, *, note: Callable[[str], None]) -> Any:
         by_task[m.task] = m
     if opts.knowledge_base and "embeddings" not in by_task:
         raise ServeError("--knowledge-base needs an embedding model to embed it with: add a sentence-transformers run folder or model to the MODELs")
-    tokens = read_tokens(Path(opts.token_file)) if opts.token_file else None
+    tokens = read_tokens(Path(opts.token_file), error=ServeError) if opts.token_file else None
     base = setup_runtime(located[0].cfg)  # seeds and device, as every trainer command
     rt = Runtime(device=base.device, precision=serving_precision(opts.precision, base.device), dist=base.dist)
     workers = threads_for(opts.workers, rt.device, batched=any(m.task != "sft" for m in located))
@@ -148,7 +148,7 @@ def serving_precision(requested: str, device: Any) -> str:
     cosine 0.9999 to the fp32 vectors), else fp32; on a GPU, bf16 autocast where supported.
     bf16 on a CPU also means bf16 weights ("bf16-pure"): there is no optimizer state to keep in
     fp32, and autocast's per-call weight casts cost more than they save."""
-    from trainer.recipes.common import cpu_has_native_bf16, resolve_precision
+    from trainer.recipes.common import cpu_has_native_bf16, resolve_precision  # deferred: it imports torch
 
     if device.type == "cpu":
         if requested == "auto":
@@ -162,9 +162,9 @@ def threads_for(workers: int | None, device: Any, *, batched: bool = True) -> in
     match: on a CPU, one pass per core side by side (one thread each) wastes nothing on the
     barrier that splitting every operation across cores costs (least of all on a shared machine);
     on a GPU one worker feeds the device."""
-    import torch
+    import torch  # deferred: seconds to import, and the arguments are checked first
 
-    from trainer.recipes.common import default_threads
+    from trainer.recipes.common import default_threads  # deferred: it imports torch
 
     cores = default_threads()
     if workers is None:
@@ -175,17 +175,13 @@ def threads_for(workers: int | None, device: Any, *, batched: bool = True) -> in
 
 def serve(opts: Options, *, note: Callable[[str], None], listening: Callable[[str], None] | None = None, verbose: bool = False) -> Stopped:
     """Load, bind, serve until SIGTERM/Ctrl-C, shut down gracefully."""
-    import uvicorn
-
-    from trainer.serve.app import build_app
-
-    from mirror import tlsconfig
+    import uvicorn  # deferred: only a server that starts needs it
 
     _logging(access=opts.access_log, verbose=verbose)
     sock = bind(opts.host, opts.port)  # first: a taken port is learnt in milliseconds, not after the models load
     try:
-        tls = tlsconfig.load(opts.tls_cert, opts.tls_key)
-        context = tlsconfig.server_context(tls) if tls else None  # built now: a refusal is one line before the models load
+        tls = tlsconfig.load(opts.tls_cert, opts.tls_key, error=ServeError)
+        context = tlsconfig.server_context(tls, error=ServeError) if tls else None  # built now: a refusal is one line before the models load
         for warning in tls.warnings if tls else ():
             note(warning)
         service = load(opts, note=note)
@@ -210,8 +206,8 @@ def read_deadline_protocol(seconds: float) -> type:
     """uvicorn's h11 protocol, closing a connection whose request (headers and body) is not all
     there `seconds` after it began: a silent or dripping client holds a slot for that long at
     most. uvicorn's own keep-alive timeout covers the idle time between requests."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    import h11  # deferred, as uvicorn: only a server that starts needs them
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # (the same)
 
     class ReadDeadline(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -279,7 +275,7 @@ class _Server:
     signal after a graceful shutdown, which would make a planned stop look like a crash."""
 
     def __new__(cls, config: Any) -> Any:
-        import uvicorn
+        import uvicorn  # deferred: only a server that starts needs it
 
         class Server(uvicorn.Server):
             stopped_by: str | None = None

@@ -1,4 +1,5 @@
-"""Who may read from `mirror serve`: the token file, its names, and a brake on guessing.
+"""Who may read from a server (`mirror serve`, `trainer serve`): the token file, its names, and a
+brake on guessing.
 
 A token file holds one token a line, `name:token` or a bare token (named `lineN` by its line
 number). The name is what the access log shows for each request, so a site can tell which team
@@ -30,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import safejson
-from mirror.errors import UsageError
-
-log = logging.getLogger("mirror.serve")
+from common.errors import ToolError
 
 MIN_TOKEN_CHARS = 16  # shorter is guessable: `openssl rand -hex 32` makes a good one
 MIN_TOKEN_BITS = 60  # estimated from the token's own characters; random hex of 32 chars gives ~120
@@ -67,20 +66,21 @@ class TokenSet:
         return found
 
 
-def read_tokens(path: Path) -> TokenSet:
-    """The token file at `path`, or UsageError naming the line and what to do."""
+def read_tokens(path: Path, *, error: type[ToolError]) -> TokenSet:
+    """The token file at `path`, or `error` (the server's own usage error, exit 2) naming the line
+    and what to do."""
     try:
-        raw = safejson.read_file(path, what="token file", max_bytes=MAX_TOKEN_FILE, error=UsageError)
+        raw = safejson.read_file(path, what="token file", max_bytes=MAX_TOKEN_FILE, error=error)
     except FileNotFoundError:
-        raise UsageError(f"--token-file {path}: no such file; write one token per line (e.g. 'openssl rand -hex 32 > {path}')") from None
+        raise error(f"--token-file {path}: no such file; write one token per line (e.g. 'openssl rand -hex 32 > {path}')") from None
     except PermissionError:
-        raise UsageError(f"--token-file {path}: cannot be read (permission denied); run as a user that can read it") from None
+        raise error(f"--token-file {path}: cannot be read (permission denied); run as a user that can read it") from None
     except IsADirectoryError:
-        raise UsageError(f"--token-file {path} is a directory; pass a file with one token per line") from None
+        raise error(f"--token-file {path} is a directory; pass a file with one token per line") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"--token-file {path} is not UTF-8 text; write one token per line") from None
+        raise error(f"--token-file {path} is not UTF-8 text; write one token per line") from None
     by_token: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), start=1):
         entry = line.strip()
@@ -90,23 +90,23 @@ def read_tokens(path: Path) -> TokenSet:
         if not sep:
             name, token = f"line{n}", entry
         elif not _NAME.fullmatch(name):
-            raise UsageError(f"--token-file {path}:{n}: the name before ':' must be 1-64 letters, digits or ._@+- (it goes to the access log); write 'name:token'")
+            raise error(f"--token-file {path}:{n}: the name before ':' must be 1-64 letters, digits or ._@+- (it goes to the access log); write 'name:token'")
         where = f"--token-file {path}:{n} ({name})"
         if any(c.isspace() or not c.isprintable() for c in token) or not token.isascii():
-            raise UsageError(f"{where}: a token must be printable ASCII without spaces")
+            raise error(f"{where}: a token must be printable ASCII without spaces")
         if len(token) < MIN_TOKEN_CHARS:
-            raise UsageError(f"{where}: the token is {len(token)} characters, under {MIN_TOKEN_CHARS}; use a random one ('openssl rand -hex 32')")
+            raise error(f"{where}: the token is {len(token)} characters, under {MIN_TOKEN_CHARS}; use a random one ('openssl rand -hex 32')")
         bits, distinct = estimated_bits(token), len(set(token))
         if bits < MIN_TOKEN_BITS or distinct < MIN_DISTINCT:
-            raise UsageError(f"{where}: the token is guessable ({distinct} different characters, about {bits:.0f} bits by their frequencies, "
+            raise error(f"{where}: the token is guessable ({distinct} different characters, about {bits:.0f} bits by their frequencies, "
                              f"under {MIN_TOKEN_BITS}); use a random one ('openssl rand -hex 32')")
         if name in by_token.values():
-            raise UsageError(f"{where}: the name {name!r} is given twice; each token needs its own name for the access log")
+            raise error(f"{where}: the name {name!r} is given twice; each token needs its own name for the access log")
         if token in by_token:
-            raise UsageError(f"{where}: the same token as {by_token[token]!r}; give each client its own token")
+            raise error(f"{where}: the same token as {by_token[token]!r}; give each client its own token")
         by_token[token] = name
     if not by_token:
-        raise UsageError(f"--token-file {path} holds no token; write one token per line ('name:token' or the token alone)")
+        raise error(f"--token-file {path} holds no token; write one token per line ('name:token' or the token alone)")
     return TokenSet(names=tuple(by_token.values()), secrets=tuple(t.encode() for t in by_token))
 
 
@@ -116,7 +116,8 @@ class FailureThrottle:
     token since removed from the file) from locking itself out by loading a page or two; a guess
     is a new token each time, and every one counts."""
 
-    def __init__(self, *, limit: int = FAIL_LIMIT, window: float = FAIL_WINDOW_S, clock=time.monotonic):
+    def __init__(self, *, log: logging.Logger, limit: int = FAIL_LIMIT, window: float = FAIL_WINDOW_S, clock=time.monotonic):
+        self.log = log  # the server's own log: its operators read the warnings there
         self.limit = limit
         self.window = window
         self.clock = clock
@@ -147,7 +148,7 @@ class FailureThrottle:
             wait = max(1, math.ceil(times[len(times) - self.limit] + self.window - now))
             if client not in self._told:
                 self._told.add(client)
-                log.warning("auth: %s throttled: %d different tokens refused in %.0fs; its requests with a token get 429 for %ds", client, len(fails), self.window, wait)
+                self.log.warning("auth: %s throttled: %d different tokens refused in %.0fs; its requests with a token get 429 for %ds", client, len(fails), self.window, wait)
             return wait
 
     def failed(self, client: str, token: str | None = None) -> None:
@@ -168,4 +169,4 @@ class FailureThrottle:
                 old, _ = self._fails.popitem(last=False)
                 self._told.discard(old)
         if new:
-            log.warning("auth: token refused from %s (%d different in %.0fs; %d allowed)", client, len(fails), self.window, self.limit)
+            self.log.warning("auth: token refused from %s (%d different in %.0fs; %d allowed)", client, len(fails), self.window, self.limit)

@@ -10,8 +10,11 @@ pair (or None for plain HTTP); `server_context()` builds the `ssl.SSLContext` (T
 later, ALPN `http/1.1`). A server that only takes paths (uvicorn's `ssl_certfile`) passes
 `files.cert` and `files.key` after `load()` has checked them.
 
-    files = tlsconfig.load(cert, key)            # TLSConfigError (a UsageError) on any problem
-    ctx = tlsconfig.server_context(files) if files else None
+    files = tlsconfig.load(cert, key, error=TLSConfigError)   # that error, exit 2, on any problem
+    ctx = tlsconfig.server_context(files, error=TLSConfigError) if files else None
+
+Each server passes its own package's usage error as `error` (mirror: `TLSConfigError`, trainer:
+`ServeError`): this module knows neither package.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror.errors import TLSConfigError
+from common.errors import ToolError
 
 MAX_PEM = 1024 * 1024  # a certificate chain and a key are a few KB
 
@@ -37,59 +40,59 @@ class TLSFiles:
     warnings: tuple[str, ...] = ()  # worth a log line, not a refusal (a key others can read)
 
 
-def _read(path: Path, flag: str, what: str) -> bytes:
+def _read(path: Path, flag: str, what: str, error: type[ToolError]) -> bytes:
     try:
         with open(path, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise TLSConfigError(f"{flag} {path} is not a regular file; give the PEM file of the {what}")
+                raise error(f"{flag} {path} is not a regular file; give the PEM file of the {what}")
             raw = f.read(MAX_PEM + 1)
     except FileNotFoundError:
-        raise TLSConfigError(f"{flag} {path}: no such file; give the PEM file of the {what}") from None
+        raise error(f"{flag} {path}: no such file; give the PEM file of the {what}") from None
     except PermissionError:
-        raise TLSConfigError(f"{flag} {path} cannot be read (permission denied); run as a user that can read it") from None
+        raise error(f"{flag} {path} cannot be read (permission denied); run as a user that can read it") from None
     except IsADirectoryError:
-        raise TLSConfigError(f"{flag} {path} is a directory; give the PEM file of the {what}") from None
+        raise error(f"{flag} {path} is a directory; give the PEM file of the {what}") from None
     if len(raw) > MAX_PEM:
-        raise TLSConfigError(f"{flag} {path} is larger than {MAX_PEM} bytes, far more than a {what}; give the PEM file of the {what}")
+        raise error(f"{flag} {path} is larger than {MAX_PEM} bytes, far more than a {what}; give the PEM file of the {what}")
     return raw
 
 
-def load(cert: Path | str | None, key: Path | str | None, *, cert_flag: str = "--tls-cert", key_flag: str = "--tls-key",
-         now: dt.datetime | None = None) -> TLSFiles | None:
+def load(cert: Path | str | None, key: Path | str | None, *, error: type[ToolError], cert_flag: str = "--tls-cert",
+         key_flag: str = "--tls-key", now: dt.datetime | None = None) -> TLSFiles | None:
     """The checked certificate and key, or None when neither is given (plain HTTP)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from cryptography import x509  # deferred: only a server given a certificate needs it
+    from cryptography.hazmat.primitives import serialization  # deferred: only a server given a certificate needs it
 
     if cert is None and key is None:
         return None
     if cert is None or key is None:
         given, missing = (cert_flag, key_flag) if key is None else (key_flag, cert_flag)
-        raise TLSConfigError(f"{given} needs {missing} too: give the certificate and its private key, or neither for plain HTTP")
+        raise error(f"{given} needs {missing} too: give the certificate and its private key, or neither for plain HTTP")
     cert, key = Path(cert), Path(key)
-    cert_pem = _read(cert, cert_flag, "certificate (chain)")
-    key_pem = _read(key, key_flag, "private key")
+    cert_pem = _read(cert, cert_flag, "certificate (chain)", error)
+    key_pem = _read(key, key_flag, "private key", error)
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
-        raise TLSConfigError(f"{cert_flag} {cert} holds no PEM certificate ('-----BEGIN CERTIFICATE-----'); give the server certificate, then any intermediates") from None
+        raise error(f"{cert_flag} {cert} holds no PEM certificate ('-----BEGIN CERTIFICATE-----'); give the server certificate, then any intermediates") from None
     leaf = chain[0]
     now = now or dt.datetime.now(dt.timezone.utc)
     if leaf.not_valid_after_utc < now:
-        raise TLSConfigError(f"{cert_flag} {cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d}; renew the certificate")
+        raise error(f"{cert_flag} {cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d}; renew the certificate")
     if leaf.not_valid_before_utc > now:
-        raise TLSConfigError(f"{cert_flag} {cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this machine's clock or the certificate")
+        raise error(f"{cert_flag} {cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this machine's clock or the certificate")
     try:
         private = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:  # cryptography's way of saying "encrypted, and no password given"
-        raise TLSConfigError(f"{key_flag} {key} is encrypted; a server cannot ask for its password: decrypt it "
+        raise error(f"{key_flag} {key} is encrypted; a server cannot ask for its password: decrypt it "
                              f"('openssl pkey -in {key} -out KEY.pem') and protect the file by its permissions") from None
     except ValueError:
         if b"CERTIFICATE-----" in key_pem and b"PRIVATE KEY-----" not in key_pem:
-            raise TLSConfigError(f"{key_flag} {key} holds a certificate, not a private key; were {cert_flag} and {key_flag} swapped?") from None
-        raise TLSConfigError(f"{key_flag} {key} holds no PEM private key ('-----BEGIN PRIVATE KEY-----'); give the certificate's key") from None
+            raise error(f"{key_flag} {key} holds a certificate, not a private key; were {cert_flag} and {key_flag} swapped?") from None
+        raise error(f"{key_flag} {key} holds no PEM private key ('-----BEGIN PRIVATE KEY-----'); give the certificate's key") from None
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     if private.public_key().public_bytes(serialization.Encoding.DER, pub) != leaf.public_key().public_bytes(serialization.Encoding.DER, pub):
-        raise TLSConfigError(f"{key_flag} {key} is not the private key of {cert_flag} {cert} (the public keys differ); give the key the certificate was issued for")
+        raise error(f"{key_flag} {key} is not the private key of {cert_flag} {cert} (the public keys differ); give the key the certificate was issued for")
     warnings = []
     mode = key.stat().st_mode
     if mode & 0o077:
@@ -97,17 +100,17 @@ def load(cert: Path | str | None, key: Path | str | None, *, cert_flag: str = "-
     return TLSFiles(cert=cert, key=key, subject=leaf.subject.rfc4514_string(), not_after=leaf.not_valid_after_utc, warnings=tuple(warnings))
 
 
-def server_context(files: TLSFiles) -> ssl.SSLContext:
+def server_context(files: TLSFiles, *, error: type[ToolError]) -> ssl.SSLContext:
     """An SSLContext for a server: TLS 1.2 or later, the platform's default ciphers, ALPN http/1.1."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def no_prompt() -> bytes:  # load() refused encrypted keys; never let OpenSSL read a terminal
-        raise TLSConfigError(f"{files.key} is encrypted; decrypt it first")
+        raise error(f"{files.key} is encrypted; decrypt it first")
 
     try:
         ctx.load_cert_chain(files.cert, files.key, password=no_prompt)
     except ssl.SSLError as e:
-        raise TLSConfigError(f"OpenSSL refused {files.cert} with {files.key} ({e.reason or e}); check that they are a PEM certificate and its key") from None
+        raise error(f"OpenSSL refused {files.cert} with {files.key} ({e.reason or e}); check that they are a PEM certificate and its key") from None
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
