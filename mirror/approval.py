@@ -158,7 +158,7 @@ def _statement_problem(s: object) -> str | None:
 def describe_bundle(path: str | os.PathLike) -> ApprovedBundle:
     """A bundle (file or parts index) as an approval names it: its identity, read from its
     manifest member alone (nothing else is hashed), and the repo and commit that manifest names."""
-    from mirror.tarformat import BundleReader
+    from mirror.bundle.codec import BundleReader
 
     with BundleReader(path, hash_all=False) as r:
         return ApprovedBundle(id=bundle_id(r.manifest_bytes), repo_id=r.manifest.repo_id, commit=r.manifest.commit)

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from mirror import parts
+from mirror.bundle import parts, stored
 from mirror.errors import BundleError, MirrorError, UsageError
 from mirror.listing import one_line, shown_name
 from common.progress import human_size
@@ -66,7 +66,7 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
 
     size = 0
     try:
-        location = parts.locate(path)
+        location = stored.locate(path)
         first = location.index or location.path  # the file a reader opens first
         st = first.stat()
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a device never end
@@ -120,7 +120,7 @@ def _identity_and_small_files(path: Path, m: Manifest) -> tuple[str | None, dict
     is kept only if it has the sha256 the manifest gives it. The bundle was verified a moment
     ago; one changed in between loses its card here and fails the next audit."""
     from mirror.identity import bundle_id
-    from mirror.tarformat import BundleReader
+    from mirror.bundle.codec import BundleReader
 
     wanted = {f.path: f for f in m.files if f.path in (CARD_FILE, CONFIG_FILE) and f.size <= SMALL_FILE_BYTES}
     found: dict[str, bytes] = {}

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from mirror import parts
+from mirror.bundle import stored
 from mirror.ids import is_commit, is_sha256
-from mirror.bundle import is_lfs, pack_commit
-from mirror.tarformat import read_manifest
+from mirror.bundle import BundleSpec, is_lfs, pack_commit
+from mirror.bundle.codec import read_manifest
 from mirror.errors import BundleError, HashMismatch, ManifestError, UsageError
 from mirror.hashing import first_difference, hash_files
 from mirror.manifest import KINDS, MAX_MANIFEST_BYTES, FileEntry, Manifest, classify, parse, unsafe_path_reason
@@ -106,11 +106,11 @@ def load_base(*, since: str | os.PathLike | None = None, since_manifest: str | o
         m = parse(raw, bundle=str(path))
         ref = BaseRef(m.repo_id, m.repo_type, m.commit, m.revision, bundle=None, bundle_sha256=None)
         return Base(ref=ref, files=full_files(m), license=m.license)
-    loc = parts.locate(since)
+    loc = stored.locate(since)
     m = read_manifest(since)  # the head of the stream only
     ref = BaseRef(
         m.repo_id, m.repo_type, m.commit, m.revision,
-        bundle=loc.path.name, bundle_sha256=parts.stream_sha256(since),
+        bundle=loc.path.name, bundle_sha256=stored.stream_sha256(since),
     )  # fmt: skip
     return Base(ref=ref, files=full_files(m), license=m.license)
 
@@ -241,15 +241,16 @@ def require_full(manifest: Manifest, *, bundle: str) -> None:
         )
 
 
-def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, since: str | os.PathLike | None, since_manifest: str | os.PathLike | None, extra: dict[str, Any] | None, sources=None) -> dict[str, Any]:
-    """`write_bundle` arguments that turn a pack of `root` into a delta against a base.
+def folder_delta(spec: BundleSpec, root: Path, paths: list[str], *, since: str | os.PathLike | None, since_manifest: str | os.PathLike | None,
+                 sources=None) -> tuple[BundleSpec, list[str]]:
+    """The spec and the files that turn a pack of `root` into a delta against a base.
 
     Every file is hashed first (in parallel across cores) to know what changed; only changed and
     new files are then copied into the bundle, so unchanged files are read once and changed ones
     twice. The commit is the content id of the complete target (as a full pack would get)."""
     base = load_base(since=since, since_manifest=since_manifest)
-    # `sources` (mirror.sources.Sources, what pack walked and checked): hashed through those
-    # descriptors, never reopened by name, so a file swapped for a link cannot leak its digest
+    # `sources` (mirror.bundle.write.files.Sources, what pack walked and checked): hashed through
+    # those descriptors, never reopened by name, so a file swapped for a link cannot leak its digest
     item = {p: sources[p] if sources is not None else root / p for p in paths}
     size = {p: sources[p].size if sources is not None else os.stat(root / p).st_size for p in paths}
     lfs = {item[p] for p in paths if is_lfs(p, size[p])}
@@ -258,14 +259,10 @@ def folder_delta(root: Path, paths: list[str], *, repo_id: str, repo_type: str, 
     for p in paths:
         d = digests[item[p]]
         target.append(FileEntry(path=p, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=item[p] in lfs, kind=classify(p)))
-    draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=pack_commit(target), source="", created_at="", license=None, files=tuple(target))
+    draft = Manifest(repo_id=spec.repo_id, repo_type=spec.repo_type, revision="", commit=pack_commit(target), source="", created_at="", license=None, files=tuple(target))
     delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)
-    return {
-        "commit": delta_m.commit,
-        "paths": list(plan.carried),
-        "expected": {f.path: f for f in delta_m.files},
-        "extra": {**(extra or {}), DELTA_KEY: delta_m.extra[DELTA_KEY]},
-    }
+    extra = {**(spec.extra or {}), DELTA_KEY: delta_m.extra[DELTA_KEY]}
+    return replace(spec, commit=delta_m.commit, expected={f.path: f for f in delta_m.files}, extra=extra), list(plan.carried)
 
 
 def split_remote(files: Iterable, base: Base) -> tuple[list, dict[str, FileEntry]]:
@@ -283,8 +280,8 @@ def split_remote(files: Iterable, base: Base) -> tuple[list, dict[str, FileEntry
     return fetch, same
 
 
-def remote_delta_args(fetched: Iterable, unchanged: dict[str, FileEntry], *, staging: Path, base: Base, repo_id: str, repo_type: str, commit: str) -> dict[str, Any]:
-    """`write_bundle` arguments for a pulled delta. The downloaded files are hashed first (in
+def remote_delta(spec: BundleSpec, fetched: Iterable, unchanged: dict[str, FileEntry], *, staging: Path, base: Base) -> tuple[BundleSpec, list[str]]:
+    """The spec and the files of a pulled delta. The downloaded files are hashed first (in
     parallel; they are fresh in the page cache) because the delta section must list every target
     file's full digests before the bundle is written; each is checked against the Hub's digest."""
     fetched = list(fetched)
@@ -295,10 +292,7 @@ def remote_delta_args(fetched: Iterable, unchanged: dict[str, FileEntry], *, sta
         if diff := first_difference(f, d, skip_empty=True):
             raise HashMismatch(f.path, algorithm=diff[0], expected=diff[1], actual=diff[2], where="against the Hub's hash")
         target[f.path] = FileEntry(path=f.path, size=d.size, sha256=d.sha256, git_sha1=d.git_sha1, lfs=f.lfs, kind=classify(f.path))
-    draft = Manifest(repo_id=repo_id, repo_type=repo_type, revision="", commit=commit, source="", created_at="", license=None, files=tuple(target.values()))
+    draft = Manifest(repo_id=spec.repo_id, repo_type=spec.repo_type, revision="", commit=spec.commit, source="", created_at="", license=None, files=tuple(target.values()))
     delta_m, plan = make_delta_manifest(draft, base=base.ref, base_files=base.files)
-    return {
-        "paths": list(plan.carried),
-        "expected": {f.path: f for f in delta_m.files},
-        "extra": {DELTA_KEY: delta_m.extra[DELTA_KEY]},
-    }
+    extra = {**(spec.extra or {}), DELTA_KEY: delta_m.extra[DELTA_KEY]}
+    return replace(spec, expected={f.path: f for f in delta_m.files}, extra=extra), list(plan.carried)

@@ -6,7 +6,7 @@ against, and the bytes a sink receives are the bytes hashed. Two ways to read, s
 
 - by position, in parallel (one thread per core, each file's sha256 and git sha1 on their own
   hash lanes), when the bundle is laid out exactly as the deterministic writer lays it out
-  (`tarformat.writer_layout`), over the reader's own descriptor;
+  (`bundle.layout.writer_layout`), over the reader's own descriptor;
 - otherwise one sequential pass (`BundleReader.payload`), which judges every member (links,
   unsafe names, extras, duplicates) and, when asked, hashes the whole stream for the bundle's
   own sha256.
@@ -26,7 +26,8 @@ from common import progress
 from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import Cancelled, DualHasher, HashLanes, cores, first_difference
 from mirror.manifest import FileEntry
-from mirror.tarformat import MAX_TRAILER, TRAILER_MEMBERS, BundleReader, writer_layout
+from mirror.bundle.codec import BundleReader
+from mirror.bundle.layout import MAX_TRAILER, TRAILER_MEMBERS, writer_layout
 
 RANGE_CHUNK = 1024 * 1024  # per positioned read into a thread's own buffer: fits the CPU cache (measured: 1 MiB as fast as 8 MiB)
 _MAX_THREADS = 8

@@ -235,7 +235,7 @@ def hash_files(items: Iterable, *, lfs: Container = frozenset(), workers: int | 
 
     An item is a path (opened by name: for files of our own, like cache blobs), an open
     descriptor or file object (hashed from offset 0 to its fstat size), or an already opened
-    source (mirror.sources.SourceFile: `size`, and `descriptor()` lends a descriptor): files
+    source (mirror.bundle.write.files.SourceFile: `size`, and `descriptor()` lends a descriptor): files
     from someone else's folder are hashed through what was checked, never reopened by name.
     If anything fails or the caller is interrupted, queued files are dropped and running ones
     stop at their next chunk, so a SIGTERM during a long pass does not wait for the whole pass."""

@@ -8,7 +8,7 @@ files, git blob sha1 for the rest), and the bundle writer checks them while it c
 The downloading itself (auth, CDN redirects, retries that resume with `Range`) is
 huggingface_hub's: `get_hf_file_metadata` and `http_get`, the pieces `hf_hub_download` is made
 of, writing each LFS file straight into its place in the bundle being written
-(`mirror.inplace`): the listing gives every LFS file's sha256 and size, so the manifest, and with
+(`mirror.bundle.write.inplace`): the listing gives every LFS file's sha256 and size, so the manifest, and with
 it the whole tar layout, is final once the small files (which the manifest needs hashed) are in.
 Those small files (and the card, and pickles to scan) are fetched first with `hf_hub_download`
 into a hidden staging folder; the partial bundle and its journal sit beside it:
@@ -42,17 +42,21 @@ import shutil
 import threading
 from concurrent.futures import Future, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from huggingface_hub.utils import filter_repo_objects
 
-from mirror import __version__, delta, inplace, policy
+from mirror import __version__, delta, policy
 
 from common import progress
-from mirror.bundle import BundleInfo, write_bundle
+from mirror.bundle import BundleInfo, BundleSpec
+from mirror.bundle.write import inplace
+from mirror.bundle.write.driver import write
+from mirror.bundle.write.sinks import FileSink, InPlaceSink, sink_for
+from mirror.bundle.write.sources import FillSource, FolderSource, StagedSource
 from mirror.errors import (
     AuthRequired,
     HashMismatch,
@@ -499,7 +503,7 @@ def _origin(url: str) -> tuple[str, str]:
 
 class _Filler:
     """Downloads LFS files straight into their regions of the bundle being written
-    (mirror.inplace: each byte at its final offset, no staging copy), several at once, with
+    (mirror.bundle.write.inplace: each byte at its final offset, no staging copy), several at once, with
     huggingface_hub's own `get_hf_file_metadata` and `http_get` (auth, redirects to a CDN,
     retries that resume with `Range`). A region the journal of an interrupted run has whole is
     not fetched again; one it has in part resumes from there."""
@@ -620,7 +624,7 @@ def pull(
     overwrite: bool = False,
 ) -> BundleInfo:
     """Pull one revision of a Hub repo into a bundle in `out_dir`; returns what was written.
-    A bundle at its name holding other bytes is replaced only with `overwrite` (bundle.refuse_overwrite).
+    A bundle at its name holding other bytes is replaced only with `overwrite` (mirror.bundle.write.sinks.refuse_overwrite).
 
     `include` / `exclude` are globs on repo paths (see `select_files`: redundant non-safetensors
     weight formats, DEFAULT_EXCLUDES, are skipped when safetensors exist unless included;
@@ -628,7 +632,7 @@ def pull(
     `endpoint` defaults to $HF_ENDPOINT, then the public Hub; `token` to huggingface_hub's own
     lookup ($HF_TOKEN, then a saved login). Raises RepoNotFound, RevisionNotFound, AuthRequired,
     HubError, HashMismatch (the file is named and discarded), NotEnoughSpace or UsageError.
-    `max_part_size` writes the bundle in parts (mirror.parts); `since` / `since_manifest` make it
+    `max_part_size` writes the bundle in parts (mirror.bundle.parts); `since` / `since_manifest` make it
     a delta (mirror.delta): files equal to the base's by the Hub's digests are not even downloaded.
     Pickle files left after the excludes raise PolicyError before any download unless
     `allow_pickle`; then they are scanned against the allowlist before the bundle is written.
@@ -683,12 +687,10 @@ def pull(
         else:  # the bundle is written while the files arrive: the Hub's listing fixes its layout
             order = _download_order(staged, allow_pickle=allow_pickle)
             fetcher = _Fetcher(snap, order, staging=staging, endpoint=endpoint, token=token, workers=workers, progress=progress, bar=bar)
+        spec = BundleSpec(repo_id=repo_id, repo_type=repo_type, revision=revision, commit=snap.commit, source=endpoint, created_at=snap.created_at, license=None)
+        sink = InPlaceSink(out_dir, fill_dir=fill_dir, overwrite=overwrite) if in_place else sink_for(out_dir, max_part_size=max_part_size, overwrite=overwrite)
         try:
-            info = _write_pulled(
-                snap, files, fetch, chosen, staging=staging, fetcher=fetcher, base=base, unchanged=unchanged, where=where,
-                repo_id=repo_id, repo_type=repo_type, revision=revision, endpoint=endpoint, out_dir=out_dir,
-                max_part_size=max_part_size, allow_pickle=allow_pickle, filler=filler, fill_dir=fill_dir, overwrite=overwrite,
-            )
+            info = _write_pulled(spec, sink, files, fetch, chosen, staging=staging, fetcher=fetcher, filler=filler, base=base, unchanged=unchanged, allow_pickle=allow_pickle)
         except KeyboardInterrupt:
             if fetcher is not None:
                 fetcher.close(interrupted=True)
@@ -710,11 +712,12 @@ def pull(
     return info
 
 
-def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetcher: _Fetcher | None, base, unchanged, where: str,
-                  repo_id: str, repo_type: str, revision: str, endpoint: str, out_dir: Path, max_part_size: int | None, allow_pickle: bool,
-                  filler: _Filler | None = None, fill_dir: Path | None = None, overwrite: bool = False) -> BundleInfo:
-    """The pickle policy over the downloaded files, then the bundle, as each file arrives."""
-    ready = fetcher.ready if fetcher is not None else None
+def _write_pulled(spec: BundleSpec, sink: FileSink, files, fetch, chosen, *, staging: Path, fetcher: _Fetcher | None, filler: _Filler | None,
+                  base, unchanged, allow_pickle: bool) -> BundleInfo:
+    """The pickle policy over the downloaded files, then the bundle `spec` names, as each file
+    arrives: streamed from the staging folder (`fetcher`), filled in place (`filler`), or, for a
+    delta (downloaded whole first), read from it."""
+    where = f"{spec.repo_id}@{spec.commit[:12]}"
     if fetcher is not None:  # what the manifest needs before anything is written: the card (licence), pickles to scan;
         for f in fetch:      # and, streaming into parts, the files hashed before the manifest (in place: in pass 1)
             if f.path == "README.md" or (allow_pickle and classify(f.path) == "pickle") or (filler is None and _needed_first(f, allow_pickle=allow_pickle)):
@@ -729,27 +732,19 @@ def _write_pulled(snap: Snapshot, files, fetch, chosen, *, staging: Path, fetche
         raise
 
     try:
-        args = {"expected": {f.path: f.expected() for f in files}}
+        license = _license(staging, fetch) if base is None or "README.md" not in unchanged else base.license
+        spec = replace(spec, license=license, expected={f.path: f.expected() for f in files})
+        paths = None
         if base is not None:
-            args = delta.remote_delta_args(fetch, unchanged, staging=staging, base=base, repo_id=repo_id, repo_type=repo_type, commit=snap.commit)
-        args["extra"] = {**(args.get("extra") or {}), "policy": report.to_manifest()}
-        info = write_bundle(
-            src_root=staging,
-            repo_id=repo_id,
-            repo_type=repo_type,
-            revision=revision,
-            commit=snap.commit,
-            source=endpoint,
-            created_at=snap.created_at,
-            license=_license(staging, fetch) if base is None or "README.md" not in unchanged else base.license,
-            out_dir=out_dir,
-            max_part_size=max_part_size,
-            ready=ready,
-            fill=filler,
-            fill_dir=fill_dir if filler is not None else None,
-            overwrite=overwrite,
-            **args,
-        )
+            spec, paths = delta.remote_delta(spec, fetch, unchanged, staging=staging, base=base)
+        spec = replace(spec, extra={**(spec.extra or {}), "policy": report.to_manifest()})
+        if fetcher is None:
+            source = FolderSource(staging, paths=paths)
+        elif filler is not None:
+            source = FillSource(staging, fetcher.ready, filler)
+        else:
+            source = StagedSource(staging, fetcher.ready, paths=paths)
+        info = write(spec, source, sink)
     except HashMismatch as e:
         if fetcher is not None:
             fetcher.close()  # the others finish, so the rerun fetches only the discarded file

@@ -29,7 +29,7 @@ def is_bundle_id(value: object) -> bool:
 
 def read_bundle_id(path: str | os.PathLike) -> str:
     """The identity of the bundle at `path` (file or parts index): reads only its manifest member."""
-    from mirror.tarformat import BundleReader
+    from mirror.bundle.codec import BundleReader
 
     with BundleReader(path, hash_all=False) as r:
         return bundle_id(r.manifest_bytes)

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from mirror import hfcache, identity, parts, policy, trust
+from mirror import hfcache, identity, policy, trust
+from mirror.bundle import stored
 
 from common import atomic
 from mirror.delta import delta_info
@@ -45,8 +46,7 @@ from mirror.hashing import hash_file, hash_files
 from mirror.hfcache import RepoCache, cache_root, find_snapshot, link_target, list_installed  # noqa: F401 (re-exported: public API)
 from mirror.ids import is_commit, is_sha256, ref_problem
 from mirror.manifest import FileEntry, Manifest
-from common.safeio import NotRegularFile, open_regular
-from mirror.tarformat import BundleReader, name_collision, read_tail
+from mirror.bundle.codec import BundleReader, name_collision, read_tail
 
 default_cache_dir = cache_root
 
@@ -105,7 +105,7 @@ def install_bundle(
     keys = site if site is not None else trust.policy(public_keys)
     if expected_sha256 is not None and not is_sha256(expected_sha256.lower()):
         raise UsageError(f"--sha256 {expected_sha256!r} is not 64 hex characters; copy the bundle's sha256 from its .sha256 sidecar or transfer ticket")
-    want_sha = bundle_sha256 or expected_sha256 is not None or has_sidecar(path)
+    want_sha = bundle_sha256 or expected_sha256 is not None or stored.has_sidecar(path)
     with BundleReader(path, hash_all=want_sha) as reader:
         m = reader.manifest
         label = reader.label
@@ -174,7 +174,7 @@ def _already(reader: BundleReader, plan: _Plan, m: Manifest, *, keys, expected_s
     read-only cache goes without: the snapshot is what loads)."""
     rc, target = plan.rc, plan.target
     signer = _signature_only(reader, keys) if keys.requires_signature else None
-    sha = _sha_only(reader, expected_sha256) if expected_sha256 or has_sidecar(reader.path) else None
+    sha = _sha_only(reader, expected_sha256) if expected_sha256 or stored.has_sidecar(reader.path) else None
     bundle = _bundle_record(reader, sha)
     checked = hfcache.RecordTrust(bundle_id=identity.bundle_id(reader.manifest_bytes), signer=signer)
     if not write:
@@ -432,9 +432,8 @@ def remember_bundle(repo_id: str, commit: str, bundle: str | os.PathLike, *, cac
         return None
     if {f.path: (f.size, f.sha256) for f in full_files(report.manifest)} != {p: (f.size, f.sha256) for p, f in installed.items()}:
         return None
-    loc = parts.locate(bundle)
-    where = loc.index if loc.multipart else loc.path
-    record = hfcache.BundleRecord(name=where.name, path=os.path.abspath(where), size=parts.read_index(loc.index).size if loc.multipart else os.stat(where).st_size, sha256=report.bundle_sha256)
+    loc = stored.locate(bundle)
+    record = hfcache.BundleRecord(name=loc.where.name, path=os.path.abspath(loc.where), size=loc.size(), sha256=report.bundle_sha256)
     with hfcache.repo_lock(rc):  # its identity too, for a record that names none yet (an older mirror's)
         hfcache.update_record(rc, commit, bundle=record, trust=hfcache.RecordTrust(bundle_id=identity.read_bundle_id(bundle), signer=None))
     return hfcache.read_bundle_record(rc, commit)
@@ -447,42 +446,11 @@ def _bundle_record(reader: BundleReader, sha256: str | None) -> hfcache.BundleRe
     install is refused before anything is moved into the cache (HashMismatch, exit 4)."""
     if sha256 is None:
         return None
-    loc = parts.locate(reader.path)
-    if loc.multipart:
-        index = parts.read_index(loc.index)
-        where, size = loc.index, index.size
-    else:
-        where, size = loc.path, os.stat(loc.path).st_size
-        sidecar = loc.path.with_name(loc.path.name + ".sha256")
-        claimed = _sidecar_sha256(sidecar)
-        if claimed is not None and claimed != sha256:
-            raise HashMismatch(str(loc.path), algorithm="bundle sha256", expected=claimed, actual=sha256, where=f"against its sidecar {sidecar.name} (a stale or altered copy: fetch both again)")
-    return hfcache.BundleRecord(name=where.name, path=os.path.abspath(where), size=size, sha256=sha256)
-
-
-def has_sidecar(path: str | os.PathLike) -> bool:
-    """Whether a usable `.sha256` sidecar sits beside the single-file bundle at `path`: then the
-    bundle's own sha256 is computed and compared with it (a multi-part bundle's index has its own)."""
-    loc = parts.locate(path)
-    return not loc.multipart and _sidecar_sha256(loc.path.with_name(loc.path.name + ".sha256")) is not None
-
-
-def sidecar_sha256(path: str | os.PathLike) -> str | None:
-    """The digest the `.sha256` sidecar beside the single-file bundle at `path` claims, or None."""
-    loc = parts.locate(path)
-    return None if loc.multipart else _sidecar_sha256(loc.path.with_name(loc.path.name + ".sha256"))
-
-
-def _sidecar_sha256(sidecar: Path) -> str | None:
-    """The digest a `sha256sum`-format sidecar claims, or None when there is no usable one (the
-    sidecar is optional; one that is not a regular small file or not in that format is ignored)."""
-    try:
-        with open_regular(sidecar) as f:
-            text = f.read(4096).decode("ascii", "replace")
-    except (OSError, NotRegularFile):
-        return None
-    head = text.split(" ", 1)[0].strip().lower()
-    return head if is_sha256(head) else None
+    loc = stored.locate(reader.path)
+    claimed = loc.sidecar_sha256()  # a multi-part bundle has none: its index holds the sha256
+    if claimed is not None and claimed != sha256:
+        raise HashMismatch(str(loc.path), algorithm="bundle sha256", expected=claimed, actual=sha256, where=f"against its sidecar {loc.sidecar.name} (a stale or altered copy: fetch both again)")
+    return hfcache.BundleRecord(name=loc.where.name, path=os.path.abspath(loc.where), size=loc.size(), sha256=sha256)
 
 
 def _link_all(staging: Path, files: tuple[FileEntry, ...]) -> None:

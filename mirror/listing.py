@@ -15,10 +15,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror import parts
+from mirror.bundle import parts
+from mirror.bundle.stored import scan_folder
 from mirror.errors import MirrorError, UsageError
 from common.safeio import describe
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -40,13 +41,13 @@ class BundleSummary:
 
 
 def list_bundles(directory: str | os.PathLike) -> list[BundleSummary]:
-    """Every `*.tar` and multi-part `*.tar.parts.json` in `directory` (not recursive; unfinished
-    `.partial` files are skipped), one summary each, problems included: never raises for a bad
-    entry, only for a `directory` that is not one."""
-    d = Path(directory)
-    if not d.is_dir():
+    """The bundles of `directory` (`stored.scan_folder`: every NAME.tar, and every multi-part
+    NAME.tar.parts.json without a NAME.tar beside it; not recursive, unfinished `.partial` files
+    skipped), one summary each, problems included: never raises for a bad entry, only for a
+    `directory` that is not one."""
+    if not Path(directory).is_dir():
         raise UsageError(f"{directory} is not a directory; pass the folder that holds the bundles")
-    return [summarize(p) for p in sorted([*d.glob("*.tar"), *d.glob("*.tar" + parts.INDEX_SUFFIX)])]
+    return [summarize(p) for p in scan_folder(directory)]
 
 
 def summarize(path: Path) -> BundleSummary:

@@ -1,7 +1,7 @@
 """Bundle a local folder: a model shipped inside a Python package, or a trained output.
 
 A folder has no Hub commit, so the bundle's commit id is derived from the content
-(`bundle.pack_commit`); the same files always give the same id, and with a fixed
+(`mirror.bundle.pack_commit`); the same files always give the same id, and with a fixed
 `created_at` the same bytes. `created_at` is $SOURCE_DATE_EPOCH when set (the reproducible-builds
 convention), else the newest file's mtime, so re-packing an untouched folder is byte-identical.
 """
@@ -15,12 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import safejson
-from mirror.bundle import BundleInfo, write_bundle
+from mirror.bundle import BundleInfo, BundleSpec
+from mirror.bundle.write.driver import write
+from mirror.bundle.write.sinks import sink_for
+from mirror.bundle.write.sources import FolderSource
 from mirror.delta import folder_delta
 from mirror.errors import UsageError
 from mirror.manifest import license_from_card, repo_id_problem, unsafe_path_reason
 from mirror.policy import check_files
-from mirror.sources import Sources, walk
+from mirror.bundle.write.files import Sources, walk
 
 SKIP_DIRS = frozenset({".git", ".cache", "__pycache__", ".ipynb_checkpoints"})  # tool state, not the model
 LINEAGE_FILE = "lineage.json"  # written by the trainer next to a trained model's weights
@@ -48,7 +51,7 @@ def pack_folder(
     overwrite: bool = False,
 ) -> BundleInfo:
     """Bundle every file of `folder` (minus SKIP_DIRS) as `repo_id` at `revision`. `max_part_size`
-    splits the bundle into parts (mirror.parts); `since` / `since_manifest` make it a delta
+    splits the bundle into parts (mirror.bundle.parts); `since` / `since_manifest` make it a delta
     holding only what changed since that bundle or manifest (mirror.delta). Pickle files are
     refused unless `allow_pickle`, and then scanned against the allowlist (mirror.policy).
     `include` / `exclude` are globs on the folder-relative paths, as `mirror pull` takes them:
@@ -65,7 +68,7 @@ def pack_folder(
     blobs = root.parent.parent / "blobs"
     in_cache = root.parent.name == "snapshots" and blobs.is_dir()  # an HF cache snapshot: links into blobs/
     # Every file is opened here, once, without following links, and the same descriptors are read
-    # for the lineage, the licence and both passes of the writer (mirror.sources).
+    # for the lineage, the licence and both passes of the writer (mirror.bundle.write.files).
     with Sources([root, blobs] if in_cache else [root]) as src:
         newest = _collect(root, src, include=tuple(include), exclude=tuple(exclude))
         paths = src.paths
@@ -90,23 +93,11 @@ def pack_folder(
             # the limits of every manifest reader (NaN, huge numbers, deep nesting): a lineage that
             # would make the bundle unreadable is refused here, before anything is written
             extra["lineage"] = safejson.loads(lineage.read(LINEAGE_BYTES), where=str(root / LINEAGE_FILE), what="lineage.json", max_bytes=LINEAGE_BYTES, error=UsageError)
-        args = {"commit": None, "paths": paths, "extra": extra or None}
+        spec = BundleSpec(repo_id=repo_id, repo_type=repo_type, revision=revision, commit=None, source=f"local:{root.resolve().name}",
+                          created_at=created, license=_license(src), extra=extra)
         if since is not None or since_manifest is not None:
-            args = folder_delta(root, paths, repo_id=repo_id, repo_type=repo_type, since=since, since_manifest=since_manifest, extra=extra, sources=src)
-        return write_bundle(
-            src_root=root,
-            repo_id=repo_id,
-            repo_type=repo_type,
-            revision=revision,
-            source=f"local:{root.resolve().name}",
-            created_at=created,
-            license=_license(src),
-            out_dir=Path(out_dir),
-            max_part_size=max_part_size,
-            sources=src,
-            overwrite=overwrite,
-            **args,
-        )
+            spec, paths = folder_delta(spec, root, paths, since=since, since_manifest=since_manifest, sources=src)
+        return write(spec, FolderSource(root, paths=paths, files=src), sink_for(out_dir, max_part_size=max_part_size, overwrite=overwrite))
 
 
 def _license(src: Sources) -> str | None:

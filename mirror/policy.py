@@ -442,7 +442,7 @@ def scan_file(path) -> PickleScan:
     """Scan one pickle-kind file by what it holds, whatever its name: a zip (a torch checkpoint, an
     `.npz`, or any other: every member that holds a pickle), a numpy `.npy` (only object arrays
     carry a pickle), or a plain/legacy pickle stream; an encrypted, broken or unopenable archive
-    is refused. `path` may also be a checked source (mirror.sources.SourceFile): scanned through
+    is refused. `path` may also be a checked source (mirror.bundle.write.files.SourceFile): scanned through
     its descriptor, the bytes pack then bundles, never reopened by name."""
     if hasattr(path, "descriptor"):
         with path.descriptor() as fd:
@@ -559,7 +559,7 @@ def scan_bundle(bundle: str | os.PathLike) -> PolicyReport:
     here: `verify` reports those."""
     import tempfile
 
-    from mirror.tarformat import BundleReader
+    from mirror.bundle.codec import BundleReader
 
     with tempfile.TemporaryDirectory(prefix="mirror-scan-") as tmp, BundleReader(bundle, hash_all=False) as reader:
         paths = [f.path for f in reader.manifest.files]

@@ -372,8 +372,8 @@ def signature_advice(status: SignatureStatus) -> str:
 
 def _read_tail(bundle: Path):
     """Manifest bytes and the signature member: a header walk by the format's only reader
-    (`tarformat.read_tail`), so `inspect` stays instant on a 100 GB bundle."""
-    from mirror.tarformat import read_tail
+    (`bundle.codec.read_tail`), so `inspect` stays instant on a 100 GB bundle."""
+    from mirror.bundle.codec import read_tail
 
     return read_tail(bundle)
 
@@ -409,7 +409,7 @@ def sign_bundle(bundle_path: str | os.PathLike, *, key_path: str | os.PathLike) 
     sha256 changes, and the result says from what to what. Checking that the payload matches the
     manifest is `mirror verify`'s job; `mirror sign` runs it first."""
     from mirror.identity import bundle_id
-    from mirror.tarformat import append_trailer
+    from mirror.bundle.codec import append_trailer
 
     bundle = Path(bundle_path)
     tail = _read_tail(bundle)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from common import progress
 from mirror.extract import extract
-from mirror.tarformat import BundleReader
+from mirror.bundle import stored
+from mirror.bundle.codec import BundleReader
 from mirror.errors import BundleError, HashMismatch
 from mirror.hashing import DualHasher, HashLanes
 from mirror.manifest import Manifest
@@ -168,22 +169,18 @@ def _verify_parallel(path: Path) -> VerifyReport | None:
 def wants_sha256(path: str | os.PathLike, expected_sha256: str | None) -> bool:
     """Whether the bundle's own sha256 must be computed: a value to compare was given, or a
     `.sha256` sidecar sits beside the bundle (install decides the same way: mirror.install)."""
-    from mirror.install import has_sidecar
-
-    return expected_sha256 is not None or has_sidecar(path)
+    return expected_sha256 is not None or stored.has_sidecar(path)
 
 
 def transfer_problem(report: VerifyReport, *, expected_sha256: str | None = None) -> HashMismatch | None:
     """The bundle's sha256 against `expected_sha256` (a transfer ticket's) and against the sidecar
     beside it, as install compares them; the first disagreement, or None."""
-    from mirror.install import sidecar_sha256
-
     got = report.bundle_sha256
     if got is None:
         return None
     if expected_sha256 is not None and got != expected_sha256.lower():
         return HashMismatch(report.bundle, algorithm="bundle sha256", expected=expected_sha256.lower(), actual=got, where="against --sha256 (the transfer ticket)")
-    claimed = sidecar_sha256(report.bundle)
+    claimed = stored.sidecar_sha256(report.bundle)
     if claimed is not None and claimed != got:
         return HashMismatch(report.bundle, algorithm="bundle sha256", expected=claimed, actual=got,
                             where=f"against its sidecar {Path(report.bundle).name}.sha256 (a stale or altered copy: fetch both again)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from mirror.hashing import sha256_file
 from mirror.pack import pack_folder
 from trainer import tiny

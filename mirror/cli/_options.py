@@ -38,7 +38,7 @@ def json_option(help: str = "One JSON object per input on stdout, failed inputs 
 
 
 def part_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from mirror.parts import parse_size
+    from mirror.bundle.parts import parse_size
 
     return None if value is None else parse_size(value)
 

@@ -141,7 +141,7 @@ def verify(bundles, as_json, public_keys, expected_sha256, print_sha256) -> None
 
 def _policy_verdict(site, bundle: Path):
     """The site policy on one bundle, over its manifest and signature (read from the tail only)."""
-    from mirror.tarformat import read_tail
+    from mirror.bundle.codec import read_tail
     from mirror.trust import Verdict
 
     tail = read_tail(bundle)
@@ -167,7 +167,7 @@ def inspect(bundle, as_json, public_key) -> None:
     Everything is read before anything is printed: a damaged bundle gives one error, not half a
     report. It does not hash the files: 'mirror verify' does.
     """
-    from mirror.tarformat import read_manifest
+    from mirror.bundle.codec import read_manifest
 
     try:
         m = read_manifest(bundle)
@@ -222,11 +222,11 @@ def _inspect_lines(bundle: Path, m, public_key: Path | None) -> list[str]:
 
 def _inspect_scale(bundle: Path, m) -> list[str]:
     """The multi-part and delta lines of `inspect`."""
-    from mirror import parts
+    from mirror.bundle import parts, stored
     from mirror.delta import delta_info
 
     out = []
-    loc = parts.locate(bundle)
+    loc = stored.locate(bundle)
     if loc.multipart:
         idx = parts.read_index(loc.index)
         out.append(f"parts:     {len(idx.parts)} x {human_size(idx.max_part_size)} max, {human_size(idx.size)} in all, stream sha256 {idx.sha256}")

@@ -12,7 +12,7 @@ and folders only (no links, devices, FIFOs, sparse files, global headers), no ab
 path, no name twice, no header over 1 MiB, nothing but zeros after the end. The files land in a
 private staging folder (temp name, removed whatever happens), the pickle policy runs over them
 as for every other source, and the bundle is written by mirror's one writer
-(`bundle.write_bundle`): its commit id is `pack_commit` of the content, the one `mirror pack`
+(`mirror.bundle.write`): its commit id is `pack_commit` of the content, the one `mirror pack`
 derives for the same files, unless the artifact names a 40-hex source revision
 (`org.opencontainers.image.revision`, or the config's `descriptor.revision`); its source is
 `oci://REF@sha256:<manifest digest>`. A failure leaves no bundle and no staging folder.
@@ -38,7 +38,10 @@ import requests
 import zstandard
 
 from common import atomic, progress, safejson
-from mirror.bundle import BundleInfo, is_lfs, write_bundle
+from mirror.bundle import BundleInfo, BundleSpec, is_lfs
+from mirror.bundle.write.driver import write
+from mirror.bundle.write.sinks import FileSink
+from mirror.bundle.write.sources import FolderSource
 from mirror.errors import ArtifactMismatch, NotEnoughSpace, NotModelPack, RegistryError
 from mirror.ids import is_commit, repo_id_problem, unsafe_path_reason
 from mirror.manifest import FileEntry, classify, license_from_card
@@ -47,8 +50,8 @@ from mirror.oci.client import Client, reason
 from mirror.oci.reference import Reference
 from mirror.oci.transport import iter_body
 from mirror.policy import check_files, check_paths
-from mirror.sources import Sources
-from mirror.tarformat import name_collision
+from mirror.bundle.write.files import Sources
+from mirror.bundle.codec import name_collision
 
 # a layer's packing, from its media type's last part (specs-go/v1/mediatype.go): raw, tar, tar+gzip, tar+zstd
 PACKINGS = ("raw", "tar", "tar+gzip", "tar+zstd")
@@ -57,7 +60,7 @@ CREATED = "org.opencontainers.image.created"
 LICENSES = "org.opencontainers.image.licenses"
 EMPTY_SHA256 = "sha256:" + hashlib.sha256(b"").hexdigest()
 
-MAX_TAR_HEADER = 1024 * 1024  # a PAX or GNU long-name record: = tarformat.MAX_PAX
+MAX_TAR_HEADER = 1024 * 1024  # a PAX or GNU long-name record: = mirror.bundle.codec.MAX_PAX
 MAX_TAIL = 64 * 1024  # zeros after a tar's end marker (tar pads to 10 KiB records; some tools more)
 MAX_MEMBERS = 1_000_000  # tar members in one layer: tarfile keeps each one's header in memory
 ZSTD_WINDOW = 1 << 27  # zstd's own default limit (128 MiB): a frame may not demand more memory
@@ -480,12 +483,10 @@ def import_artifact(client: Client, ref: Reference, *, artifact: modelpack.Artif
                 src.add(p)
             # the pickle policy as for every source: scanned through the descriptors that are bundled
             report = check_files({p: src[p] for p in paths}, allow_pickle=allow_pickle, where=where)
-            info = write_bundle(
-                src_root=root, repo_id=repo_id_for(ref), repo_type="model", revision=revision_for(ref), commit=commit,
-                source=str(Reference(ref.registry, ref.repository, ref.tag, digest)), created_at=created,
-                license=_license(src, descriptor, artifact.annotations), out_dir=out_dir, expected=expected, paths=paths,
-                sources=src, extra={"policy": report.to_manifest()},
-            )
+            spec = BundleSpec(repo_id=repo_id_for(ref), repo_type="model", revision=revision_for(ref), commit=commit,
+                              source=str(Reference(ref.registry, ref.repository, ref.tag, digest)), created_at=created,
+                              license=_license(src, descriptor, artifact.annotations), expected=expected, extra={"policy": report.to_manifest()})
+            info = write(spec, FolderSource(root, paths=paths, files=src), FileSink(out_dir))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return Imported(info=info, fetched_bytes=fetched)

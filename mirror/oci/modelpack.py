@@ -45,8 +45,8 @@ BUNDLE_NAME = "org.offline-mirror.bundle.name"
 BUNDLE_SHA256 = "org.offline-mirror.bundle.sha256"
 BUNDLE_MANIFEST = "org.offline-mirror.bundle.manifest"  # sha256:<digest of the bundle manifest member> = the bundle identity
 BUNDLE_SIGNATURE = "org.offline-mirror.bundle.signature"  # sha256:<digest of the signature>, for a signed bundle
-MAX_BUNDLE_MANIFEST = 64 * 1024 * 1024  # = tarformat.MAX_MANIFEST
-MAX_SIGNATURE = 1024 * 1024  # = tarformat.MAX_TRAILER
+MAX_BUNDLE_MANIFEST = 64 * 1024 * 1024  # = bundle.codec.MAX_MANIFEST
+MAX_SIGNATURE = 1024 * 1024  # = bundle.layout.MAX_TRAILER
 MAX_CONFIG = 16 * 1024 * 1024
 
 _WEIGHT_NAMES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.pb", "*.tflite", "*.npz", "*.npy", "*.pkl", "*.pickle", "*.joblib")

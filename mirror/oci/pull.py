@@ -3,7 +3,7 @@
 The OCI manifest is checked first (ModelPack, file layers = the bundle manifest's files:
 mirror.oci.modelpack.check); the bundle manifest and signature come from its OCI 1.1 referrers
 (mirror.oci.referrers), or from layers of it in an artifact pushed before referrers. The bundle is then laid out exactly as the writer lays it out
-(tarformat's member headers and padding around the manifest member as stored, each file in path
+(mirror.bundle.layout's member headers and padding around the manifest member as stored, each file in path
 order, the signature trailer) with every layer streamed straight into place, its digest checked as
 it passes and the bundle's sha256 computed alongside (two hash lanes). It is written under
 `.<NAME>.tar.<digest12>.oci-partial`, which no command takes for a bundle; a pull that stops (a
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import requests
 
-from mirror import parts
+from mirror.bundle import parts
 
 from common import atomic, progress
 from mirror.bundle import bundle_filename
@@ -52,15 +52,9 @@ from mirror.oci.client import Client, reason
 from mirror.oci.reference import Reference
 from mirror.oci.transport import iter_body
 from mirror.signing import check_signature, require_valid
-from mirror.tarformat import (
-    TRAILER_MEMBERS,
-    BundleReader,
-    archive_size,
-    member_header,
-    padding,
-    write_sidecar,
-    writer_layout,
-)
+from mirror.bundle.codec import BundleReader
+from mirror.bundle.layout import TRAILER_MEMBERS, archive_size, member_header, padding, writer_layout
+from mirror.bundle.stored import write_sidecar
 
 RETRIES = 2  # a dropped connection mid-layer is resumed (Range) this many times before giving up
 NET_CHUNK = 256 * 1024  # a read cut by a dropped connection is lost whole: keep reads small

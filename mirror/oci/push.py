@@ -1,6 +1,6 @@
 """`mirror push BUNDLE oci://...`: a bundle into a registry as a ModelPack artifact.
 
-The bundle is read by position through the writer's own layout (tarformat.writer_layout), one
+The bundle is read by position through the writer's own layout (mirror.bundle.layout.writer_layout), one
 layer per file straight from its bytes in the bundle (single-file or multi-part). Every blob is
 HEADed first: what the registry already holds (an unchanged file of an earlier commit, the same
 file of another model) is not sent again, so a new commit uploads only what changed. A delta
@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common import progress
+from common.modelfacts import is_random_init_config
 from mirror.audit import AuditRow, render_cyclonedx
-from mirror.bundle import bundle_filename
+from mirror.bundle import bundle_filename, stored
 from mirror.delta import delta_info
 from mirror.errors import BundleError, DeltaBaseNeeded, UsageError
 from mirror.manifest import MANIFEST_NAME, FileEntry, Manifest, classify
@@ -37,15 +38,8 @@ from mirror.oci.client import DEFAULT_CHUNK, Client
 from mirror.oci.reference import Reference
 from mirror.policy import scan_bundle
 from mirror.signing import check_signature
-from mirror.tarformat import (
-    TRAILER_MEMBERS,
-    BLOCK,
-    BundleReader,
-    archive_size,
-    member_header,
-    padding,
-    writer_layout,
-)
+from mirror.bundle.codec import BundleReader
+from mirror.bundle.layout import TRAILER_MEMBERS, BLOCK, archive_size, member_header, padding, writer_layout
 
 
 @dataclass(frozen=True)
@@ -127,13 +121,7 @@ def _sidecar_sha256(bundle: Path, reader: BundleReader) -> str | None:
     pull can compare the rebuilt bundle with it; None when nothing records it."""
     if reader.parts is not None:
         return reader.parts.index.sha256
-    sidecar = bundle.with_name(bundle.name + ".sha256")
-    try:
-        text = sidecar.read_text(encoding="ascii")[:200]
-    except (OSError, UnicodeDecodeError):
-        return None
-    sha = text.split(" ", 1)[0].strip()
-    return sha if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha) else None
+    return stored.sidecar_sha256(bundle)  # a regular file only: a FIFO under its name is not opened
 
 
 def facts(m: Manifest, read_file: Callable[[FileEntry, int], bytes]) -> modelpack.ModelFacts:
@@ -148,7 +136,7 @@ def facts(m: Manifest, read_file: Callable[[FileEntry, int], bytes]) -> modelpac
             d = json.loads(read_file(cfg, cfg.size))
             archs = d.get("architectures")
             arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else d.get("model_type") if isinstance(d.get("model_type"), str) else None
-            random_init = d.get("mirror_demo") == "random-init"
+            random_init = is_random_init_config(d)
         except (ValueError, AttributeError):
             pass
     params, dtypes = 0, {}

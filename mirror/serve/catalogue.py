@@ -3,7 +3,7 @@
 The bundle stays the single source of truth: nothing is extracted or copied. Admitting a bundle
 means verifying every byte of it once (`mirror.verify`, bundles in parallel), remembering the
 verdict by the bundle's identity (`mirror.serve.state`), and learning where each file's data
-starts in the tar stream (`tarformat.writer_layout`, else one header walk). A request is then
+starts in the tar stream (`bundle.layout.writer_layout`, else one header walk). A request is then
 answered from those offsets (`mirror.serve.spans`), after checking on the open file that it is
 still the one that was verified (its identity, ctime included: a write with the mtime put back
 still shows), and for a small file after hashing the very bytes to be sent. A file found changed
@@ -33,7 +33,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
-from mirror import parts, trust
+from mirror import trust
+from mirror.bundle.stored import scan_folder
 from mirror.delta import delta_info
 from mirror.errors import ApprovalError, BundleError, MirrorError, SignatureError, UsageError
 from mirror.ids import is_commit, ref_problem
@@ -41,7 +42,8 @@ from mirror.listing import one_line
 from mirror.manifest import FileEntry, Manifest
 from mirror.serve import spans
 from mirror.serve.state import Identity, StateFile, Verdict, identity
-from mirror.tarformat import MAX_TRAILER, TRAILER_MEMBERS, BundleReader, writer_layout
+from mirror.bundle.codec import BundleReader
+from mirror.bundle.layout import MAX_TRAILER, TRAILER_MEMBERS, writer_layout
 from mirror.identity import bundle_id
 from mirror.verify import transfer_problem, verify_bundle
 
@@ -118,15 +120,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def bundle_entries(folder: Path) -> list[Path]:
-    """The bundles of `folder`: every NAME.tar, and every NAME.tar.parts.json without a NAME.tar
-    (a single file of that name wins, as everywhere in mirror). Unfinished `.partial` files never
-    match."""
-    tars = set(folder.glob("*.tar"))
-    indexes = {p for p in folder.glob("*.tar" + parts.INDEX_SUFFIX) if p.with_name(p.name[: -len(parts.INDEX_SUFFIX)]) not in tars}
-    return sorted(tars | indexes)
-
-
 class Catalogue:
     """The served repos of one bundles folder. `refresh()` scans, verifies what is new or changed
     and publishes a new view; `watch(interval)` does that in a background thread."""
@@ -194,7 +187,7 @@ class Catalogue:
         failed: dict[Path, str] = {}
         current: dict[Path, Identity] = {}
         try:
-            entries = bundle_entries(self.folder)
+            entries = scan_folder(self.folder)
         except OSError as e:
             log.error("cannot list %s (%s); serving what was verified before", self.folder, e.strerror or e)
             return self._view

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from mirror import parts
+from mirror.bundle import stored
 from mirror.errors import MirrorError
 from mirror.manifest import FileEntry
 from common.safeio import NotRegularFile, open_regular
@@ -90,11 +90,10 @@ class BundleChanged(MirrorError, OSError):
 
 def stream_of(path: Path, ident: Identity, *, on_change: Callable[[Path], None] | None = None) -> Stream:
     """The Stream of a bundle whose identity (`state.identity`) is `ident`."""
-    loc = parts.locate(path)
+    loc = stored.locate(path)
     if loc.multipart:
-        index = parts.read_index(loc.index)
-        files = tuple(loc.index.parent / p.name for p in index.parts)
-        return Stream(files=files, idents=tuple(ident[1:]), span=index.max_part_size, size=index.size, on_change=on_change)
+        files, span, size = loc.pieces()
+        return Stream(files=files, idents=tuple(ident[1:]), span=span, size=size, on_change=on_change)
     size = ident[0][3]
     return Stream(files=(path,), idents=(ident[0],), span=max(1, size), size=size, on_change=on_change)
 
@@ -125,8 +124,7 @@ def _open_span(src: FileSource, start: int, end: int) -> "Segment | MultiSegment
     at, n = src.offset + start, end - start
     if len(stream.files) == 1:
         return Segment(_open(stream, 0), at, n, stream=stream, k=0)
-    k = min(at // stream.span, len(stream.files) - 1)
-    off = at - k * stream.span
+    k, off = stored.piece_at(at, stream.span, len(stream.files))
     if off + n <= stream.span:
         return Segment(_open(stream, k), off, n, stream=stream, k=k)
     return MultiSegment(stream, at, n)
@@ -142,7 +140,7 @@ class Verified:
         with _open_span(src, 0, src.entry.size) as whole:
             data = b"".join(whole.chunks())
         if len(data) != src.entry.size or hashlib.sha256(data).hexdigest() != src.entry.sha256:
-            raise src.stream.changed(src.stream.files[min(src.offset // src.stream.span, len(src.stream.files) - 1)])
+            raise src.stream.changed(src.stream.files[stored.piece_at(src.offset, src.stream.span, len(src.stream.files))[0]])
         self._data = memoryview(data)[start:end]
         self.length = end - start
 
@@ -227,14 +225,14 @@ class MultiSegment:
         self.at = at
         self.length = length
         self._open: BinaryIO | None = None
-        first = at // stream.span
+        first = stored.piece_at(at, stream.span, len(stream.files))[0]
         self._open = _open(stream, first)  # the first part checked now: a changed bundle is a 503, not a cut body
         self._k = first
 
     def chunks(self) -> Iterator[bytes]:
         pos, left = self.at, self.length
         while left > 0:
-            k, off = divmod(pos, self.stream.span)
+            k, off = stored.piece_at(pos, self.stream.span, len(self.stream.files))
             if k != self._k or self._open is None:
                 self.close()
                 self._open, self._k = _open(self.stream, k), k

@@ -24,7 +24,8 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror import cachedirs, parts
+from mirror import cachedirs
+from mirror.bundle import parts, stored
 
 from common import atomic, safejson
 from mirror.errors import BundleError, MirrorError
@@ -76,10 +77,10 @@ def identity(path: Path) -> Identity:
     if not stat.S_ISREG(st.st_mode):
         raise BundleError(str(path), "not a regular file (not opened)", fix="remove it from the bundles folder")
     ids = [_ident(path, st)]
-    loc = parts.locate(path)
+    loc = stored.locate(path)
     if loc.multipart:
         index = parts.read_index(loc.index)
-        parts.check_parts(index, loc.index.parent, where=str(loc.index))
+        stored.check_parts(index, loc.index.parent, where=str(loc.index))
         for p in index.parts:
             _inside(loc.index.parent / p.name, path.parent)
         ids += [_ident(loc.index.parent / p.name, os.stat(loc.index.parent / p.name)) for p in index.parts]

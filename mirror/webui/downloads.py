@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from mirror import parts
+from mirror.bundle import parts, stored
 from mirror.audit import AuditRow, render_cyclonedx
 from mirror.signing import SignatureStatus, read_signature
 from mirror.webui import views
@@ -57,7 +57,7 @@ def signature_bytes(commit) -> bytes | None:
 
 
 def bundle_size(commit) -> int:
-    location = parts.locate(commit.bundle)
+    location = stored.locate(commit.bundle)
     return parts.read_index(location.index).size if location.multipart else location.path.stat().st_size
 
 

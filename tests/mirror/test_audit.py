@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirror.bundle import write_bundle
+from mirror.bundle.write.driver import write_bundle
 from mirror.audit import audit, render_cyclonedx, render_json, render_table
 from mirror.errors import UsageError
 from mirror.pack import pack_folder

@@ -17,7 +17,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 
 from mirror import __version__
 from mirror.audit import audit, render_cyclonedx
-from mirror.bundle import write_bundle
+from mirror.bundle.write.driver import write_bundle
 from mirror.pack import pack_folder
 
 CARD = """---

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mirror import bundle, tarformat
-from mirror.bundle import bundle_filename, pack_commit, write_bundle
-from mirror.tarformat import BundleReader, append_trailer, iter_payload, read_manifest
+from mirror import bundle
+from mirror.bundle import layout
+from mirror.bundle.write import driver, sinks
+from mirror.bundle import bundle_filename, pack_commit
+from mirror.bundle.write.driver import write_bundle
+from mirror.bundle.codec import BundleReader, append_trailer, iter_payload, read_manifest
 from mirror.errors import BundleError, HashMismatch, ManifestError, NotEnoughSpace, UsageError
 from mirror.hashing import hash_file
 from mirror.manifest import FileEntry
@@ -88,7 +91,7 @@ def test_a_file_changed_after_hashing_is_refused(repo, tmp_path, monkeypatch):
     """Files are hashed before the tar is written: one rewritten in between (same size, new
     bytes) would make the manifest lie about the payload, so the write is refused."""
     src, files = repo
-    real = bundle.hash_files
+    real = driver.hash_files
 
     def then_rewrite(paths, **kw):
         digests = real(paths, **kw)
@@ -97,7 +100,7 @@ def test_a_file_changed_after_hashing_is_refused(repo, tmp_path, monkeypatch):
         os.utime(target, ns=(1, 1))  # a different mtime, as any write gives a moment later
         return digests
 
-    monkeypatch.setattr(bundle, "hash_files", then_rewrite)
+    monkeypatch.setattr(driver, "hash_files", then_rewrite)
     with pytest.raises(UsageError, match="model.safetensors changed while it was being bundled"):
         write(src, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
@@ -186,7 +189,7 @@ def test_expected_size_is_checked_before_writing(repo, tmp_path):
 
 def test_not_enough_space_is_refused_up_front(repo, tmp_path, monkeypatch):
     src, _ = repo
-    monkeypatch.setattr(bundle.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(sinks.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(NotEnoughSpace) as e:
         write(src, tmp_path / "out")
     assert e.value.free == 1000 and e.value.needed > 300_000
@@ -313,7 +316,7 @@ def test_append_trailer_adds_then_replaces_the_last_member(repo, tmp_path):
 
 def test_sizes_over_8_gib_go_into_a_pax_record():
     size = 9 * 2**30
-    head = tarformat.member_header("files/model-00001-of-00002.safetensors", size)
+    head = layout.member_header("files/model-00001-of-00002.safetensors", size)
     assert len(head) == 3 * 512  # PAX header + its records block + the ustar header
     assert b" size=9663676416\n" in head[512:1024]
     with tarfile.open(fileobj=io.BytesIO(head + b"\0" * 1024), mode="r|") as t:

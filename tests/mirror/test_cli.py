@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mirror import hub
 from mirror.bundle import BundleInfo
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from mirror.cli import cli
 
 
@@ -113,9 +113,9 @@ def test_not_a_bundle(tmp_path):
 
 def test_pack_errors_leave_nothing_partial(folder, tmp_path, monkeypatch):
     assert_one_line_error(run("pack", folder, "--repo-id", "a/b/c", "--out", tmp_path / "out"), 2, "is not a Hub repo id")
-    import mirror.bundle
+    import mirror.bundle.write.sinks
 
-    monkeypatch.setattr(mirror.bundle.shutil, "disk_usage", lambda p: type("U", (), {"free": 10})())
+    monkeypatch.setattr(mirror.bundle.write.sinks.shutil, "disk_usage", lambda p: type("U", (), {"free": 10})())
     assert_one_line_error(run("pack", folder, "--repo-id", "acme/m", "--out", tmp_path / "out"), 7, "not enough disk space")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -126,7 +126,7 @@ def test_interrupt_exits_130(folder, tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mirror.pack, "write_bundle", interrupted)
+    monkeypatch.setattr(mirror.pack, "write", interrupted)
     r = run("pack", folder, "--repo-id", "acme/m", "--out", tmp_path / "out")
     assert r.exit_code == 130 and r.stderr.startswith("mirror: error: interrupted")
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from common import exitcodes
 from mirror.cli import cli
 from mirror.errors import BundleError, NotEnoughSpace, UsageError
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.mirror.test_bundle import make_repo
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mirror import delta, parts
-from mirror.tarformat import read_manifest
+from mirror import delta
+from mirror.bundle import parts
+from mirror.bundle.codec import read_manifest
 from mirror.errors import BaseNotInstalled, ManifestError, UsageError
 from mirror.install import install_bundle
 from mirror.manifest import FileEntry, parse

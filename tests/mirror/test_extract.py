@@ -12,7 +12,7 @@ from mirror import extract as extract_mod
 from mirror.errors import HashMismatch
 from mirror.extract import extract
 from mirror.install import install_bundle
-from mirror.tarformat import BundleReader
+from mirror.bundle.codec import BundleReader
 from tests.fixtures.cachetree import tree
 from tests.mirror.test_bundle import make_repo, write
 

@@ -10,7 +10,7 @@ import pytest
 from mirror.hfcache import RecordTrust
 from mirror.identity import bundle_id, is_bundle_id, read_bundle_id
 from mirror.install import install_bundle, installed_trust
-from mirror.tarformat import BundleReader
+from mirror.bundle.codec import BundleReader
 from tests.mirror.test_bundle import COMMIT, make_repo, write
 
 

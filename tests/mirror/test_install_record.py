@@ -10,8 +10,8 @@ import pytest
 from mirror import hfcache
 from mirror.errors import HashMismatch, UnsafeCache
 from mirror.install import install_bundle, installed_bundle
-from mirror.parts import Ranges
-from mirror.tarformat import BundleReader
+from mirror.bundle.stored import Ranges
+from mirror.bundle.codec import BundleReader
 from tests.mirror.test_bundle import COMMIT, make_repo, write
 
 
@@ -112,7 +112,7 @@ def test_positioned_reads_into_a_buffer_give_the_same_bytes_across_parts(small, 
 def test_a_sidecar_beside_the_bundle_is_checked_even_when_the_sha256_is_not_asked_for(small, tmp_path):
     """A byte of the manifest changed in transit (its licence): every file still matches that
     manifest, but not the sidecar shipped beside it; `mirror install` (no --sha256) refuses it."""
-    from mirror.tarformat import BundleReader
+    from mirror.bundle.codec import BundleReader
 
     _, info = small
     with BundleReader(info.path, hash_all=False) as r:

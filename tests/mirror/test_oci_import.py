@@ -21,7 +21,7 @@ from modelpack_client.models import ModelDescriptor
 from mirror.cli import cli
 from mirror.oci.client import OCI_MANIFEST, Client
 from mirror.pack import pack_folder
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures import registry as fixtures
 from tests.fixtures.registry import DroppingProxy, unique_repo
 from tests.mirror.test_bundle import make_repo

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from mirror.errors import UsageError
 from mirror.pack import pack_folder
 from tests.mirror.test_bundle import make_repo

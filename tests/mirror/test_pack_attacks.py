@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import mirror.bundle
+import mirror.bundle.write.driver
 import mirror.pack
-import mirror.sources
+import mirror.bundle.write.files
 from mirror.cli import cli
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures.procs import default_signals
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,8 +197,8 @@ def test_a_file_swapped_after_the_check_never_leaks(folder, secret, tmp_path, mo
     with the descriptor held since the check or (past the descriptor budget) reopened: pack
     refuses in one line, or bundles the original bytes. Never the secret's."""
     if not held:
-        monkeypatch.setattr(mirror.sources, "fd_budget", lambda: 0)
-    real = mirror.bundle.hash_files
+        monkeypatch.setattr(mirror.bundle.write.files, "fd_budget", lambda: 0)
+    real = mirror.bundle.write.driver.hash_files
 
     def racing_hash_files(items, **kw):
         if when == "before-hashing":
@@ -208,7 +208,7 @@ def test_a_file_swapped_after_the_check_never_leaks(folder, secret, tmp_path, mo
         swap(kind, folder, rel, secret)
         return digests
 
-    monkeypatch.setattr(mirror.bundle, "hash_files", racing_hash_files)
+    monkeypatch.setattr(mirror.bundle.write.driver, "hash_files", racing_hash_files)
     out = tmp_path / "out"
     with no_hang():
         r = pack(folder, out)
@@ -254,7 +254,7 @@ def test_lineage_json_swapped_for_a_link_never_reaches_the_manifest(folder, tmp_
     secret_json = tmp_path / "credentials.json"
     secret_json.write_text('{"token": "ROOT-ONLY-TOKEN"}')
     if not held:
-        monkeypatch.setattr(mirror.sources, "fd_budget", lambda: 0)
+        monkeypatch.setattr(mirror.bundle.write.files, "fd_budget", lambda: 0)
     real = mirror.pack.check_files
 
     def swap_then_check(*a, **kw):  # runs after the walk, before lineage.json is read
@@ -280,7 +280,7 @@ def test_many_files_past_the_descriptor_budget_pack_the_same_bytes(folder, tmp_p
         (folder / "shards" / f"{i:03d}.txt").parent.mkdir(exist_ok=True)
         (folder / "shards" / f"{i:03d}.txt").write_bytes(b"%d\n" % i * (i + 1))
     held = pack(folder, tmp_path / "a")
-    monkeypatch.setattr(mirror.sources, "fd_budget", lambda: 5)
+    monkeypatch.setattr(mirror.bundle.write.files, "fd_budget", lambda: 5)
     reopened = pack(folder, tmp_path / "b")
     assert held.exit_code == reopened.exit_code == 0, reopened.output
     a, b = (Path(r.stdout.splitlines()[-1]) for r in (held, reopened))
@@ -418,7 +418,7 @@ def test_a_pickle_swapped_after_the_walk_is_scanned_as_bundled(folder, tmp_path,
     evil = tmp_path / "evil.pt"
     evil.write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
     if not held:
-        monkeypatch.setattr(mirror.sources, "fd_budget", lambda: 0)
+        monkeypatch.setattr(mirror.bundle.write.files, "fd_budget", lambda: 0)
     real = mirror.pack.check_files
 
     def scan_then_swap(*a, **kw):  # the scan passes the benign bytes; then the name is swapped

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from mirror.cli import cli
-from mirror.tarformat import append_trailer
+from mirror.bundle.codec import append_trailer
 from tests.mirror.test_cli import assert_one_line_error
 from tests.mirror.test_hostile import COMMIT, GOOD, good_files, member, tar
 from tests.mirror.test_hostile import manifest as victim_manifest

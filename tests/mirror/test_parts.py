@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirror import parts
+from mirror.bundle import parts, stored
 from mirror.errors import BundleError, PartError, UsageError
 from mirror.install import install_bundle
 from mirror.pack import pack_folder
@@ -76,8 +76,8 @@ def test_missing_part_is_named_before_any_work(tmp_path: Path, monkeypatch: pyte
     (multi.path.parent / index.parts[3].name).unlink()
     (multi.path.parent / index.parts[5].name).write_bytes(b"short")
     opened: list[str] = []
-    real_open = parts.open_regular
-    monkeypatch.setattr(parts, "open_regular", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    real_open = stored.open_regular
+    monkeypatch.setattr(stored, "open_regular", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
     for action in (verify_bundle, lambda p: install_bundle(p, cache_dir=tmp_path / "cache")):
         with pytest.raises(PartError) as err:
             action(multi.path)
@@ -167,8 +167,8 @@ def test_reader_never_joins_parts_on_disk(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(builtins, "open", spy)
     before = {p.name: p.stat().st_size for p in multi.path.parent.iterdir()}
-    with parts.open_stream(multi.path) as stream:
-        assert isinstance(stream, parts.PartsReader)
+    with stored.open_stream(multi.path) as stream:
+        assert isinstance(stream, stored.PartsReader)
         digest = hashlib.sha256()
         while chunk := stream.read(3000):  # reads that straddle part boundaries
             digest.update(chunk)
@@ -202,7 +202,7 @@ def test_writer_reader_round_trip(tmp_path_factory, data: bytes, part: int, cuts
     index = w.commit(folder / "b.tar")
     assert index.sha256 == hashlib.sha256(data).hexdigest() and index.size == len(data)
     assert all(p.size == part for p in index.parts[:-1])
-    with parts.PartsReader(folder / "b.tar.parts.json") as r:
+    with stored.PartsReader(folder / "b.tar.parts.json") as r:
         assert r.read() == data
         assert r.unchecked_parts() == ()
         r.seek(len(data) // 2)
@@ -275,7 +275,7 @@ def test_parallel_verify_reads_ranges_of_single_files_and_parts(tmp_path: Path) 
         fast = verify_bundle(bundle, bundle_sha256=False)
         assert fast.ok and fast.checked == 4 and fast.checked_bytes == single.manifest.total_size
         assert fast.bundle_sha256 is None  # skipped: the files alone were hashed, in parallel
-    with parts.Ranges(multi.path) as r, open(single.path, "rb") as f:
+    with stored.Ranges(multi.path) as r, open(single.path, "rb") as f:
         whole = f.read()
         assert r.size == len(whole)
         for at, n in ((0, 10), (PART - 3, 7), (PART * 2 - 1, PART + 2), (len(whole) - 5, 50)):

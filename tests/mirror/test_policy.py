@@ -336,7 +336,7 @@ def _torch_bytes() -> bytes:
 
 
 def test_pull_refuses_pickle_before_downloading_and_scans_with_allow_pickle(tmp_path):
-    from mirror.tarformat import read_manifest
+    from mirror.bundle.codec import read_manifest
     from mirror.hub import pull
     from tests.fixtures.fake_hub import FakeHub
 

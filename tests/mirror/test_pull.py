@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mirror.tarformat import iter_payload, read_manifest
+from mirror.bundle.codec import iter_payload, read_manifest
 from mirror.errors import AuthRequired, HashMismatch, HubError, PolicyError, RepoNotFound, RevisionNotFound, UsageError
 from mirror.hub import DEFAULT_EXCLUDES, STAGING_DIR, pull, select_files
 from tests.fixtures.fake_hub import FakeHub, git_blob_sha1, lfs_pointer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror import inplace
+from mirror.bundle.write import inplace
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hub import STAGING_DIR, pull
 from tests.fixtures.fake_hub import FakeHub

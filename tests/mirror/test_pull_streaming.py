@@ -15,7 +15,7 @@ import pytest
 
 from mirror.errors import HashMismatch
 from mirror.hub import STAGING_DIR, pull
-from mirror.inplace import PARTIAL_NAME
+from mirror.bundle.write.inplace import PARTIAL_NAME
 from tests.fixtures.fake_hub import FakeHub
 from tests.mirror.test_pull import hermetic, payload  # noqa: F401 (hermetic: an autouse fixture)
 

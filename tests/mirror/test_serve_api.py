@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures.serve import pack, serve_bundles
 
 MIDDLE = "model.safetensors"  # sorts between README.md/config.json and sub/, zz.txt: a member in the middle of the tar

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from mirror.serve.catalogue import Catalogue
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures.serve import pack, serve_bundles
 
 
@@ -30,7 +30,8 @@ def _model(root: Path, text: str, *, big: int = 5000) -> Path:
 
 def _flip_last_payload_byte(bundle: Path, entry_size: int) -> None:
     """Damage a file's data in place without changing the bundle's size."""
-    from mirror.tarformat import BundleReader, writer_layout
+    from mirror.bundle.codec import BundleReader
+    from mirror.bundle.layout import writer_layout
 
     with BundleReader(bundle, hash_all=False) as r, r.ranges() as src:
         layout = writer_layout(src, r.manifest, r.offset)
@@ -52,7 +53,7 @@ def test_a_restart_verifies_nothing_that_did_not_change(tmp_path, caplog):
     second = Catalogue(tmp_path / "bundles", state_file=state).refresh()
     assert "verifying" not in caplog.text
     assert second.repos[0].commits[0].verified_at == first.repos[0].commits[0].verified_at
-    from mirror.parts import stream_sha256
+    from mirror.bundle.stored import stream_sha256
 
     assert second.repos[0].commits[0].bundle_sha256 == stream_sha256(b)
     os.utime(b, ns=(1, 1))  # same bytes, other identity: verified again

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures.serve import pack, serve_bundles, server_env
 
 

@@ -44,7 +44,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures.serve import pack, serve_bundles
 
 USER_AGENT = "dragonfly/1.5.1"  # DEFAULT_USER_AGENT = "dragonfly/" + CARGO_PKG_VERSION

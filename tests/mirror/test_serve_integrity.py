@@ -21,7 +21,8 @@ import requests
 from mirror.serve import spans
 from mirror.serve.catalogue import Catalogue
 from mirror.serve.state import identity
-from mirror.tarformat import BundleReader, read_manifest, writer_layout
+from mirror.bundle.codec import BundleReader, read_manifest
+from mirror.bundle.layout import writer_layout
 from tests.fixtures.serve import pack, serve_bundles
 
 CONFIG = b'{"hidden_size": 8, "note": "the verified config"}\n'

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from mirror.tarformat import read_manifest
+from mirror.bundle.codec import read_manifest
 from tests.fixtures.serve import pack, serve_bundles
 from tests.trainer.clitools import cli_isolated, invoke, tiny_config  # noqa: F401 (fixture)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mirror.identity import read_bundle_id
-from mirror.tarformat import BundleReader, append_trailer, read_manifest
+from mirror.bundle.codec import BundleReader, append_trailer, read_manifest
 from mirror.errors import SignatureError, UsageError
 from mirror.install import install_bundle
 from mirror.pack import pack_folder

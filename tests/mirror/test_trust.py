@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mirror.bundle import is_lfs, write_bundle
+from mirror.bundle import is_lfs
+from mirror.bundle.write.driver import write_bundle
 from mirror.hashing import hash_file
 from mirror.manifest import FileEntry, classify
 from tests.fixtures.cachetree import tree

@@ -117,7 +117,7 @@ def test_a_flipped_byte_in_a_regular_file_names_both_digests(good, tmp_path):
 
 def _changed_manifest_byte(path) -> None:
     """A timestamp in the manifest changed in transit: the files still match that manifest."""
-    from mirror.tarformat import BundleReader
+    from mirror.bundle.codec import BundleReader
 
     with BundleReader(path, hash_all=False) as r:
         head = r.manifest_bytes

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mirror.pack import pack_folder
-from mirror.tarformat import read_tail
+from mirror.bundle.codec import read_tail
 from tests.fixtures.serve import serve_bundles
 from tests.mirror.test_webui_pages import HOSTILE_FILE, TOKEN, build_estate
 

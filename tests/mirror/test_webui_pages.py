@@ -17,7 +17,7 @@ import pytest
 from mirror.pack import pack_folder
 from mirror.serve.catalogue import Catalogue
 from mirror.signing import check_signature, key_fingerprint, keygen, sign_bundle
-from mirror.tarformat import read_tail
+from mirror.bundle.codec import read_tail
 from mirror.webui import COOKIE, PageRequest, handle
 from mirror.webui.app import CSP
 from tests.mirror.test_webui_card import elements
@@ -389,7 +389,7 @@ def test_unsigned_bundles_that_verified_are_not_counted_as_verification_failures
 
 
 def test_a_local_pack_claiming_a_hub_repo_id_says_it_was_packed_locally(estate, tmp_path):
-    from mirror.bundle import write_bundle
+    from mirror.bundle.write.driver import write_bundle
 
     claimed = pack_folder(_folder(tmp_path / "src-claim" / "my-minilm", {"config.json": "{}\n", "model.safetensors": b"\x0a" * 100}),
                           repo_id="sentence-transformers/all-MiniLM-L6-v2", out_dir=estate["dir"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror.bundle import write_bundle
+from mirror.bundle.write.driver import write_bundle
 from tests.trainer.clitools import cli_isolated, invoke  # noqa: F401 (cli_isolated: a fixture)
 
 pytestmark = pytest.mark.usefixtures("cli_isolated")
@@ -105,7 +105,8 @@ def test_a_bundle_that_only_claims_the_installed_commit_is_never_named(tmp_path)
     there under that commit now holds other weights. The one pass that would record it verifies it
     first, so the lineage names no bundle rather than a wrong one, and nothing is remembered."""
     from mirror.install import install_bundle, installed_bundle
-    from mirror.tarformat import BundleReader, read_manifest, writer_layout
+    from mirror.bundle.codec import BundleReader, read_manifest
+    from mirror.bundle.layout import writer_layout
 
     info = _base_bundle(tmp_path)
     info.path.with_name(info.path.name + ".sha256").unlink()  # no sidecar beside it: nothing makes the install hash the bundle

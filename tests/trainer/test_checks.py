@@ -157,7 +157,7 @@ def test_sft_lengths_are_measured_on_the_chat_template(tmp_path, tiny_lm_dir):
 
 
 def test_a_corrupt_bundle_is_a_check_error_naming_it(tmp_path):
-    from mirror.bundle import write_bundle
+    from mirror.bundle.write.driver import write_bundle
 
     src = tmp_path / "src"
     src.mkdir()

@@ -13,7 +13,7 @@ import pytest
 
 import trainer.evaluate
 import trainer.recipes
-from mirror.bundle import write_bundle
+from mirror.bundle.write.driver import write_bundle
 from trainer.errors import Interrupted
 from trainer.offline import guard_active
 from trainer.recipes import RunResult

@@ -32,7 +32,7 @@ def keys(tmp_path) -> dict[str, Path]:
 
 
 def _bundle(tmp_path: Path, *, size: int = 2048) -> Path:
-    from mirror.bundle import write_bundle
+    from mirror.bundle.write.driver import write_bundle
 
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
@@ -227,7 +227,7 @@ def test_an_approval_file_is_required_and_honoured(tmp_path, trainer_cli, config
     other_src = tmp_path / "osrc"
     other_src.mkdir()
     (other_src / "config.json").write_text("{}")
-    from mirror.bundle import write_bundle
+    from mirror.bundle.write.driver import write_bundle
 
     unrelated = write_bundle(src_root=other_src, repo_id="acme/other", revision="main", commit=None, source="local:o",
                              created_at="2026-01-01T00:00:00Z", license=None, out_dir=tmp_path / "elsewhere").path

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import mirror.install
-from mirror.bundle import write_bundle
+from mirror.bundle.write.driver import write_bundle
 from mirror.errors import SignatureError
 from trainer.cli import cli
 from trainer.offline import offline_env

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mirror.bundle import write_bundle
+from common.modelfacts import remote_code_reason
+from mirror.bundle.write.driver import write_bundle
 from trainer.errors import BundleRejected, ModelNotAvailable, RemoteCodeRefused
 from trainer.offline import network_guard
-from trainer.resolve import needs_remote_code, resolve_model
+from trainer.resolve import resolve_model
 
 REPO = "acme/tiny-encoder"
 
@@ -143,14 +144,14 @@ def test_a_corrupt_bundle_is_refused_and_the_cache_left_untouched(tmp_path, cach
 
 def test_remote_code_is_refused_unless_trusted(tmp_path, cache):
     folder = _model_folder(tmp_path / "custom", extra={"modeling_custom.py": "print('hi')\n"})
-    assert needs_remote_code(folder) == "Python files in the repo: modeling_custom.py"
+    assert remote_code_reason(folder) == "Python files in the repo: modeling_custom.py"
     with pytest.raises(RemoteCodeRefused, match=r"Python files in the repo: modeling_custom.py.*trust_remote_code: true"):
         resolve_model(str(folder))
     assert resolve_model(str(folder), trust_remote_code=True).source == "local"
 
     mapped = _model_folder(tmp_path / "mapped")
     (mapped / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "acme/code--modeling.Model"}}))
-    assert needs_remote_code(mapped) == "config.json has auto_map (custom model classes)"
+    assert remote_code_reason(mapped) == "config.json has auto_map (custom model classes)"
 
 
 def test_remote_code_in_a_bundle_is_refused_after_install(tmp_path, cache):

@@ -14,7 +14,7 @@ import pytest
 
 import mirror.install
 import trainer.recipes
-from mirror.bundle import write_bundle
+from mirror.bundle.write.driver import write_bundle
 from mirror.errors import SignatureError
 from mirror.manifest import MANIFEST_NAME
 from tests.trainer.clitools import error_line

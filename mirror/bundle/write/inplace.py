@@ -37,7 +37,8 @@ from pathlib import Path
 from common import atomic
 from mirror.errors import HashMismatch, NotEnoughSpace, UsageError
 from mirror.hashing import Cancelled
-from mirror.tarformat import archive_size
+from mirror.bundle.layout import BLOCK, archive_size
+from mirror.bundle.write.files import copy_source
 
 JOURNAL_FORMAT = 1
 NOTE_EVERY = 32 * 1024 * 1024  # journal each region's progress this often (a rerun resumes from there; ~30 small writes per GB)
@@ -55,7 +56,7 @@ class Fixed:
     offset: int
     data: bytes | None  # None: `source` is copied there (a file already hashed and checked)
     size: int
-    source: object = None  # mirror.sources.SourceFile
+    source: object = None  # mirror.bundle.write.files.SourceFile
     path: str = ""
     sha256: str | None = None  # a source not hashed yet (its digest the Hub's): checked as it is copied
 
@@ -378,8 +379,6 @@ class InPlaceWriter:
         if piece.data is not None:
             self._pwrite(memoryview(piece.data), piece.offset)
             return
-        from mirror.bundle import copy_source  # the one copy loop of checked sources
-
         at = [piece.offset]
 
         def put(data: bytes) -> None:
@@ -464,7 +463,7 @@ def layout(
     Hub's sha256 when it is promised) in bundle order; a path in `slots` is filled by the caller
     (its sha256 must be promised), any other is copied from `source`, checked against a promised
     sha256 on the way. The zero bytes after the last member fill it up to `total`, which must be
-    the tar's size for these members (`tarformat.archive_size`)."""
+    the tar's size for these members (`layout.archive_size`)."""
     fixed = [Fixed(offset=0, data=manifest_member, size=len(manifest_member))]
     out: list[Slot] = []
     at = len(manifest_member)
@@ -478,7 +477,7 @@ def layout(
         elif size:
             fixed.append(Fixed(offset=at, data=None, size=size, source=source, path=path, sha256=sha))
         at += size
-        if pad := -size % 512:
+        if pad := -size % BLOCK:
             fixed.append(Fixed(offset=at, data=b"\0" * pad, size=pad))
             at += pad
     if archive_size(at) != total:

@@ -1,12 +1,12 @@
-"""The bundle format's tar layer: the only code that writes or reads tar headers.
+"""The bundle's tar codec: the strict one-pass reader, and the few writes after a bundle exists
+(a signature trailer). With `layout` the only code that reads or writes tar headers.
 
 A bundle is one uncompressed POSIX tar whose first member is the manifest (docs/bundle-format.md),
 so a reader learns what a 100 GB bundle holds from its first few kilobytes, and a verifier checks
 everything in one sequential pass. Headers are written and parsed here rather than by `tarfile`:
 the writer must be byte-for-byte deterministic across Python versions, and the reader must refuse
 anything outside the format (links, devices, sparse files, unknown extensions) instead of
-interpreting it. Everything else (writer, verifier, installer, signer, registry transport) goes
-through `member_header`, `BundleReader`, `writer_layout` and `append_trailer`.
+interpreting it. The bytes come from `stored` (one file, or the parts read as one stream).
 """
 
 from __future__ import annotations
@@ -17,21 +17,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from mirror import parts
-from common.atomic import write_atomic
+from mirror.bundle import stored
+from mirror.bundle.layout import BLOCK, MAX_TRAILER, RECORD, TRAILER_MEMBERS, header_number, member_header, padding
 from mirror.errors import BundleError, ManifestError, UsageError
-from mirror.hashing import CHUNK, HashLanes, sha256_file, sha256sum_line
+from mirror.hashing import CHUNK, HashLanes, sha256_file
 from common.safeio import NotRegularFile, open_regular
 from mirror.manifest import MANIFEST_NAME, PAYLOAD_PREFIX, FileEntry, Manifest, parse, unsafe_path_reason
 
-BLOCK = 512
-RECORD = 20 * BLOCK  # tar's traditional record size; the archive is padded to a multiple of it
 MAX_MANIFEST = 64 * 1024 * 1024  # ~200k files; a larger "manifest" is hostile, not a model repo
 MAX_PAX = 1024 * 1024
-PAX_NAME = b"././@PaxHeader"
-_MAX_OCTAL_SIZE = 0o77777777777  # 11 octal digits: sizes above 8 GiB go into a PAX record
-# `_mirror/` members other than the manifest that may follow the payload (signing appends one).
-TRAILER_MEMBERS = ("_mirror/signature.json",)
 
 
 @dataclass(frozen=True)
@@ -51,80 +45,7 @@ class PayloadMember:
         return self.name[len(PAYLOAD_PREFIX):] if self.name.startswith(PAYLOAD_PREFIX) else None
 
 
-# --- tar headers ----------------------------------------------------------------------------------
-
-
-def _octal(n: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, n)
-
-
-def _ustar(name: bytes, size: int, typeflag: bytes) -> bytes:
-    h = bytearray(BLOCK)
-    h[0:100] = name[:100].ljust(100, b"\0")
-    h[100:108] = _octal(0o644, 8)
-    h[108:116] = _octal(0, 8)  # uid
-    h[116:124] = _octal(0, 8)  # gid
-    h[124:136] = _octal(size, 12)
-    h[136:148] = _octal(0, 12)  # mtime: fixed, so the same snapshot gives the same bytes
-    h[148:156] = b" " * 8
-    h[156:157] = typeflag
-    h[257:263] = b"ustar\0"
-    h[263:265] = b"00"
-    h[329:337] = _octal(0, 8)  # devmajor
-    h[337:345] = _octal(0, 8)  # devminor
-    h[148:156] = b"%06o\0 " % sum(h)
-    return bytes(h)
-
-
-def _pax_record(key: str, value: str) -> bytes:
-    body = f" {key}={value}\n".encode("utf-8")
-    n = len(body) + 1
-    while len(str(n).encode()) + len(body) != n:
-        n = len(str(n).encode()) + len(body)
-    return str(n).encode() + body
-
-
-def padding(n: int) -> int:
-    return -n % BLOCK
-
-
-def member_header(name: str, size: int) -> bytes:
-    """Header block(s) of a regular-file member: a PAX extended header first when the name is
-    not ASCII or longer than 100 bytes, or the size needs more than 11 octal digits."""
-    raw = name.encode("utf-8")
-    records = b""
-    if len(raw) > 100 or not raw.isascii():
-        records += _pax_record("path", name)
-    if size > _MAX_OCTAL_SIZE:
-        records += _pax_record("size", str(size))
-    head = b""
-    if records:
-        head = _ustar(PAX_NAME, len(records), b"x") + records + b"\0" * padding(len(records))
-    fallback = name.encode("ascii", "replace")  # readers use the PAX path; this only keeps tar(1) tidy
-    return head + _ustar(fallback, 0 if size > _MAX_OCTAL_SIZE else size, b"0")
-
-
-def member_span(name: str, size: int) -> int:
-    return len(member_header(name, size)) + size + padding(size)
-
-
-def archive_size(spans: int) -> int:
-    end = spans + 2 * BLOCK
-    return end + (-end % RECORD)
-
-
 # --- reading --------------------------------------------------------------------------------------
-
-
-def _number(field: bytes, *, bundle: str, what: str) -> int:
-    if field and field[0] & 0x80:  # GNU base-256: unambiguous, so accepted
-        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(text or b"0", 8)
-    except ValueError:
-        # never echo the field's bytes: a file that is not a bundle may be anything (a planted link to a secret)
-        raise BundleError(bundle, f"corrupt tar header: the {what} field is not an octal number") from None
 
 
 class BundleReader:
@@ -136,10 +57,10 @@ class BundleReader:
     def __init__(self, path: str | os.PathLike, *, lanes: HashLanes | None = None, hash_all: bool = True):
         self.path = Path(path)
         self.label = str(path)
-        location = parts.locate(self.path)
+        location = stored.locate(self.path)
         try:
             # a multi-part bundle reads as one stream; its parts are checked as they pass
-            self._f = parts.PartsReader(location.index) if location.multipart else open_regular(self.path)
+            self._f = stored.PartsReader(location.index) if location.multipart else open_regular(self.path)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such bundle; check the path") from None
         except (IsADirectoryError, NotRegularFile) as e:  # never opened as a bundle: not one (exit 10)
@@ -179,8 +100,8 @@ class BundleReader:
         descriptor for a single file (no second open: the manifest already read and the payload
         read by position come from one file), over the parts for a multi-part bundle."""
         if self.parts is not None:
-            return parts.Ranges(self.parts.index_path)
-        return _FdRanges(self._f.fileno(), self.label)
+            return stored.Ranges(self.parts.index_path)
+        return stored.Ranges.over_fd(self._f.fileno(), self.label)
 
     # context manager -------------------------------------------------------------------------
     def close(self) -> None:
@@ -247,12 +168,12 @@ class BundleReader:
                 if pax:
                     raise BundleError(self.label, f"a PAX header at byte {at} is not followed by a member")
                 return None
-            stored = _number(block[148:156], bundle=self.label, what="checksum")
-            if stored != sum(block[:148]) + 256 + sum(block[156:]):
+            checksum = header_number(block[148:156], bundle=self.label, what="checksum")
+            if checksum != sum(block[:148]) + 256 + sum(block[156:]):
                 raise BundleError(self.label, f"corrupt tar header at byte {at} (checksum mismatch)")
             if block[257:263] != b"ustar\0" or block[263:265] != b"00":
                 raise BundleError(self.label, f"the member at byte {at} is not a POSIX (ustar/pax) tar header")
-            size = _number(block[124:136], bundle=self.label, what="size")
+            size = header_number(block[124:136], bundle=self.label, what="size")
             typeflag = block[156:157]
             if typeflag == b"x":
                 if size > MAX_PAX:
@@ -380,45 +301,6 @@ class BundleReader:
         return PayloadMember(name=name, kind="file", size=size, entry=entry, problem=None)
 
 
-class _FdRanges:
-    def __init__(self, fd: int, label: str):
-        self._fd = fd
-        self._label = label
-        self.size = os.fstat(fd).st_size
-
-    def read(self, offset: int, n: int) -> bytes:
-        n = max(0, min(n, self.size - offset))
-        out = []
-        while n:
-            got = os.pread(self._fd, n, offset)
-            if not got:
-                raise BundleError(self._label, f"the file shrank while it was read (at byte {offset})", fix="something is writing to the bundle: wait for it to finish, then retry")
-            out.append(got)
-            offset += len(got)
-            n -= len(got)
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def readinto(self, offset: int, view: memoryview) -> None:
-        """Fill `view` with the bytes at `offset`, by position, into the caller's buffer (no
-        allocation per read: a reused buffer stays in the CPU cache for the hash and the write)."""
-        _readinto(self._fd, view, offset, self._label, self.size)
-
-    def __enter__(self) -> "_FdRanges":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass  # the descriptor is the reader's
-
-
-def _readinto(fd: int, view: memoryview, offset: int, label: str, size: int) -> None:
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if not n:
-            raise BundleError(label, f"the file shrank while it was read (at byte {offset + got} of {size})", fix="something is writing to the bundle: wait for it to finish, then retry")
-        got += n
-
-
 @dataclass(frozen=True)
 class Tail:
     manifest_bytes: bytes
@@ -494,7 +376,7 @@ def append_trailer(path: str | os.PathLike, name: str, data: bytes) -> str:
     bundle is not copied), then the sidecar is rewritten; returns the bundle's new sha256."""
     if name not in TRAILER_MEMBERS:
         raise ValueError(f"{name!r} is not a known trailer member")
-    if parts.locate(path).multipart:
+    if stored.locate(path).multipart:
         raise UsageError(f"{path} is a multi-part bundle, and a signature is appended to the bundle itself; write it as a single file (without --max-part-size) to sign it")
     path = Path(path)
     last: PayloadMember | None = None
@@ -513,64 +395,7 @@ def append_trailer(path: str | os.PathLike, name: str, data: bytes) -> str:
         f.write(b"\0" * (2 * BLOCK + (-end % RECORD)))
         f.truncate()
     sha = sha256_file(path)
-    write_sidecar(path, sha)
+    stored.write_sidecar(path, sha)
     return sha
 
 
-def write_sidecar(bundle: Path, sha256: str) -> None:
-    """`<bundle>.sha256` in sha256sum format, written atomically."""
-    write_atomic(bundle.with_name(bundle.name + ".sha256"), sha256sum_line(sha256, bundle.name))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where everything sits in a bundle laid out exactly as the deterministic writer lays out its
-    manifest: `files` are (entry, offset of its data) in path order; `trailer` maps a known
-    trailer member (a signature) to (offset of its data, size)."""
-
-    files: tuple[tuple[FileEntry, int], ...]
-    trailer: dict[str, tuple[int, int]]
-
-
-MAX_TRAILER = 1024 * 1024  # a signature is a few KB
-
-
-def writer_layout(src, manifest: Manifest, at: int) -> Layout | None:
-    """The Layout of the bytes behind `src` (anything with `read(offset, n)` and `size`, e.g. an
-    open BundleReader's `ranges()`) whose manifest member ends at `at`, when every header is
-    byte-identical to `member_header`, the files come in path order, at most the known trailer
-    members follow, then only zeros. Each file's bytes can then be read by position, in parallel,
-    with nothing else in the tar to judge. None for any other layout (another writer, damage):
-    callers then use the one-pass reader, which names what is off."""
-    jobs = []
-    for f in sorted(manifest.files, key=lambda f: f.path.encode("utf-8")):
-        header = member_header(PAYLOAD_PREFIX + f.path, f.size)
-        if src.read(at, len(header)) != header:
-            return None
-        jobs.append((f, at + len(header)))
-        at += len(header) + f.size + padding(f.size)
-    trailer: dict[str, tuple[int, int]] = {}
-    for name in TRAILER_MEMBERS:
-        block = src.read(at, BLOCK)
-        if len(block) < BLOCK or block == b"\0" * BLOCK:
-            break
-        try:
-            size = _number(block[124:136], bundle="", what="size")
-        except BundleError:
-            return None
-        header = member_header(name, size)
-        if size > MAX_TRAILER or src.read(at, len(header)) != header:
-            return None
-        trailer[name] = (at + len(header), size)
-        at += len(header) + size + padding(size)
-        if src.read(at - padding(size), padding(size)).count(0) != padding(size):
-            return None
-    if src.size - at < 2 * BLOCK:
-        return None
-    pos = at
-    while pos < src.size:  # end-of-archive blocks and record padding: zeros to the end
-        chunk = src.read(pos, 1 << 20)
-        if chunk.count(0) != len(chunk):
-            return None
-        pos += len(chunk)
-    return Layout(files=tuple(jobs), trailer=trailer)

@@ -5,7 +5,7 @@ Checking a path and opening it by name again later is a race: a file swapped for
 root-only file in between is bundled, and the secret leaves the machine. So a folder is walked from
 a descriptor of the folder, one component at a time with O_NOFOLLOW; each file is opened the same
 way and checked with fstat (a regular file, the inode the walk saw), and its identity is recorded
-(`Stamp`). The writer (mirror.bundle) hashes and copies through that descriptor by positioned
+(`Stamp`). The writer (mirror.bundle.write) hashes and copies through that descriptor by positioned
 reads and checks at the end that the file is still the same inode with the same size, mtime and
 ctime: the bytes bundled come from the file that was checked and hashed, and no other.
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.errors import UsageError
+from mirror.hashing import CHUNK
 from common.safeio import describe
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -302,3 +303,21 @@ def _walk(fd: int, prefix: str, skip: Container[str], shown: Path) -> Iterator[t
             yield from _walk(sub, rel + "/", skip, shown)
         finally:
             os.close(sub)
+
+
+def copy_source(src: SourceFile, put, *, check=None) -> None:
+    """Stream `src` into `put` (and `check`) in chunks read by position from the descriptor that
+    was checked (and hashed in pass 1), each a fresh `bytes` since a hash lane may still hold the
+    previous one. Refuses (SourceChanged) a file that, once copied, is not the same inode with
+    the same size, mtime and ctime as when it was first opened."""
+    with src.descriptor() as fd:
+        offset = 0
+        while offset < src.size:
+            chunk = os.pread(fd, min(CHUNK, src.size - offset), offset)
+            if not chunk:
+                raise EOFError(f"the file ended after {offset} of {src.size} bytes")
+            put(chunk)
+            if check is not None:
+                check.update(chunk)
+            offset += len(chunk)
+        src.check_unchanged(fd)
