@@ -36,8 +36,8 @@ MAX_SIDECAR = 4096  # `<64 hex>  NAME.tar\n`: a longer file is not a sidecar of 
 
 @dataclass(frozen=True)
 class StoredBundle:
-    """A bundle on disk: where its bytes are. `path` is the logical NAME.tar (it does not exist on disk for a
-    multi-part bundle); `index` is NAME.tar.parts.json for a multi-part one, else None."""
+    """A bundle on disk: where its bytes are. `path` is the logical NAME.tar (it does not exist on
+    disk for a multi-part bundle); `index` is NAME.tar.parts.json for a multi-part one, else None."""
 
     path: Path
     index: Path | None
