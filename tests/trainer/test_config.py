@@ -120,3 +120,25 @@ def test_every_seed_config_loads_unchanged_with_its_task(name, monkeypatch):
     if task == "classification":
         assert cfg.labels == ("eligible", "conditionally_eligible", "not_eligible", "insufficient_information")
         assert cfg.test_files == ("data/finetune/model2_classifier.test.jsonl",)
+
+
+def test_a_set_value_out_of_bounds_is_refused_as_the_set_option():
+    from trainer.config import check_overrides
+
+    with pytest.raises(ConfigError) as info:
+        check_overrides({"max_steps": 0, "precision": "fp8", "seed": "7"})
+    assert info.value.problems == ["--set max_steps: max_steps must be > 0, got 0", "--set precision: precision must be one of ('auto', 'fp32', 'bf16', 'fp16', 'bf16-pure'), got 'fp8'"]
+
+
+def test_types_first_then_the_whole_config_then_bounds_each_in_the_order_written():
+    with pytest.raises(ConfigError) as info:
+        from_dict({"lora_r": 0, "packing": "maybe", "batch_size": -2, "labels": ["a", "a"]})
+    assert info.value.problems == [
+        "packing must be bool, got 'maybe'",
+        "model_id is required",
+        "output_dir is required",
+        "train_files is required (or train_file)",
+        "lora_r must be > 0, got 0",
+        "batch_size must be > 0, got -2",
+        "labels has duplicates",
+    ]
