@@ -7,7 +7,7 @@ model-transparency's `signing` / `verifying` stand over its private `_signing/`.
     from mirror import api
 
     bundle = api.pack_folder("out/model", repo_id="acme/classifier", out_dir="bundles")
-    report = api.verify_bundle(bundle.path)            # a diff, not a boolean: report.ok, .mismatches
+    report = api.verify_bundle(bundle.path)            # a diff, not a boolean: .ok, .missing, .extra, .mismatched
     installed = api.install_bundle(bundle.path, public_keys=["site.pub"])
     api.find_snapshot("acme/classifier")               # the snapshot folder transformers loads
 
