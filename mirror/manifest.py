@@ -12,14 +12,17 @@ import fnmatch
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any, Callable
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from mirror import __version__
 
 from common import safejson
 from common.modelfacts import CODE_PATTERNS
 from mirror.errors import ManifestError
-from mirror.ids import is_commit, is_sha256, repo_id_problem, unsafe_path_reason  # noqa: F401 (re-exported)
+from mirror.ids import HEX40, HEX64, is_commit, is_sha256, repo_id_problem, unsafe_path_reason  # noqa: F401 (re-exported)
 
 FORMAT = "mirror-bundle/1"
 SUPPORTED_FORMATS = (FORMAT,)
@@ -134,14 +137,115 @@ def _count_kinds(files) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-_CORE_KEYS = {"format", "repo_id", "repo_type", "revision", "commit", "source", "created_at", "tool", "license", "files", "totals"}
-_FILE_KEYS = {"path", "size", "sha256", "git_sha1", "lfs", "kind"}
+def _problem(message: str) -> PydanticCustomError:
+    """One problem, in the words `parse` reports (see `_problems`)."""
+    return PydanticCustomError("manifest", "{problem}", {"problem": message})
+
+
+def _rule(problem: Callable[[Any], str | None]) -> AfterValidator:
+    """A check on a value of the right type: `problem(value)` says what is wrong with it, or None."""
+
+    def check(value: Any) -> Any:
+        if (why := problem(value)) is not None:
+            raise _problem(why)
+        return value
+
+    return AfterValidator(check)
+
+
+def _unless(ok: Callable[[Any], bool], says: str) -> AfterValidator:
+    """`_rule` for a yes/no check; `says` is formatted with the value."""
+    return _rule(lambda v: None if ok(v) else says.format(value=v))
+
+
+def _no_control(name: str) -> AfterValidator:
+    return _unless(lambda v: v is None or not _CONTROL.search(v), name + " {value!r} contains control characters")
+
+
+class _FileIn(BaseModel):
+    """One entry of `files`, as a manifest must write it: exactly these keys, JSON's own types."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    path: Annotated[str, _rule(lambda v: (why := unsafe_path_reason(v)) and f"path {v!r} {why}")]
+    # checked by pydantic itself (no Python call per file): the words are in _CONSTRAINED
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=f"^{HEX64.pattern}$")]  # the Rust regex's `$` is the end of the text: no trailing newline
+    git_sha1: Annotated[str, Field(pattern=f"^{HEX40.pattern}$")]
+    lfs: bool
+    kind: Annotated[str, Field(pattern=f"^({'|'.join(KINDS)})$")]
+
+
+class _ManifestIn(BaseModel):
+    """The core fields of a manifest; other top-level keys are the optional sections (`extra`)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    repo_id: Annotated[str, _rule(lambda v: (why := repo_id_problem(v)) and f"repo_id {v!r} {why}")]
+    repo_type: Annotated[str, _unless(lambda v: v in REPO_TYPES, "repo_type {value!r} is not one of " + str(REPO_TYPES))]
+    revision: Annotated[str, _no_control("revision")]
+    commit: Annotated[str, _unless(is_commit, "commit must be 40 lowercase hex characters")]
+    source: Annotated[str, _no_control("source")]
+    created_at: Annotated[str, _no_control("created_at")]
+    tool: dict[str, Any]
+    license: Annotated[str | None, _no_control("license")] = None
+    files: list[_FileIn]
+    totals: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "_ManifestIn":
+        seen: set[str] = set()
+        for i, f in enumerate(self.files):
+            if f.path in seen:
+                raise _problem(f"files[{i}].path {f.path!r} is listed twice")
+            seen.add(f.path)
+        if self.totals.get("files") != len(self.files) or self.totals.get("bytes") != sum(f.size for f in self.files):
+            raise _problem("totals disagree with the file list")
+        return self
+
+
+_CORE_KEYS = {"format", *_ManifestIn.model_fields}
+_CONSTRAINED = {  # what a value of the right type that fails pydantic's own check is told
+    "size": "size is negative",
+    "sha256": "sha256 must be 64 lowercase hex characters",
+    "git_sha1": "git_sha1 must be 40 lowercase hex characters",
+    "kind": "kind {value!r} is not one of " + str(KINDS),
+}
+_EXPECTED = {"totals": "an object", "license": "a string or null"}  # what a wrong type is told, where "must be dict" would not say it
+
+
+def _problems(error: ValidationError) -> list[str]:
+    """pydantic's errors as one-line problems, in the manifest's own words (`files[3].size must be int`)."""
+    out: list[str] = []
+    unknown: dict[str, list[str]] = {}  # per entry: listed once, where its first unknown key was met
+    for e in error.errors(include_url=False):
+        loc = e["loc"]
+        label = f"files[{loc[1]}]" if len(loc) >= 2 and loc[0] == "files" else ""
+        name = str(loc[-1]) if loc else ""
+        if e["type"] == "manifest":
+            out.append(f"{label}.{e['ctx']['problem']}" if label else e["ctx"]["problem"])
+        elif e["type"] == "extra_forbidden":
+            if label not in unknown:
+                out.append(label)
+            unknown.setdefault(label, []).append(name)
+        elif e["type"] in ("greater_than_equal", "string_pattern_mismatch"):
+            out.append(f"{label}.{_CONSTRAINED[name].format(value=e['input'])}")
+        elif e["type"] == "model_type" and label:
+            out.append(f"{label} must be an object")
+        else:  # missing or of another type
+            model = _FileIn if label else _ManifestIn
+            field = model.model_fields.get(name)
+            typ = getattr(field.annotation, "__name__", "") if field else ""
+            expected = _EXPECTED.get(name, typ if typ in ("str", "int", "bool", "list", "dict") else "str")
+            out.append(f"{label}.{name} must be {expected}" if label else f"{name} must be {expected}")
+    return [f"{p} has unknown keys {sorted(unknown[p])}" if p in unknown else p for p in out]
 
 
 def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
     """Strictly parse manifest bytes. Every problem found is reported in one ManifestError.
     Hostile JSON (huge numbers, deep nesting, NaN, duplicate keys) is refused by common.safejson
-    before Python's parser can turn it into a traceback."""
+    before Python's parser can turn it into a traceback; the fields are then checked by pydantic
+    in strict mode (JSON's own types, no coercion)."""
     d = safejson.loads(raw, where=bundle, what="manifest", max_bytes=MAX_MANIFEST_BYTES, error=ManifestError)
     if not isinstance(d, dict):
         raise ManifestError(bundle, "manifest is not a JSON object")
@@ -152,89 +256,23 @@ def parse(raw: bytes, *, bundle: str = "bundle") -> Manifest:
             f"unknown manifest format {fmt!r} (this mirror {__version__} reads {', '.join(SUPPORTED_FORMATS)})",
             fix="upgrade mirror, or re-create the bundle with this version",
         )
-    problems: list[str] = []
-
-    def need(key: str, typ, where: dict = d, label: str = "") -> Any:
-        v = where.get(key)
-        if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
-            problems.append(f"{label}{key} must be {getattr(typ, '__name__', typ)}")
-            return None
-        return v
-
-    repo_id = need("repo_id", str)
-    if repo_id is not None and (why := repo_id_problem(repo_id)):
-        problems.append(f"repo_id {repo_id!r} {why}")
-    repo_type = need("repo_type", str)
-    if repo_type is not None and repo_type not in REPO_TYPES:
-        problems.append(f"repo_type {repo_type!r} is not one of {REPO_TYPES}")
-    revision = need("revision", str)
-    commit = need("commit", str)
-    if commit is not None and not is_commit(commit):
-        problems.append("commit must be 40 lowercase hex characters")
-    source = need("source", str)
-    created_at = need("created_at", str)
-    tool = need("tool", dict)
-    lic = d.get("license")
-    if lic is not None and not isinstance(lic, str):
-        problems.append("license must be a string or null")
-    for key, value in (("revision", revision), ("source", source), ("created_at", created_at), ("license", lic)):
-        if isinstance(value, str) and _CONTROL.search(value):
-            problems.append(f"{key} {value!r} contains control characters")
-    raw_files = need("files", list)
-    files: list[FileEntry] = []
-    seen: set[str] = set()
-    for i, fd in enumerate(raw_files or []):
-        label = f"files[{i}]."
-        if not isinstance(fd, dict):
-            problems.append(f"files[{i}] must be an object")
-            continue
-        unknown = set(fd) - _FILE_KEYS
-        if unknown:
-            problems.append(f"{label} has unknown keys {sorted(unknown)}")
-        path = need("path", str, fd, label)
-        size = need("size", int, fd, label)
-        sha = need("sha256", str, fd, label)
-        sha1 = need("git_sha1", str, fd, label)
-        lfs = need("lfs", bool, fd, label)
-        kind = need("kind", str, fd, label)
-        if size is not None and size < 0:
-            problems.append(f"{label}size is negative")
-        if sha is not None and not is_sha256(sha):
-            problems.append(f"{label}sha256 must be 64 lowercase hex characters")
-        if sha1 is not None and not is_commit(sha1):
-            problems.append(f"{label}git_sha1 must be 40 lowercase hex characters")
-        if kind is not None and kind not in KINDS:
-            problems.append(f"{label}kind {kind!r} is not one of {KINDS}")
-        if path is not None:
-            bad = unsafe_path_reason(path)
-            if bad:
-                problems.append(f"{label}path {path!r} {bad}")
-            elif path in seen:
-                problems.append(f"{label}path {path!r} is listed twice")
-            seen.add(path)
-        if None not in (path, size, sha, sha1, lfs, kind):
-            files.append(FileEntry(path=path, size=size, sha256=sha, git_sha1=sha1, lfs=lfs, kind=kind))
-    totals = d.get("totals")
-    if isinstance(totals, dict) and not problems:
-        if totals.get("files") != len(files) or totals.get("bytes") != sum(f.size for f in files):
-            problems.append("totals disagree with the file list")
-    elif not isinstance(totals, dict):
-        problems.append("totals must be an object")
-    if problems:
-        raise ManifestError(bundle, "invalid manifest: " + "; ".join(problems[:10]) + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
-    extra = {k: v for k, v in d.items() if k not in _CORE_KEYS}
+    try:
+        m = _ManifestIn.model_validate(d)
+    except ValidationError as e:
+        problems = _problems(e)
+        raise ManifestError(bundle, "invalid manifest: " + "; ".join(problems[:10]) + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else "")) from None
     return Manifest(
-        repo_id=repo_id,
-        repo_type=repo_type,
-        revision=revision,
-        commit=commit,
-        source=source,
-        created_at=created_at,
-        license=lic,
-        files=tuple(sorted(files, key=lambda f: f.path)),
-        tool={str(k): str(v) for k, v in tool.items()},
+        repo_id=m.repo_id,
+        repo_type=m.repo_type,
+        revision=m.revision,
+        commit=m.commit,
+        source=m.source,
+        created_at=m.created_at,
+        license=m.license,
+        files=tuple(sorted((FileEntry(**f) for f in d["files"]), key=lambda f: f.path)),  # strict: exactly the checked keys and types
+        tool={str(k): str(v) for k, v in m.tool.items()},
         format=fmt,
-        extra=extra,
+        extra={k: v for k, v in d.items() if k not in _CORE_KEYS},
     )
 
 

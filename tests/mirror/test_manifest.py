@@ -138,3 +138,18 @@ def test_license_from_card():
     assert license_from_card("---\nlicense: 'mit' # quoted\n---\n") == "mit"
     assert license_from_card("# no front matter\nlicense: mit\n") is None
     assert license_from_card("---\ntags: [x]\n---\n") is None
+
+
+def test_every_problem_is_listed_in_one_line_in_the_order_of_the_fields():
+    def mutate(d):
+        d.update(commit="main", license=7)
+        d["files"][0].update(size="3", surprise=1, extra=2)
+        d["files"][1].update(sha256="0" * 64 + "\n", kind="binary")
+
+    with pytest.raises(ManifestError) as e:
+        parse(_broken(mutate), bundle="b.tar")
+    assert str(e.value).split(": ", 1)[1].startswith(
+        "invalid manifest: commit must be 40 lowercase hex characters; license must be a string or null; "
+        "files[0].size must be int; files[0] has unknown keys ['extra', 'surprise']; "
+        "files[1].sha256 must be 64 lowercase hex characters; files[1].kind 'binary' is not one of "
+    )
