@@ -1,40 +1,52 @@
 """The HTML of the pages: the catalogue, a repo, the login form, a one-line error.
 
-Every value that comes from a manifest, a card's front matter or a request (repo ids, file names,
-licences, revision names, the filter text, the path, the `Host` header in the snippets' URL) goes
-through `e()` (html.escape, quotes included) or, in a URL, through `urllib.parse.quote` first. The only HTML not built here is the model card's,
-and that comes out of mirror/webui/card.py's sanitizer. No inline script or style anywhere: the
-Content-Security-Policy forbids both, and the pages need neither (filter and sort are a GET form).
+The markup lives in mirror/webui/templates/ (Jinja2, shipped as package data) with autoescape
+on: every value from a manifest, a card's front matter or a request (repo ids, file names,
+licences, revision names, the filter text, the path, the `Host` header in the snippets' URL) is
+escaped by the template engine, and a value in a URL is `urllib.parse.quote`d here first. This
+module only prepares the values. The one piece of HTML not escaped is the model card's, and that
+comes out of mirror/webui/card.py's sanitizer (marked safe here, never in a template). No inline
+script or style anywhere: the Content-Security-Policy forbids both, and the pages need neither
+(filter and sort are a GET form).
 """
 
 from __future__ import annotations
 
 import re
-from html import escape
 from urllib.parse import quote, urlencode
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from common.progress import human_size
 from mirror import __version__
 from mirror.listing import shown_name
-from common.progress import human_size
 from mirror.webui import downloads, style, views
 from mirror.webui.card import CARD_BYTES
 
-NUM = ' class="num"'
-SHOWN = ' <span class="tag ok">shown</span>'
-
-
-def e(value: object) -> str:
-    return escape(str(value), quote=True)
-
-
+LOCAL_NOTE = "packed locally, not from the Hub"
 _ISO = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}):\d{2}(?:\.\d+)?(?:Z|\+00:00)")
 
 
-def when(iso: str) -> str:
-    """An ISO-8601 UTC time as a person reads it, the exact value kept in `datetime`."""
+def readable_time(iso: str | None) -> str:
+    """An ISO-8601 UTC time as a person reads it (the template keeps the exact value in `datetime`)."""
     m = _ISO.fullmatch(iso or "")
-    shown = f"{m.group(1)} {m.group(2)} UTC" if m else (iso or "-")
-    return f"<time datetime=\"{e(iso)}\">{e(shown)}</time>"
+    return f"{m.group(1)} {m.group(2)} UTC" if m else (iso or "-")
+
+
+_ENV = Environment(
+    loader=PackageLoader("mirror.webui", "templates"),
+    autoescape=True,  # every template is HTML
+    undefined=StrictUndefined,  # a value the page forgot is an error in the tests, not an empty cell
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters["readable_time"] = readable_time
+_ENV.globals.update(version=__version__, stylesheet=style.PATH, local_note=LOCAL_NOTE)
+
+
+def _render(name: str, **values) -> str:
+    return _ENV.get_template(name).render(**values) + "\n"
 
 
 def repo_url(repo_type: str, repo_id: str) -> str:
@@ -45,123 +57,52 @@ def resolve_url(repo_type: str, repo_id: str, commit: str, path: str = "") -> st
     return f"{repo_url(repo_type, repo_id)}/resolve/{commit}/{quote(path)}"
 
 
-def layout(title: str, body: str, *, where: str = "") -> str:
-    return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{e(title)} · mirror</title><link rel=\"stylesheet\" href=\"{style.PATH}\"></head><body>"
-        f"<header class=\"top\"><a class=\"brand\" href=\"/\">mirror</a><span class=\"where\">{where}</span></header>"
-        f"<main>{body}</main>"
-        f"<footer>mirror {e(__version__)} · offline model mirror · read-only</footer></body></html>\n"
-    )
-
-
 def message(title: str, line: str) -> str:
-    return layout(title, f"<h1>{e(title)}</h1><p class=\"error\" id=\"message\">{e(line)}</p><p><a href=\"/\">Back to the catalogue</a></p>")
+    return _render("message.html", title=title, line=line)
 
 
-def signature_text(commit) -> str:
-    return views.signature_line(commit)
-
-
-def _sig_cell(commit) -> str:
+def _signature(commit) -> dict:
     key, checked = views.fingerprint(commit)
-    if not views.signed(commit):
-        return "<span class=\"tag warn\">unsigned</span>"
-    if key is None:
-        return f"<span class=\"tag bad\">{e(signature_text(commit))}</span>"
-    state = "<span class=\"tag ok\">valid</span>" if checked else "<span class=\"tag\">signed, not checked</span>"
-    return f"{state} <span class=\"mono small\" title=\"key sha256:{e(key)}\">sha256:{e(key[:16])}…</span>"
+    return {"signed": views.signed(commit), "key": key, "checked": checked, "line": views.signature_line(commit)}
 
 
-def _flag_tags(f: views.Flags) -> str:
-    tags = []
-    if f.pickle:
-        tags.append(f"<span class=\"tag bad\" title=\"{e(', '.join(f.pickle))}\">pickle: {len(f.pickle)}</span>")
-    if f.remote_code:
-        tags.append(f"<span class=\"tag bad\" title=\"{e(', '.join(f.remote_code))}\">remote code: {len(f.remote_code)}</span>")
-    if f.unknown:
-        tags.append(f"<span class=\"tag warn\" title=\"{e(', '.join(f.unknown))}\">unknown format: {len(f.unknown)}</span>")
-    return " ".join(tags) or "<span class=\"muted\">none</span>"
+def _flag_groups(f: views.Flags) -> list[tuple[str, str, tuple[str, ...]]]:
+    groups = (("bad", "pickle", f.pickle), ("bad", "remote code", f.remote_code), ("warn", "unknown format", f.unknown))
+    return [g for g in groups if g[2]]
 
 
-LOCAL_NOTE = "packed locally, not from the Hub"
-
-
-def _local_tag(manifest) -> str:
-    """Beside a repo id a local pack claims (it may name a Hub repo): where the bytes came from."""
-    folder = views.packed_from(manifest)
-    if folder is None:
-        return ""
-    return f" <span class=\"tag local\" title=\"mirror pack of a local folder ({e(folder)}); the repo id is only a name it was given\">{LOCAL_NOTE}</span>"
-
-
-def _source(manifest) -> str:
-    folder = views.packed_from(manifest)
-    if folder is None:
-        return e(manifest.source)
-    return f"local folder <code>{e(folder)}</code> ({LOCAL_NOTE})"
-
-
-def _revisions(repo) -> str:
+def _revisions(repo) -> list[tuple[str, str]]:
     by_commit: dict[str, list[str]] = {}
     for name, commit in sorted(repo.refs.items()):
         by_commit.setdefault(commit, []).append(name)
-    out = []
-    for c in repo.commits:
-        names = by_commit.get(c.manifest.commit, [])
-        label = ", ".join(names) if names else "(no revision)"
-        out.append(f"<div><span class=\"revs\">{e(label)}</span> → <code>{e(c.manifest.commit[:12])}</code></div>")
-    return "".join(out)
+    return [(", ".join(by_commit.get(c.manifest.commit, [])) or "(no revision)", c.manifest.commit[:12]) for c in repo.commits]
 
 
-def _sort_link(label: str, key: str, *, q: str, sort: str) -> str:
+_COLUMNS = (("Repo", "id"), ("Revisions → commit", ""), ("Size", "size"), ("Files", "files"), ("Licence", "license"),
+            ("Signature", "signature"), ("Verified", "verified"), ("Policy flags", ""))
+
+
+def _column(label: str, key: str, *, q: str, sort: str) -> dict:
+    """A heading; a sortable one links to the sort it would switch to (ascending, then descending)."""
+    if not key:
+        return {"label": label, "href": None}
     current, desc = views.parse_sort(sort)
     new = f"-{key}" if current == key and not desc else key
     arrow = (" ▼" if desc else " ▲") if current == key else ""
-    return f"<a href=\"/?{e(urlencode({'q': q, 'sort': new}))}\">{e(label)}{arrow}</a>"
+    return {"label": label, "href": "/?" + urlencode({"q": q, "sort": new}), "arrow": arrow, "numeric": key in ("size", "files")}
 
 
 def catalogue(rows: list[views.Row], *, total: int, failed, q: str, sort: str) -> str:
-    opts = "".join(
-        f"<option value=\"{d}{k}\"{' selected' if (k, bool(d)) == views.parse_sort(sort) else ''}>{e(label)}{' (descending)' if d else ''}</option>"
-        for k, (label, _) in views.SORTS.items() for d in ("", "-")
-    )
-    head = "".join(
-        (f"<th{NUM if key in ('size', 'files') else ''}>{_sort_link(label, key, q=q, sort=sort)}</th>" if key else f"<th>{label}</th>")
-        for label, key in (("Repo", "id"), ("Revisions → commit", ""), ("Size", "size"), ("Files", "files"), ("Licence", "license"),
-                           ("Signature", "signature"), ("Verified", "verified"), ("Policy flags", ""))
-    )
-    body = []
-    for r in rows:
-        repo = r.repo
-        tags = "<span class=\"tag dataset\">dataset</span>" if repo.repo_type == "dataset" else ""
-        if r.demo:
-            tags += f" <span class=\"tag demo\" title=\"{e(r.demo)}\">random-init demo</span>"
-        tags += _local_tag(r.head.manifest)
-        body.append(
-            f"<tr data-repo=\"{e(repo.repo_type)}:{e(repo.repo_id)}\">"
-            f"<td><a class=\"repo\" href=\"{e(repo_url(repo.repo_type, repo.repo_id))}\">{e(repo.repo_id)}</a> {tags}</td>"
-            f"<td class=\"small\">{_revisions(repo)}</td>"
-            f"<td class=\"num\">{e(human_size(r.size))}</td><td class=\"num\">{r.n_files}</td>"
-            f"<td>{e(r.license or 'unknown')}</td><td>{_sig_cell(r.head)}</td>"
-            f"<td class=\"small nowrap\">{when(r.head.verified_at)}</td><td>{_flag_tags(r.flags)}</td></tr>"
-        )
-    shown = (
-        f"<p class=\"muted\" id=\"count\">{len(rows)} of {total} repos" + (f" match “{e(q)}”" if q else "") + "</p>"
-    )
-    table = (
-        f"<table id=\"repos\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>" if rows
-        else "<p id=\"empty\">" + ("No served repo matches this filter." if total else "No bundles are served yet: put verified bundles in the server's folder.") + "</p>"
-    )
-    failed_html = _not_served(failed)
-    form = (
-        "<form class=\"filter\" method=\"get\" action=\"/\" role=\"search\">"
-        f"<input type=\"search\" name=\"q\" value=\"{e(q)}\" maxlength=\"{views.MAX_QUERY}\" placeholder=\"Filter by repo id, licence, revision or commit\" aria-label=\"filter\">"
-        f"<select name=\"sort\" aria-label=\"sort\">{opts}</select><button type=\"submit\">Filter</button>"
-        + ("<a href=\"/\">clear</a>" if q else "") + "</form>"
-    )
-    return layout("Catalogue", f"<h1>Catalogue</h1>{form}{shown}{table}{failed_html}", where=f"{total} repos served")
+    current = views.parse_sort(sort)
+    sorts = [(f"{d}{k}", label + (" (descending)" if d else ""), (k, bool(d)) == current) for k, (label, _) in views.SORTS.items() for d in ("", "-")]
+    shown = [{
+        "repo_type": r.repo.repo_type, "repo_id": r.repo.repo_id, "url": repo_url(r.repo.repo_type, r.repo.repo_id),
+        "demo": r.demo, "packed_from": views.packed_from(r.head.manifest), "revisions": _revisions(r.repo),
+        "size": human_size(r.size), "files": r.n_files, "license": r.license or "unknown", "signature": _signature(r.head),
+        "verified_at": r.head.verified_at, "flags": _flag_groups(r.flags),
+    } for r in rows]
+    return _render("catalogue.html", rows=shown, total=total, q=q, sorts=sorts, max_query=views.MAX_QUERY,
+                   columns=[_column(label, key, q=q, sort=sort) for label, key in _COLUMNS], not_served=_not_served(failed))
 
 
 _NOT_SERVED = {  # failure_kind -> (heading, what it means)
@@ -171,24 +112,20 @@ _NOT_SERVED = {  # failure_kind -> (heading, what it means)
 }
 
 
-def _not_served(failed) -> str:
+def _not_served(failed) -> dict | None:
     """The bundles the server refused, counted by why: a bundle that verified and only lacks a
     trusted signature is not a verification failure, and is not counted as one."""
     if not failed:
-        return ""
+        return None
     groups: dict[str, list] = {}
     for f in failed:
         groups.setdefault(views.failure_kind(f.reason), []).append(f)
-    parts = [f"{len(groups[k])} bundle{'s' if len(groups[k]) != 1 else ''} {_NOT_SERVED[k][0]}" for k in _NOT_SERVED if k in groups]
-    rows = "".join(
-        f"<tr data-kind=\"{k}\"><td class=\"mono\">{e(shown_name(f.path))}</td><td>{e(_NOT_SERVED[k][0])}</td><td>{e(f.reason)}</td></tr>"
-        for k in _NOT_SERVED for f in groups.get(k, ())
-    )
-    notes = "".join(f"<li>{e(_NOT_SERVED[k][0])}: {e(_NOT_SERVED[k][1])}</li>" for k in _NOT_SERVED if k in groups)
-    return (
-        f"<section id=\"failed\"><h2>Not served: {e('; '.join(parts))}</h2><ul class=\"small muted\">{notes}</ul>"
-        f"<table><thead><tr><th>Bundle</th><th>State</th><th>Why it is not served</th></tr></thead><tbody>{rows}</tbody></table></section>"
-    )
+    kinds = [k for k in _NOT_SERVED if k in groups]
+    return {
+        "summary": "; ".join(f"{len(groups[k])} bundle{'s' if len(groups[k]) != 1 else ''} {_NOT_SERVED[k][0]}" for k in kinds),
+        "notes": [_NOT_SERVED[k] for k in kinds],
+        "rows": [(k, shown_name(f.path), _NOT_SERVED[k][0], f.reason) for k in kinds for f in groups[k]],
+    }
 
 
 _BASE_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(?::\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
@@ -201,25 +138,21 @@ def endpoint(base_url: str) -> str:
     return base_url if _BASE_URL.fullmatch(base_url or "") else "http://THIS-SERVER:PORT"
 
 
-def _snippets(repo, commit, *, base_url: str, token: bool, model_class: str = "AutoModel") -> str:
+def _snippets(repo, commit, *, base_url: str, token: bool, model_class: str) -> dict[str, str]:
+    """The copy-paste commands, as plain text (the template escapes them)."""
     rid, c = repo.repo_id, commit.manifest.commit
-    env = f"HF_ENDPOINT={e(endpoint(base_url))}" + (" HF_TOKEN=&lt;your token&gt;" if token else "")
+    env = f"HF_ENDPOINT={endpoint(base_url)}" + (" HF_TOKEN=<your token>" if token else "")
     if repo.repo_type == "dataset":
-        cli = f"{env} hf download {e(rid)} --repo-type dataset --revision {e(c)}"
-        py = (f"{env} python -c 'from datasets import load_dataset; "
-              f"print(load_dataset(\"{e(rid)}\", revision=\"{e(c)}\"))'")
-    else:
-        cls = e(model_class)
-        cli = f"{env} hf download {e(rid)} --revision {e(c)}"
-        py = (f"{env} python -c 'from transformers import {cls}; "
-              f"m = {cls}.from_pretrained(\"{e(rid)}\", revision=\"{e(c)}\"); print(type(m).__name__)'")
-    return (
-        "<h2>Use it</h2><p class=\"small muted\">Against this server, pinned to the commit shown.</p>"
-        f"<pre class=\"snippet\" id=\"snippet-cli\">{cli}</pre><pre class=\"snippet\" id=\"snippet-python\">{py}</pre>"
-    )
+        return {"cli": f"{env} hf download {rid} --repo-type dataset --revision {c}",
+                "python": f"{env} python -c 'from datasets import load_dataset; print(load_dataset(\"{rid}\", revision=\"{c}\"))'"}
+    return {"cli": f"{env} hf download {rid} --revision {c}",
+            "python": (f"{env} python -c 'from transformers import {model_class}; "
+                       f"m = {model_class}.from_pretrained(\"{rid}\", revision=\"{c}\"); print(type(m).__name__)'")}
 
 
-def _lineage(record: dict) -> str:
+def _lineage(record: dict | None) -> dict | None:
+    if not record:
+        return None
     base = record.get("base_model") if isinstance(record.get("base_model"), dict) else {}
     facts = [
         ("task", record.get("task")), ("base model", base.get("repo_id")), ("base commit", base.get("commit")),
@@ -227,94 +160,42 @@ def _lineage(record: dict) -> str:
         ("base licence", base.get("license")), ("precision", record.get("precision")), ("seed", record.get("seed")),
         ("trained", record.get("ended")),
     ]
-    dl = "".join(f"<dt>{e(k)}</dt><dd class=\"mono\">{e(v)}</dd>" for k, v in facts if isinstance(v, (str, int)) and not isinstance(v, bool))
-    if base.get("random_init") is True:
-        dl += "<dt>base weights</dt><dd><span class=\"tag demo\">RANDOM-INITIALISED demo</span></dd>"
     data = [d for d in record.get("data", []) if isinstance(d, dict)] if isinstance(record.get("data"), list) else []
-    rows = "".join(
-        f"<tr><td>{e(d.get('split', ''))}</td><td>{e(d.get('path', ''))}</td><td class=\"num\">{e(d.get('size', ''))}</td>"
-        f"<td class=\"digest\">{e(d.get('sha256', ''))}</td></tr>" for d in data
-    )
-    table = (f"<table id=\"lineage-data\"><thead><tr><th>split</th><th>data file</th><th class=\"num\">bytes</th><th>sha256</th></tr></thead>"
-             f"<tbody>{rows}</tbody></table>") if rows else ""
-    return f"<section id=\"lineage\"><h2>Lineage</h2><dl class=\"facts\">{dl}</dl>{table}</section>"
+    return {
+        "facts": [(k, v) for k, v in facts if isinstance(v, (str, int)) and not isinstance(v, bool)],
+        "random_init": base.get("random_init") is True,
+        "data": [{k: d.get(k, "") for k in ("split", "path", "size", "sha256")} for d in data],
+    }
 
 
 def repo(repo, commit, *, card, demo: str | None, base_url: str, token: bool, model_class: str = "AutoModel") -> str:
     m = commit.manifest
     rid, c = repo.repo_id, m.commit
     f = views.flags(commit)
-    names = [n for n, target in sorted(repo.refs.items()) if target == c]
-    banner = f"<div class=\"banner demo\" id=\"demo\">{e(demo)}</div>" if demo else ""
-    facts = [
-        ("commit", f"<code id=\"commit\">{e(c)}</code>"),
-        ("revisions", e(", ".join(names) or "(none point here now)")),
-        ("licence", e(m.license or "unknown")),
-        ("size", f"{e(human_size(sum(x.size for x in commit.files)))} in {len(commit.files)} files"),
-        ("signature", f"<span id=\"signature\">{e(signature_text(commit))}</span>"),
-        ("verified", when(commit.verified_at)),
-        ("bundle sha256", f"<code id=\"bundle-sha256\">{e(commit.bundle_sha256)}</code>"),
-        ("source", _source(m)),
-        ("created", when(m.created_at)),
-        ("policy flags", _flag_tags(f)),
-    ]
-    flag_lines = [("pickle", p) for p in f.pickle] + [("remote code", p) for p in f.remote_code] + [("unknown format", p) for p in f.unknown]
-    flag_list = ("<ul class=\"flags small\">" + "".join(f"<li>{e(k)}: <code>{e(p)}</code></li>" for k, p in flag_lines[:50])
-                 + (f"<li>… {len(flag_lines) - 50} more</li>" if len(flag_lines) > 50 else "") + "</ul>") if flag_lines else ""
-    if f.refused_imports:
-        flag_list += "<p class=\"small\">Pickle imports recorded by the policy scan: " + ", ".join(f"<code>{e(i)}</code>" for i in f.refused_imports[:50]) + "</p>"
-    commits = "".join(
-        f"<tr><td><a href=\"{e(repo_url(repo.repo_type, rid))}?commit={x.manifest.commit}\"><code>{e(x.manifest.commit[:12])}</code></a>"
-        f"{SHOWN if x is commit else ''}</td>"
-        f"<td>{e(', '.join(n for n, t in sorted(repo.refs.items()) if t == x.manifest.commit) or '-')}</td>"
-        f"<td class=\"nowrap\">{when(x.manifest.created_at)}</td><td class=\"nowrap\">{when(x.verified_at)}</td><td>{_sig_cell(x)}</td></tr>"
-        for x in repo.commits
+
+    def refs_at(target: str) -> list[str]:
+        return [n for n, t in sorted(repo.refs.items()) if t == target]
+
+    return _render(
+        "repo.html", repo_id=rid, kind="Dataset" if repo.repo_type == "dataset" else "Model", demo=demo,
+        packed_from=views.packed_from(m), commit=c, revisions=refs_at(c), license=m.license or "unknown",
+        size=human_size(sum(x.size for x in commit.files)), files=commit.files, signature=_signature(commit),
+        verified_at=commit.verified_at, bundle_sha256=commit.bundle_sha256, source=m.source, created_at=m.created_at,
+        flag_groups=_flag_groups(f), refused_imports=f.refused_imports,
+        flag_lines=[("pickle", p) for p in f.pickle] + [("remote code", p) for p in f.remote_code] + [("unknown format", p) for p in f.unknown],
+        snippet=_snippets(repo, commit, base_url=base_url, token=token, model_class=model_class),
+        downloads={kind: downloads.url(kind, repo.repo_type, rid, c) if kind != "signature" or views.signed(commit) else None
+                   for kind in ("manifest", "bom", "signature")},
+        lineage=_lineage(views.lineage(commit)),
+        card=card, card_html=Markup(card.html) if card is not None else None,  # card.py's sanitizer output: the one HTML passed through
+        card_limit=human_size(CARD_BYTES),
+        file_rows=[{"url": resolve_url(repo.repo_type, rid, c, x.path), "path": x.path, "bytes": x.size, "size": human_size(x.size), "sha256": x.sha256}
+                   for x in sorted(commit.files, key=lambda x: x.path)],
+        commits=[{"url": f"{repo_url(repo.repo_type, rid)}?commit={x.manifest.commit}", "commit": x.manifest.commit, "shown": x is commit,
+                  "revisions": refs_at(x.manifest.commit), "created_at": x.manifest.created_at, "verified_at": x.verified_at,
+                  "signature": _signature(x)} for x in repo.commits],
     )
-    links = [
-        f"<li><a id=\"dl-manifest\" href=\"{e(downloads.url('manifest', repo.repo_type, rid, c))}\">manifest</a> <span class=\"small muted\">(mirror-bundle/1 JSON)</span></li>",
-        f"<li><a id=\"dl-bom\" href=\"{e(downloads.url('bom', repo.repo_type, rid, c))}\">CycloneDX 1.6 ML-BOM</a></li>",
-        (f"<li><a id=\"dl-signature\" href=\"{e(downloads.url('signature', repo.repo_type, rid, c))}\">signature</a> "
-         "<span class=\"small muted\">(OpenSSF model-signing; <code>model_signing verify key</code> checks it)</span></li>")
-        if views.signed(commit) else "<li id=\"dl-signature-none\">no signature: this bundle is unsigned</li>",
-    ]
-    files = "".join(
-        f"<tr><td><a href=\"{e(resolve_url(repo.repo_type, rid, c, x.path))}\">{e(x.path)}</a></td>"
-        f"<td class=\"num\" data-bytes=\"{x.size}\">{e(human_size(x.size))}</td><td class=\"digest\">{e(x.sha256)}</td></tr>"
-        for x in sorted(commit.files, key=lambda x: x.path)
-    )
-    card_html = "<p class=\"muted\">This repo has no model card (README.md).</p>"
-    if card is not None:
-        fm = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in card.fields)
-        card_html = (
-            (f"<dl class=\"facts small\" id=\"card-meta\">{fm}</dl>" if fm else "")
-            + (f"<p class=\"small muted\">Shown cut at {e(human_size(CARD_BYTES))}: the card is longer.</p>" if card.truncated else "")
-            + f"<article class=\"card\" id=\"card\">{card.html}</article>"
-        )
-    kind = "Dataset" if repo.repo_type == "dataset" else "Model"
-    body = (
-        f"<h1 id=\"repo-id\">{e(rid)}</h1><p class=\"muted\">{kind}" + (" <span class=\"tag demo\">random-init demo</span>" if demo else "") + _local_tag(m) + "</p>"
-        f"{banner}<dl class=\"facts\" id=\"facts\">{''.join(f'<dt>{k}</dt><dd>{v}</dd>' for k, v in facts)}</dl>{flag_list}"
-        f"{_snippets(repo, commit, base_url=base_url, token=token, model_class=model_class)}"
-        f"<h2>Downloads</h2><ul class=\"downloads\">{''.join(links)}</ul>"
-        + (_lineage(views.lineage(commit)) if views.lineage(commit) else "")
-        + f"<h2>{kind} card</h2>{card_html}"
-        f"<h2>Files at <code>{e(c[:12])}</code></h2><table id=\"files\"><thead><tr><th>path</th><th class=\"num\">size</th><th>sha256</th></tr></thead><tbody>{files}</tbody></table>"
-        f"<h2>Commits served</h2><table id=\"commits\"><thead><tr><th>commit</th><th>revisions</th><th>created</th><th>verified</th><th>signature</th></tr></thead><tbody>{commits}</tbody></table>"
-    )
-    return layout(rid, body, where=f"<a href=\"/\">catalogue</a> / {e(rid)}")
 
 
 def login(*, error: str = "", next_path: str = "/", needs_token: bool = True) -> str:
-    if not needs_token:
-        body = "<div class=\"login\"><h1>No login needed</h1><p>This server was started without <code>--token-file</code>: every page is open.</p><p><a href=\"/\">Catalogue</a></p></div>"
-        return layout("Login", body)
-    err = f"<p class=\"error\" id=\"login-error\">{e(error)}</p>" if error else ""
-    body = (
-        "<div class=\"login\"><h1>Log in</h1><p>This mirror needs a token (the server's <code>--token-file</code> holds it). "
-        "It is kept in an HttpOnly cookie for this site only.</p>"
-        f"{err}<form method=\"post\" action=\"/-/login\"><input type=\"hidden\" name=\"next\" value=\"{e(next_path)}\">"
-        "<label for=\"token\">Token</label><input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" required>"
-        "<button type=\"submit\">Log in</button></form>"
-        "<p class=\"small muted\">Scripts and the <code>hf</code> CLI send it as <code>Authorization: Bearer …</code> (<code>HF_TOKEN</code>).</p></div>"
-    )
-    return layout("Login", body)
+    return _render("login.html", error=error, next_path=next_path, needs_token=needs_token)
