@@ -89,7 +89,8 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
         "--max-part-size": max_part_size, "--since": since, "--since-manifest": since_manifest,
         "--revision": revision != "main", "--repo-type": repo_type != "model"})
     if ref is not None:
-        return _pull_oci(ref, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, allow_pickle=allow_pickle, plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
+        return _pull_oci(ref, out_dir=out_dir, progress=progress, sign_key=sign_key, public_key=public_key, allow_pickle=allow_pickle, overwrite=overwrite,
+                         plain_http=plain_http, ca_cert=ca_cert, username=username, password_stdin=password_stdin)
     ids = list(repo_ids) + (_config_model_ids(config) if config else [])
     if not ids:
         raise UsageError("nothing to pull: give one or more REPO_IDs or --config FILE")
@@ -110,13 +111,15 @@ def pull(repo_ids, revision, repo_type, include, exclude, out_dir, endpoint, tok
 # --- pull oci:// (OCI registries, ModelPack artifacts; mirror.oci) ----------------------------
 
 
-def _pull_oci(ref, *, out_dir, progress, sign_key, public_key, allow_pickle, plain_http, ca_cert, username, password_stdin) -> None:
+def _pull_oci(ref, *, out_dir, progress, sign_key, public_key, allow_pickle, overwrite, plain_http, ca_cert, username, password_stdin) -> None:
     from mirror.oci.pull import pull_bundle
 
     creds = opt.oci_credentials(ref.registry, username, password_stdin)
     show = sys.stderr.isatty() if progress is None else progress
     r = pull_bundle(ref, out_dir=out_dir, plain_http=plain_http, ca_cert=ca_cert, credentials=creds, show_progress=show, public_key=public_key,
-                    allow_pickle=allow_pickle)  # an artifact another tool wrote is built into a bundle under the policy
+                    allow_pickle=allow_pickle, overwrite=overwrite)  # an artifact another tool wrote is built into a bundle under the policy
+    if r.kept:
+        ui.note(f"already here: {r.path} holds this artifact's bundle byte for byte (checked); nothing was fetched")
     if r.resumed_bytes:
         ui.note(f"resumed: {human_size(r.resumed_bytes)} were already here from an interrupted pull (re-hashed)")
     ui.report_written(r, sign_key)

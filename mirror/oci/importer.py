@@ -448,10 +448,11 @@ def revision_for(ref: Reference) -> str:
 
 
 def import_artifact(client: Client, ref: Reference, *, artifact: modelpack.Artifact, digest: str, out_dir: Path,
-                    allow_pickle: bool = False, show_progress: bool = True) -> Imported:
+                    allow_pickle: bool = False, show_progress: bool = True, overwrite: bool = False) -> Imported:
     """Build a bundle in `out_dir` from the artifact (parsed by modelpack.parse_artifact; its
     manifest has `digest`) whose layers carry no mirror evidence; see the module docstring for
-    every check on the way."""
+    every check on the way. A bundle already at its name holding other bytes is replaced only
+    with `overwrite` (the writer's rule, mirror.bundle.write.sinks.refuse_overwrite)."""
     where = str(ref)
     todo = layers(artifact, where=where)
     descriptor, diff_ids = _config(client, artifact, len(todo), where=where)
@@ -486,7 +487,7 @@ def import_artifact(client: Client, ref: Reference, *, artifact: modelpack.Artif
             spec = BundleSpec(repo_id=repo_id_for(ref), repo_type="model", revision=revision_for(ref), commit=commit,
                               source=str(Reference(ref.registry, ref.repository, ref.tag, digest)), created_at=created,
                               license=_license(src, descriptor, artifact.annotations), expected=expected, extra={"policy": report.to_manifest()})
-            info = write(spec, FolderSource(root, paths=paths, files=src), FileSink(out_dir))
+            info = write(spec, FolderSource(root, paths=paths, files=src), FileSink(out_dir, overwrite=overwrite))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return Imported(info=info, fetched_bytes=fetched)

@@ -39,6 +39,7 @@ from mirror.bundle import bundle_filename
 from mirror.errors import (
     ArtifactMismatch,
     HashMismatch,
+    MirrorError,
     NotEnoughSpace,
     RegistryError,
     SignatureError,
@@ -54,7 +55,8 @@ from mirror.oci.transport import iter_body
 from mirror.signing import check_signature, require_valid
 from mirror.bundle.codec import BundleReader
 from mirror.bundle.layout import TRAILER_MEMBERS, archive_size, member_header, padding, writer_layout
-from mirror.bundle.stored import write_sidecar
+from mirror.bundle.stored import Ranges, sidecar_sha256, write_sidecar
+from mirror.bundle.write.sinks import refuse_overwrite
 
 RETRIES = 2  # a dropped connection mid-layer is resumed (Range) this many times before giving up
 NET_CHUNK = 256 * 1024  # a read cut by a dropped connection is lost whole: keep reads small
@@ -69,6 +71,7 @@ class PullResult:
     digest: str  # the OCI manifest's
     resumed_bytes: int  # bytes already in the partial file from an earlier, interrupted pull
     fetched_bytes: int  # layer bytes transferred by this pull
+    kept: bool = False  # the bundle was already there, byte for byte (checked): nothing fetched or rewritten
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,11 @@ def fetch_artifact(client: Client, ref: Reference, *, public_key: str | Path | N
 
 def pull_bundle(ref: Reference, *, out_dir: str | Path, plain_http: bool = False, ca_cert: str | Path | None = None,
                 credentials: Credentials | None = None, show_progress: bool = True, public_key: str | Path | None = None,
-                allow_pickle: bool = False) -> PullResult:
+                allow_pickle: bool = False, overwrite: bool = False) -> PullResult:
     """The pushed bundle, rebuilt; or, from an artifact another tool wrote, one built from its
-    layers (`allow_pickle`: the pickle policy of that build, as for a Hub pull)."""
+    layers (`allow_pickle`: the pickle policy of that build, as for a Hub pull). A bundle already
+    at its name holding other bytes is replaced only with `overwrite` (as `mirror pack` and a Hub
+    pull: mirror.bundle.write.sinks.refuse_overwrite); one holding exactly these bytes is kept."""
     out_dir = Path(out_dir)
     with Client(ref.registry, ref.repository, plain_http=plain_http, ca_cert=ca_cert, credentials=credentials) as client:
         try:
@@ -183,13 +188,17 @@ def pull_bundle(ref: Reference, *, out_dir: str | Path, plain_http: bool = False
                 raise SignatureError(str(ref), "another tool wrote this artifact: it carries no mirror signature to check against --public-key",
                                      fix="pull it without --public-key, then sign the bundle you checked ('mirror sign')") from None
             made = importer.import_artifact(client, ref, artifact=foreign.artifact, digest=foreign.digest, out_dir=out_dir,
-                                            allow_pickle=allow_pickle, show_progress=show_progress)
+                                            allow_pickle=allow_pickle, show_progress=show_progress, overwrite=overwrite)
             return PullResult(path=made.info.path, sha256=made.info.sha256, size=made.info.size, manifest=made.info.manifest,
                               digest=foreign.digest, resumed_bytes=0, fetched_bytes=made.fetched_bytes)
         files = {layer.path: layer for layer in art.files}
         segs, total = _plan(m, member, signature, files)
         final = out_dir / bundle_filename(m.repo_id, m.commit, repo_type=m.repo_type)
         partial = out_dir / f".{final.name}.{digest[7:19]}.oci-partial"
+        if not overwrite and (here := _already_here(final, segs, total, member=member, signature=signature)) is not None:
+            if here[0] == final and sidecar_sha256(final) != here[1]:  # the bundle is kept; only a missing or stale sidecar is written
+                write_sidecar(final, here[1])
+            return PullResult(path=here[0], sha256=here[1], size=total, manifest=m, digest=digest, resumed_bytes=0, fetched_bytes=0, kept=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -320,6 +329,52 @@ def _fetch(client: Client, seg: _Seg, start: int, out, lanes: HashLanes, stream,
         tries += 1
         if tries > RETRIES:
             raise RegistryError(f"{what} from {client.registry}: {err}, {tries} times; run the same pull again: it resumes where it stopped")
+
+
+def _already_here(final: Path, segs: list[_Seg], total: int, *, member: bytes, signature: bytes | None) -> tuple[Path, str] | None:
+    """(its path, its sha256) when a bundle at `final` (a file, or parts) already holds exactly the
+    bytes this pull would write, None when there is none. Read once, as a resumed partial is:
+    every fixed stretch byte for byte, every file's stretch hashed against the manifest entry its
+    layer is checked against, so a damaged copy is never taken for the artifact. A bundle holding
+    other bytes is refused (UsageError) before anything is fetched: nothing silently ends a bundle
+    whose sha256 someone wrote down (issue 24); `--overwrite` replaces it."""
+    index = parts.index_path(final)
+    where = final if (final.exists() or final.is_symlink()) else index if index.exists() else None
+    if where is None:
+        return None
+    refuse_overwrite(final, manifest_bytes=member, size=total, signature=signature)  # another identity, size or signature
+    why = _differs(where, segs, total)
+    if isinstance(why, tuple):
+        return why
+    raise UsageError(f"{where} already exists and holds this bundle with other bytes ({why}); nothing was fetched: "
+                     "pass --overwrite to replace it, or --out another folder")
+
+
+def _differs(where: Path, segs: list[_Seg], total: int) -> tuple[Path, str] | str:
+    """(where, stream sha256) when the bundle at `where` holds exactly the bytes `segs` describe,
+    else why not, in a few words."""
+    stream = hashlib.sha256()
+    try:
+        with Ranges(where) as src, HashLanes(3) as lanes:  # lane 0: the stream; 1 and 2: a file's sha256 and git sha1
+            if src.size != total:
+                return f"{src.size} bytes, not {total}"
+            for seg in segs:
+                if seg.data is not None:
+                    if src.read(seg.offset, seg.size) != seg.data:
+                        return f"its tar structure differs near byte {seg.offset}"
+                    lanes.submit(0, stream, seg.data)
+                    continue
+                layer_sha = DualHasher(seg.size, lfs=seg.entry.lfs, lanes=lanes, lane_ids=(1, 2))
+                for pos in range(seg.offset, seg.offset + seg.size, CHUNK):
+                    chunk = src.read(pos, min(CHUNK, seg.offset + seg.size - pos))
+                    lanes.submit(0, stream, chunk)
+                    layer_sha.update(chunk)
+                if diff := first_difference(seg.entry, layer_sha.digest()):
+                    return f"{seg.entry.path}: {diff[0]} {diff[2][:16]}…, the manifest says {diff[1][:16]}…: damaged"
+            lanes.drain(0)
+    except (MirrorError, OSError) as e:
+        return f"it cannot be read: {' '.join(str(e).split())[:120]}"
+    return where, stream.hexdigest()
 
 
 def _check_layout(path: Path, *, label: str) -> None:

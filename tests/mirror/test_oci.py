@@ -19,6 +19,7 @@ from tests.fixtures.requires import require
 from click.testing import CliRunner
 
 from mirror.cli import cli
+from mirror.identity import read_bundle_id
 from mirror.oci import modelpack, reference, referrers
 from mirror.oci.client import Client
 from mirror.pack import pack_folder
@@ -160,6 +161,55 @@ def test_signed_bundle_round_trip_is_byte_identical_and_modelpack(registry, tmp_
     assert sha(out) == sidecar(info.path) == sidecar(out)  # the same bytes, signature included
     assert run("verify", str(out), "--public-key", str(public)).exit_code == 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no partial left
+
+
+def test_pull_never_replaces_other_bytes_without_overwrite(registry, tmp_path):
+    """Issue 24's rule, as `mirror pack` and a Hub pull apply it: a bundle already at the name
+    holding other bytes (another manifest, the same one damaged or signed) is refused before a
+    layer is fetched; `--overwrite` replaces it; the same bytes again are kept, not rewritten."""
+    folder = tmp_path / "model"
+    make_repo(folder)
+    pushed = pack_folder(folder, repo_id="acme/m", revision="v2", out_dir=tmp_path / "pushed")
+    ref = registry.ref()
+    assert run("push", str(pushed.path), ref, "--plain-http").exit_code == 0
+    out = tmp_path / "out"
+    held = pack_folder(folder, repo_id="acme/m", out_dir=out)  # the same files (the commit, the name), another revision label
+    assert held.path.name == pushed.path.name and held.sha256 != pushed.sha256
+    bundle = held.path
+
+    def refused(r, why: str) -> None:
+        assert r.exit_code == 2 and why in r.output and "pass --overwrite" in r.output, r.output
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial: nothing was fetched
+
+    r = run("pull", ref, "--plain-http", "--out", str(out))
+    refused(r, f"it holds bundle {read_bundle_id(bundle)}, this one is {read_bundle_id(pushed.path)}")
+    assert sha(bundle) == held.sha256 == sidecar(bundle)
+
+    r = run("pull", ref, "--plain-http", "--out", str(out), "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert Path(r.stdout.splitlines()[-1]) == bundle and sha(bundle) == pushed.sha256 == sidecar(bundle)
+
+    # the same bytes: kept as they are (same inode, same mtime), nothing fetched
+    before = bundle.stat()
+    r = run("pull", ref, "--plain-http", "--out", str(out))
+    assert r.exit_code == 0 and "already here" in r.output and Path(r.stdout.splitlines()[-1]) == bundle, r.output
+    after = bundle.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns) and sha(bundle) == pushed.sha256
+
+    # the same manifest and size, one payload byte changed: a damaged copy is not the artifact
+    data = bytearray(bundle.read_bytes())
+    at = bytes(data).index((folder / "model.safetensors").read_bytes()[:64]) + 1000
+    data[at] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    refused(run("pull", ref, "--plain-http", "--out", str(out)), "holds this bundle with other bytes (model.safetensors: sha256")
+    assert run("pull", ref, "--plain-http", "--out", str(out), "--overwrite").exit_code == 0 and sha(bundle) == pushed.sha256
+
+    # the same bundle signed here (the artifact is unsigned): same identity, other bytes
+    private, _ = keygen(tmp_path / "signer")
+    sign_bundle(bundle, key_path=private)
+    signed = sha(bundle)
+    refused(run("pull", ref, "--plain-http", "--out", str(out)), "it holds this bundle signed")
+    assert sha(bundle) == signed
 
 
 def test_second_commit_uploads_only_the_changed_file(registry, tmp_path):

@@ -140,6 +140,32 @@ def test_tar_gzip_zstd_layers_unpack_into_one_bundle(registry, tmp_path):
     assert {p.relative_to(tmp_path / "mp").as_posix() for p in (tmp_path / "mp").rglob("*") if p.is_file()} == set(want)
 
 
+def test_an_import_replaces_other_bytes_only_with_overwrite(registry, tmp_path):
+    """The writer's rule (issue 24) through the import path too: the same files tagged v1 and v2
+    under one source revision make bundles of one name whose manifests differ (the revision label);
+    the second is refused over the first, written with --overwrite, and the same artifact again is fine."""
+    folder = tmp_path / "model"
+    make_repo(folder)
+    repo = unique_repo()
+    commit = "0dd" + "0" * 37
+    refs = {tag: mp_push(registry, raw_layers(folder), repo=repo, tag=tag, annotations={"org.opencontainers.image.revision": commit})[0]
+            for tag in ("v1", "v2")}
+    out = tmp_path / "out"
+    r = pull(registry, refs["v1"], out)
+    assert r.exit_code == 0, r.output
+    bundle = Path(r.stdout.splitlines()[-1])
+    first = bundle.read_bytes()
+    r = pull(registry, refs["v2"], out)
+    assert r.exit_code == 2 and "already exists and it holds bundle" in one_line(r) and "pass --overwrite" in one_line(r), r.output
+    assert bundle.read_bytes() == first and leftovers(out) == sorted([bundle.name, bundle.name + ".sha256"])
+    r = pull(registry, refs["v2"], out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert Path(r.stdout.splitlines()[-1]) == bundle and read_manifest(bundle).revision == "v2"
+    second = bundle.read_bytes()
+    r = pull(registry, refs["v2"], out)  # the same bytes again
+    assert r.exit_code == 0 and bundle.read_bytes() == second, r.output
+
+
 def test_install_from_the_registry_of_another_tools_artifact(registry, tmp_path):
     folder = tmp_path / "model"
     make_repo(folder)

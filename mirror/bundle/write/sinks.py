@@ -212,11 +212,12 @@ def publish(final: Path, sha: str, move: Callable[[], None]) -> None:
     parts.remove_parts(final)
 
 
-def refuse_overwrite(final: Path, *, manifest_bytes: bytes, size: int) -> None:
+def refuse_overwrite(final: Path, *, manifest_bytes: bytes, size: int, signature: bytes | None = None) -> None:
     """UsageError when a bundle is already at `final` (a file, or a multi-part index) and holds
-    other bytes than the one about to be written there (`manifest_bytes`, `size`): another manifest
-    (packed again with another revision label, another pull) or this one with a signature. Each
-    would silently end a bundle whose sha256 someone wrote down. The same identity and size is the
+    other bytes than the one about to be written there (`manifest_bytes`, `size`, its signature
+    trailer `signature`: None for an unsigned one): another manifest (packed again with another
+    revision label, another pull) or this one with another signature or none. Each would silently
+    end a bundle whose sha256 someone wrote down. The same identity, size and signature is the
     same bundle: writing it again changes no byte anyone relies on."""
     index = parts.index_path(final)
     where = final if (final.exists() or final.is_symlink()) else index if index.exists() else None
@@ -227,14 +228,16 @@ def refuse_overwrite(final: Path, *, manifest_bytes: bytes, size: int) -> None:
         old = read_bundle_id(where)
         old_size = parts.read_index(index).size if where == index else os.stat(where).st_size
         # a signature often fits in the tar's end padding: same size, other bytes
-        signed = old == new and where != index and read_tail(where).signature is not None
+        old_sig = read_tail(where).signature if old == new and where != index else None
     except (MirrorError, OSError) as e:
         why = f"it is not a readable bundle ({' '.join(str(e).split())[:120]})"
     else:
-        if old == new and old_size == size and not signed:
+        if old == new and old_size == size and old_sig == signature:
             return
-        why = (f"it holds this bundle signed: keep it, it is the same identity {new}" if signed
-               else f"it holds bundle {old}, this one is {new}" if old != new else f"it holds this bundle in {old_size} bytes, not {size}")
+        why = (f"it holds bundle {old}, this one is {new}" if old != new
+               else f"it holds this bundle signed: keep it, it is the same identity {new}" if old_sig is not None and signature is None
+               else f"it holds this bundle {'unsigned' if old_sig is None else 'with another signature'} (identity {new})" if old_sig != signature
+               else f"it holds this bundle in {old_size} bytes, not {size}")
     raise UsageError(f"{where} already exists and {why}; nothing was written: pass --overwrite to replace it, or --out another folder")
 
 
