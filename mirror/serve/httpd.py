@@ -22,10 +22,12 @@ What every connection gets (limits in `Limits`, each with why):
 - every malformed request gets a status and a one-line reason (`X-Error-Message`, a JSON body)
   and `Connection: close`; the socket is then closed after the client has had time to read it.
 
-The parser is strict where leniency lets two parties disagree about where a request ends
-(request smuggling): a Content-Length of digits only (and equal when repeated), no
-Transfer-Encoding (request bodies here are small forms: 411), no obs-fold, no control bytes, CRLF
-line ends only.
+The request head is read here (its deadline and size cap) and parsed by h11, which is strict
+where leniency lets two parties disagree about where a request ends (request smuggling): a
+Content-Length of digits only (and equal when repeated), one Host, CRLF line ends. On top of it
+this server refuses a Transfer-Encoding (request bodies here are small forms: 411), obs-fold (h11
+would unfold it), control bytes in a field, and more than `max_headers` fields; the body, of the
+length h11 validated, is read with its own deadline, and the reply is written here (sendfile).
 
 SIGTERM (or SIGINT): stop accepting, close connections that have no request in flight, let the
 in-flight ones finish within `graceful_timeout`, then return.
@@ -50,11 +52,26 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable
 
+import h11
+
 log = logging.getLogger("mirror.serve")
 
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
-_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes; a field value may hold HTAB
-_VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes; a field value may hold HTAB (h11 lets \x01-\x08 through)
+_FOLD = re.compile(rb"\r\n[ \t]")  # obs-fold: a header line continued on the next
+_NOT_A_FIELD = "a header line is not 'Name: value' (or continues the previous one, which HTTP/1.1 forbids)"
+_NO_TRANSFER_ENCODING = "request bodies are taken with a Content-Length only (no Transfer-Encoding)"
+_H11_REFUSALS = (  # h11's reason (a prefix of its message) -> the status and the line this server answers
+    ("illegal request line", 400, "the request line is not 'METHOD TARGET HTTP/1.1'"),
+    ("no request line", 400, "the request line is not 'METHOD TARGET HTTP/1.1'"),
+    ("illegal header line", 400, _NOT_A_FIELD),
+    ("continuation line", 400, _NOT_A_FIELD),
+    ("conflicting Content-Length", 400, "Content-Length is not one decimal number"),
+    ("bad Content-Length", 400, "Content-Length is not one decimal number"),
+    ("multiple Transfer-Encoding", 411, _NO_TRANSFER_ENCODING),
+    ("Only Transfer-Encoding: chunked", 411, _NO_TRANSFER_ENCODING),
+    ("Missing mandatory Host", 400, "the request has no Host header, which HTTP/1.1 requires"),
+    ("Found multiple Host", 400, "the request has two Host headers"),
+)
 _ENCODE = re.compile(rb'[\x80-\xff"\\]')  # percent-encoded in the target: decoding gives the same path, and a log line stays one quoted field
 _HEADER_UNSAFE = re.compile(r"[^\t\x20-\x7e]")
 MAX_REFUSING = 256  # refused connections answered at once (beyond the caps); more are closed at once
@@ -133,6 +150,14 @@ def error_reply(e: HTTPError) -> Reply:
     if e.code:
         headers["X-Error-Code"] = e.code
     return Reply(e.status, {"Content-Type": "application/json", **headers}, json.dumps({"error": e.message}).encode())
+
+
+def _refusal(reason: str) -> HTTPError:
+    """h11's refusal of a request head, in this server's words (its own, quoted, when it is new)."""
+    for prefix, status, line in _H11_REFUSALS:
+        if reason.startswith(prefix):
+            return HTTPError(status, line)
+    return HTTPError(400, f"the request head is not HTTP/1.1: {reason[:200]}")
 
 
 class _Closed(Exception):
@@ -361,55 +386,49 @@ class Front:
         return head.lstrip(b"\r\n")
 
     def _parse(self, head: bytes, conn: _Conn) -> tuple[Request, int, bool]:
-        """(request without body, Content-Length, keep-alive) or HTTPError."""
+        """(request without body, Content-Length, keep-alive) or HTTPError. h11 parses the head
+        (request line, header fields, the Content-Length and Host rules); what it allows and a
+        server answering anyone should not (obs-fold, control bytes, a Transfer-Encoding, more
+        than `max_headers` fields, a huge target or body) is refused here, each in one line."""
         lim = self.limits
-        lines = head[:-4].split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
+        if head[:-4].count(b"\r\n") > lim.max_headers:
+            raise HTTPError(431, f"the request has more than {lim.max_headers} header fields")
+        line, _, fields = head.partition(b"\r\n")
+        if _FOLD.search(fields):  # h11 unfolds it; two parties that disagree on a header is how smuggling starts
+            raise HTTPError(400, _NOT_A_FIELD)
+        parts = line.split(b" ")
+        if len(parts) == 3:  # non-ASCII bytes in the target, percent-encoded as a client would have
+            line = b" ".join((parts[0], _ENCODE.sub(lambda m: b"%%%02X" % m.group()[0], parts[1]), parts[2]))
+        parser = h11.Connection(h11.SERVER)  # one per request: it sees only a complete head, capped by _read_head
+        parser.receive_data(line + b"\r\n" + fields)
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as e:
+            raise _refusal(str(e)) from None
+        if not isinstance(event, h11.Request):  # pragma: no cover - a complete head is always one event
             raise HTTPError(400, "the request line is not 'METHOD TARGET HTTP/1.1'")
-        method, target, version = parts
-        v = _VERSION.fullmatch(version)
-        if v is None:
-            raise HTTPError(400, "the request line is not 'METHOD TARGET HTTP/1.1'")
-        if v.group(1) != b"1":
-            raise HTTPError(505, f"{version.decode('ascii')} is not supported; use HTTP/1.1")
+        if not event.http_version.startswith(b"1."):
+            raise HTTPError(505, f"HTTP/{event.http_version.decode('ascii')} is not supported; use HTTP/1.1")
+        target = event.target
         if len(target) > lim.max_target:
             raise HTTPError(414, f"the request target is over {lim.max_target} bytes")
-        if not target.startswith(b"/") or _CTL.search(target) or b"\t" in target:
+        if not target.startswith(b"/"):
             raise HTTPError(400, "the request target must be a path starting with '/', without control characters")
-        target = _ENCODE.sub(lambda m: b"%%%02X" % m.group()[0], target)
-        if len(lines) - 1 > lim.max_headers:
-            raise HTTPError(431, f"the request has more than {lim.max_headers} header fields")
         headers: dict[str, str] = {}
-        lengths = set()
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.fullmatch(name):
-                raise HTTPError(400, "a header line is not 'Name: value' (or continues the previous one, which HTTP/1.1 forbids)")
-            value = value.strip(b" \t")
+        for name, value in event.headers:
+            key = name.decode("ascii")
             if _CTL.search(value):
-                raise HTTPError(400, f"the {name.decode('ascii')} header holds control characters")
-            key = name.decode("ascii").lower()
+                raise HTTPError(400, f"the {key} header holds control characters")
             text = value.decode("latin-1")
-            if key == "content-length":
-                lengths.add(text)
-            if key in headers:
-                if key == "host":
-                    raise HTTPError(400, "the request has two Host headers")
-                text = headers[key] + ("; " if key == "cookie" else ", ") + text
-            headers[key] = text
+            headers[key] = headers[key] + ("; " if key == "cookie" else ", ") + text if key in headers else text
         if "transfer-encoding" in headers:
-            raise HTTPError(411, "request bodies are taken with a Content-Length only (no Transfer-Encoding)")
-        length = 0
-        if lengths:
-            if len(lengths) > 1 or not re.fullmatch(r"\d{1,19}", next(iter(lengths))):
-                raise HTTPError(400, "Content-Length is not one decimal number")
-            length = int(next(iter(lengths)))
-            if length > lim.max_body:
-                raise HTTPError(413, f"the request body of {length} bytes is over the {lim.max_body}-byte limit")
+            raise HTTPError(411, _NO_TRANSFER_ENCODING)
+        length = int(headers.get("content-length", "0"))  # h11 took only digits, and one value however often repeated
+        if length > lim.max_body:
+            raise HTTPError(413, f"the request body of {length} bytes is over the {lim.max_body}-byte limit")
         tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        keep = v.group(2) != b"0" and "close" not in tokens
-        request = Request(method=method.decode("ascii"), target=target.decode("ascii"), headers=headers, body=b"", client=conn.client,
+        keep = event.http_version != b"1.0" and "close" not in tokens
+        request = Request(method=event.method.decode("ascii"), target=target.decode("ascii"), headers=headers, body=b"", client=conn.client,
                           scheme=self.scheme, server=self.server_name)
         return request, length, keep
 

@@ -125,6 +125,27 @@ def test_a_malformed_request_gets_its_4xx_in_one_line_and_a_clean_close(srv, dat
     assert health(srv) == 200
 
 
+PATHS_INFO = b"POST /api/models/acme/m/paths-info/main HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize("data,status,why", [
+    (PATHS_INFO + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\n\r\n", 411, "Content-Length only"),  # CL.TE
+    (PATHS_INFO + b"Transfer-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd", 411, "Content-Length only"),
+    (PATHS_INFO + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 411, "Content-Length only"),
+    (PATHS_INFO + b"Content-Length: +4\r\n\r\nabcd", 400, "Content-Length"),
+    (PATHS_INFO + b"Content-Length: 0x4\r\n\r\nabcd", 400, "Content-Length"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, "two Host headers"),
+    (b"GET /health HTTP/1.1\r\nX-A: 1\r\n\r\n", 400, "no Host header"),
+    (b"GET /health HTTP/1.1\r\nHost : x\r\n\r\n", 400, "Name: value"),  # a space before the colon
+    (b"GET /health HTTP/1.1\nHost: x\n\n", 408, "did not arrive"),  # bare LF is not a line end: the head never ends
+])
+def test_framing_that_lets_two_parties_disagree_is_refused(srv, data, status, why):
+    """Request smuggling's raw material (h11 parses the head; the server adds its own refusals)."""
+    msg = one_line_error(*exchange(srv, data), status)
+    assert why in msg
+    assert health(srv) == 200
+
+
 def test_a_body_shorter_than_its_content_length(srv):
     head = b"POST /api/models/acme/m/paths-info/main HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
     msg = one_line_error(*exchange(srv, head + b"paths=conf", half_close=True), 400)
