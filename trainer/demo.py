@@ -234,10 +234,13 @@ def lineage_line(bundle: Path) -> str:
     if not isinstance(lineage, dict):
         raise DemoError(f"{bundle}: its manifest has no lineage section; 'mirror pack' of a trained output must carry lineage.json")
     base = lineage.get("base_model") or {}
+    # identities first (the manifest's sha256: what approvals, install records and lineage cite, kept
+    # by signing, parts and registries); the file's sha256 only checks this one copy
     return (
         f"fine-tuned classifier packed as `{manifest['repo_id']}`: {_show(bundle)} "
-        f"(sha256 {api.sha256_file(bundle)[:16]}…), manifest lineage: base {base.get('repo_id')}@{str(base.get('commit'))[:12]}, "
-        f"{len(lineage.get('data') or [])} data files hashed"
+        f"(identity {api.read_bundle_id(bundle)}, file sha256 {api.sha256_file(bundle)[:16]}…), "
+        f"manifest lineage: base {base.get('repo_id')}@{str(base.get('commit'))[:12]} "
+        f"(identity {base.get('bundle_id') or 'n/a'}), {len(lineage.get('data') or [])} data files hashed"
     )
 
 

@@ -164,6 +164,15 @@ def _harness(h: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _base_bundle_line(base: dict[str, Any]) -> str:
+    """The base bundle by its identity first (`sha256:` of its manifest: what signing, parts and
+    registries keep, and what approvals and install records cite), then the file this run saw and
+    that file's sha256 (which a re-signed copy changes)."""
+    name = Path(base["bundle"]).name if base.get("bundle") else "n/a"
+    return (f"- base bundle: identity `{base.get('bundle_id') or 'n/a'}`"
+            f" (file `{name}`, sha256 `{base.get('bundle_sha256') or 'n/a'}`)")
+
+
 def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | None, confusion_png: str | None) -> str:
     task = metrics["task"]
     base = lineage["base_model"]
@@ -178,7 +187,7 @@ def render(metrics: dict[str, Any], lineage: dict[str, Any], *, loss_png: str | 
     lines += [
         f"- run folder: `{Path(cfg['output_dir']).name}`",
         f"- base model: `{base['repo_id']}` at commit `{base.get('commit') or 'n/a'}` ({base['source']})",
-        f"- base bundle: `{Path(base['bundle']).name if base.get('bundle') else 'n/a'}` sha256 `{base.get('bundle_sha256') or 'n/a'}`",
+        _base_bundle_line(base),
         f"- license: {lineage.get('license') or 'unknown'} (inherited from the base model)" + (f"; {lineage['license_note']}" if lineage.get("license_note") else ""),
         "- data: " + ", ".join(f"{split} {n} rows" for split, n in metrics["rows"].items()),
         f"- device: {metrics['device']}, precision {metrics['precision']}, wall time {metrics['wall_time_s']:.1f} s, "

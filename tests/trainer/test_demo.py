@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mirror.identity import read_bundle_id
 from mirror.pack import pack_folder
 from trainer import demo
 
@@ -76,11 +77,15 @@ def test_lineage_line_reads_the_manifest(tmp_path):
     out = tmp_path / "trained"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"\0" * 64)
-    lineage = {"base_model": {"repo_id": demo.MINILM_ID, "commit": "45ff9bd610d3c8639537100486dd793f0a0d7688"}, "data": [{"path": "a"}, {"path": "b"}]}
+    base_id = "sha256:" + "c" * 64
+    lineage = {"base_model": {"repo_id": demo.MINILM_ID, "commit": "45ff9bd610d3c8639537100486dd793f0a0d7688", "bundle_id": base_id},
+               "data": [{"path": "a"}, {"path": "b"}]}
     (out / "lineage.json").write_text(json.dumps(lineage))
     bundle = Path(pack_folder(out, repo_id=demo.TRAINED_ID, out_dir=tmp_path / "b").path)
     line = demo.lineage_line(bundle)
     assert f"`{demo.TRAINED_ID}`" in line and f"base {demo.MINILM_ID}@45ff9bd610d3" in line and "2 data files hashed" in line
+    # identities first: the packed model's own (its manifest's sha256) and the base's from lineage.json
+    assert f"(identity {read_bundle_id(bundle)}, file sha256 " in line and f"(identity {base_id})" in line
     (out / "lineage.json").unlink()
     shutil.rmtree(tmp_path / "b")
     bare = Path(pack_folder(out, repo_id=demo.TRAINED_ID, out_dir=tmp_path / "b").path)

@@ -10,7 +10,8 @@ from trainer import report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 LINEAGE = {
-    "base_model": {"repo_id": "acme/bert", "commit": "f" * 40, "source": "bundle", "bundle": "bundles/acme.tar", "bundle_sha256": "e" * 64, "random_init": False},
+    "base_model": {"repo_id": "acme/bert", "commit": "f" * 40, "source": "bundle", "bundle": "bundles/acme.tar", "bundle_sha256": "e" * 64,
+                   "bundle_id": "sha256:" + "b" * 64, "random_init": False},
     "config": {"output_dir": "models/clf", "learning_rate": 2e-5, "batch_size": 16, "epochs": 2.0, "seed": 42, "lora_r": None},
     "data": [{"split": "train", "path": "data/train.jsonl", "sha256": "d" * 64}],
     "libraries": {"python": "3.11.7", "torch": "2.13.0", "peft": None},
@@ -48,6 +49,15 @@ def test_classifier_report_with_plots(tmp_path: Path):
     assert "RANDOM-INITIALISED" not in text
 
 
+def test_the_base_bundle_is_cited_by_its_identity_then_its_file():
+    text = report.render(METRICS, LINEAGE, loss_png=None, confusion_png=None)
+    line = next(x for x in text.splitlines() if x.startswith("- base bundle:"))
+    assert line == f"- base bundle: identity `sha256:{'b' * 64}` (file `acme.tar`, sha256 `{'e' * 64}`)"
+    old = copy.deepcopy(LINEAGE)  # a lineage written before identities were recorded
+    del old["base_model"]["bundle_id"]
+    assert "- base bundle: identity `n/a` (file `acme.tar`" in report.render(METRICS, old, loss_png=None, confusion_png=None)
+
+
 def test_random_init_base_is_labelled_prominently(tmp_path: Path):
     lineage = copy.deepcopy(LINEAGE)
     lineage["base_model"]["random_init"] = True
@@ -79,7 +89,7 @@ def test_report_compares_base_and_fine_tuned_on_one_split_with_a_title_that_says
     assert "| macro_f1 | 0.3333 | 0.8750 | +0.5417 |" in text
     assert "| eval_loss | 0.7000 | 0.5500 | -0.1500 |" in text
     assert "- license: apache-2.0 (inherited from the base model)" in text
-    assert "- base bundle: `acme.tar`" in text
+    assert "- base bundle: identity `sha256:" + "b" * 64 + "` (file `acme.tar`" in text
 
 
 def test_no_baseline_no_comparison_section():

@@ -46,7 +46,8 @@ def _train(tmp: Path, name: str, base: Path, task_raw: dict, rows: list[dict]) -
     train = _write(tmp / f"{name}.train.jsonl", rows)
     raw = {"model_id": f"tiny/{name}", "output_dir": str(tmp / name), "train_file": train, "max_steps": 1, "batch_size": 4, "precision": "fp32", **task_raw}
     cfg = config.from_dict(raw)
-    run(cfg, model=ResolvedModel(repo_id=f"tiny/{name}", path=base, commit="0" * 40, bundle_path=None, bundle_sha256="ab" * 32, source="cache"))
+    run(cfg, model=ResolvedModel(repo_id=f"tiny/{name}", path=base, commit="0" * 40, bundle_path=None, bundle_sha256="ab" * 32, source="cache",
+                                 bundle_id="sha256:" + "cd" * 32))
     return Path(cfg.output_dir)
 
 
@@ -182,10 +183,10 @@ def test_health_and_v1_models_say_what_is_served_for_audit(server, runs):
     for task, run_dir in runs.items():
         m = models[task]
         assert m["id"] == run_dir.name and m["source"] == "run folder"
-        assert "commit" not in m and "bundle_sha256" not in m  # a run folder has neither of its own (a null read as "unknown")
+        assert "commit" not in m and "bundle_sha256" not in m and "bundle_id" not in m  # a run folder has neither of its own (a null read as "unknown")
         assert m["base_commit"] == "0" * 40  # its lineage's: what it was trained from
         assert m["base_model"]["repo_id"] == f"tiny/{run_dir.name}" and m["base_model"]["commit"] == "0" * 40
-        assert m["base_model"]["bundle_sha256"] == "ab" * 32
+        assert m["base_model"]["bundle_id"] == "sha256:" + "cd" * 32 and m["base_model"]["bundle_sha256"] == "ab" * 32  # identity first, the file second
         assert m["training_data"] == [{"split": "train", "file": f"{run_dir.name}.train.jsonl", "sha256": _sha(run_dir.parent / f"{run_dir.name}.train.jsonl")}]
         assert m["random_init"] is True and "RANDOM-INITIALISED" in m["warning"]
     assert models["classification"]["labels"] == LABELS
@@ -381,6 +382,7 @@ def test_one_access_log_line_per_request_and_prometheus_metrics(server):
 
 
 def test_serves_a_bundled_model_names_what_it_serves_and_stops_gracefully(runs, tmp_path):
+    from mirror.identity import read_bundle_id
     from mirror.pack import pack_folder
 
     bundles = tmp_path / "bundles"
@@ -392,7 +394,9 @@ def test_serves_a_bundled_model_names_what_it_serves_and_stops_gracefully(runs, 
         m = s.http.get("/v1/models").json()["data"]
         assert [x["id"] for x in m] == ["acme/embedder"]
         assert m[0]["source"] == "bundle" and m[0]["bundle_sha256"] == sidecar and len(m[0]["commit"]) == 40
+        assert m[0]["bundle_id"] == read_bundle_id(packed.path)  # its own identity, as its install recorded it
         assert m[0]["base_model"]["repo_id"] == "tiny/embedder"  # the lineage travelled inside the bundle
+        assert m[0]["base_model"]["bundle_id"] == "sha256:" + "cd" * 32
         for path, body in (("/classify", {"text": "a"}), ("/chat", {"user": "hi"}), ("/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": "hi"}]})):
             r = s.http.post(path, json=body)
             detail = r.json()["error"]["message"] if path.startswith("/v1/") else r.json()["detail"]

@@ -5,9 +5,10 @@ model folder, or a repo id resolved as `trainer run` resolves a base model (the 
 verified bundle from `--bundles`, else the `mirror pull` to run elsewhere). Nothing here touches
 the network; the CLI runs it inside the trainer's network guard.
 
-Each served model says what it is (`info()`): its task, where it came from (its own commit and
-bundle sha256 when it came from the cache or a bundle), and from its lineage the base model's
-repo id and commit (`base_commit`), the base bundle's sha256 and the sha256 of every training
+Each served model says what it is (`info()`): its task, where it came from (its own commit,
+bundle identity and bundle sha256 when it came from the cache or a bundle), and from its lineage
+the base model's repo id and commit (`base_commit`), the base bundle's identity (`bundle_id`,
+what approvals and install records cite) and file sha256, and the sha256 of every training
 data file, so an answer can be traced to the bytes that made the model. A random-initialised
 demo model says so.
 
@@ -48,6 +49,7 @@ class Served:
     random_init: bool
     lineage: dict[str, Any] | None
     bundle_sha256: str | None = None  # the bundle this very model was installed from, when it was
+    bundle_id: str | None = None  # that bundle's identity (sha256 of its manifest), from the install record
     commit: str | None = None  # its own commit in the HF cache, when it came from there
     handles: dict[str, Any] = field(default_factory=dict)  # net, tokenizer, st: loaded by `load`
     max_tokens: int = 512  # the per-text token limit in force for this model
@@ -62,9 +64,11 @@ class Served:
             out["commit"] = self.commit
         if self.bundle_sha256 is not None:
             out["bundle_sha256"] = self.bundle_sha256
+        if self.bundle_id is not None:
+            out["bundle_id"] = self.bundle_id
         out.update({
             "base_commit": base.get("commit"),
-            "base_model": {k: base.get(k) for k in ("repo_id", "commit", "bundle", "bundle_sha256", "license")} if base else None,
+            "base_model": {k: base.get(k) for k in ("repo_id", "commit", "bundle_id", "bundle", "bundle_sha256", "license")} if base else None,
             "training_data": [{"split": d.get("split"), "file": Path(str(d.get("path", ""))).name, "sha256": d.get("sha256")} for d in (self.lineage or {}).get("data", [])],
             "trained": (self.lineage or {}).get("ended"),
             "random_init": self.random_init,
@@ -110,7 +114,7 @@ def _plain_config(name: str, folder: Path, task: str) -> Any:
 def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Served:
     """A MODEL argument -> what will be served (not loaded yet)."""
     p = Path(arg)
-    commit = bundle_sha = None
+    commit = bundle_sha = bundle_id = None
     if p.is_dir():
         refuse_plain_folder(arg, public_keys=public_keys)  # the site policy: a folder carries no signature
         folder, name, source = p, p.resolve().name, "local folder"
@@ -121,7 +125,7 @@ def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Serve
     else:
         resolved = resolve_model(arg, bundles_dir=bundles_dir, trust_remote_code=False, public_keys=public_keys)
         folder, name, source = Path(resolved.path), arg, resolved.source
-        commit, bundle_sha = resolved.commit, resolved.bundle_sha256
+        commit, bundle_sha, bundle_id = resolved.commit, resolved.bundle_sha256, resolved.bundle_id
     if (folder / "lineage.json").is_file():
         lineage = read_lineage(folder)
         cfg = config_of_run(folder)
@@ -131,7 +135,8 @@ def locate(arg: str, *, bundles_dir: str, public_keys: tuple[str, ...]) -> Serve
         lineage, task = None, infer_task(folder)
         cfg = _plain_config(name, folder, task)
         random_init = is_random_init(folder)
-    return Served(name=name, task=task, path=folder, source=source, cfg=cfg, random_init=random_init, lineage=lineage, bundle_sha256=bundle_sha, commit=commit)
+    return Served(name=name, task=task, path=folder, source=source, cfg=cfg, random_init=random_init, lineage=lineage, bundle_sha256=bundle_sha,
+                  bundle_id=bundle_id, commit=commit)
 
 
 def load(m: Served, *, rt: Any, max_tokens: int) -> None:
