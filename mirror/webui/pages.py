@@ -13,6 +13,7 @@ script or style anywhere: the Content-Security-Policy forbids both, and the page
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -61,9 +62,9 @@ def message(title: str, line: str) -> str:
     return _render("message.html", title=title, line=line)
 
 
-def _signature(commit) -> dict:
+def _signature(commit) -> SimpleNamespace:
     key, checked = views.fingerprint(commit)
-    return {"signed": views.signed(commit), "key": key, "checked": checked, "line": views.signature_line(commit)}
+    return SimpleNamespace(signed=views.signed(commit), key=key, checked=checked, line=views.signature_line(commit))
 
 
 def _flag_groups(f: views.Flags) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -95,12 +96,12 @@ def _column(label: str, key: str, *, q: str, sort: str) -> dict:
 def catalogue(rows: list[views.Row], *, total: int, failed, q: str, sort: str) -> str:
     current = views.parse_sort(sort)
     sorts = [(f"{d}{k}", label + (" (descending)" if d else ""), (k, bool(d)) == current) for k, (label, _) in views.SORTS.items() for d in ("", "-")]
-    shown = [{
-        "repo_type": r.repo.repo_type, "repo_id": r.repo.repo_id, "url": repo_url(r.repo.repo_type, r.repo.repo_id),
-        "demo": r.demo, "packed_from": views.packed_from(r.head.manifest), "revisions": _revisions(r.repo),
-        "size": human_size(r.size), "files": r.n_files, "license": r.license or "unknown", "signature": _signature(r.head),
-        "verified_at": r.head.verified_at, "flags": _flag_groups(r.flags),
-    } for r in rows]
+    shown = [SimpleNamespace(  # attributes, not a dict: what a template reads fastest (a catalogue has a row per repo)
+        repo_type=r.repo.repo_type, repo_id=r.repo.repo_id, url=repo_url(r.repo.repo_type, r.repo.repo_id),
+        demo=r.demo, packed_from=views.packed_from(r.head.manifest), revisions=_revisions(r.repo),
+        size=human_size(r.size), files=r.n_files, license=r.license or "unknown", signature=_signature(r.head),
+        verified_at=r.head.verified_at, flags=_flag_groups(r.flags),
+    ) for r in rows]
     return _render("catalogue.html", rows=shown, total=total, q=q, sorts=sorts, max_query=views.MAX_QUERY,
                    columns=[_column(label, key, q=q, sort=sort) for label, key in _COLUMNS], not_served=_not_served(failed))
 
@@ -189,11 +190,11 @@ def repo(repo, commit, *, card, demo: str | None, base_url: str, token: bool, mo
         lineage=_lineage(views.lineage(commit)),
         card=card, card_html=Markup(card.html) if card is not None else None,  # card.py's sanitizer output: the one HTML passed through
         card_limit=human_size(CARD_BYTES),
-        file_rows=[{"url": resolve_url(repo.repo_type, rid, c, x.path), "path": x.path, "bytes": x.size, "size": human_size(x.size), "sha256": x.sha256}
+        file_rows=[SimpleNamespace(url=resolve_url(repo.repo_type, rid, c, x.path), path=x.path, bytes=x.size, size=human_size(x.size), sha256=x.sha256)
                    for x in sorted(commit.files, key=lambda x: x.path)],
-        commits=[{"url": f"{repo_url(repo.repo_type, rid)}?commit={x.manifest.commit}", "commit": x.manifest.commit, "shown": x is commit,
-                  "revisions": refs_at(x.manifest.commit), "created_at": x.manifest.created_at, "verified_at": x.verified_at,
-                  "signature": _signature(x)} for x in repo.commits],
+        commits=[SimpleNamespace(url=f"{repo_url(repo.repo_type, rid)}?commit={x.manifest.commit}", commit=x.manifest.commit, shown=x is commit,
+                                 revisions=refs_at(x.manifest.commit), created_at=x.manifest.created_at, verified_at=x.verified_at,
+                                 signature=_signature(x)) for x in repo.commits],
     )
 
 
