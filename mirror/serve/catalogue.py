@@ -83,10 +83,30 @@ class ServedRepo:
     refs: Mapping[str, str]  # revision name -> commit
 
 
+# FailedBundle.kind: which rule keeps a bundle from being served, decided where the rule is applied
+# (so the web pages and the logs never read it back out of the reason's words)
+FAILED = "failed"  # it did not verify, or could not be read as a bundle
+UNSIGNED = "unsigned"  # it verified, but this server serves only bundles signed by a trusted key
+UNTRUSTED_SIGNATURE = "untrusted-signature"  # it verified and is signed, but not by a key this server trusts
+UNAPPROVED = "unapproved"  # it verified, but the approvals this host requires do not approve it
+CONFLICT = "conflict"  # it claims a commit another bundle here serves with other content
+NO_BASE = "no-base"  # a delta whose base is not served from this folder
+KINDS = (FAILED, UNSIGNED, UNTRUSTED_SIGNATURE, UNAPPROVED, CONFLICT, NO_BASE)
+
+
 @dataclass(frozen=True)
 class FailedBundle:
     path: Path
     reason: str  # one line, why it is not served
+    kind: str = FAILED  # one of KINDS
+
+
+class _NotServed(BundleError):
+    """A bundle that verified but that a rule of this server refuses; `kind` names the rule."""
+
+    def __init__(self, bundle: str, reason: str, *, fix: str, kind: str):
+        super().__init__(bundle, reason, fix=fix)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -184,7 +204,7 @@ class Catalogue:
             return self._refresh()
 
     def _refresh(self) -> CatalogueView:
-        failed: dict[Path, str] = {}
+        failed: dict[Path, tuple[str, str]] = {}  # path -> (reason, kind)
         current: dict[Path, Identity] = {}
         try:
             entries = scan_folder(self.folder)
@@ -195,7 +215,7 @@ class Catalogue:
             try:
                 current[p] = identity(p)
             except (MirrorError, OSError) as e:
-                failed[p] = _reason(e)
+                failed[p] = _reason(e), FAILED
         kept = {p: ld for p, ld in self._loaded.items() if current.get(p) == ld.identity}
         if set(kept) != set(self._loaded):  # changed or removed: stop serving them before re-verifying
             for p in sorted(set(self._loaded) - set(kept)):
@@ -213,7 +233,7 @@ class Catalogue:
             if v is None:  # changed while it was being verified: the next scan takes it
                 continue
             if not v.ok:
-                failed[p] = v.reason or "does not verify"
+                failed[p] = v.reason or "does not verify", FAILED
                 continue
             try:
                 try:
@@ -221,11 +241,11 @@ class Catalogue:
                 except _Stale:
                     v = verdicts[p] = self._verify(p, current[p])
                     if v is None or not v.ok:
-                        failed[p] = (v.reason if v else None) or "changed while it was verified"
+                        failed[p] = (v.reason if v else None) or "changed while it was verified", FAILED
                         continue
                     kept[p] = self._load(p, current[p], v)
             except (MirrorError, OSError, _Stale) as e:
-                failed[p] = _reason(e)
+                failed[p] = _reason(e), getattr(e, "kind", FAILED)
         for p, v in verdicts.items():
             if v is not None:
                 self.state.put(p, v)
@@ -290,13 +310,15 @@ class Catalogue:
         try:  # an approval the environment requires ($MIRROR_APPROVALS): judged on the manifest the verdict is about
             self.site.require_approval(bundle_id(manifest_bytes), label=path.name)
         except ApprovalError as e:
-            raise BundleError(str(path), f"not served: {' '.join(str(e).split())}", fix="only bundles the security team approved are served here") from None
+            raise _NotServed(str(path), f"not served: {' '.join(str(e).split())}", fix="only bundles the security team approved are served here",
+                             kind=UNAPPROVED) from None
         signer = None
         if self.keys:
             try:
                 signer = trust.require_signature(manifest_bytes, sig, keys=self.keys, bundle=path.name).key_fingerprint
             except SignatureError as e:
-                raise BundleError(str(path), f"not served: {e.reason}", fix="only bundles signed by a --public-key (or $MIRROR_TRUSTED_KEYS) key are served") from None
+                raise _NotServed(str(path), f"not served: {e.reason}", fix="only bundles signed by a --public-key (or $MIRROR_TRUSTED_KEYS) key are served",
+                                 kind=UNSIGNED if sig is None else UNTRUSTED_SIGNATURE) from None
             signature = f"valid, key sha256:{signer}"
         elif sig is None:
             signature = "unsigned"
@@ -309,17 +331,17 @@ class Catalogue:
 
     # --- building the view ------------------------------------------------------------------------
 
-    def _publish(self, loaded: dict[Path, _Loaded], failed: dict[Path, str]) -> CatalogueView:
+    def _publish(self, loaded: dict[Path, _Loaded], failed: dict[Path, tuple[str, str]]) -> CatalogueView:
         commits, more_failed = build_commits(list(loaded.values()))
         failed = {**failed, **more_failed}
         repos = build_repos(commits)
-        view = CatalogueView(repos=repos, failed=tuple(FailedBundle(p, r) for p, r in sorted(failed.items())))
+        view = CatalogueView(repos=repos, failed=tuple(FailedBundle(p, r, k) for p, (r, k) in sorted(failed.items())))
         before = {c.bundle for r in self._view.repos for c in r.commits}
         after = {c.bundle for r in repos for c in r.commits}
         for b in sorted(after - before):
             log.info("serving %s", b.name)
         old_failed = {f.path: f.reason for f in self._view.failed}
-        for p, why in sorted(failed.items()):
+        for p, (why, _) in sorted(failed.items()):
             if old_failed.get(p) != why:
                 log.error("not serving %s: %s", p.name, why)
         self._loaded = {p: ld for p, ld in loaded.items() if p not in more_failed}
@@ -370,11 +392,11 @@ def _reason(e: BaseException) -> str:
     return one_line(getattr(e, "reason", None) or str(e) or type(e).__name__)
 
 
-def build_commits(loaded: list[_Loaded]) -> tuple[dict[tuple[str, str, str], ServedCommit], dict[Path, str]]:
+def build_commits(loaded: list[_Loaded]) -> tuple[dict[tuple[str, str, str], ServedCommit], dict[Path, tuple[str, str]]]:
     """ServedCommits keyed by (repo_type, repo_id, commit): full bundles first, then deltas on top
-    of a served base (chains included). Returns them and the bundles refused, with why."""
+    of a served base (chains included). Returns them and the bundles refused, with why and the kind."""
     commits: dict[tuple[str, str, str], ServedCommit] = {}
-    failed: dict[Path, str] = {}
+    failed: dict[Path, tuple[str, str]] = {}
     deltas = []
 
     def admit(ld: _Loaded, files: tuple[FileEntry, ...], sources: dict[str, spans.FileSource]) -> None:
@@ -383,7 +405,7 @@ def build_commits(loaded: list[_Loaded]) -> tuple[dict[tuple[str, str, str], Ser
         other = commits.get(key)
         if other is not None:
             if {f.path: (f.sha256, f.size) for f in other.files} != {f.path: (f.sha256, f.size) for f in files}:
-                failed[ld.path] = f"claims {m.repo_id}@{m.commit[:12]}, which {other.bundle.name} serves with other content; a commit never changes: remove the forged or mistaken one"
+                failed[ld.path] = f"claims {m.repo_id}@{m.commit[:12]}, which {other.bundle.name} serves with other content; a commit never changes: remove the forged or mistaken one", CONFLICT
             return  # the same commit twice (a re-signed copy, parts and a single file): served once
         commits[key] = ServedCommit(manifest=m, files=files, bundle=ld.path, bundle_sha256=ld.verdict.bundle_sha256 or "",
                                     signer=ld.signer, verified_at=ld.verdict.verified_at, revisions=(), signature=ld.signature,
@@ -411,14 +433,14 @@ def build_commits(loaded: list[_Loaded]) -> tuple[dict[tuple[str, str, str], Ser
                     continue
                 b = base.sources.get(f.path)
                 if b is None or (b.entry.sha256, b.entry.size) != (f.sha256, f.size):
-                    failed[ld.path] = f"delta does not carry {f.path}, and its base {info.base.commit[:12]} does not hold that file with that content"
+                    failed[ld.path] = f"delta does not carry {f.path}, and its base {info.base.commit[:12]} does not hold that file with that content", FAILED
                     break
                 sources[f.path] = spans.FileSource(f, b.stream, b.offset)
             else:
                 admit(ld, info.target_files, sources)
         if len(left) == len(deltas):
             for ld, info in left:
-                failed[ld.path] = f"delta on top of {info.base.describe()}, which is not served from this folder; add the base bundle"
+                failed[ld.path] = f"delta on top of {info.base.describe()}, which is not served from this folder; add the base bundle", NO_BASE
             break
         deltas = left
     return commits, failed

@@ -18,6 +18,7 @@ from common import safejson
 from common.modelfacts import is_random_init_config
 from mirror.errors import MirrorError, UsageError
 from mirror.manifest import classify
+from mirror.serve import catalogue
 
 CONFIG_BYTES = 64 * 1024  # a config.json larger than this is not a tiny demo model's
 MAX_QUERY = 200  # characters of a filter; longer is not a filter a person typed
@@ -41,11 +42,10 @@ class BadQuery(ValueError):
 # file as application/octet-stream, so even an SVG never runs as a page of this origin.)
 BENIGN_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp", "*.svg")
 
-# A failed bundle's reason, as mirror/serve/catalogue.py words a signature refusal (trust.py's
-# SignatureError under "not served: "): such a bundle verified, byte for byte, and only lacks a
-# signature by a key this server trusts.
-_SIGNATURE_REFUSAL = "signature required and not valid"
-_UNSIGNED = "the bundle is not signed"
+# The catalogue's kinds of refusal (FailedBundle.kind) -> the group the catalogue page shows it
+# under: a bundle that verified and only lacks a trusted signature is not a verification failure.
+# A kind without its own group (unapproved, conflict, no-base) is listed with the failures.
+_PAGE_GROUP = {catalogue.UNSIGNED: "unsigned", catalogue.UNTRUSTED_SIGNATURE: "signature"}
 
 
 @dataclass(frozen=True)
@@ -127,13 +127,25 @@ def _benign(path: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in BENIGN_PATTERNS)
 
 
-def failure_kind(reason: str) -> str:
-    """Why a bundle is not served, in one word: "unsigned" (it verified, but this server serves
-    only signed bundles), "signature" (verified, signed, but not by a trusted key), or "failed"
-    (it did not verify, or could not be read)."""
-    if _SIGNATURE_REFUSAL not in reason:
+def failure_kind(failed: catalogue.FailedBundle | str) -> str:
+    """Why a bundle is not served, in one word, from the kind the catalogue decided where it
+    refused it (FailedBundle.kind), never from the reason's words: "unsigned" (it verified, but
+    this server serves only signed bundles), "signature" (verified, signed, but not by a trusted
+    key), or "failed" (it did not verify, could not be read, or another rule refused it).
+
+    Transitional: pages.py (being converted by another change) still passes `f.reason`; for a
+    string the old reading of the catalogue's words stands until that call passes `f`."""
+    if isinstance(failed, str):
+        return _legacy_kind(failed)
+    return _PAGE_GROUP.get(failed.kind, "failed")
+
+
+def _legacy_kind(reason: str) -> str:
+    """The page group from a reason's words (catalogue.py's "not served: " + trust.py's
+    SignatureError text); only for a caller that has not moved to FailedBundle.kind."""
+    if "signature required and not valid" not in reason:
         return "failed"
-    return "unsigned" if _UNSIGNED in reason else "signature"
+    return "unsigned" if "the bundle is not signed" in reason else "signature"
 
 
 def packed_from(manifest) -> str | None:

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mirror.serve.catalogue import Catalogue
+from mirror.serve import catalogue
+from mirror.serve.catalogue import Catalogue, FailedBundle
+from mirror.webui import views
 from mirror.bundle.codec import read_manifest
 from tests.fixtures.serve import pack, serve_bundles
 
@@ -111,6 +113,7 @@ def test_a_delta_is_served_on_top_of_its_base(tmp_path):
     base.unlink()
     view = cat.refresh()
     assert view.repos == () and "not served from this folder" in view.failed[0].reason
+    assert view.failed[0].kind == catalogue.NO_BASE
 
 
 def test_a_member_spanning_parts_is_read_part_by_part(tmp_path):
@@ -132,16 +135,39 @@ def test_with_public_keys_only_signed_bundles_are_served(tmp_path):
     from mirror.signing import keygen, sign_bundle
 
     priv, pub = keygen(tmp_path / "release")
+    other, _ = keygen(tmp_path / "other")
     signed = pack(_model(tmp_path / "s", "{}"), "acme/signed", tmp_path / "bundles")
     sign_bundle(signed, key_path=priv)
-    pack(_model(tmp_path / "u", "{}"), "acme/unsigned", tmp_path / "bundles")
+    unsigned = pack(_model(tmp_path / "u", "{}"), "acme/unsigned", tmp_path / "bundles")
+    stranger = pack(_model(tmp_path / "o", "{}"), "acme/stranger", tmp_path / "bundles")
+    sign_bundle(stranger, key_path=other)
     view = Catalogue(tmp_path / "bundles", public_keys=[pub], state_file=None).refresh()
     assert [r.repo_id for r in view.repos] == ["acme/signed"]
     c = view.repos[0].commits[0]
     assert c.signer and c.signature.startswith("valid")
-    assert "not signed" in view.failed[0].reason
+    failed = {f.path.name: f for f in view.failed}
+    assert "not signed" in failed[unsigned.name].reason
+    # the kind is decided where the signature is judged: the page reads it, not the words
+    assert (failed[unsigned.name].kind, failed[stranger.name].kind) == (catalogue.UNSIGNED, catalogue.UNTRUSTED_SIGNATURE)
+    assert [views.failure_kind(failed[b.name]) for b in (unsigned, stranger)] == ["unsigned", "signature"]
     open_view = Catalogue(tmp_path / "bundles", state_file=None).refresh()
-    assert {r.repo_id: r.commits[0].signer for r in open_view.repos} == {"acme/signed": None, "acme/unsigned": None}
+    assert {r.repo_id: r.commits[0].signer for r in open_view.repos} == {"acme/signed": None, "acme/stranger": None, "acme/unsigned": None}
+
+
+def test_the_page_groups_a_refusal_by_its_kind_not_its_words(tmp_path):
+    """views.failure_kind reads FailedBundle.kind: a reason that quotes a signature refusal's
+    words (a file name, a forged manifest's text) does not move a bundle out of the failures."""
+    words = "not served: signature required and not valid: the bundle is not signed"
+    assert views.failure_kind(FailedBundle(tmp_path / "x.tar", words, catalogue.FAILED)) == "failed"
+    assert views.failure_kind(FailedBundle(tmp_path / "x.tar", "does not verify", catalogue.UNTRUSTED_SIGNATURE)) == "signature"
+    assert views.failure_kind(FailedBundle(tmp_path / "x.tar", "does not verify", catalogue.UNSIGNED)) == "unsigned"
+    for kind in (catalogue.UNAPPROVED, catalogue.CONFLICT, catalogue.NO_BASE):  # no group of their own on the page yet
+        assert views.failure_kind(FailedBundle(tmp_path / "x.tar", words, kind)) == "failed"
+    # a damaged bundle: failed, decided where it did not verify
+    bad = pack(_model(tmp_path / "d", "{}"), "acme/damaged", tmp_path / "bundles")
+    _flip_last_payload_byte(bad, 5000)
+    (failed,) = Catalogue(tmp_path / "bundles", state_file=None).refresh().failed
+    assert failed.path.name == bad.name and failed.kind == catalogue.FAILED
 
 
 def _get(url: str, path: str) -> tuple[int, bytes]:

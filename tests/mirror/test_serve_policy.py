@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from mirror.identity import read_bundle_id
+from mirror.serve import catalogue
 from mirror.serve.catalogue import Catalogue
 from tests.fixtures.serve import pack
 
@@ -43,3 +44,4 @@ def test_only_approved_bundles_are_served_when_approvals_are_required(tmp_path, 
     view = Catalogue(tmp_path / "bundles", state_file=None).refresh()
     assert [r.repo_id for r in view.repos] == ["acme/approved"]
     assert "not served" in view.failed[0].reason and "is in none of the 1 approval file(s)" in view.failed[0].reason
+    assert view.failed[0].kind == catalogue.UNAPPROVED  # decided where the approval is required
