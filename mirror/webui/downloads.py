@@ -12,7 +12,8 @@ import re
 from urllib.parse import quote
 
 from mirror.bundle import parts, stored
-from mirror.audit import AuditRow, render_cyclonedx
+from mirror.auditrow import AuditRow
+from mirror.bom import render_cyclonedx
 from mirror.signing import SignatureStatus, read_signature
 from mirror.webui import views
 
