@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mirror.bundle import parts, stored
-from mirror.errors import BundleError, MirrorError, UsageError
+from mirror.errors import MirrorError, UsageError
 from mirror.listing import one_line, shown_name
 from common.progress import human_size
 from mirror.manifest import Manifest, classify
@@ -28,7 +28,7 @@ from mirror.signing import SignatureStatus, verify_signature
 from mirror.suggest import did_you_mean
 from mirror.delta import full_files
 from mirror.verify import verify_bundle
-from mirror.auditrow import AuditRow
+from mirror.auditrow import CARD_FILE, CONFIG_FILE, SMALL_FILE_BYTES, AuditRow, architecture_summary, card_summary
 from mirror.bom import render_cyclonedx
 
 
@@ -102,16 +102,11 @@ def audit_bundle(path: Path, *, public_key: str | os.PathLike | None = None) -> 
         bundle_sha256=report.bundle_sha256,
         require_signature=public_key is not None,
         bundle_id=ident,
-        card=_card(small.get(CARD_FILE)),
-        architecture=_architecture(small.get(CONFIG_FILE), where=f"{path}: {CONFIG_FILE}"),
+        card=card_summary(small.get(CARD_FILE)),
+        architecture=architecture_summary(small.get(CONFIG_FILE), where=f"{path}: {CONFIG_FILE}"),
     )
 
 
-CARD_FILE = "README.md"  # the model card; its front matter and its sections go into the ML-BOM
-CONFIG_FILE = "config.json"  # transformers' config: the architecture
-SMALL_FILE_BYTES = 1024 * 1024  # what is read of either: real cards and configs are a few KB
-MAX_SECTION = 2000  # characters kept of a card section (the BOM carries a summary, the bundle the card)
-MAX_SECTIONS = 50  # sections kept of one card: real cards have about ten
 
 
 def _identity_and_small_files(path: Path, m: Manifest) -> tuple[str | None, dict[str, bytes]]:
@@ -138,49 +133,6 @@ def _identity_and_small_files(path: Path, m: Manifest) -> tuple[str | None, dict
     except (MirrorError, OSError):
         return None, {}
     return ident, found
-
-
-def _card(raw: bytes | None) -> dict | None:
-    """What a reviewer reads first in a model card: its front-matter fields (read as plain
-    strings, never as YAML: no aliases or tags to expand), its title and the text of each `##`
-    section, cut to MAX_SECTION characters."""
-    if raw is None:
-        return None
-    from mirror.webui.card import front_matter_fields, split_front_matter
-
-    text = raw.decode("utf-8", "replace")
-    front, body = split_front_matter(text)
-    title, sections, heading, lines = None, {}, None, []
-    for line in body.splitlines() + ["## "]:
-        if line.startswith("# ") and title is None:
-            title = line[2:].strip()[:200] or None
-        elif line.startswith("## "):
-            if heading and len(sections) < MAX_SECTIONS and (content := " ".join(" ".join(lines).split())):
-                sections.setdefault(heading, content[:MAX_SECTION])
-            heading, lines = line[3:].strip()[:200], []
-        elif heading:
-            lines.append(line)
-    return {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "fields": dict(front_matter_fields(front)), "title": title, "sections": sections}
-
-
-def _architecture(raw: bytes | None, *, where: str) -> dict | None:
-    if raw is None:
-        return None
-    from common import safejson
-
-    try:
-        config = safejson.loads(raw, where=where, what="config.json", max_bytes=SMALL_FILE_BYTES, error=BundleError)
-    except MirrorError:
-        return None
-    if not isinstance(config, dict):
-        return None
-    out = {}
-    if isinstance(config.get("model_type"), str):
-        out["model_type"] = config["model_type"][:200]
-    archs = config.get("architectures")
-    if isinstance(archs, list) and all(isinstance(a, str) for a in archs):
-        out["architectures"] = [a[:200] for a in archs[:20]]
-    return out or None
 
 
 def _scan_pickles(path: Path, m: Manifest) -> PolicyReport:

@@ -6,10 +6,19 @@ Its own module so the renderers import the record without importing the audit th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
+from common import safejson
+from mirror.errors import BundleError, MirrorError
 from mirror.manifest import Manifest, classify
 from mirror.signing import SignatureStatus
+
+CARD_FILE = "README.md"  # the model card; its front matter and its sections go into the ML-BOM
+CONFIG_FILE = "config.json"  # transformers' config: the architecture
+SMALL_FILE_BYTES = 1024 * 1024  # what is read of either: real cards and configs are a few KB
+MAX_SECTION = 2000  # characters kept of a card section (the BOM carries a summary, the bundle the card)
+MAX_SECTIONS = 50  # sections kept of one card: real cards have about ten
 
 
 @dataclass(frozen=True)
@@ -67,3 +76,51 @@ class AuditRow:
         d["pickle_imports"] = {k: list(v) for k, v in self.pickle_imports.items()}
         d["ok"] = self.ok
         return d
+
+
+# --- the row's card and architecture, from the bytes of README.md and config.json ----------------
+# (here, not in mirror/audit.py: `mirror audit` and the pages' BOM download fill a row the same way)
+
+
+def card_summary(raw: bytes | None) -> dict | None:
+    """What a reviewer reads first in a model card (README.md's bytes, as the bundle holds them):
+    its front-matter fields (read as plain strings, never as YAML: no aliases or tags to expand),
+    its title and the text of each `##` section, cut to MAX_SECTION characters."""
+    if raw is None:
+        return None
+    # deferred: importing the card parser loads the web pages package (markdown-it, nh3, jinja2),
+    # which `mirror audit` of bundles without a card never needs
+    from mirror.webui.card import front_matter_fields, split_front_matter
+
+    text = raw.decode("utf-8", "replace")
+    front, body = split_front_matter(text)
+    title, sections, heading, lines = None, {}, None, []
+    for line in body.splitlines() + ["## "]:
+        if line.startswith("# ") and title is None:
+            title = line[2:].strip()[:200] or None
+        elif line.startswith("## "):
+            if heading and len(sections) < MAX_SECTIONS and (content := " ".join(" ".join(lines).split())):
+                sections.setdefault(heading, content[:MAX_SECTION])
+            heading, lines = line[3:].strip()[:200], []
+        elif heading:
+            lines.append(line)
+    return {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "fields": dict(front_matter_fields(front)), "title": title, "sections": sections}
+
+
+def architecture_summary(raw: bytes | None, *, where: str) -> dict | None:
+    """config.json's `model_type` and `architectures` (bounded), or None."""
+    if raw is None:
+        return None
+    try:
+        config = safejson.loads(raw, where=where, what="config.json", max_bytes=SMALL_FILE_BYTES, error=BundleError)
+    except MirrorError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    out = {}
+    if isinstance(config.get("model_type"), str):
+        out["model_type"] = config["model_type"][:200]
+    archs = config.get("architectures")
+    if isinstance(archs, list) and all(isinstance(a, str) for a in archs):
+        out["architectures"] = [a[:200] for a in archs[:20]]
+    return out or None

@@ -78,7 +78,7 @@ def handle(request: PageRequest, catalogue) -> PageResponse | None:
     if kind == "catalogue":
         return _catalogue(request, catalogue, view)
     if kind == "download":
-        return _download(request, view, arg)
+        return _download(request, catalogue, view, arg)
     repo_type, repo_id = arg
     repo = next((r for r in view.repos if r.repo_type == repo_type and r.repo_id == repo_id), None)
     if repo is None:
@@ -135,7 +135,7 @@ def _repo(request: PageRequest, catalogue, repo) -> PageResponse:
     return _response(200, body, request=request, page="repo")
 
 
-def _download(request: PageRequest, view, path: str | None) -> PageResponse:
+def _download(request: PageRequest, catalogue, view, path: str | None) -> PageResponse:
     parsed = downloads.parse(path) if path else None
     if parsed is None:
         return _response(404, pages.message("Not found", f"{request.path[:120]} is not a page of this mirror; the catalogue at / links every download"), request=request, page="missing")
@@ -146,7 +146,7 @@ def _download(request: PageRequest, view, path: str | None) -> PageResponse:
         return _response(404, pages.message("Not served", f"no {repo_type} {repo_id} at commit {commit_id[:40]} is served here; the catalogue at / lists what is"),
                          request=request, page=kind)
     makers: dict[str, Callable[[object], bytes | None]] = {
-        "manifest": downloads.manifest_bytes, "bom": downloads.bom_bytes, "signature": downloads.signature_bytes,
+        "manifest": downloads.manifest_bytes, "bom": lambda c: downloads.bom_bytes(c, catalogue=catalogue), "signature": downloads.signature_bytes,
     }
     try:
         data = makers[kind](commit)

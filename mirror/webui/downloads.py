@@ -1,8 +1,9 @@
 """The audit documents a repo page offers as downloads: manifest, CycloneDX ML-BOM, signature.
 
 Each is produced by the module that owns it: the manifest's canonical JSON (mirror/manifest.py),
-the ML-BOM by `mirror audit`'s renderer (mirror/audit.py) over a row built from what the server
-already verified (no second verification pass per download), and the signature member from the
+the ML-BOM by `mirror audit`'s renderer (mirror/bom.py) over a row built as the audit builds one
+(mirror/auditrow.py: the identity, the card, the architecture) from what the server already
+verified (no second verification pass per download), and the signature member from the
 bundle trailer (mirror/signing.py, through the format's only reader).
 """
 
@@ -12,7 +13,7 @@ import re
 from urllib.parse import quote
 
 from mirror.bundle import parts, stored
-from mirror.auditrow import AuditRow
+from mirror.auditrow import CARD_FILE, CONFIG_FILE, SMALL_FILE_BYTES, AuditRow, architecture_summary, card_summary
 from mirror.bom import render_cyclonedx
 from mirror.signing import SignatureStatus, read_signature
 from mirror.webui import views
@@ -62,7 +63,18 @@ def bundle_size(commit) -> int:
     return parts.read_index(location.index).size if location.multipart else location.path.stat().st_size
 
 
-def bom_bytes(commit) -> bytes:
+def _small(catalogue, commit, path: str) -> bytes | None:
+    """A small file of the commit (its card, its config) as the server serves it, or None when it
+    has none or one over the audit's size limit; a bundle that cannot be read now raises (503)."""
+    entry = next((f for f in commit.files if f.path == path), None)
+    if entry is None or entry.size > SMALL_FILE_BYTES:
+        return None
+    return catalogue.read_file(commit, path, limit=entry.size)
+
+
+def bom_bytes(commit, *, catalogue) -> bytes:
+    """The ML-BOM `mirror audit --format cyclonedx` writes for this bundle: the same row, with the
+    bundle's identity and its model card and architecture, read from the served (verified) bytes."""
     m = commit.manifest
     f = views.flags(commit)
     policy = m.extra.get("policy") if isinstance(m.extra.get("policy"), dict) else {}
@@ -84,6 +96,9 @@ def bom_bytes(commit) -> bytes:
         verified=True,  # the server admitted it only after a full verification
         verify_summary=f"verified by mirror serve at {commit.verified_at}",
         bundle_sha256=commit.bundle_sha256,
+        bundle_id=commit.bundle_id or None,
+        card=card_summary(_small(catalogue, commit, CARD_FILE)),
+        architecture=architecture_summary(_small(catalogue, commit, CONFIG_FILE), where=f"{commit.bundle.name}: {CONFIG_FILE}"),
     )
     return render_cyclonedx([row]).encode("utf-8")
 
