@@ -39,12 +39,14 @@ set_option = click.option(
 
 
 def load(config: str, overrides: tuple[str, ...]):
+    # deferred: trainer.config loads pydantic, which --help and usage errors never need
     from trainer.config import load, parse_overrides
 
     return load(config, overrides=parse_overrides(overrides))
 
 
 def keys(cfg: Any, given: tuple[str, ...]) -> tuple[str, ...]:
+    # deferred: trainer.resolve reaches mirror.api (huggingface_hub on first use): only once a command runs, after offline is set
     from trainer.resolve import check_public_keys
 
     return check_public_keys([*given, *cfg.public_keys])

@@ -31,6 +31,7 @@ def verbosity_set(*, quiet: bool, verbose: bool) -> Iterator[None]:
     """-q/-v for one command: our progress and notes (common.progress, the recipes' log lines)
     and transformers' own messages (errors only with -q, info with -v); put back afterwards, so
     one command's -q never silences the next in the same process."""
+    # deferred: transformers (and torch, through trainer.recipes) load only after main() set offline mode, never for --help
     from transformers.utils import logging as hf_logging
 
     from common import progress

@@ -34,6 +34,7 @@ def check(configs: tuple[str, ...], bundles_dir: str, public_keys: tuple[str, ..
     'trainer run' would), and the report says so. Exits non-zero when anything would stop a run,
     with the worst status of all CONFIGs; quality findings are warnings with numbers.
     """
+    # deferred: trainer.checks loads torch (transformers on use) after main() set offline mode; --help stays fast
     from trainer.checks import check_one
 
     results = [check_one(c, bundles_dir=bundles_dir, public_keys=public_keys, overrides=overrides, verbose=verbose) for c in configs]

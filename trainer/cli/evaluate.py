@@ -33,6 +33,7 @@ def eval_(target: str, split: str | None, bundles_dir: str, as_json: bool, quiet
       trainer eval runs/classifier --json | jq .macro_f1
       trainer eval configs/classifier.yaml        # the untrained base model, as a baseline
     """
+    # deferred: trainer.evaluate loads torch (transformers on use) after main() set offline mode; --help stays fast
     from trainer.evaluate import evaluate
     from trainer.offline import network_guard
 
@@ -46,7 +47,7 @@ def eval_(target: str, split: str | None, bundles_dir: str, as_json: bool, quiet
     if as_json:
         click.echo(ui.json_block(metrics))
         return
-    from trainer.report import eval_table
+    from trainer.report import eval_table  # only the table needs it; --json returned above
 
     for line in eval_table(metrics):
         click.echo(line)
@@ -67,6 +68,7 @@ def predict(output_dir: str, texts: tuple[str, ...], quiet: bool, verbose: bool)
       trainer predict runs/classifier "Status: Paid | Bureau: Equifax"
       trainer predict runs/embeddings "charge-off meaning" "What is a charge-off?"
     """
+    # deferred: trainer.evaluate loads torch (transformers on use) after main() set offline mode; --help stays fast
     from trainer.evaluate import predict as run_predict
     from trainer.offline import network_guard
 

@@ -39,6 +39,7 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     output_dir must be new, empty, or an earlier run of this trainer (see trainer/rundir.py); a
     finished run there is kept unless --overwrite is given.
     """
+    # deferred: pydantic and mirror.api (huggingface_hub on first use) load once the command runs, after offline is set
     from trainer import data, rundir
     from trainer.offline import network_guard, tracker_env
     from trainer.resolve import resolve_model
@@ -46,6 +47,7 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     cfg = opt.load(config, overrides)
     # every refusal that needs no model comes first: seconds, not a model load, to learn of it
     data.check_files(cfg)
+    # after the file check above: trainer.checks loads torch (seconds), a missing data file is refused before that
     from trainer.checks import validate_data
     from trainer.config import config_warnings
 
@@ -64,10 +66,10 @@ def run(ctx: click.Context, config: str, bundles_dir: str, public_keys: tuple[st
     for skipped in getattr(model, "skipped", ()):
         ui.note(f"note: {skipped}", quiet=quiet)
     with network_guard(), ui.verbosity_set(quiet=quiet, verbose=verbose):
-        from trainer.recipes import run as run_recipe
+        from trainer.recipes import run as run_recipe  # torch and transformers: loaded only now, inside the network guard
 
         result = run_recipe(cfg, model=model, resume=resume)
-    from trainer.dist import launch_env
+    from trainer.dist import launch_env  # imports torch (the recipe loaded it): kept off the module top for --help
 
     if launch_env()[0] != 0:
         return  # under torchrun only rank 0 reports; it has the metrics
@@ -125,7 +127,7 @@ def resumable(ctx: click.Context, e: BaseException) -> tuple[int, str]:
 
 def _resume_hint(message: str, resume_command: str | None) -> str:
     """The recipe's message with its placeholder replaced by the exact command to continue."""
-    from trainer.recipes.common import RESUME_PLACEHOLDER
+    from trainer.recipes.common import RESUME_PLACEHOLDER  # imports torch: only an interrupted run (which loaded it) gets here
 
     if resume_command is None:
         return message

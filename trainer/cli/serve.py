@@ -57,6 +57,7 @@ def serve(models: tuple[str, ...], knowledge_base: str | None, kb_cache: str | N
     connection out. Routes: GET /health /metrics /v1/models; POST /classify /embed /retrieve
     /chat /v1/embeddings /v1/chat/completions (docs/serving.md).
     """
+    # deferred: fastapi, uvicorn, torch and transformers load only when serving starts, after main() set offline mode
     from trainer.offline import network_guard
     from trainer.resolve import check_public_keys
     from trainer.serve import Options
