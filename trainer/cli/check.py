@@ -40,6 +40,7 @@ def check(configs: tuple[str, ...], bundles_dir: str, public_keys: tuple[str, ..
     results = [check_one(c, bundles_dir=bundles_dir, public_keys=public_keys, overrides=overrides, verbose=verbose) for c in configs]
     for r in results:
         if as_json:
+            # not common.cli.json_line: it sorts keys (the verdict would no longer lead) and escapes non-ASCII (labels, paths)
             click.echo(json.dumps(r.to_json(), ensure_ascii=False, default=str))
         elif quiet:
             click.echo(r.verdict())

@@ -75,6 +75,7 @@ def predict(output_dir: str, texts: tuple[str, ...], quiet: bool, verbose: bool)
     with network_guard(), ui.verbosity_set(quiet=quiet, verbose=verbose):
         results = run_predict(output_dir, list(texts))
     for item in results:
+        # not common.cli.json_line: it sorts keys and escapes non-ASCII, and each line holds the user's text and the answer as written
         click.echo(json.dumps(item, ensure_ascii=False, default=str))
 
 
