@@ -110,6 +110,9 @@ _NOT_SERVED = {  # failure_kind -> (heading, what it means)
     "failed": ("failed verification", "its bytes do not match its manifest, or it cannot be read"),
     "unsigned": ("verified but unsigned", "intact, but this server serves only bundles signed by a trusted key: ask the sender for a signed copy"),
     "signature": ("verified, signature not trusted", "intact, but not signed by a key this server trusts"),
+    "unapproved": ("verified, not approved", "intact, but the approvals this server requires do not approve it (mirror approve)"),
+    "conflict": ("in conflict with a served commit", "it claims a commit another bundle here serves with other bytes"),
+    "no-base": ("missing its delta base", "a delta bundle whose base commit is not served from this folder"),
 }
 
 
@@ -120,7 +123,7 @@ def _not_served(failed) -> dict | None:
         return None
     groups: dict[str, list] = {}
     for f in failed:
-        groups.setdefault(views.failure_kind(f.reason), []).append(f)
+        groups.setdefault(views.failure_kind(f), []).append(f)
     kinds = [k for k in _NOT_SERVED if k in groups]
     return {
         "summary": "; ".join(f"{len(groups[k])} bundle{'s' if len(groups[k]) != 1 else ''} {_NOT_SERVED[k][0]}" for k in kinds),

@@ -45,7 +45,8 @@ BENIGN_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.gif", "*.webp", "*.svg")
 # The catalogue's kinds of refusal (FailedBundle.kind) -> the group the catalogue page shows it
 # under: a bundle that verified and only lacks a trusted signature is not a verification failure.
 # A kind without its own group (unapproved, conflict, no-base) is listed with the failures.
-_PAGE_GROUP = {catalogue.UNSIGNED: "unsigned", catalogue.UNTRUSTED_SIGNATURE: "signature"}
+_PAGE_GROUP = {catalogue.UNSIGNED: "unsigned", catalogue.UNTRUSTED_SIGNATURE: "signature", catalogue.UNAPPROVED: "unapproved",
+               catalogue.CONFLICT: "conflict", catalogue.NO_BASE: "no-base"}
 
 
 @dataclass(frozen=True)
@@ -127,25 +128,14 @@ def _benign(path: str) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in BENIGN_PATTERNS)
 
 
-def failure_kind(failed: catalogue.FailedBundle | str) -> str:
+def failure_kind(failed: catalogue.FailedBundle) -> str:
     """Why a bundle is not served, in one word, from the kind the catalogue decided where it
     refused it (FailedBundle.kind), never from the reason's words: "unsigned" (it verified, but
     this server serves only signed bundles), "signature" (verified, signed, but not by a trusted
-    key), or "failed" (it did not verify, could not be read, or another rule refused it).
-
-    Transitional: pages.py (being converted by another change) still passes `f.reason`; for a
-    string the old reading of the catalogue's words stands until that call passes `f`."""
-    if isinstance(failed, str):
-        return _legacy_kind(failed)
+    key), "unapproved" (verified, not approved by the approvals this host requires), "conflict"
+    (another bundle here serves that commit with other content), "no-base" (a delta whose base is
+    not here), or "failed" (it did not verify or could not be read)."""
     return _PAGE_GROUP.get(failed.kind, "failed")
-
-
-def _legacy_kind(reason: str) -> str:
-    """The page group from a reason's words (catalogue.py's "not served: " + trust.py's
-    SignatureError text); only for a caller that has not moved to FailedBundle.kind."""
-    if "signature required and not valid" not in reason:
-        return "failed"
-    return "unsigned" if "the bundle is not signed" in reason else "signature"
 
 
 def packed_from(manifest) -> str | None:

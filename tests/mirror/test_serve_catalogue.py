@@ -161,8 +161,8 @@ def test_the_page_groups_a_refusal_by_its_kind_not_its_words(tmp_path):
     assert views.failure_kind(FailedBundle(tmp_path / "x.tar", words, catalogue.FAILED)) == "failed"
     assert views.failure_kind(FailedBundle(tmp_path / "x.tar", "does not verify", catalogue.UNTRUSTED_SIGNATURE)) == "signature"
     assert views.failure_kind(FailedBundle(tmp_path / "x.tar", "does not verify", catalogue.UNSIGNED)) == "unsigned"
-    for kind in (catalogue.UNAPPROVED, catalogue.CONFLICT, catalogue.NO_BASE):  # no group of their own on the page yet
-        assert views.failure_kind(FailedBundle(tmp_path / "x.tar", words, kind)) == "failed"
+    for kind, group in ((catalogue.UNAPPROVED, "unapproved"), (catalogue.CONFLICT, "conflict"), (catalogue.NO_BASE, "no-base")):
+        assert views.failure_kind(FailedBundle(tmp_path / "x.tar", words, kind)) == group  # each its own heading on the page
     # a damaged bundle: failed, decided where it did not verify
     bad = pack(_model(tmp_path / "d", "{}"), "acme/damaged", tmp_path / "bundles")
     _flip_last_payload_byte(bad, 5000)

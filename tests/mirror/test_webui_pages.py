@@ -445,3 +445,16 @@ def test_a_path_holding_script_is_escaped_on_every_page_that_echoes_it(estate, p
     login = call(estate["catalogue"], "/-/login", query=urlencode({"next": path}), authorized=False)
     assert "<script>" not in text(login)
     assert_no_active_content(text(login))
+
+
+def test_unapproved_conflicting_and_baseless_bundles_have_their_own_headings(tmp_path):
+    """A refusal by approval, a conflicting commit or a delta without its base is not counted as
+    a verification failure: each kind the catalogue decides gets its own heading."""
+    from mirror.serve import catalogue as cat_mod
+    from mirror.webui import pages
+
+    failed = [cat_mod.FailedBundle(tmp_path / f"{k}.tar", "not served: ...", k)
+              for k in (cat_mod.UNAPPROVED, cat_mod.CONFLICT, cat_mod.NO_BASE, cat_mod.FAILED)]
+    summary = pages._not_served(failed)["summary"]
+    assert summary == ("1 bundle failed verification; 1 bundle verified, not approved; 1 bundle in conflict with a served commit; "
+                       "1 bundle missing its delta base")
