@@ -20,13 +20,13 @@ Each server passes its own package's usage error as `error` (mirror: `TLSConfigE
 from __future__ import annotations
 
 import datetime as dt
-import os
 import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ToolError
+from common.safeio import NotRegularFile, open_regular
 
 MAX_PEM = 1024 * 1024  # a certificate chain and a key are a few KB
 
@@ -42,16 +42,14 @@ class TLSFiles:
 
 def _read(path: Path, flag: str, what: str, error: type[ToolError]) -> bytes:
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise error(f"{flag} {path} is not a regular file; give the PEM file of the {what}")
+        with open_regular(path) as f:  # a FIFO or device named here must not hang the server's start
             raw = f.read(MAX_PEM + 1)
+    except NotRegularFile as e:
+        raise error(f"{flag} {path} is {e.what}, not a regular file; give the PEM file of the {what}") from None
     except FileNotFoundError:
         raise error(f"{flag} {path}: no such file; give the PEM file of the {what}") from None
     except PermissionError:
         raise error(f"{flag} {path} cannot be read (permission denied); run as a user that can read it") from None
-    except IsADirectoryError:
-        raise error(f"{flag} {path} is a directory; give the PEM file of the {what}") from None
     if len(raw) > MAX_PEM:
         raise error(f"{flag} {path} is larger than {MAX_PEM} bytes, far more than a {what}; give the PEM file of the {what}")
     return raw

@@ -165,6 +165,8 @@ def test_the_access_log_names_the_token_over_tls(site):
     ("swapped", "holds no PEM certificate"),
     ("expired", "expired on"),
     ("missing", "no such file"),
+    ("fifo", "is a FIFO (named pipe), not a regular file"),
+    ("folder", "is a directory, not a regular file"),
 ])
 def test_a_bad_tls_pair_is_one_line_before_anything_is_served(tmp_path, case, why):
     now = dt.datetime.now(dt.timezone.utc)
@@ -177,7 +179,11 @@ def test_a_bad_tls_pair_is_one_line_before_anything_is_served(tmp_path, case, wh
         "swapped": ["--tls-cert", str(pki["key"]), "--tls-key", str(pki["cert"])],
         "expired": ["--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"])],
         "missing": ["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", str(pki["key"])],
+        "fifo": ["--tls-cert", str(tmp_path / "fifo.pem"), "--tls-key", str(pki["key"])],  # no writer: open() would block
+        "folder": ["--tls-cert", str(tmp_path / "pki"), "--tls-key", str(pki["key"])],
     }[case]
+    if case == "fifo":
+        os.mkfifo(tmp_path / "fifo.pem")
     (tmp_path / "b").mkdir()
     r = CliRunner().invoke(cli, ["serve", str(tmp_path / "b"), "--state-file", str(tmp_path / "s.json"), *args], catch_exceptions=False)
     assert r.exit_code == exitcodes.USAGE and "Traceback" not in r.output
