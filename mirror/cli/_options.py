@@ -132,6 +132,14 @@ overwrite_option = click.option(
     help="Replace a bundle already at the output name that holds other bytes (another revision label, a signed copy). Default: refuse; the same bytes again are fine.")
 
 
+def bundle_write_options(f):
+    """What every command that writes a bundle takes (pack, pull): parts, delta base, the pickle
+    policy, signing, overwriting."""
+    for o in reversed((part_option, since_option, since_manifest_option, allow_pickle_option, sign_key_option, overwrite_option)):
+        f = o(f)
+    return f
+
+
 def sha256_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--sha256 HEX: the bundle's own sha256 to compare with (verify and install alike)."""
     from mirror.ids import is_sha256

@@ -28,12 +28,7 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=opt.DEFAULT_OUT, show_default=True)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable; paths relative to FOLDER, '*' crosses '/').")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files matching (repeatable), e.g. --exclude '*.bin' for pickles.")
-@opt.part_option
-@opt.since_option
-@opt.since_manifest_option
-@opt.allow_pickle_option
-@opt.sign_key_option
-@opt.overwrite_option
+@opt.bundle_write_options
 @opt.output_options
 def pack(folder, repo_id, revision, repo_type, out_dir, include, exclude, max_part_size, since, since_manifest, allow_pickle, sign_key, overwrite) -> None:
     """Bundle a local FOLDER (a packaged model or a trained output). Prints the bundle path last."""

@@ -64,12 +64,7 @@ Examples:
 @click.option("--token", default=None, help="Access token for private or gated repos (default $HF_TOKEN, then a saved login). Never stored.")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Pull the model_id a training YAML names.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-@opt.part_option
-@opt.since_option
-@opt.since_manifest_option
-@opt.allow_pickle_option
-@opt.sign_key_option
-@opt.overwrite_option
+@opt.bundle_write_options
 @click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, callback=opt.public_key_checked,
               help="oci://: refuse the artifact unless its signature referrer verifies with this key (PEM); exit 5 if missing or invalid.")
 @opt.oci_options
