@@ -20,7 +20,6 @@ size. Messages carry the registry's answer, never the credentials.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from common import progress
+from common import progress, safejson
 from mirror.errors import (
     HashMismatch,
     LayerRefused,
@@ -222,10 +221,10 @@ class Client:
             raise RegistryAuthError(f"the token service of {self.registry} refused {who} ({r.status_code}); check the user name and password, or pass --username and --password-stdin")
         if r.status_code != 200:
             raise RegistryError(f"the token service of {self.registry} answered {r.status_code}; check the registry's auth set-up")
-        try:
-            body = r.json()
+        try:  # bounded and depth-checked like every JSON from across the boundary (a deep answer is no traceback)
+            body = safejson.loads(r.content, where=str(origin), what="token answer", max_bytes=len(r.content), error=RegistryError)
             token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
+        except (RegistryError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token service of {self.registry} answered without a token; check the registry's auth set-up")
@@ -234,7 +233,7 @@ class Client:
     def _error(self, r: requests.Response, what: str) -> RegistryError:
         try:
             raw = r.content if r._content_consumed else read_body(r, limit=ERROR_BODY, too_big="")
-            detail = json.loads(raw).get("errors") or []
+            detail = safejson.loads(raw, where=str(self.origin), what="error answer", max_bytes=len(raw), error=RegistryError).get("errors") or []
             first = detail[0] if detail and isinstance(detail[0], dict) else {}
             code, message = str(first.get("code", ""))[:100], " ".join(str(first.get("message", "")).split())[:300]
         except (ValueError, AttributeError, RegistryError, requests.exceptions.RequestException):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from common import safejson
 from mirror.errors import ArtifactMismatch, NotModelPack
+from mirror.ids import is_sha256
 from mirror.manifest import FileEntry, Manifest, parse
 from mirror.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
@@ -197,7 +198,7 @@ class Artifact:
 
 
 def _is_digest(value: object) -> bool:
-    return isinstance(value, str) and value.startswith("sha256:") and len(value) == 71 and all(c in "0123456789abcdef" for c in value[7:])
+    return isinstance(value, str) and value.startswith("sha256:") and is_sha256(value[7:])
 
 
 def parse_artifact(raw: bytes, media: str, *, where: str) -> Artifact:
@@ -280,8 +281,8 @@ def check(artifact: Artifact, manifest_member: bytes, *, where: str, config: byt
         raise ArtifactMismatch(where, f"{len(missing)} file(s) of the bundle manifest have no layer, first {missing[0]!r}", fix="do not use it: push the bundle again")
     if config is not None:
         try:
-            diff_ids = json.loads(config)["modelfs"]["diffIds"]
-        except (ValueError, KeyError, TypeError):
+            diff_ids = safejson.loads(config, where=where, what="ModelPack config", max_bytes=len(config), error=NotModelPack)["modelfs"]["diffIds"]
+        except (NotModelPack, KeyError, TypeError):
             raise NotModelPack(where, "the ModelPack config has no modelfs.diffIds") from None
         if not isinstance(diff_ids, list) or sorted(map(str, diff_ids)) != sorted(artifact.layer_digests):
             raise ArtifactMismatch(where, "the ModelPack config's modelfs.diffIds disagree with the layers", fix="do not use it: push the bundle again")
