@@ -240,6 +240,20 @@ def test_a_client_that_keeps_guessing_is_throttled(served):
     assert served.metric("trainer_serve_auth_refused_total", status="429") >= 1
 
 
+def test_a_client_retrying_one_stale_token_is_one_guess_not_many(served):
+    """The throttle counts different refused tokens (common.tokens.FailureThrottle), as mirror
+    serve does: a client that keeps sending one revoked key is refused, never locked out."""
+    def get(token: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60, source_address=("127.0.0.8", 0))
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {token}"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert [get("stale" + "k" * 40 + "0123456789abcdef") for _ in range(15)] == [401] * 15
+    assert get(_secret(BOB)) == 200
+
+
 # --- slow and idle clients ---------------------------------------------------------------------
 
 

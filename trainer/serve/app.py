@@ -476,8 +476,8 @@ class _Edge:
         if who is not None:
             return who
         challenge = {"WWW-Authenticate": 'Bearer realm="trainer serve"'}
-        if authorization is not None:
-            self.service.throttle.failed(address)
+        if authorization is not None:  # counted by what was sent, so a client retrying one stale key is one guess, not many
+            self.service.throttle.failed(address, (authorization or b"").decode("latin-1"))
             return error_response(path, 401, "the token in the Authorization header is not one this server accepts: send 'Authorization: Bearer TOKEN' with a token from its --token-file",
                                   code="invalid_api_key", headers=challenge)
         if path == "/health":
