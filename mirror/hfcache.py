@@ -341,13 +341,6 @@ def update_record(rc: RepoCache, commit: str, *, bundle: BundleRecord | None = N
     return changed
 
 
-def add_bundle_to_record(rc: RepoCache, commit: str, bundle: BundleRecord) -> bool:
-    """Under the repo lock: name the bundle in the record of an installed commit that names none
-    yet (installed by a pass that did not check the bundle's sha256). The first checked bundle
-    stays: it is the one whose bytes made the snapshot. Returns whether the record changed."""
-    return update_record(rc, commit, bundle=bundle)
-
-
 def read_trust(rc: RepoCache, commit: str) -> RecordTrust | None:
     """The identity and checked signer the install record names, or None without a record."""
     p = rc.record_path(commit)
