@@ -54,11 +54,3 @@ def open_regular(path: str | os.PathLike, *, follow: bool = True, buffering: int
     except BaseException:
         os.close(fd)
         raise
-
-
-def is_regular(path: str | os.PathLike) -> bool:
-    """Whether `path` (following links) is a regular file, without opening it."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from common import progress
 from mirror.errors import UsageError
 
 
@@ -19,10 +20,7 @@ def set_level(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
         ctx.meta[f"mirror.{param.name}"] = True
     if ctx.meta.get("mirror.quiet") and ctx.meta.get("mirror.verbose"):
         raise click.UsageError("-q/--quiet and -v/--verbose contradict each other; pick one", ctx=ctx)
-    try:  # byte progress of pack/verify/install/pull follows -q/-v too
-        from common import progress
-    except ImportError:  # pragma: no cover - mirror/progress.py ships with the package
-        return value
+    # byte progress of pack/verify/install/pull follows -q/-v too
     progress.configure(quiet=bool(ctx.meta.get("mirror.quiet")), verbose=bool(ctx.meta.get("mirror.verbose")))
     return value
 

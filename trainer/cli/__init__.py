@@ -24,7 +24,6 @@ from trainer.offline import enforce_offline
 
 __all__ = ["cli", "main", "resume_command"]
 
-EXIT_INTERRUPTED = exitcodes.INTERRUPTED  # 128 + SIGINT; a SIGTERM/SIGHUP gives 128 + its number
 
 
 def _yaml_error(ctx: click.Context, e: BaseException) -> tuple[int, str]:
